@@ -1,0 +1,636 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `SIDELOG_*` environment
+//! variables, then flags; validated once at start-up with errors that name the key and the
+//! allowed range.
+//!
+//! Every setting has a config-file key (`section.key`), a flag (`--section-key`) and an
+//! environment variable (`SIDELOG_SECTION_KEY`); the top-level ones drop the section
+//! (`listen`, `--listen`, `SIDELOG_LISTEN`). The README's configuration reference lists them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::backoff::Backoff;
+use crate::mode::LoggingMode;
+
+/// A setting that is wrong, named by its config key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The complete, validated configuration of `sidelog serve`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where producers connect (gRPC `Ingest`, health, reflection).
+    pub listen: SocketAddr,
+    pub mode: LoggingMode,
+    pub data_dir: PathBuf,
+    /// The ingest server's `Handler` (`http://host:port`); none: pass-through.
+    pub handler: Option<String>,
+    /// `http://host:port` (gRPC `Sink`) or `file:DIR`; none: `file:<data_dir>/out`.
+    pub sink: Option<String>,
+    pub limits: LimitsConfig,
+    pub dedup: DedupConfig,
+    pub journal: JournalSection,
+    pub handling: RetryConfig,
+    pub delivery: DeliverySection,
+    pub file_sink: FileSinkSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_bytes: u64,
+    pub max_request_bytes: u64,
+    pub max_messages_per_request: u64,
+    pub max_id_bytes: u64,
+    pub max_backlog_bytes: u64,
+    /// The journal file's size limit; 0 = only the disk's.
+    pub max_journal_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    pub window_count: u64,
+    pub window_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub commit_max_records: u64,
+    pub sync_interval_ms: u64,
+}
+
+/// Calls to the handler.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub concurrency: u64,
+    pub timeout_ms: u64,
+    pub max_attempts: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    pub lanes: u64,
+    pub batch_max_messages: u64,
+    pub batch_max_bytes: u64,
+    pub linger_ms: u64,
+    pub timeout_ms: u64,
+    pub max_attempts: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkSection {
+    pub chunk_max_bytes: u64,
+    pub chunk_max_age_ms: u64,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            mode: LoggingMode::Hybrid,
+            data_dir: PathBuf::from("./sidelog-data"),
+            handler: None,
+            sink: None,
+            limits: LimitsConfig::default(),
+            dedup: DedupConfig::default(),
+            journal: JournalSection::default(),
+            handling: RetryConfig::default(),
+            delivery: DeliverySection::default(),
+            file_sink: FileSinkSection::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: MIB,
+            max_request_bytes: 16 * MIB,
+            max_messages_per_request: 10_000,
+            max_id_bytes: 256,
+            max_backlog_bytes: GIB,
+            max_journal_bytes: 0,
+        }
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window_count: 100_000,
+            window_age_ms: 3_600_000,
+        }
+    }
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            commit_max_records: 8192,
+            sync_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            concurrency: 256,
+            timeout_ms: 10_000,
+            max_attempts: 10,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            lanes: 8,
+            batch_max_messages: 1024,
+            batch_max_bytes: 4 * MIB,
+            linger_ms: 2,
+            timeout_ms: 10_000,
+            max_attempts: 20,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for FileSinkSection {
+    fn default() -> Self {
+        FileSinkSection {
+            chunk_max_bytes: 64 * MIB,
+            chunk_max_age_ms: 2000,
+        }
+    }
+}
+
+/// Flags of `sidelog serve`. Each overrides its config-file key and has an environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file; flags and SIDELOG_* variables override its keys.
+    #[arg(long, env = "SIDELOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the gRPC listener [default: 127.0.0.1:50051].
+    #[arg(long, env = "SIDELOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Logging mode: hml, rbml, sbml or none [default: hml].
+    #[arg(long, env = "SIDELOG_MODE")]
+    pub mode: Option<LoggingMode>,
+    /// Directory of the journal and of the default file sink [default: ./sidelog-data].
+    #[arg(long, env = "SIDELOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The ingest server's Handler, http://host:port [default: none, pass-through].
+    #[arg(long, env = "SIDELOG_HANDLER")]
+    pub handler: Option<String>,
+    /// http://host:port (a gRPC Sink) or file:DIR [default: file:<data-dir>/out].
+    #[arg(long, env = "SIDELOG_SINK")]
+    pub sink: Option<String>,
+
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGE_BYTES")]
+    pub limits_max_message_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_REQUEST_BYTES")]
+    pub limits_max_request_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGES_PER_REQUEST")]
+    pub limits_max_messages_per_request: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_ID_BYTES")]
+    pub limits_max_id_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_BACKLOG_BYTES")]
+    pub limits_max_backlog_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_JOURNAL_BYTES")]
+    pub limits_max_journal_bytes: Option<u64>,
+
+    #[arg(long, env = "SIDELOG_DEDUP_WINDOW_COUNT")]
+    pub dedup_window_count: Option<u64>,
+    #[arg(long, env = "SIDELOG_DEDUP_WINDOW_AGE_MS")]
+    pub dedup_window_age_ms: Option<u64>,
+
+    #[arg(long, env = "SIDELOG_JOURNAL_COMMIT_MAX_RECORDS")]
+    pub journal_commit_max_records: Option<u64>,
+    #[arg(long, env = "SIDELOG_JOURNAL_SYNC_INTERVAL_MS")]
+    pub journal_sync_interval_ms: Option<u64>,
+
+    #[arg(long, env = "SIDELOG_HANDLING_CONCURRENCY")]
+    pub handling_concurrency: Option<u64>,
+    #[arg(long, env = "SIDELOG_HANDLING_TIMEOUT_MS")]
+    pub handling_timeout_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_HANDLING_MAX_ATTEMPTS")]
+    pub handling_max_attempts: Option<u64>,
+    #[arg(long, env = "SIDELOG_HANDLING_BACKOFF_INITIAL_MS")]
+    pub handling_backoff_initial_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_HANDLING_BACKOFF_MAX_MS")]
+    pub handling_backoff_max_ms: Option<u64>,
+
+    #[arg(long, env = "SIDELOG_DELIVERY_LANES")]
+    pub delivery_lanes: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_BATCH_MAX_MESSAGES")]
+    pub delivery_batch_max_messages: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_BATCH_MAX_BYTES")]
+    pub delivery_batch_max_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_LINGER_MS")]
+    pub delivery_linger_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_TIMEOUT_MS")]
+    pub delivery_timeout_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_MAX_ATTEMPTS")]
+    pub delivery_max_attempts: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_BACKOFF_INITIAL_MS")]
+    pub delivery_backoff_initial_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_DELIVERY_BACKOFF_MAX_MS")]
+    pub delivery_backoff_max_ms: Option<u64>,
+
+    #[arg(long, env = "SIDELOG_FILE_SINK_CHUNK_MAX_BYTES")]
+    pub file_sink_chunk_max_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_FILE_SINK_CHUNK_MAX_AGE_MS")]
+    pub file_sink_chunk_max_age_ms: Option<u64>,
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file named by `--config`, then flags and environment; validated.
+    pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        set(&mut c.listen, args.listen);
+        set(&mut c.mode, args.mode);
+        set(&mut c.data_dir, args.data_dir);
+        if args.handler.is_some() {
+            c.handler = args.handler;
+        }
+        if args.sink.is_some() {
+            c.sink = args.sink;
+        }
+        let l = &mut c.limits;
+        set(&mut l.max_message_bytes, args.limits_max_message_bytes);
+        set(&mut l.max_request_bytes, args.limits_max_request_bytes);
+        set(
+            &mut l.max_messages_per_request,
+            args.limits_max_messages_per_request,
+        );
+        set(&mut l.max_id_bytes, args.limits_max_id_bytes);
+        set(&mut l.max_backlog_bytes, args.limits_max_backlog_bytes);
+        set(&mut l.max_journal_bytes, args.limits_max_journal_bytes);
+        set(&mut c.dedup.window_count, args.dedup_window_count);
+        set(&mut c.dedup.window_age_ms, args.dedup_window_age_ms);
+        set(
+            &mut c.journal.commit_max_records,
+            args.journal_commit_max_records,
+        );
+        set(
+            &mut c.journal.sync_interval_ms,
+            args.journal_sync_interval_ms,
+        );
+        let h = &mut c.handling;
+        set(&mut h.concurrency, args.handling_concurrency);
+        set(&mut h.timeout_ms, args.handling_timeout_ms);
+        set(&mut h.max_attempts, args.handling_max_attempts);
+        set(&mut h.backoff_initial_ms, args.handling_backoff_initial_ms);
+        set(&mut h.backoff_max_ms, args.handling_backoff_max_ms);
+        let d = &mut c.delivery;
+        set(&mut d.lanes, args.delivery_lanes);
+        set(&mut d.batch_max_messages, args.delivery_batch_max_messages);
+        set(&mut d.batch_max_bytes, args.delivery_batch_max_bytes);
+        set(&mut d.linger_ms, args.delivery_linger_ms);
+        set(&mut d.timeout_ms, args.delivery_timeout_ms);
+        set(&mut d.max_attempts, args.delivery_max_attempts);
+        set(&mut d.backoff_initial_ms, args.delivery_backoff_initial_ms);
+        set(&mut d.backoff_max_ms, args.delivery_backoff_max_ms);
+        set(
+            &mut c.file_sink.chunk_max_bytes,
+            args.file_sink_chunk_max_bytes,
+        );
+        set(
+            &mut c.file_sink.chunk_max_age_ms,
+            args.file_sink_chunk_max_age_ms,
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: &[(&'static str, u64, u64, u64)] = &[
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes,
+                64,
+                GIB,
+            ),
+            (
+                "limits.max_request_bytes",
+                self.limits.max_request_bytes,
+                64,
+                4 * GIB - 1,
+            ),
+            (
+                "limits.max_messages_per_request",
+                self.limits.max_messages_per_request,
+                1,
+                1_000_000,
+            ),
+            ("limits.max_id_bytes", self.limits.max_id_bytes, 1, 64 * KIB),
+            (
+                "limits.max_backlog_bytes",
+                self.limits.max_backlog_bytes,
+                KIB,
+                u64::MAX,
+            ),
+            (
+                "dedup.window_count",
+                self.dedup.window_count,
+                1,
+                100_000_000,
+            ),
+            (
+                "dedup.window_age_ms",
+                self.dedup.window_age_ms,
+                1,
+                30 * 86_400_000,
+            ),
+            (
+                "journal.commit_max_records",
+                self.journal.commit_max_records,
+                1,
+                1_000_000,
+            ),
+            (
+                "journal.sync_interval_ms",
+                self.journal.sync_interval_ms,
+                1,
+                3_600_000,
+            ),
+            ("handling.concurrency", self.handling.concurrency, 1, 65_536),
+            (
+                "handling.timeout_ms",
+                self.handling.timeout_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "handling.max_attempts",
+                self.handling.max_attempts,
+                1,
+                1_000_000,
+            ),
+            (
+                "handling.backoff_initial_ms",
+                self.handling.backoff_initial_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "handling.backoff_max_ms",
+                self.handling.backoff_max_ms,
+                1,
+                86_400_000,
+            ),
+            ("delivery.lanes", self.delivery.lanes, 1, 1024),
+            (
+                "delivery.batch_max_messages",
+                self.delivery.batch_max_messages,
+                1,
+                1_000_000,
+            ),
+            (
+                "delivery.batch_max_bytes",
+                self.delivery.batch_max_bytes,
+                1,
+                GIB,
+            ),
+            ("delivery.linger_ms", self.delivery.linger_ms, 0, 60_000),
+            (
+                "delivery.timeout_ms",
+                self.delivery.timeout_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "delivery.max_attempts",
+                self.delivery.max_attempts,
+                1,
+                1_000_000,
+            ),
+            (
+                "delivery.backoff_initial_ms",
+                self.delivery.backoff_initial_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "delivery.backoff_max_ms",
+                self.delivery.backoff_max_ms,
+                1,
+                86_400_000,
+            ),
+            (
+                "file_sink.chunk_max_bytes",
+                self.file_sink.chunk_max_bytes,
+                KIB,
+                GIB,
+            ),
+            (
+                "file_sink.chunk_max_age_ms",
+                self.file_sink.chunk_max_age_ms,
+                1,
+                3_600_000,
+            ),
+        ];
+        for &(key, value, min, max) in checks {
+            if value < min || value > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    reason: format!("allowed range is {min}..={max}"),
+                });
+            }
+        }
+        if self.limits.max_journal_bytes != 0 && self.limits.max_journal_bytes < MIB {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_journal_bytes",
+                value: self.limits.max_journal_bytes.to_string(),
+                reason: format!("must be 0 (no limit) or at least {MIB}"),
+            });
+        }
+        if self.limits.max_message_bytes > self.limits.max_request_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_message_bytes",
+                value: self.limits.max_message_bytes.to_string(),
+                reason: "must not exceed limits.max_request_bytes".into(),
+            });
+        }
+        if let Some(url) = &self.handler {
+            check_http_url("handler", url)?;
+        }
+        self.sink_target()?;
+        Ok(())
+    }
+
+    /// Where outputs go, parsed from `sink`.
+    pub fn sink_target(&self) -> Result<SinkTarget, ConfigError> {
+        match self.sink.as_deref() {
+            None => Ok(SinkTarget::File(self.data_dir.join("out"))),
+            Some(s) if s.starts_with("file:") => {
+                let dir = &s["file:".len()..];
+                if dir.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "sink",
+                        value: s.to_owned(),
+                        reason: "file: needs a directory, e.g. file:./out".into(),
+                    });
+                }
+                Ok(SinkTarget::File(PathBuf::from(dir)))
+            }
+            Some(s) => {
+                check_http_url("sink", s)?;
+                Ok(SinkTarget::Grpc(s.to_owned()))
+            }
+        }
+    }
+
+    pub fn handler_backoff(&self) -> Backoff {
+        Backoff {
+            initial_ms: self.handling.backoff_initial_ms,
+            max_ms: self.handling.backoff_max_ms,
+            max_attempts: self.handling.max_attempts as u32,
+        }
+    }
+
+    pub fn delivery_backoff(&self) -> Backoff {
+        Backoff {
+            initial_ms: self.delivery.backoff_initial_ms,
+            max_ms: self.delivery.backoff_max_ms,
+            max_attempts: self.delivery.max_attempts as u32,
+        }
+    }
+}
+
+/// The parsed `sink` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    Grpc(String),
+    File(PathBuf),
+}
+
+fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(hostport) if !hostport.is_empty() && hostport.contains(':') => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            key,
+            value: url.to_owned(),
+            reason: "expected http://host:port".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(
+            Config::default().sink_target().unwrap(),
+            SinkTarget::File(PathBuf::from("./sidelog-data/out"))
+        );
+    }
+
+    #[test]
+    fn a_file_sets_keys_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidelog.toml");
+        std::fs::write(
+            &path,
+            "mode = \"rbml\"\nsink = \"http://127.0.0.1:9\"\n[delivery]\nlanes = 3\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            mode: Some(LoggingMode::SenderBased),
+            ..Default::default()
+        };
+        let c = Config::load(args).unwrap();
+        assert_eq!(c.mode, LoggingMode::SenderBased);
+        assert_eq!(c.delivery.lanes, 3);
+        assert_eq!(
+            c.sink_target().unwrap(),
+            SinkTarget::Grpc("http://127.0.0.1:9".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let args = ServeArgs {
+            delivery_lanes: Some(0),
+            ..Default::default()
+        };
+        let err = Config::load(args).unwrap_err().to_string();
+        assert!(err.contains("delivery.lanes"), "{err}");
+        let args = ServeArgs {
+            sink: Some("s3://x".into()),
+            ..Default::default()
+        };
+        let err = Config::load(args).unwrap_err().to_string();
+        assert!(err.contains("sink"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lanes = 3\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("lanes"), "{err}");
+    }
+}

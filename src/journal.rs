@@ -1,0 +1,1403 @@
+//! The journal: sidelog's one durable store, a single redb file under `--data-dir`.
+//!
+//! Only this module imports redb. It speaks in domain verbs ([`Journal::append_inputs`],
+//! [`Journal::record_outputs`], [`Journal::complete`], [`Journal::dead_letter`],
+//! [`Journal::scan_outputs`], ...) and each verb states its durability.
+//!
+//! # Group commit
+//! One writer thread owns the `Database`. Callers send commands on a bounded queue (backpressure
+//! when the disk is slow) and await a reply. The writer takes every command waiting in the queue,
+//! up to [`JournalConfig::commit_max_records`], applies them all in one write transaction, commits
+//! once, and only then replies to each. A commit is `Immediate` (one fsync) when any command in it
+//! needs durability, and `None` (no fsync) otherwise: completion marks ride along for free and
+//! become durable with the next `Immediate` commit, or with the periodic sync. Reads (replay
+//! scans, the dedup load) go through the same thread, so there is exactly one owner of the file.
+//!
+//! # Tables and key encodings
+//! ```text
+//! inputs        u64 input seq   -> [1][InputEntry protobuf]    rbml, hml: awaiting completion
+//! outputs       u64 output seq  -> [1][OutputEntry protobuf]   sbml, hml: awaiting the sink's ack
+//! recorded      u64 input seq   -> (u64 first output seq, u32 count)  hml: where this input's outputs are
+//! dead_letters  u64 letter seq  -> [1][DeadLetter protobuf]    kept until re-queued or purged
+//! dedup         &str message id -> (u64 seq, i64 recorded_at_ms)
+//! dedup_order   u64 seq         -> &str message id             eviction order of the dedup window
+//! meta          &str            -> u64                         format, seq_floor, backlog_bytes, backlog_entries
+//! ```
+//! The leading byte of every protobuf value is the record format version ([`RECORD_FORMAT`]).
+//!
+//! # Invariants
+//! - Sequences are unique for the life of the file, also across crashes: every `Immediate`
+//!   commit persists `seq_floor = next_seq + SEQ_RESERVE`, a commit that would hand out a
+//!   sequence at or past the durable floor is made `Immediate`, and on open `next_seq` starts at
+//!   the floor. Sequences handed out by a lost non-durable commit are therefore never reused.
+//! - `backlog_bytes`/`backlog_entries` in `meta` count exactly the entries of `inputs` and
+//!   `outputs` (the sum of their encoded sizes); they are updated in the same transaction.
+//! - A reply `Ok` to a durable command is sent only after the `Immediate` commit returned.
+//!
+//! The file is `journal.redb`; redb's own checksums and two commit slots make a torn write roll
+//! back to the last commit.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::clock::SharedClock;
+use crate::proto::Message;
+use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+
+const INPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
+const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+const RECORDED: TableDefinition<u64, (u64, u32)> = TableDefinition::new("recorded");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const DEDUP: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
+const DEDUP_ORDER: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_SEQ_FLOOR: &str = "seq_floor";
+const META_BACKLOG_BYTES: &str = "backlog_bytes";
+const META_BACKLOG_ENTRIES: &str = "backlog_entries";
+
+/// The journal file's layout version; a file with another one is refused.
+pub const FILE_FORMAT: u64 = 1;
+/// The leading byte of every encoded record.
+pub const RECORD_FORMAT: u8 = 1;
+/// Sequences reserved past each durable commit (see the module's invariants).
+const SEQ_RESERVE: u64 = 1 << 20;
+/// Commands the queue to the writer holds before senders wait.
+const QUEUE_CAPACITY: usize = 4096;
+/// Dedup entries evicted per commit beyond the ones the commit inserted, so that age-based
+/// eviction catches up without making one transaction unboundedly large.
+const EVICT_EXTRA_PER_COMMIT: usize = 1024;
+
+/// The file name of the journal inside the data directory.
+pub const FILE_NAME: &str = "journal.redb";
+
+/// A journal sequence number: the key of an entry, unique for the life of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// Errors of the journal. `StorageFull` and `Io` are operating conditions (retryable);
+/// `Corrupted` and `Format` need an operator; `Closed` means the process is stopping.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The disk, or the journal's size limit, is full. Retryable once space returns.
+    #[error("journal storage is full: {0}")]
+    StorageFull(String),
+    /// Another I/O error. Retryable: the writer reopens the file before the next commit.
+    #[error("journal I/O error: {0}")]
+    Io(String),
+    /// The file is damaged. Not retryable: an operator must restore or move it.
+    #[error("journal {path} is damaged: {reason}")]
+    Corrupted { path: PathBuf, reason: String },
+    /// The file was written by an incompatible version. Not retryable.
+    #[error("journal {path} has format {found}, this sidelog reads format {FILE_FORMAT}")]
+    Format { path: PathBuf, found: u64 },
+    /// A record could not be decoded: a bug or damage. Not retryable.
+    #[error("journal record {table}/{key} cannot be decoded: {reason}")]
+    Decode {
+        table: &'static str,
+        key: u64,
+        reason: String,
+    },
+    /// The writer has stopped. Not retryable in this process.
+    #[error("journal is closed")]
+    Closed,
+}
+
+impl JournalError {
+    fn from_redb(err: impl Into<redb::Error>, path: &Path) -> Self {
+        match err.into() {
+            redb::Error::Io(io) => Self::from_io(&io),
+            redb::Error::PreviousIo => {
+                JournalError::Io("an earlier I/O error left the file to be reopened".into())
+            }
+            redb::Error::Corrupted(reason) => JournalError::Corrupted {
+                path: path.to_owned(),
+                reason,
+            },
+            other => JournalError::Io(other.to_string()),
+        }
+    }
+
+    fn from_io(io: &std::io::Error) -> Self {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        if io.kind() == std::io::ErrorKind::StorageFull
+            || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+        {
+            JournalError::StorageFull(io.to_string())
+        } else {
+            JournalError::Io(io.to_string())
+        }
+    }
+
+    /// Whether the same operation may succeed later in this process.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JournalError::StorageFull(_) | JournalError::Io(_))
+    }
+}
+
+pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+/// Validated settings of the journal.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Records applied in one transaction at most.
+    pub commit_max_records: usize,
+    /// Longest a non-durable change waits for the next durable commit.
+    pub sync_interval_ms: u64,
+    /// Message ids the dedup window keeps at most.
+    pub dedup_window_count: u64,
+    /// Age after which a message id leaves the dedup window.
+    pub dedup_window_age_ms: i64,
+    /// The journal file's size limit; writes past it fail as `StorageFull`.
+    pub max_file_bytes: Option<u64>,
+}
+
+/// The undelivered work the journal holds: kept up to date by the writer, read by the publish
+/// path for backpressure without touching the file.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl Backlog {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+    fn set(&self, bytes: u64, entries: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.entries.store(entries, Ordering::Relaxed);
+    }
+}
+
+/// Outputs to record for one input.
+#[derive(Debug, Clone)]
+pub struct OutputGroup {
+    /// The journaled input these outputs belong to (hml); `None` in sbml.
+    pub input_seq: Option<Seq>,
+    /// The input's message id, entered into the dedup window in the same transaction (sbml).
+    pub dedup_id: Option<String>,
+    pub outputs: Vec<Message>,
+}
+
+/// What the journal assigned to one [`OutputGroup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOutputs {
+    /// One sequence per output, in order.
+    pub output_seqs: Vec<Seq>,
+    /// The sequence the dedup window remembers for the input: the first output's, or a fresh
+    /// one when there are no outputs.
+    pub ack_seq: Seq,
+}
+
+/// A message to move to the dead-letter table.
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub kind: dead_letter::Kind,
+    pub message: Message,
+    pub reason: String,
+    pub attempts: u32,
+    pub input_seq: Option<Seq>,
+    /// The entry this letter replaces, removed in the same transaction.
+    pub remove: Option<EntryRef>,
+}
+
+/// An entry of `inputs` or `outputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRef {
+    Input(Seq),
+    Output(Seq),
+}
+
+/// What replay must do with a stored input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputState {
+    /// No outputs were recorded: call the handler again.
+    Unhandled,
+    /// Its outputs are in `outputs` (hml): replay re-sends those instead.
+    OutputsPending,
+    /// Its outputs were recorded and are all gone (delivered or dead-lettered), but the
+    /// completion mark was lost in a crash: it only needs completing.
+    Finished,
+}
+
+/// An input read back for replay.
+#[derive(Debug, Clone)]
+pub struct StoredInput {
+    pub seq: Seq,
+    pub entry: InputEntry,
+    pub state: InputState,
+}
+
+/// An output read back for replay.
+#[derive(Debug, Clone)]
+pub struct StoredOutput {
+    pub seq: Seq,
+    pub entry: OutputEntry,
+}
+
+/// A dead letter read back.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub seq: Seq,
+    pub letter: DeadLetter,
+}
+
+/// A message id in the persisted dedup window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub id: String,
+    pub seq: Seq,
+    pub recorded_at_ms: i64,
+}
+
+/// Entry counts, for `inspect` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub inputs: u64,
+    pub outputs: u64,
+    pub dead_letters: u64,
+    pub dedup_ids: u64,
+    pub backlog_bytes: u64,
+    pub next_seq: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    AppendInputs {
+        inputs: Vec<Message>,
+        received_at_ms: i64,
+        reply: Reply<Vec<Seq>>,
+    },
+    RecordOutputs {
+        groups: Vec<OutputGroup>,
+        durable: bool,
+        reply: Reply<Vec<RecordedOutputs>>,
+    },
+    Complete {
+        outputs: Vec<Seq>,
+        inputs: Vec<Seq>,
+        reply: Option<Reply<()>>,
+    },
+    DeadLetter {
+        letters: Vec<NewDeadLetter>,
+        reply: Reply<Vec<Seq>>,
+    },
+    Sync {
+        reply: Reply<()>,
+    },
+    /// From the sync ticker: make non-durable commits durable, if there are any.
+    SyncIfDirty,
+    ScanInputs {
+        from: Seq,
+        limit: usize,
+        reply: Reply<Vec<StoredInput>>,
+    },
+    ScanOutputs {
+        from: Seq,
+        limit: usize,
+        reply: Reply<Vec<StoredOutput>>,
+    },
+    ScanDeadLetters {
+        from: Seq,
+        limit: usize,
+        reply: Reply<Vec<StoredDeadLetter>>,
+    },
+    LoadDedup {
+        reply: Reply<Vec<DedupRecord>>,
+    },
+    Summary {
+        reply: Reply<Summary>,
+    },
+}
+
+impl Command {
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::ScanInputs { .. }
+                | Command::ScanOutputs { .. }
+                | Command::ScanDeadLetters { .. }
+                | Command::LoadDedup { .. }
+                | Command::Summary { .. }
+        )
+    }
+
+    fn needs_durability(&self) -> bool {
+        match self {
+            Command::AppendInputs { .. } | Command::DeadLetter { .. } | Command::Sync { .. } => {
+                true
+            }
+            Command::RecordOutputs { durable, .. } => *durable,
+            _ => false,
+        }
+    }
+
+    fn records(&self) -> usize {
+        match self {
+            Command::AppendInputs { inputs, .. } => inputs.len(),
+            Command::RecordOutputs { groups, .. } => {
+                groups.iter().map(|g| g.outputs.len().max(1)).sum()
+            }
+            Command::Complete {
+                outputs, inputs, ..
+            } => outputs.len() + inputs.len(),
+            Command::DeadLetter { letters, .. } => letters.len(),
+            _ => 1,
+        }
+    }
+
+    fn fail(self, err: JournalError) {
+        // A caller that stopped waiting has nothing to be told.
+        match self {
+            Command::AppendInputs { reply, .. } => drop(reply.send(Err(err))),
+            Command::RecordOutputs { reply, .. } => drop(reply.send(Err(err))),
+            Command::Complete { reply, .. } => {
+                if let Some(reply) = reply {
+                    drop(reply.send(Err(err)));
+                }
+            }
+            Command::DeadLetter { reply, .. } => drop(reply.send(Err(err))),
+            Command::Sync { reply } => drop(reply.send(Err(err))),
+            Command::SyncIfDirty => {}
+            Command::ScanInputs { reply, .. } => drop(reply.send(Err(err))),
+            Command::ScanOutputs { reply, .. } => drop(reply.send(Err(err))),
+            Command::ScanDeadLetters { reply, .. } => drop(reply.send(Err(err))),
+            Command::LoadDedup { reply } => drop(reply.send(Err(err))),
+            Command::Summary { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// A handle to the journal. Cheap to clone; the writer stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Command>,
+    backlog: Arc<Backlog>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+/// Storage under the journal: the real file (optionally size-limited) or, in the simulator, a
+/// backend of its own.
+pub enum Storage {
+    File {
+        path: PathBuf,
+        max_file_bytes: Option<u64>,
+    },
+    Backend(Box<dyn Fn() -> Result<Box<dyn redb::StorageBackend>, std::io::Error> + Send>),
+}
+
+impl Journal {
+    /// Opens (or creates) `journal.redb` in `data_dir` and starts the writer thread.
+    ///
+    /// Fails, naming the file, when the file is damaged or of another format: sidelog never
+    /// starts silently on an empty journal in place of a damaged one.
+    pub fn open(data_dir: &Path, config: JournalConfig, clock: SharedClock) -> Result<Journal> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            JournalError::Io(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let storage = Storage::File {
+            path: path.clone(),
+            max_file_bytes: config.max_file_bytes,
+        };
+        Self::open_storage(storage, path, config, clock)
+    }
+
+    /// Opens the journal on the given storage (the simulator passes its own backend).
+    pub fn open_storage(
+        storage: Storage,
+        path: PathBuf,
+        config: JournalConfig,
+        clock: SharedClock,
+    ) -> Result<Journal> {
+        let db = open_database(&storage, &path)?;
+        let backlog = Arc::new(Backlog::default());
+        let mut writer = Writer {
+            db: Some(db),
+            storage,
+            path: path.clone(),
+            config,
+            clock,
+            backlog: backlog.clone(),
+            next_seq: 0,
+            durable_floor: 0,
+            dedup_len: 0,
+            dirty: false,
+            last_durable_ms: 0,
+        };
+        writer.load_state()?;
+        info!(
+            path = %path.display(),
+            next_seq = writer.next_seq,
+            backlog_entries = backlog.entries(),
+            backlog_bytes = backlog.bytes(),
+            dedup_ids = writer.dedup_len,
+            "journal opened"
+        );
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let sync_interval = Duration::from_millis(writer.config.sync_interval_ms.max(1));
+        std::thread::Builder::new()
+            .name("sidelog-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| JournalError::Io(format!("cannot start the journal writer: {e}")))?;
+        // Completion marks are committed without fsync; this ticker bounds how long they stay
+        // non-durable when no durable write comes along. It holds only a weak sender, so the
+        // writer still stops when the last handle is dropped.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("sidelog-journal-sync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(sync_interval);
+                    let Some(tx) = weak.upgrade() else { break };
+                    // A full queue means commits are happening anyway.
+                    let _ = tx.try_send(Command::SyncIfDirty);
+                }
+            })
+            .map_err(|e| JournalError::Io(format!("cannot start the journal sync ticker: {e}")))?;
+        Ok(Journal {
+            tx,
+            backlog,
+            path: Arc::new(path),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the journal holds that is not yet delivered.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Appends inputs and enters their ids into the dedup window. **Durable**: returns after
+    /// the fsync, with one sequence per input, in order.
+    pub async fn append_inputs(
+        &self,
+        inputs: Vec<Message>,
+        received_at_ms: i64,
+    ) -> Result<Vec<Seq>> {
+        self.call(|reply| Command::AppendInputs {
+            inputs,
+            received_at_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Like [`Journal::append_inputs`], but only queues the write and returns a receiver for its
+    /// outcome, so the caller can do other work (HML calls the handler) while it commits.
+    pub async fn start_append_inputs(
+        &self,
+        inputs: Vec<Message>,
+        received_at_ms: i64,
+    ) -> Result<oneshot::Receiver<Result<Vec<Seq>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::AppendInputs {
+                inputs,
+                received_at_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Records outputs. **Durable** when `durable` (sbml, before the producer's ack); otherwise
+    /// written without fsync (hml), made durable by a later commit. For an hml group with no
+    /// outputs, the input is complete and is removed.
+    pub async fn record_outputs(
+        &self,
+        groups: Vec<OutputGroup>,
+        durable: bool,
+    ) -> Result<Vec<RecordedOutputs>> {
+        self.call(|reply| Command::RecordOutputs {
+            groups,
+            durable,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes delivered outputs and completed inputs. **Not durable**: losing it only re-sends,
+    /// and deterministic ids make that a harmless duplicate. Waits only for queue space.
+    pub async fn complete(&self, outputs: Vec<Seq>, inputs: Vec<Seq>) -> Result<()> {
+        if outputs.is_empty() && inputs.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Command::Complete {
+                outputs,
+                inputs,
+                reply: None,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Moves messages to the dead-letter table, removing the entries they replace. **Durable.**
+    pub async fn dead_letter(&self, letters: Vec<NewDeadLetter>) -> Result<Vec<Seq>> {
+        self.call(|reply| Command::DeadLetter { letters, reply })
+            .await
+    }
+
+    /// Makes everything written so far durable (one `Immediate` commit if anything is pending).
+    pub async fn sync(&self) -> Result<()> {
+        self.call(|reply| Command::Sync { reply }).await
+    }
+
+    /// Up to `limit` inputs with sequence ≥ `from`, in sequence order.
+    pub async fn scan_inputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredInput>> {
+        self.call(|reply| Command::ScanInputs { from, limit, reply })
+            .await
+    }
+
+    /// Up to `limit` outputs with sequence ≥ `from`, in sequence order.
+    pub async fn scan_outputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredOutput>> {
+        self.call(|reply| Command::ScanOutputs { from, limit, reply })
+            .await
+    }
+
+    /// Up to `limit` dead letters with sequence ≥ `from`, in sequence order.
+    pub async fn scan_dead_letters(
+        &self,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>> {
+        self.call(|reply| Command::ScanDeadLetters { from, limit, reply })
+            .await
+    }
+
+    /// The persisted dedup window, oldest first (bounded by the window's count).
+    pub async fn load_dedup(&self) -> Result<Vec<DedupRecord>> {
+        self.call(|reply| Command::LoadDedup { reply }).await
+    }
+
+    pub async fn summary(&self) -> Result<Summary> {
+        self.call(|reply| Command::Summary { reply }).await
+    }
+}
+
+fn open_database(storage: &Storage, path: &Path) -> Result<Database> {
+    let corrupted = |reason: String| JournalError::Corrupted {
+        path: path.to_owned(),
+        reason,
+    };
+    let backend: Box<dyn redb::StorageBackend> = match storage {
+        Storage::File {
+            path,
+            max_file_bytes,
+        } => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| JournalError::from_io(&e))?;
+            let inner = redb::backends::FileBackend::new(file)
+                .map_err(|e| JournalError::from_redb(e, path))?;
+            Box::new(QuotaBackend {
+                inner,
+                max_len: max_file_bytes.unwrap_or(u64::MAX),
+            })
+        }
+        Storage::Backend(make) => make().map_err(|e| JournalError::from_io(&e))?,
+    };
+    match redb::Builder::new().create_with_backend(BoxedBackend(backend)) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
+            Err(corrupted(reason))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(JournalError::Io(format!(
+            "{} is in use by another sidelog process",
+            path.display()
+        ))),
+        Err(redb::DatabaseError::UpgradeRequired(v)) => Err(JournalError::Format {
+            path: path.to_owned(),
+            found: u64::from(v),
+        }),
+        Err(e) => {
+            let e: redb::Error = e.into();
+            match e {
+                redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    Err(corrupted(io.to_string()))
+                }
+                other => Err(JournalError::from_redb(other, path)),
+            }
+        }
+    }
+}
+
+/// redb's file backend with a size limit: growing the file past `max_len` fails as
+/// `StorageFull`, exactly as a full disk would.
+#[derive(Debug)]
+struct QuotaBackend {
+    inner: redb::backends::FileBackend,
+    max_len: u64,
+}
+
+impl redb::StorageBackend for QuotaBackend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        if len > self.max_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("journal size limit of {} bytes reached", self.max_len),
+            ));
+        }
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::result::Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+}
+
+/// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<(), redb::BackendError> {
+        self.0.unlock_range(start, end)
+    }
+}
+
+/// Encodes a record: the format byte, then the protobuf.
+pub fn encode_record(message: &impl prost::Message) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + message.encoded_len());
+    buf.push(RECORD_FORMAT);
+    message
+        .encode(&mut buf)
+        .expect("encoding into a Vec cannot run out of space");
+    buf
+}
+
+/// Decodes a record written by [`encode_record`].
+pub fn decode_record<M: prost::Message + Default>(
+    table: &'static str,
+    key: u64,
+    bytes: &[u8],
+) -> Result<M> {
+    let decode_err = |reason: String| JournalError::Decode { table, key, reason };
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, body)) => M::decode(body).map_err(|e| decode_err(e.to_string())),
+        Some((other, _)) => Err(decode_err(format!("unknown record format {other}"))),
+        None => Err(decode_err("empty record".into())),
+    }
+}
+
+/// The writer thread's state. Owns the database.
+struct Writer {
+    /// `None` after an I/O error until the file is reopened.
+    db: Option<Database>,
+    storage: Storage,
+    path: PathBuf,
+    config: JournalConfig,
+    clock: SharedClock,
+    backlog: Arc<Backlog>,
+    next_seq: u64,
+    /// Sequences below this are covered by a durable `seq_floor`.
+    durable_floor: u64,
+    dedup_len: u64,
+    /// Non-durable commits happened since the last durable one.
+    dirty: bool,
+    last_durable_ms: i64,
+}
+
+/// The outcome of applying one command inside a transaction, sent after the commit.
+enum Applied {
+    Seqs(Vec<Seq>),
+    Recorded(Vec<RecordedOutputs>),
+    Unit,
+}
+
+impl Writer {
+    fn db(&mut self) -> Result<&Database> {
+        if self.db.is_none() {
+            warn!(path = %self.path.display(), "reopening the journal after an I/O error");
+            let db = open_database(&self.storage, &self.path)?;
+            self.db = Some(db);
+            self.load_state()?;
+        }
+        Ok(self.db.as_ref().expect("just reopened"))
+    }
+
+    /// Reads the counters from `meta`, creating the tables on a new file.
+    fn load_state(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let db = self
+            .db
+            .as_ref()
+            .expect("load_state runs with an open database");
+        let err = |e: redb::Error| JournalError::from_redb(e, &path);
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        let (format, floor, bytes, entries, max_key, dedup_len) = {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let inputs = txn.open_table(INPUTS).map_err(|e| err(e.into()))?;
+            let outputs = txn.open_table(OUTPUTS).map_err(|e| err(e.into()))?;
+            let dead = txn.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+            let order = txn.open_table(DEDUP_ORDER).map_err(|e| err(e.into()))?;
+            txn.open_table(RECORDED).map_err(|e| err(e.into()))?;
+            txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
+            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
+                Ok(meta.get(k).map_err(|e| err(e.into()))?.map(|v| v.value()))
+            };
+            let format = match get(&meta, META_FORMAT)? {
+                Some(f) => f,
+                None => {
+                    meta.insert(META_FORMAT, FILE_FORMAT)
+                        .map_err(|e| err(e.into()))?;
+                    FILE_FORMAT
+                }
+            };
+            let mut max_key = 0u64;
+            for last in [
+                inputs
+                    .last()
+                    .map_err(|e| err(e.into()))?
+                    .map(|(k, _)| k.value()),
+                outputs
+                    .last()
+                    .map_err(|e| err(e.into()))?
+                    .map(|(k, _)| k.value()),
+                dead.last()
+                    .map_err(|e| err(e.into()))?
+                    .map(|(k, _)| k.value()),
+                order
+                    .last()
+                    .map_err(|e| err(e.into()))?
+                    .map(|(k, _)| k.value()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                max_key = max_key.max(last);
+            }
+            (
+                format,
+                get(&meta, META_SEQ_FLOOR)?.unwrap_or(1),
+                get(&meta, META_BACKLOG_BYTES)?.unwrap_or(0),
+                get(&meta, META_BACKLOG_ENTRIES)?.unwrap_or(0),
+                max_key,
+                order.len().map_err(|e| err(e.into()))?,
+            )
+        };
+        if format != FILE_FORMAT {
+            return Err(JournalError::Format {
+                path: self.path.clone(),
+                found: format,
+            });
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.next_seq = floor.max(max_key + 1);
+        self.durable_floor = floor;
+        self.dedup_len = dedup_len;
+        self.backlog.set(bytes, entries);
+        self.dirty = false;
+        self.last_durable_ms = self.clock.now_ms();
+        Ok(())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let max_records = self.config.commit_max_records.max(1);
+        let mut writes: Vec<Command> = Vec::new();
+        let mut reads: Vec<Command> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut records = first.records();
+            if first.is_read() {
+                reads.push(first);
+            } else {
+                writes.push(first);
+            }
+            while records < max_records {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        records += cmd.records();
+                        if cmd.is_read() {
+                            reads.push(cmd);
+                        } else {
+                            writes.push(cmd);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !writes.is_empty() {
+                self.commit(&mut writes);
+            }
+            for read in reads.drain(..) {
+                self.read(read);
+            }
+        }
+        // Every handle is gone: make what is pending durable before the thread ends.
+        if self.dirty {
+            let (reply, _rx) = oneshot::channel();
+            let mut last = vec![Command::Sync { reply }];
+            self.commit(&mut last);
+        }
+        debug!("journal writer stopped");
+    }
+
+    fn commit(&mut self, cmds: &mut Vec<Command>) {
+        if !self.dirty && cmds.iter().all(|c| matches!(c, Command::SyncIfDirty)) {
+            cmds.clear();
+            return;
+        }
+        let now = self.clock.now_ms();
+        match self.try_commit(cmds, now) {
+            Ok(results) => {
+                for (cmd, applied) in cmds.drain(..).zip(results) {
+                    reply_ok(cmd, applied);
+                }
+            }
+            Err(err) => {
+                if err.is_retryable() {
+                    // redb may need the file reopened after an I/O error (PreviousIo).
+                    self.db = None;
+                    warn!(error = %err, commands = cmds.len(), "journal commit failed; nothing in it is acknowledged");
+                } else {
+                    error!(error = %err, commands = cmds.len(), "journal commit failed");
+                }
+                for cmd in cmds.drain(..) {
+                    cmd.fail(err.clone());
+                }
+            }
+        }
+    }
+
+    fn try_commit(&mut self, cmds: &mut [Command], now: i64) -> Result<Vec<Applied>> {
+        let sync_due = self.dirty
+            && now.saturating_sub(self.last_durable_ms) >= self.config.sync_interval_ms as i64;
+        let records: usize = cmds.iter().map(Command::records).sum();
+        // Sequences handed out by this commit must stay below the durable floor unless the
+        // commit itself is durable (module invariant).
+        let seq_exhausts_floor = self.next_seq + records as u64 + 1 >= self.durable_floor;
+        let sync_asked = self.dirty && cmds.iter().any(|c| matches!(c, Command::SyncIfDirty));
+        let durable = cmds.iter().any(Command::needs_durability)
+            || sync_due
+            || sync_asked
+            || seq_exhausts_floor;
+
+        let mut next_seq = self.next_seq;
+        let mut dedup_len = self.dedup_len;
+        let path = self.path.clone();
+        let db = self.db()?;
+        let err = |e: redb::Error| JournalError::from_redb(e, &path);
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(|e| JournalError::Io(e.to_string()))?;
+        let mut results = Vec::with_capacity(cmds.len());
+        let (bytes, entries) = {
+            let mut t = Tables {
+                inputs: txn.open_table(INPUTS).map_err(|e| err(e.into()))?,
+                outputs: txn.open_table(OUTPUTS).map_err(|e| err(e.into()))?,
+                recorded: txn.open_table(RECORDED).map_err(|e| err(e.into()))?,
+                dead: txn.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?,
+                dedup: txn.open_table(DEDUP).map_err(|e| err(e.into()))?,
+                dedup_order: txn.open_table(DEDUP_ORDER).map_err(|e| err(e.into()))?,
+                meta: txn.open_table(META).map_err(|e| err(e.into()))?,
+                next_seq: &mut next_seq,
+                dedup_len: &mut dedup_len,
+                bytes_delta: 0,
+                entries_delta: 0,
+                dedup_inserted: 0,
+                now,
+            };
+            for cmd in cmds.iter() {
+                results.push(t.apply(cmd).map_err(err)?);
+            }
+            t.evict_dedup(&self.config).map_err(err)?;
+            let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
+            let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
+            t.meta
+                .insert(META_BACKLOG_BYTES, bytes)
+                .map_err(|e| err(e.into()))?;
+            t.meta
+                .insert(META_BACKLOG_ENTRIES, entries)
+                .map_err(|e| err(e.into()))?;
+            if durable {
+                t.meta
+                    .insert(META_SEQ_FLOOR, *t.next_seq + SEQ_RESERVE)
+                    .map_err(|e| err(e.into()))?;
+            }
+            (bytes, entries)
+        };
+        txn.commit().map_err(|e| err(e.into()))?;
+        // Committed: from here on the state in memory follows the file.
+        if durable {
+            self.durable_floor = next_seq + SEQ_RESERVE;
+            self.dirty = false;
+            self.last_durable_ms = now;
+        } else {
+            self.dirty = true;
+        }
+        self.next_seq = next_seq;
+        self.dedup_len = dedup_len;
+        self.backlog.set(bytes, entries);
+        debug!(commands = cmds.len(), records, durable, "journal commit");
+        Ok(results)
+    }
+
+    fn read(&mut self, cmd: Command) {
+        let result = self.try_read(&cmd);
+        match (cmd, result) {
+            (cmd, Err(e)) => cmd.fail(e),
+            (Command::ScanInputs { reply, .. }, Ok(ReadResult::Inputs(v))) => {
+                drop(reply.send(Ok(v)))
+            }
+            (Command::ScanOutputs { reply, .. }, Ok(ReadResult::Outputs(v))) => {
+                drop(reply.send(Ok(v)))
+            }
+            (Command::ScanDeadLetters { reply, .. }, Ok(ReadResult::Dead(v))) => {
+                drop(reply.send(Ok(v)))
+            }
+            (Command::LoadDedup { reply }, Ok(ReadResult::Dedup(v))) => drop(reply.send(Ok(v))),
+            (Command::Summary { reply }, Ok(ReadResult::Summary(v))) => drop(reply.send(Ok(v))),
+            (_, Ok(_)) => unreachable!("try_read answers each read with its own kind"),
+        }
+    }
+
+    fn try_read(&mut self, cmd: &Command) -> Result<ReadResult> {
+        let next_seq = self.next_seq;
+        let backlog_bytes = self.backlog.bytes();
+        let path = self.path.clone();
+        let db = self.db()?;
+        let err = |e: redb::Error| JournalError::from_redb(e, &path);
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        match cmd {
+            Command::ScanInputs { from, limit, .. } => {
+                let inputs = txn.open_table(INPUTS).map_err(|e| err(e.into()))?;
+                let recorded = txn.open_table(RECORDED).map_err(|e| err(e.into()))?;
+                let outputs = txn.open_table(OUTPUTS).map_err(|e| err(e.into()))?;
+                let mut out = Vec::with_capacity((*limit).min(4096));
+                for row in inputs
+                    .range(from.0..)
+                    .map_err(|e| err(e.into()))?
+                    .take(*limit)
+                {
+                    let (k, v) = row.map_err(|e| err(e.into()))?;
+                    let key = k.value();
+                    let entry = decode_record::<InputEntry>("inputs", key, v.value())?;
+                    let range = recorded
+                        .get(key)
+                        .map_err(|e| err(e.into()))?
+                        .map(|r| r.value());
+                    let state = match range {
+                        None => InputState::Unhandled,
+                        Some((first, count)) => {
+                            let end = first + u64::from(count);
+                            let mut left = outputs.range(first..end).map_err(|e| err(e.into()))?;
+                            if left.next().is_some() {
+                                InputState::OutputsPending
+                            } else {
+                                InputState::Finished
+                            }
+                        }
+                    };
+                    out.push(StoredInput {
+                        seq: Seq(key),
+                        entry,
+                        state,
+                    });
+                }
+                Ok(ReadResult::Inputs(out))
+            }
+            Command::ScanOutputs { from, limit, .. } => {
+                let outputs = txn.open_table(OUTPUTS).map_err(|e| err(e.into()))?;
+                let mut out = Vec::with_capacity((*limit).min(4096));
+                for row in outputs
+                    .range(from.0..)
+                    .map_err(|e| err(e.into()))?
+                    .take(*limit)
+                {
+                    let (k, v) = row.map_err(|e| err(e.into()))?;
+                    let key = k.value();
+                    let entry = decode_record::<OutputEntry>("outputs", key, v.value())?;
+                    out.push(StoredOutput {
+                        seq: Seq(key),
+                        entry,
+                    });
+                }
+                Ok(ReadResult::Outputs(out))
+            }
+            Command::ScanDeadLetters { from, limit, .. } => {
+                let dead = txn.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+                let mut out = Vec::with_capacity((*limit).min(4096));
+                for row in dead
+                    .range(from.0..)
+                    .map_err(|e| err(e.into()))?
+                    .take(*limit)
+                {
+                    let (k, v) = row.map_err(|e| err(e.into()))?;
+                    let key = k.value();
+                    let letter = decode_record::<DeadLetter>("dead_letters", key, v.value())?;
+                    out.push(StoredDeadLetter {
+                        seq: Seq(key),
+                        letter,
+                    });
+                }
+                Ok(ReadResult::Dead(out))
+            }
+            Command::LoadDedup { .. } => {
+                let order = txn.open_table(DEDUP_ORDER).map_err(|e| err(e.into()))?;
+                let dedup = txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
+                let mut out = Vec::new();
+                for row in order.iter().map_err(|e| err(e.into()))? {
+                    let (k, v) = row.map_err(|e| err(e.into()))?;
+                    let id = v.value();
+                    if let Some(entry) = dedup.get(id).map_err(|e| err(e.into()))? {
+                        let (seq, recorded_at_ms) = entry.value();
+                        if seq == k.value() {
+                            out.push(DedupRecord {
+                                id: id.to_owned(),
+                                seq: Seq(seq),
+                                recorded_at_ms,
+                            });
+                        }
+                    }
+                }
+                Ok(ReadResult::Dedup(out))
+            }
+            Command::Summary { .. } => {
+                let len = |def: TableDefinition<u64, &[u8]>| -> Result<u64> {
+                    let t = txn.open_table(def).map_err(|e| err(e.into()))?;
+                    t.len().map_err(|e| err(e.into()))
+                };
+                let dedup = txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
+                Ok(ReadResult::Summary(Summary {
+                    inputs: len(INPUTS)?,
+                    outputs: len(OUTPUTS)?,
+                    dead_letters: len(DEAD_LETTERS)?,
+                    dedup_ids: dedup.len().map_err(|e| err(e.into()))?,
+                    backlog_bytes,
+                    next_seq,
+                }))
+            }
+            _ => unreachable!("only reads are passed to try_read"),
+        }
+    }
+}
+
+enum ReadResult {
+    Inputs(Vec<StoredInput>),
+    Outputs(Vec<StoredOutput>),
+    Dead(Vec<StoredDeadLetter>),
+    Dedup(Vec<DedupRecord>),
+    Summary(Summary),
+}
+
+fn reply_ok(cmd: Command, applied: Applied) {
+    // A caller that stopped waiting has nothing to be told.
+    match (cmd, applied) {
+        (Command::AppendInputs { reply, .. }, Applied::Seqs(s)) => drop(reply.send(Ok(s))),
+        (Command::DeadLetter { reply, .. }, Applied::Seqs(s)) => drop(reply.send(Ok(s))),
+        (Command::RecordOutputs { reply, .. }, Applied::Recorded(r)) => drop(reply.send(Ok(r))),
+        (Command::Complete { reply, .. }, Applied::Unit) => {
+            if let Some(reply) = reply {
+                drop(reply.send(Ok(())));
+            }
+        }
+        (Command::Sync { reply }, Applied::Unit) => drop(reply.send(Ok(()))),
+        (Command::SyncIfDirty, Applied::Unit) => {}
+        _ => unreachable!("apply answers each write with its own kind"),
+    }
+}
+
+/// The open tables of one write transaction, and what it changed.
+struct Tables<'txn> {
+    inputs: redb::Table<'txn, u64, &'static [u8]>,
+    outputs: redb::Table<'txn, u64, &'static [u8]>,
+    recorded: redb::Table<'txn, u64, (u64, u32)>,
+    dead: redb::Table<'txn, u64, &'static [u8]>,
+    dedup: redb::Table<'txn, &'static str, (u64, i64)>,
+    dedup_order: redb::Table<'txn, u64, &'static str>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    next_seq: &'txn mut u64,
+    dedup_len: &'txn mut u64,
+    bytes_delta: i64,
+    entries_delta: i64,
+    dedup_inserted: usize,
+    now: i64,
+}
+
+impl Tables<'_> {
+    fn take_seq(&mut self) -> Seq {
+        let seq = *self.next_seq;
+        *self.next_seq += 1;
+        Seq(seq)
+    }
+
+    fn apply(&mut self, cmd: &Command) -> Result<Applied, redb::Error> {
+        match cmd {
+            Command::AppendInputs {
+                inputs,
+                received_at_ms,
+                ..
+            } => {
+                let mut seqs = Vec::with_capacity(inputs.len());
+                for message in inputs {
+                    let seq = self.take_seq();
+                    let record = encode_record(&InputEntry {
+                        message: Some(message.clone()),
+                        received_at_ms: *received_at_ms,
+                    });
+                    self.inputs.insert(seq.0, record.as_slice())?;
+                    self.bytes_delta += record.len() as i64;
+                    self.entries_delta += 1;
+                    self.remember_id(&message.id, seq)?;
+                    seqs.push(seq);
+                }
+                Ok(Applied::Seqs(seqs))
+            }
+            Command::RecordOutputs { groups, .. } => {
+                let mut recorded = Vec::with_capacity(groups.len());
+                for group in groups {
+                    let mut output_seqs = Vec::with_capacity(group.outputs.len());
+                    for message in &group.outputs {
+                        let seq = self.take_seq();
+                        let record = encode_record(&OutputEntry {
+                            message: Some(message.clone()),
+                            input_seq: group.input_seq.map_or(0, |s| s.0),
+                            recorded_at_ms: self.now,
+                        });
+                        self.outputs.insert(seq.0, record.as_slice())?;
+                        self.bytes_delta += record.len() as i64;
+                        self.entries_delta += 1;
+                        output_seqs.push(seq);
+                    }
+                    if let Some(input) = group.input_seq {
+                        if group.outputs.is_empty() {
+                            self.remove_input(input)?;
+                        } else {
+                            let first = output_seqs.first().expect("outputs is not empty").0;
+                            self.recorded
+                                .insert(input.0, (first, group.outputs.len() as u32))?;
+                        }
+                    }
+                    let ack_seq = match output_seqs.first() {
+                        Some(first) => *first,
+                        None => self.take_seq(),
+                    };
+                    if let Some(id) = &group.dedup_id {
+                        self.remember_id(id, ack_seq)?;
+                    }
+                    recorded.push(RecordedOutputs {
+                        output_seqs,
+                        ack_seq,
+                    });
+                }
+                Ok(Applied::Recorded(recorded))
+            }
+            Command::Complete {
+                outputs, inputs, ..
+            } => {
+                for seq in outputs {
+                    self.remove_output(*seq)?;
+                }
+                for seq in inputs {
+                    self.remove_input(*seq)?;
+                }
+                Ok(Applied::Unit)
+            }
+            Command::DeadLetter { letters, .. } => {
+                let mut seqs = Vec::with_capacity(letters.len());
+                for letter in letters {
+                    match letter.remove {
+                        Some(EntryRef::Input(seq)) => self.remove_input(seq)?,
+                        Some(EntryRef::Output(seq)) => self.remove_output(seq)?,
+                        None => {}
+                    }
+                    let seq = self.take_seq();
+                    let record = encode_record(&DeadLetter {
+                        kind: letter.kind as i32,
+                        message: Some(letter.message.clone()),
+                        reason: letter.reason.clone(),
+                        attempts: letter.attempts,
+                        dead_at_ms: self.now,
+                        input_seq: letter.input_seq.map_or(0, |s| s.0),
+                    });
+                    self.dead.insert(seq.0, record.as_slice())?;
+                    seqs.push(seq);
+                }
+                Ok(Applied::Seqs(seqs))
+            }
+            Command::Sync { .. } | Command::SyncIfDirty => Ok(Applied::Unit),
+            _ => unreachable!("reads are not applied in a write transaction"),
+        }
+    }
+
+    fn remove_input(&mut self, seq: Seq) -> Result<(), redb::Error> {
+        if let Some(old) = self.inputs.remove(seq.0)? {
+            self.bytes_delta -= old.value().len() as i64;
+            self.entries_delta -= 1;
+        }
+        self.recorded.remove(seq.0)?;
+        Ok(())
+    }
+
+    fn remove_output(&mut self, seq: Seq) -> Result<(), redb::Error> {
+        if let Some(old) = self.outputs.remove(seq.0)? {
+            self.bytes_delta -= old.value().len() as i64;
+            self.entries_delta -= 1;
+        }
+        Ok(())
+    }
+
+    fn remember_id(&mut self, id: &str, seq: Seq) -> Result<(), redb::Error> {
+        if let Some(old) = self.dedup.insert(id, (seq.0, self.now))? {
+            // The id was in the window already (its entry had expired in memory): drop the
+            // old position so the window counts it once.
+            let (old_seq, _) = old.value();
+            drop(old);
+            if self.dedup_order.remove(old_seq)?.is_some() {
+                *self.dedup_len -= 1;
+            }
+        }
+        self.dedup_order.insert(seq.0, id)?;
+        *self.dedup_len += 1;
+        self.dedup_inserted += 1;
+        Ok(())
+    }
+
+    /// Evicts the oldest ids while the window is over its count or they are over its age.
+    fn evict_dedup(&mut self, config: &JournalConfig) -> Result<(), redb::Error> {
+        let budget = self.dedup_inserted + EVICT_EXTRA_PER_COMMIT;
+        let oldest_allowed = self.now.saturating_sub(config.dedup_window_age_ms);
+        for _ in 0..budget {
+            let Some((seq, id)) = self
+                .dedup_order
+                .first()?
+                .map(|(k, v)| (k.value(), v.value().to_owned()))
+            else {
+                break;
+            };
+            let recorded_at = self.dedup.get(id.as_str())?.map(|v| v.value());
+            let over_count = *self.dedup_len > config.dedup_window_count;
+            let too_old = recorded_at.is_none_or(|(_, at)| at < oldest_allowed);
+            if !over_count && !too_old {
+                break;
+            }
+            self.dedup_order.remove(seq)?;
+            *self.dedup_len -= 1;
+            if recorded_at.is_some_and(|(s, _)| s == seq) {
+                self.dedup.remove(id.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits at most `timeout` for the journal writer to drain: used by shutdown.
+pub async fn flush(journal: &Journal, timeout: Duration) -> Result<()> {
+    match tokio::time::timeout(timeout, journal.sync()).await {
+        Ok(r) => r,
+        Err(_) => Err(JournalError::Io("timed out flushing the journal".into())),
+    }
+}

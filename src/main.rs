@@ -1,0 +1,124 @@
+//! The `sidelog` command line: `serve`, `publish`, `inspect`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use sidelog::config::{Config, ServeArgs};
+use sidelog::publish::PublishArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidelog",
+    version,
+    about = "A fault-tolerance logging sidecar (RBML, SBML, HML)"
+)]
+struct Cli {
+    /// Log format: plain or json.
+    #[arg(
+        long,
+        global = true,
+        env = "SIDELOG_LOG_FORMAT",
+        default_value = "plain"
+    )]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar (embedded defaults: mode hml, ./sidelog-data, pass-through, file sink).
+    Serve(Box<ServeArgs>),
+    /// Send messages to a running sidelog and print a summary of the acks.
+    Publish(PublishArgs),
+    /// Show what a journal holds (read-only; the server must be stopped).
+    Inspect {
+        #[arg(long, env = "SIDELOG_DATA_DIR", default_value = "./sidelog-data")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn init_logs(format: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "plain" => builder.init(),
+        "json" => builder.json().init(),
+        other => {
+            return Err(format!(
+                "--log-format: unknown format {other:?}, expected plain or json"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logs(&cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let config = Config::load(*args)?;
+                sidelog::server::serve(config, shutdown_signal(), |_| {}).await
+            }
+            Command::Publish(args) => {
+                let s = sidelog::publish::run(args).await?;
+                println!(
+                    "sent {} accepted {} duplicate {} rejected {} unacked {} retries {}",
+                    s.sent, s.accepted, s.duplicate, s.rejected, s.unacked, s.retries
+                );
+                if let Some(r) = &s.first_rejection {
+                    println!("first rejection: {r}");
+                }
+                anyhow::ensure!(
+                    s.unacked == 0,
+                    "{} messages were never acknowledged",
+                    s.unacked
+                );
+                Ok(())
+            }
+            Command::Inspect { data_dir } => sidelog::inspect::run(&data_dir).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops sidelog");
+            drop(ctrl_c.await);
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

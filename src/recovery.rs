@@ -1,0 +1,126 @@
+//! Replay on start: what the journal holds is finished before new traffic is taken.
+//!
+//! The seeds' recovery: stop intake, re-process what was logged, then rejoin the load balancer.
+//! Replay is mode-agnostic, so a restart in another mode loses nothing:
+//! 1. every output in `outputs` (sbml, hml) is sent again;
+//! 2. every input in `inputs` without recorded outputs (rbml, and hml inputs whose outputs were
+//!    never written) goes to the handler again with `replay = true`.
+//!
+//! Then it waits until the backlog is empty (each entry delivered or dead-lettered).
+//!
+//! Memory stays bounded whatever the backlog's size: the journal is read in batches of
+//! [`SCAN_BATCH`] entries, each batch is pushed into delivery's bounded queues (which wait when
+//! full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::info;
+
+use crate::ingest::Pipeline;
+use crate::journal::{InputState, JournalError, Seq};
+
+/// Journal entries read per scan.
+pub const SCAN_BATCH: usize = 1024;
+/// Replayed inputs with a handler call or delivery under way at once.
+pub const REPLAY_INPUTS_IN_FLIGHT: usize = 4096;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub outputs_resent: u64,
+    pub inputs_rehandled: u64,
+}
+
+/// Replays the journal through `pipeline` and waits until its backlog is empty.
+pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalError> {
+    let journal = pipeline.journal().clone();
+    let mut stats = ReplayStats::default();
+    let start_entries = journal.backlog().entries();
+    if start_entries == 0 {
+        return Ok(stats);
+    }
+    info!(
+        entries = start_entries,
+        bytes = journal.backlog().bytes(),
+        "replaying the journal"
+    );
+
+    let mut cursor = Seq(0);
+    loop {
+        let batch = journal.scan_outputs(cursor, SCAN_BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = Seq(last.seq.0 + 1);
+        for stored in batch {
+            let input_seq = (stored.entry.input_seq != 0).then_some(Seq(stored.entry.input_seq));
+            if let Some(input) = input_seq {
+                pipeline.completion().expect(input, 1);
+            }
+            let Some(message) = stored.entry.message else {
+                return Err(JournalError::Decode {
+                    table: "outputs",
+                    key: stored.seq.0,
+                    reason: "output entry without a message".into(),
+                });
+            };
+            pipeline.send(message, Some(stored.seq), input_seq, 0).await;
+            stats.outputs_resent += 1;
+        }
+    }
+
+    let permits = Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT));
+    let mut cursor = Seq(0);
+    loop {
+        let batch = journal.scan_inputs(cursor, SCAN_BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = Seq(last.seq.0 + 1);
+        for stored in batch {
+            match stored.state {
+                InputState::OutputsPending => continue,
+                InputState::Finished => {
+                    journal.complete(Vec::new(), vec![stored.seq]).await?;
+                    continue;
+                }
+                InputState::Unhandled => {}
+            }
+            let Some(message) = stored.entry.message else {
+                return Err(JournalError::Decode {
+                    table: "inputs",
+                    key: stored.seq.0,
+                    reason: "input entry without a message".into(),
+                });
+            };
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the replay semaphore is never closed");
+            let task = pipeline.spawn_continuation(message, Some(stored.seq), true, None);
+            tokio::spawn(async move {
+                drop(task.await);
+                drop(permit);
+            });
+            stats.inputs_rehandled += 1;
+        }
+    }
+
+    let mut last_report = tokio::time::Instant::now();
+    while journal.backlog().entries() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = tokio::time::Instant::now();
+            info!(
+                remaining = journal.backlog().entries(),
+                "replay in progress"
+            );
+        }
+    }
+    info!(
+        outputs_resent = stats.outputs_resent,
+        inputs_rehandled = stats.inputs_rehandled,
+        "replay done"
+    );
+    Ok(stats)
+}

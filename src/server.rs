@@ -1,0 +1,225 @@
+//! `sidelog serve`: opens the journal, builds the pipeline, serves gRPC, replays, then takes
+//! traffic until told to stop.
+//!
+//! Start-up order matters (the seeds: recover, then rejoin the load balancer): the listener
+//! comes up first so that health checks see `NOT_SERVING` and `Publish` answers `UNAVAILABLE`
+//! while the journal is replayed; only then is intake opened and health set to `SERVING`.
+//! Shutdown is the reverse: intake closes, in-flight requests finish, the journal is synced.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::api::IngestService;
+use crate::clock::{Entropy, SharedClock, SystemClock};
+use crate::config::{Config, SinkTarget};
+use crate::dedup::DedupWindow;
+use crate::delivery::{Completion, Delivery, DeliveryConfig};
+use crate::handler::{GrpcHandler, Handler, HandlerRunner, PassThrough};
+use crate::ingest::{Limits, Pipeline};
+use crate::journal::{Journal, JournalConfig};
+use crate::proto::ingest_server::IngestServer;
+use crate::sink::{FileSink, FileSinkConfig, GrpcSink, Sink};
+
+/// How long shutdown waits for the journal's last sync.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `serve` until `shutdown` resolves. `on_listening` learns the bound address (useful with
+/// port 0).
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let entropy = Entropy::from_clock(clock.as_ref());
+
+    let journal = Journal::open(
+        &config.data_dir,
+        JournalConfig {
+            commit_max_records: config.journal.commit_max_records as usize,
+            sync_interval_ms: config.journal.sync_interval_ms,
+            dedup_window_count: config.dedup.window_count,
+            dedup_window_age_ms: config.dedup.window_age_ms as i64,
+            max_file_bytes: (config.limits.max_journal_bytes != 0)
+                .then_some(config.limits.max_journal_bytes),
+        },
+        clock.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
+             and restore it from a backup: sidelog will not start on an empty journal in its place",
+            config.data_dir.display()
+        )
+    })?;
+    let dedup = DedupWindow::new(
+        config.dedup.window_count,
+        config.dedup.window_age_ms as i64,
+        clock.clone(),
+    );
+    dedup.load(
+        journal
+            .load_dedup()
+            .await
+            .context("cannot read the dedup window")?,
+    );
+
+    let (handler, rewrites_ids): (Arc<dyn Handler>, bool) = match &config.handler {
+        Some(url) => (
+            Arc::new(
+                GrpcHandler::new(url, Duration::from_millis(config.handling.timeout_ms))
+                    .map_err(anyhow::Error::msg)
+                    .context("--handler")?,
+            ),
+            true,
+        ),
+        None => (Arc::new(PassThrough), false),
+    };
+    let runner = Arc::new(HandlerRunner::new(
+        handler,
+        rewrites_ids,
+        config.handling.concurrency as usize,
+        Duration::from_millis(config.handling.timeout_ms),
+        config.handler_backoff(),
+        entropy.clone(),
+    ));
+    let sink: Arc<dyn Sink> = match config.sink_target()? {
+        SinkTarget::Grpc(url) => Arc::new(
+            GrpcSink::new(&url, Duration::from_millis(config.delivery.timeout_ms))
+                .map_err(anyhow::Error::msg)
+                .context("--sink")?,
+        ),
+        SinkTarget::File(dir) => {
+            let file_sink = FileSink::start(
+                FileSinkConfig {
+                    dir: dir.clone(),
+                    chunk_max_bytes: config.file_sink.chunk_max_bytes,
+                    chunk_max_age_ms: config.file_sink.chunk_max_age_ms,
+                },
+                clock.clone(),
+                &entropy,
+            )
+            .with_context(|| format!("cannot use {} for the file sink (--sink)", dir.display()))?;
+            Arc::new(file_sink)
+        }
+    };
+    let completion = Completion::new(journal.clone());
+    let (delivery, lanes) = Delivery::start(
+        sink,
+        completion.clone(),
+        DeliveryConfig {
+            lanes: config.delivery.lanes as usize,
+            lane_queue: (config.delivery.batch_max_messages as usize * 2).max(64),
+            batch_max_messages: config.delivery.batch_max_messages as usize,
+            batch_max_bytes: config.delivery.batch_max_bytes as usize,
+            linger_ms: config.delivery.linger_ms,
+            timeout_ms: config.delivery.timeout_ms,
+            backoff: config.delivery_backoff(),
+        },
+        entropy.clone(),
+    );
+    let pipeline = Pipeline::new(
+        config.mode,
+        journal.clone(),
+        dedup,
+        runner,
+        delivery,
+        completion,
+        Limits {
+            max_message_bytes: config.limits.max_message_bytes as usize,
+            max_messages_per_request: config.limits.max_messages_per_request as usize,
+            max_id_bytes: config.limits.max_id_bytes as usize,
+            max_backlog_bytes: config.limits.max_backlog_bytes,
+        },
+        clock.clone(),
+        entropy,
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    let local = listener.local_addr().context("listener address")?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<IngestServer<IngestService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let max_request = config.limits.max_request_bytes as usize;
+    let ingest = IngestServer::new(IngestService::new(pipeline.clone()))
+        .max_decoding_message_size(max_request)
+        .max_encoding_message_size(usize::MAX);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(ingest)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                drop(stop_rx.await);
+            }),
+    );
+    info!(addr = %local, mode = %config.mode, "listening");
+    on_listening(local);
+
+    let replay = {
+        let pipeline = pipeline.clone();
+        async move { crate::recovery::replay(&pipeline).await }
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = replay => {
+            result.context("replay failed")?;
+        }
+        () = &mut shutdown => {
+            info!("stopping during replay; the rest is replayed on the next start");
+            let _ = stop_tx.send(()); // the server may have stopped already
+            crate::journal::flush(&journal, FLUSH_TIMEOUT).await.context("final journal sync")?;
+            return Ok(());
+        }
+    }
+    pipeline.set_serving(true);
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    info!(mode = %config.mode, "serving");
+
+    shutdown.await;
+    info!("shutting down: intake closed");
+    pipeline.set_serving(false);
+    health
+        .set_not_serving::<IngestServer<IngestService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(()); // the server may have stopped already
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "gRPC server ended with an error"),
+        Err(e) => warn!(error = %e, "gRPC server task failed"),
+    }
+    crate::journal::flush(&journal, FLUSH_TIMEOUT)
+        .await
+        .context("final journal sync")?;
+    drop(lanes);
+    info!("stopped");
+    Ok(())
+}
