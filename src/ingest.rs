@@ -194,9 +194,15 @@ impl Pipeline {
             }
         }
 
-        // Accept what is new, per the plan.
+        // Accept what is new, per the plan. In a task of its own: if the client goes away
+        // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
+        // journaled records whose dedup claims were released and whose delivery never started.
         if !fresh.is_empty() {
-            for (index, ack) in self.accept(fresh).await? {
+            let pipeline = self.clone();
+            let accepted = tokio::spawn(async move { pipeline.accept(fresh).await })
+                .await
+                .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
+            for (index, ack) in accepted {
                 acks[index] = Some(ack);
             }
         }
