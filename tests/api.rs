@@ -1,0 +1,426 @@
+//! The gRPC contract of the real binary: dedup, bad input, disk full, health, reflection,
+//! PublishStream, configuration errors and the publish CLI.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use sidelog::proto::{Ack, Message, PublishRequest, ack};
+use tonic::Code;
+
+fn msg(id: &str, payload: &[u8]) -> Message {
+    Message {
+        id: id.into(),
+        payload: payload.to_vec().into(),
+        ..Default::default()
+    }
+}
+
+async fn publish(sidelog: &Sidelog, messages: Vec<Message>) -> Result<Vec<Ack>, tonic::Status> {
+    let mut client = sidelog.client().await;
+    client
+        .publish(PublishRequest { messages })
+        .await
+        .map(|r| r.into_inner().acks)
+}
+
+fn status(a: &Ack) -> ack::Status {
+    ack::Status::try_from(a.status).expect("a known status")
+}
+
+/// Every message read back from the file sink's chunks in `dir`.
+fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
+    sidelog::sink::list_chunks(dir)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
+        .map(|m| m.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_id_is_a_duplicate_with_its_original_sequence_across_sigkill() {
+    for mode in ["hml", "rbml", "sbml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--mode", mode]);
+        sidelog.start().await;
+        let acks = publish(
+            &sidelog,
+            vec![msg("a", b"1"), msg("b", b"2"), msg("a", b"1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(status(&acks[0]), ack::Status::Accepted, "{mode}");
+        assert_eq!(status(&acks[1]), ack::Status::Accepted, "{mode}");
+        // The same id twice in one request: the second is a duplicate of the first.
+        assert_eq!(status(&acks[2]), ack::Status::Duplicate, "{mode}");
+        assert_eq!(acks[2].sequence, acks[0].sequence, "{mode}");
+        assert!(
+            acks[0].sequence > 0 && acks[0].sequence != acks[1].sequence,
+            "{mode}"
+        );
+
+        sidelog.kill9().await;
+        sidelog.start().await;
+        let again = publish(
+            &sidelog,
+            vec![msg("b", b"2"), msg("a", b"1"), msg("c", b"3")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(status(&again[0]), ack::Status::Duplicate, "{mode}");
+        assert_eq!(
+            again[0].sequence, acks[1].sequence,
+            "{mode}: original sequence of b"
+        );
+        assert_eq!(status(&again[1]), ack::Status::Duplicate, "{mode}");
+        assert_eq!(
+            again[1].sequence, acks[0].sequence,
+            "{mode}: original sequence of a"
+        );
+        assert_eq!(status(&again[2]), ack::Status::Accepted, "{mode}");
+        // Each id reached the sink once: duplicates were neither handled nor delivered again.
+        let out = dir.path().join("data/out");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while chunk_ids(&out).len() < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut all: Vec<String> = sidelog::sink::list_chunks(&out)
+            .unwrap()
+            .iter()
+            .flat_map(|p| sidelog::sink::read_chunk(p).unwrap())
+            .map(|m| m.id)
+            .collect();
+        all.sort();
+        assert_eq!(all, ["a", "b", "c"], "{mode}");
+        sidelog.kill9().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_is_bounded_by_count_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--dedup-window-count", "3"]);
+    sidelog.start().await;
+    for id in ["w1", "w2", "w3", "w4"] {
+        let acks = publish(&sidelog, vec![msg(id, b"x")]).await.unwrap();
+        assert_eq!(status(&acks[0]), ack::Status::Accepted);
+    }
+    // w1 fell out of the window of 3 ids; w4 is still in it, also after a restart.
+    sidelog.kill9().await;
+    sidelog.start().await;
+    let acks = publish(&sidelog, vec![msg("w4", b"x"), msg("w1", b"x")])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks[0]), ack::Status::Duplicate);
+    assert_eq!(status(&acks[1]), ack::Status::Accepted, "evicted by count");
+    sidelog.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_is_bounded_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--dedup-window-age-ms", "1000"]);
+    sidelog.start().await;
+    let first = publish(&sidelog, vec![msg("aged", b"x")]).await.unwrap();
+    assert_eq!(status(&first[0]), ack::Status::Accepted);
+    let again = publish(&sidelog, vec![msg("aged", b"x")]).await.unwrap();
+    assert_eq!(
+        status(&again[0]),
+        ack::Status::Duplicate,
+        "within the window"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let late = publish(&sidelog, vec![msg("aged", b"x")]).await.unwrap();
+    assert_eq!(status(&late[0]), ack::Status::Accepted, "expired by age");
+    assert!(late[0].sequence > first[0].sequence);
+    sidelog.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--limits-max-message-bytes",
+            "1000",
+            "--limits-max-messages-per-request",
+            "5",
+        ],
+    );
+    sidelog.start().await;
+
+    let err = publish(&sidelog, vec![]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("no messages"), "{err}");
+
+    let six = (0..6).map(|i| msg(&format!("m{i}"), b"x")).collect();
+    let err = publish(&sidelog, six).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("max_messages_per_request"), "{err}");
+
+    let long_id = "x".repeat(300);
+    let acks = publish(
+        &sidelog,
+        vec![
+            msg("ok-1", b"fine"),
+            msg("big", &[0u8; 2000]),
+            msg("has space", b"x"),
+            msg(&long_id, b"x"),
+            msg("", b"gets an id"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&acks[0]), ack::Status::Accepted);
+    assert_eq!(status(&acks[1]), ack::Status::Rejected);
+    assert!(
+        acks[1].reason.contains("max_message_bytes"),
+        "{}",
+        acks[1].reason
+    );
+    assert_eq!(status(&acks[2]), ack::Status::Rejected);
+    assert!(acks[2].reason.contains("whitespace"), "{}", acks[2].reason);
+    assert_eq!(status(&acks[3]), ack::Status::Rejected);
+    assert!(
+        acks[3].reason.contains("max_id_bytes"),
+        "{}",
+        acks[3].reason
+    );
+    assert_eq!(status(&acks[4]), ack::Status::Accepted);
+    let assigned = &acks[4].id;
+    assert!(
+        uuid::Uuid::parse_str(assigned).is_ok_and(|u| u.get_version_num() == 7),
+        "{assigned}"
+    );
+
+    // Only the accepted ones reach the sink.
+    let out = dir.path().join("data/out");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while chunk_ids(&out).len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        chunk_ids(&out),
+        HashSet::from(["ok-1".to_string(), assigned.clone()])
+    );
+    sidelog.kill9().await;
+}
+
+/// The journal's size limit stands in for a full disk: intake answers RESOURCE_EXHAUSTED,
+/// nothing that failed is acked, the process keeps running, what was acked is delivered, and
+/// the file opens cleanly afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_never_acks_and_never_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--limits-max-journal-bytes",
+            "2097152",
+            "--file-sink-chunk-max-age-ms",
+            "50",
+        ],
+    );
+    sidelog.start().await;
+    let mut accepted = HashSet::new();
+    let mut full = None;
+    for i in 0..200 {
+        let batch: Vec<Message> = (0..5)
+            .map(|j| msg(&format!("f{i}-{j}"), &[7u8; 30_000]))
+            .collect();
+        match publish(&sidelog, batch).await {
+            Ok(acks) => {
+                for a in acks {
+                    assert_eq!(status(&a), ack::Status::Accepted);
+                    accepted.insert(a.id);
+                }
+            }
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the journal limit was never reached");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("storage is full"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sidelog.health().await,
+        Some(true),
+        "still running and serving after disk full"
+    );
+    let out = dir.path().join("data/out");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !accepted.is_subset(&chunk_ids(&out)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        accepted.is_subset(&chunk_ids(&out)),
+        "acked messages were not delivered"
+    );
+    sidelog.kill9().await;
+
+    // The file is intact: a restart without the limit replays and serves.
+    let mut again = Sidelog::new(&dir.path().join("data"), &[]);
+    again.start().await;
+    let acks = publish(&again, vec![msg("after-full", b"x")])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks[0]), ack::Status::Accepted);
+    again.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_describe_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
+    sidelog.start().await;
+    assert_eq!(sidelog.health().await, Some(true));
+
+    let channel = tonic::transport::Channel::from_shared(sidelog.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a list of services: {response:?}");
+    };
+    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["sidelog.v1.Ingest", "grpc.health.v1.Health"] {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    sidelog.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_stream_answers_each_request_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--mode", "rbml"]);
+    sidelog.start().await;
+    let requests: Vec<PublishRequest> = (0..200)
+        .map(|i| PublishRequest {
+            messages: (0..3).map(|j| msg(&format!("s{i}-{j}"), b"x")).collect(),
+        })
+        .collect();
+    let mut client = sidelog.client().await;
+    let mut responses = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(r) = responses.message().await.unwrap() {
+        let ids: Vec<String> = r.acks.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(ids, (0..3).map(|j| format!("s{n}-{j}")).collect::<Vec<_>>());
+        assert!(r.acks.iter().all(|a| status(a) == ack::Status::Accepted));
+        n += 1;
+    }
+    assert_eq!(n, 200, "one response per request");
+    sidelog.kill9().await;
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--delivery-lanes", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("delivery.lanes"));
+    let out = run(&["--mode", "fast"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode"));
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[delivery]\nlanes = \"many\"\n").unwrap();
+    let out = run(&["--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("lanes"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("SIDELOG_DELIVERY_MAX_ATTEMPTS", "0")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("delivery.max_attempts"));
+}
+
+/// `sidelog publish` sends, reports, and retries with the same ids through a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_cli_retries_through_a_restart_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
+    // Not started yet: the CLI must retry until it is.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args([
+            "publish",
+            "--count",
+            "500",
+            "--batch",
+            "50",
+            "--id-prefix",
+            "cli",
+            "--target",
+        ])
+        .arg(sidelog.url())
+        .output();
+    let cli = tokio::spawn(cli);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sidelog.start().await;
+    let out = cli.await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("sent 500 accepted 500"), "{stdout}");
+    // The same ids again: all duplicates.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args([
+            "publish",
+            "--count",
+            "500",
+            "--batch",
+            "50",
+            "--id-prefix",
+            "cli",
+            "--target",
+        ])
+        .arg(sidelog.url())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted 0 duplicate 500"));
+    sidelog.kill9().await;
+}
