@@ -181,9 +181,9 @@ impl HandlerRunner {
             };
             let error = match result {
                 Ok(outputs) => return HandleOutcome::Outputs(self.finish(input, outputs)),
-                Err(HandlerError::Refused(reason)) => {
+                Err(refused @ HandlerError::Refused(_)) => {
                     return HandleOutcome::Dead {
-                        reason,
+                        reason: refused.to_string(),
                         attempts: attempt,
                     };
                 }

@@ -301,6 +301,10 @@ enum Command {
     },
     /// From the sync ticker: make non-durable commits durable, if there are any.
     SyncIfDirty,
+    /// Make everything durable, then release the file; later commands fail with `Closed`.
+    Close {
+        reply: Reply<()>,
+    },
     ScanInputs {
         from: Seq,
         limit: usize,
@@ -373,6 +377,7 @@ impl Command {
             Command::DeadLetter { reply, .. } => drop(reply.send(Err(err))),
             Command::Sync { reply } => drop(reply.send(Err(err))),
             Command::SyncIfDirty => {}
+            Command::Close { reply } => drop(reply.send(Err(err))),
             Command::ScanInputs { reply, .. } => drop(reply.send(Err(err))),
             Command::ScanOutputs { reply, .. } => drop(reply.send(Err(err))),
             Command::ScanDeadLetters { reply, .. } => drop(reply.send(Err(err))),
@@ -578,6 +583,12 @@ impl Journal {
     /// Makes everything written so far durable (one `Immediate` commit if anything is pending).
     pub async fn sync(&self) -> Result<()> {
         self.call(|reply| Command::Sync { reply }).await
+    }
+
+    /// Makes everything durable and releases the file, so it can be opened again in this
+    /// process. Every handle fails with `Closed` afterwards.
+    pub async fn close(&self) -> Result<()> {
+        self.call(|reply| Command::Close { reply }).await
     }
 
     /// Up to `limit` inputs with sequence ≥ `from`, in sequence order.
@@ -905,24 +916,25 @@ impl Writer {
         let max_records = self.config.commit_max_records.max(1);
         let mut writes: Vec<Command> = Vec::new();
         let mut reads: Vec<Command> = Vec::new();
+        let mut close = None;
         while let Some(first) = rx.blocking_recv() {
-            let mut records = first.records();
-            if first.is_read() {
-                reads.push(first);
-            } else {
-                writes.push(first);
-            }
-            while records < max_records {
-                match rx.try_recv() {
-                    Ok(cmd) => {
-                        records += cmd.records();
-                        if cmd.is_read() {
-                            reads.push(cmd);
-                        } else {
-                            writes.push(cmd);
-                        }
+            // Gather every command already waiting, up to the record limit: one group commit.
+            let mut next = Some(first);
+            let mut records = 0;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Close { reply } => {
+                        close = Some(reply);
+                        break;
                     }
-                    Err(_) => break,
+                    cmd if cmd.is_read() => reads.push(cmd),
+                    cmd => {
+                        records += cmd.records();
+                        writes.push(cmd);
+                    }
+                }
+                if records < max_records {
+                    next = rx.try_recv().ok();
                 }
             }
             if !writes.is_empty() {
@@ -931,14 +943,35 @@ impl Writer {
             for read in reads.drain(..) {
                 self.read(read);
             }
+            if let Some(reply) = close.take() {
+                drop(reply.send(self.close()));
+                // Closed: answer everything else with `Closed` until the handles are gone.
+                while let Some(cmd) = rx.blocking_recv() {
+                    cmd.fail(JournalError::Closed);
+                }
+                return;
+            }
         }
         // Every handle is gone: make what is pending durable before the thread ends.
-        if self.dirty {
-            let (reply, _rx) = oneshot::channel();
-            let mut last = vec![Command::Sync { reply }];
-            self.commit(&mut last);
+        if let Err(e) = self.close() {
+            error!(error = %e, "the journal's last sync failed; the last completion marks are lost and those entries will be re-sent");
         }
         debug!("journal writer stopped");
+    }
+
+    /// Makes pending non-durable commits durable and releases the file.
+    fn close(&mut self) -> Result<()> {
+        let result = if self.dirty {
+            let (reply, rx) = oneshot::channel();
+            let mut last = vec![Command::Sync { reply }];
+            self.commit(&mut last);
+            let mut rx = rx;
+            rx.try_recv().unwrap_or(Err(JournalError::Closed))
+        } else {
+            Ok(())
+        };
+        self.db = None;
+        result
     }
 
     fn commit(&mut self, cmds: &mut Vec<Command>) {
@@ -1399,5 +1432,315 @@ pub async fn flush(journal: &Journal, timeout: Duration) -> Result<()> {
     match tokio::time::timeout(timeout, journal.sync()).await {
         Ok(r) => r,
         Err(_) => Err(JournalError::Io("timed out flushing the journal".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn config() -> JournalConfig {
+        JournalConfig {
+            commit_max_records: 64,
+            sync_interval_ms: 1000,
+            dedup_window_count: 1000,
+            dedup_window_age_ms: 3_600_000,
+            max_file_bytes: None,
+        }
+    }
+
+    fn open(dir: &Path) -> Journal {
+        Journal::open(dir, config(), Arc::new(SystemClock)).expect("open the journal")
+    }
+
+    fn msg(id: &str) -> Message {
+        Message {
+            id: id.into(),
+            payload: id.as_bytes().to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    async fn all_inputs(j: &Journal) -> Vec<StoredInput> {
+        j.scan_inputs(Seq(0), usize::MAX).await.unwrap()
+    }
+
+    async fn all_outputs(j: &Journal) -> Vec<StoredOutput> {
+        j.scan_outputs(Seq(0), usize::MAX).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn entries_survive_reopen_and_finished_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path());
+        let seqs = j
+            .append_inputs(vec![msg("a"), msg("b"), msg("c")], 1)
+            .await
+            .unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "sequences ascend: {seqs:?}"
+        );
+        // hml: "a" gets two outputs, "b" none (it is complete at once).
+        let rec = j
+            .record_outputs(
+                vec![
+                    OutputGroup {
+                        input_seq: Some(seqs[0]),
+                        dedup_id: None,
+                        outputs: vec![msg("a/0"), msg("a/1")],
+                    },
+                    OutputGroup {
+                        input_seq: Some(seqs[1]),
+                        dedup_id: None,
+                        outputs: vec![],
+                    },
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rec[0].output_seqs.len(), 2);
+        assert_eq!(j.backlog().entries(), 4, "a, c and a's two outputs");
+        j.complete(vec![rec[0].output_seqs[0]], vec![])
+            .await
+            .unwrap();
+        j.close().await.unwrap();
+
+        let j = open(dir.path());
+        let inputs = all_inputs(&j).await;
+        let states: Vec<_> = inputs
+            .iter()
+            .map(|i| (i.entry.message.as_ref().unwrap().id.clone(), i.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a".to_string(), InputState::OutputsPending),
+                ("c".to_string(), InputState::Unhandled)
+            ]
+        );
+        let outputs = all_outputs(&j).await;
+        assert_eq!(outputs.len(), 1);
+        assert_eq!(outputs[0].entry.input_seq, seqs[0].0);
+        // a/1 dead-lettered without its completion mark: replay sees "a" as finished.
+        j.dead_letter(vec![NewDeadLetter {
+            kind: dead_letter::Kind::Output,
+            message: msg("a/1"),
+            reason: "test".into(),
+            attempts: 3,
+            input_seq: Some(seqs[0]),
+            remove: Some(EntryRef::Output(outputs[0].seq)),
+        }])
+        .await
+        .unwrap();
+        assert_eq!(all_inputs(&j).await[0].state, InputState::Finished);
+        j.complete(vec![], vec![seqs[0], seqs[2]]).await.unwrap();
+        j.sync().await.unwrap();
+        assert_eq!(j.backlog().entries(), 0);
+        assert_eq!(j.backlog().bytes(), 0);
+        let summary = j.summary().await.unwrap();
+        assert_eq!(
+            (summary.inputs, summary.outputs, summary.dead_letters),
+            (0, 0, 1)
+        );
+        let next = summary.next_seq;
+        j.close().await.unwrap();
+
+        // Sequences are never reused after a reopen.
+        let j = open(dir.path());
+        let more = j.append_inputs(vec![msg("d")], 1).await.unwrap();
+        assert!(more[0].0 >= next, "{more:?} reuses a sequence below {next}");
+        let dedup: Vec<_> = j
+            .load_dedup()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(dedup, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path());
+        j.append_inputs(vec![msg("a")], 1).await.unwrap();
+        j.close().await.unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = 4096.min(bytes.len());
+        bytes[..n].fill(0xA5);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::open(dir.path(), config(), Arc::new(SystemClock)).unwrap_err();
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn the_persisted_dedup_window_is_bounded_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(
+            dir.path(),
+            JournalConfig {
+                dedup_window_count: 3,
+                ..config()
+            },
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        for id in ["a", "b", "c", "d", "e"] {
+            j.append_inputs(vec![msg(id)], 1).await.unwrap();
+        }
+        let ids: Vec<_> = j
+            .load_dedup()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, ["c", "d", "e"]);
+    }
+
+    /// Operations of the model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u8),
+        /// Record `n` outputs for the i-th live input (hml), durably or not.
+        Record {
+            input: usize,
+            n: u8,
+            durable: bool,
+        },
+        /// Record `n` outputs with no input (sbml).
+        RecordAlone(u8),
+        CompleteOutput(usize),
+        CompleteInput(usize),
+        DeadLetterOutput(usize),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1u8..4).prop_map(Op::Append),
+            2 => (any::<usize>(), 0u8..3, any::<bool>()).prop_map(|(input, n, durable)| Op::Record { input, n, durable }),
+            1 => (0u8..3).prop_map(Op::RecordAlone),
+            2 => any::<usize>().prop_map(Op::CompleteOutput),
+            1 => any::<usize>().prop_map(Op::CompleteInput),
+            1 => any::<usize>().prop_map(Op::DeadLetterOutput),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// The journal against a BTreeMap model: after any sequence of operations (with
+        /// reopens in between), the entries, the backlog counters and sequence order agree.
+        #[test]
+        fn the_journal_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut j = open(dir.path());
+                let mut inputs: BTreeMap<u64, String> = BTreeMap::new();
+                let mut outputs: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+                let mut recorded: BTreeMap<u64, ()> = BTreeMap::new();
+                let mut dead = 0u64;
+                let mut last_seq = 0u64;
+                let mut n = 0u32;
+                for op in ops {
+                    match op {
+                        Op::Append(k) => {
+                            let ms: Vec<Message> = (0..k).map(|_| { n += 1; msg(&format!("m{n}")) }).collect();
+                            let seqs = j.append_inputs(ms.clone(), 1).await.unwrap();
+                            for (m, s) in ms.iter().zip(&seqs) {
+                                prop_assert!(s.0 > last_seq);
+                                last_seq = s.0;
+                                inputs.insert(s.0, m.id.clone());
+                            }
+                        }
+                        Op::Record { input, n: k, durable } => {
+                            let unrecorded: Vec<u64> = inputs.keys().copied().filter(|s| !recorded.contains_key(s)).collect();
+                            if unrecorded.is_empty() { continue; }
+                            let s = unrecorded[input % unrecorded.len()];
+                            let outs: Vec<Message> = (0..k).map(|i| msg(&format!("{}/{i}", inputs[&s]))).collect();
+                            let rec = j.record_outputs(vec![OutputGroup { input_seq: Some(Seq(s)), dedup_id: None, outputs: outs.clone() }], durable).await.unwrap();
+                            if outs.is_empty() {
+                                inputs.remove(&s);
+                            } else {
+                                recorded.insert(s, ());
+                            }
+                            for (m, o) in outs.iter().zip(&rec[0].output_seqs) {
+                                prop_assert!(o.0 > last_seq);
+                                last_seq = o.0;
+                                outputs.insert(o.0, (m.id.clone(), s));
+                            }
+                        }
+                        Op::RecordAlone(k) => {
+                            n += 1;
+                            let outs: Vec<Message> = (0..k).map(|i| msg(&format!("s{n}/{i}"))).collect();
+                            let rec = j.record_outputs(vec![OutputGroup { input_seq: None, dedup_id: Some(format!("s{n}")), outputs: outs.clone() }], true).await.unwrap();
+                            prop_assert!(rec[0].ack_seq.0 > last_seq);
+                            last_seq = rec[0].ack_seq.0.max(rec[0].output_seqs.last().map_or(0, |s| s.0));
+                            for (m, o) in outs.iter().zip(&rec[0].output_seqs) {
+                                outputs.insert(o.0, (m.id.clone(), 0));
+                            }
+                        }
+                        Op::CompleteOutput(i) => {
+                            if outputs.is_empty() { continue; }
+                            let s = *outputs.keys().nth(i % outputs.len()).unwrap();
+                            outputs.remove(&s);
+                            j.complete(vec![Seq(s)], vec![]).await.unwrap();
+                        }
+                        Op::CompleteInput(i) => {
+                            if inputs.is_empty() { continue; }
+                            let s = *inputs.keys().nth(i % inputs.len()).unwrap();
+                            inputs.remove(&s);
+                            recorded.remove(&s);
+                            j.complete(vec![], vec![Seq(s)]).await.unwrap();
+                        }
+                        Op::DeadLetterOutput(i) => {
+                            if outputs.is_empty() { continue; }
+                            let s = *outputs.keys().nth(i % outputs.len()).unwrap();
+                            let (id, input) = outputs.remove(&s).unwrap();
+                            let d = j.dead_letter(vec![NewDeadLetter {
+                                kind: dead_letter::Kind::Output,
+                                message: msg(&id),
+                                reason: "model".into(),
+                                attempts: 1,
+                                input_seq: (input != 0).then_some(Seq(input)),
+                                remove: Some(EntryRef::Output(Seq(s))),
+                            }]).await.unwrap();
+                            last_seq = last_seq.max(d[0].0);
+                            dead += 1;
+                        }
+                        Op::Reopen => {
+                            j.close().await.unwrap();
+                            j = open(dir.path());
+                        }
+                    }
+                    let got_inputs: Vec<(u64, String)> = all_inputs(&j).await.into_iter()
+                        .map(|i| (i.seq.0, i.entry.message.unwrap().id)).collect();
+                    let want_inputs: Vec<(u64, String)> = inputs.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    prop_assert_eq!(got_inputs, want_inputs);
+                    let got_outputs: Vec<(u64, String, u64)> = all_outputs(&j).await.into_iter()
+                        .map(|o| (o.seq.0, o.entry.message.unwrap().id, o.entry.input_seq)).collect();
+                    let want_outputs: Vec<(u64, String, u64)> = outputs.iter().map(|(k, (id, i))| (*k, id.clone(), *i)).collect();
+                    prop_assert_eq!(got_outputs, want_outputs);
+                    // Completions are fire-and-forget: a read after them sees them (one writer).
+                    let summary = j.summary().await.unwrap();
+                    prop_assert_eq!(j.backlog().entries(), (inputs.len() + outputs.len()) as u64);
+                    prop_assert_eq!(summary.dead_letters, dead);
+                    prop_assert!(summary.next_seq > last_seq);
+                }
+                Ok(())
+            })?;
+        }
     }
 }

@@ -424,3 +424,86 @@ async fn a_sink_down_until_the_backlog_limit_then_back_loses_nothing() {
     sidelog.kill9().await;
     sink_srv.stop().await;
 }
+
+/// A message the handler refuses, and outputs the sink never takes, end in the dead-letter
+/// table: kept, listed by `sidelog inspect`, and out of the backlog, so nothing else is held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
+    for mode in ["hml", "rbml", "sbml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = TestSink::default();
+        sink.failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sink_srv = sink.start(free_port()).await;
+        let handler = TestHandler::default();
+        let mut handler_srv = handler.start(free_port()).await;
+        let (handler_url, sink_url) = (handler_srv.url(), sink_srv.url());
+        let args = [
+            "--mode",
+            mode,
+            "--handler",
+            &handler_url,
+            "--sink",
+            &sink_url,
+            "--delivery-max-attempts",
+            "3",
+            "--delivery-backoff-initial-ms",
+            "5",
+            "--journal-sync-interval-ms",
+            "50",
+        ];
+        let data = dir.path().join("data");
+        let mut sidelog = Sidelog::new(&data, &args);
+        sidelog.start().await;
+        let mut client = sidelog.client().await;
+        // "x-2" has 1 output, "x-3" has 2, "x-1" none (see expected_outputs); "poison-1" is refused.
+        let ids = ["x-1", "x-2", "x-3", "poison-1"];
+        assert_eq!(expected_outputs("x-1", b"p").len(), 0);
+        assert_eq!(expected_outputs("x-2", b"p").len(), 1);
+        assert_eq!(expected_outputs("x-3", b"p").len(), 2);
+        let messages = ids
+            .iter()
+            .map(|id| sidelog::proto::Message {
+                id: id.to_string(),
+                payload: b"p".to_vec().into(),
+                ..Default::default()
+            })
+            .collect();
+        let acks = client
+            .publish(sidelog::proto::PublishRequest { messages })
+            .await
+            .unwrap()
+            .into_inner()
+            .acks;
+        assert!(
+            acks.iter()
+                .all(|a| a.status == sidelog::proto::ack::Status::Accepted as i32),
+            "{mode}: {acks:?}"
+        );
+        // 1 refused input + 3 undeliverable outputs; then the backlog is empty.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sidelog.terminate().await;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .arg("inspect")
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("dead letters  4"), "{mode}:\n{text}");
+        assert!(
+            text.contains("inputs        0") && text.contains("outputs       0"),
+            "{mode}:\n{text}"
+        );
+        assert!(
+            text.contains("id=poison-1") && text.contains("refused"),
+            "{mode}:\n{text}"
+        );
+        assert!(
+            text.contains("id=x-3/1") && text.contains("sink failed 3 times"),
+            "{mode}:\n{text}"
+        );
+        sink_srv.stop().await;
+        handler_srv.stop().await;
+    }
+}

@@ -181,6 +181,9 @@ impl Handler for TestHandler {
             return Err(Status::unavailable("test handler is failing"));
         }
         let m = request.into_inner().message.unwrap_or_default();
+        if m.id.contains("poison") {
+            return Err(Status::invalid_argument("test handler refuses poison"));
+        }
         let outputs = expected_outputs(&m.id, &m.payload)
             .into_iter()
             .map(|(_, payload)| Message {
