@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Payloads as `bytes::Bytes`: handed from request to journal to sink without copying.
     config.bytes(["."]);
+    // Maps as BTreeMap: headers encode in one order, so a simulated run is reproducible.
+    config.btree_map(["."]);
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sidelog_descriptor.bin"))

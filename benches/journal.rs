@@ -33,6 +33,7 @@ fn group_commit(c: &mut Criterion) {
             dedup_window_count: 10_000,
             dedup_window_age_ms: 3_600_000,
             max_file_bytes: None,
+            ..JournalConfig::default()
         },
         Arc::new(SystemClock),
     )

@@ -66,14 +66,14 @@ impl Ingest for IngestService {
         // Handles of the requests in process, in arrival order; the bound is the pipeline depth.
         let (order_tx, mut order_rx) = mpsc::channel(STREAM_PIPELINE);
         let pipeline = self.pipeline.clone();
-        tokio::spawn(async move {
+        crate::spawn::spawn(async move {
             loop {
                 let next = match inbound.message().await {
                     Ok(Some(req)) => {
                         let pipeline = pipeline.clone();
-                        Ok(tokio::spawn(
-                            async move { pipeline.publish(req.messages).await },
-                        ))
+                        Ok(crate::spawn::spawn(async move {
+                            pipeline.publish(req.messages).await
+                        }))
                     }
                     Ok(None) => break,
                     Err(status) => Err(status),
@@ -84,7 +84,7 @@ impl Ingest for IngestService {
                 }
             }
         });
-        tokio::spawn(async move {
+        crate::spawn::spawn(async move {
             while let Some(next) = order_rx.recv().await {
                 let response = match next {
                     Ok(handle) => match handle.await {

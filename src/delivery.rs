@@ -237,7 +237,7 @@ impl Delivery {
         for lane in 0..config.lanes {
             let (tx, rx) = mpsc::channel(config.lane_queue);
             senders.push(tx);
-            tasks.push(tokio::spawn(run_lane(
+            tasks.push(crate::spawn::spawn(run_lane(
                 lane,
                 rx,
                 sink.clone(),
@@ -313,7 +313,7 @@ async fn run_lane(
         let batch: Arc<[Message]> = items.iter().map(|i| i.message.clone()).collect();
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
-        in_flight.push_back(tokio::spawn(deliver_with_retries(
+        in_flight.push_back(crate::spawn::spawn(deliver_with_retries(
             first_attempt,
             batch,
             items,

@@ -199,7 +199,7 @@ impl Pipeline {
         // journaled records whose dedup claims were released and whose delivery never started.
         if !fresh.is_empty() {
             let pipeline = self.clone();
-            let accepted = tokio::spawn(async move { pipeline.accept(fresh).await })
+            let accepted = crate::spawn::spawn(async move { pipeline.accept(fresh).await })
                 .await
                 .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
             for (index, ack) in accepted {
@@ -332,7 +332,7 @@ impl Pipeline {
             .iter()
             .map(|m| {
                 let (pipeline, m) = (self.clone(), m.clone());
-                tokio::spawn(async move { pipeline.handler.run(&m, false).await })
+                crate::spawn::spawn(async move { pipeline.handler.run(&m, false).await })
             })
             .collect();
         let mut groups = Vec::with_capacity(inputs.len());
@@ -363,7 +363,7 @@ impl Pipeline {
         let recorded = self.journal.record_outputs(groups.clone(), true).await?;
         let acks = recorded.iter().map(|r| r.ack_seq).collect();
         let pipeline = self.clone();
-        tokio::spawn(async move {
+        crate::spawn::spawn(async move {
             for (group, rec) in groups.into_iter().zip(recorded) {
                 for (message, seq) in group.outputs.into_iter().zip(rec.output_seqs) {
                     pipeline.send(message, Some(seq), None, 0).await;
@@ -384,7 +384,7 @@ impl Pipeline {
         seq_rx: Option<oneshot::Receiver<Seq>>,
     ) -> tokio::task::JoinHandle<()> {
         let pipeline = self.clone();
-        tokio::spawn(async move {
+        crate::spawn::spawn(async move {
             let outcome = pipeline.handler.run(&input, replay).await;
             let input_seq = match seq_rx {
                 Some(rx) => match rx.await {

@@ -24,6 +24,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
             dedup_window_count: u64::MAX,
             dedup_window_age_ms: i64::MAX,
             max_file_bytes: None,
+            ..JournalConfig::default()
         },
         Arc::new(SystemClock),
     )

@@ -159,6 +159,36 @@ pub struct JournalConfig {
     pub dedup_window_age_ms: i64,
     /// The journal file's size limit; writes past it fail as `StorageFull`.
     pub max_file_bytes: Option<u64>,
+    /// Where the writer runs.
+    pub writer: WriterRuntime,
+    /// A deliberate bug for the simulator's self-test: commits that must be durable are made
+    /// without fsync, so acks can precede durability. Never set outside the simulator.
+    #[doc(hidden)]
+    pub bug_ack_before_fsync: bool,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            commit_max_records: 8192,
+            sync_interval_ms: 1000,
+            dedup_window_count: 100_000,
+            dedup_window_age_ms: 3_600_000,
+            max_file_bytes: None,
+            writer: WriterRuntime::Thread,
+            bug_ack_before_fsync: false,
+        }
+    }
+}
+
+/// Where the journal's writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterRuntime {
+    /// Its own OS thread (production): redb's blocking calls never stall the runtime.
+    Thread,
+    /// A task on the current tokio runtime (the simulator): deterministic scheduling, and a
+    /// crash (aborting the process's tasks) stops it like the rest.
+    Task,
 }
 
 /// The undelivered work the journal holds: kept up to date by the writer, read by the publish
@@ -464,25 +494,45 @@ impl Journal {
         );
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let sync_interval = Duration::from_millis(writer.config.sync_interval_ms.max(1));
-        std::thread::Builder::new()
-            .name("sidelog-journal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| JournalError::Io(format!("cannot start the journal writer: {e}")))?;
-        // Completion marks are committed without fsync; this ticker bounds how long they stay
-        // non-durable when no durable write comes along. It holds only a weak sender, so the
-        // writer still stops when the last handle is dropped.
+        // Completion marks are committed without fsync; the sync ticker bounds how long they
+        // stay non-durable when no durable write comes along. It holds only a weak sender, so
+        // the writer still stops when the last handle is dropped.
         let weak = tx.downgrade();
-        std::thread::Builder::new()
-            .name("sidelog-journal-sync".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(sync_interval);
-                    let Some(tx) = weak.upgrade() else { break };
-                    // A full queue means commits are happening anyway.
-                    let _ = tx.try_send(Command::SyncIfDirty);
-                }
-            })
-            .map_err(|e| JournalError::Io(format!("cannot start the journal sync ticker: {e}")))?;
+        match writer.config.writer {
+            WriterRuntime::Thread => {
+                std::thread::Builder::new()
+                    .name("sidelog-journal".into())
+                    .spawn(move || writer.run_thread(rx))
+                    .map_err(|e| {
+                        JournalError::Io(format!("cannot start the journal writer: {e}"))
+                    })?;
+                std::thread::Builder::new()
+                    .name("sidelog-journal-sync".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(sync_interval);
+                            let Some(tx) = weak.upgrade() else { break };
+                            // A full queue means commits are happening anyway.
+                            let _ = tx.try_send(Command::SyncIfDirty);
+                        }
+                    })
+                    .map_err(|e| {
+                        JournalError::Io(format!("cannot start the journal sync ticker: {e}"))
+                    })?;
+            }
+            WriterRuntime::Task => {
+                crate::spawn::spawn(writer.run_task(rx));
+                crate::spawn::spawn(async move {
+                    let mut interval = tokio::time::interval(sync_interval);
+                    interval.tick().await;
+                    loop {
+                        interval.tick().await;
+                        let Some(tx) = weak.upgrade() else { break };
+                        let _ = tx.try_send(Command::SyncIfDirty);
+                    }
+                });
+            }
+        }
         Ok(Journal {
             tx,
             backlog,
@@ -912,38 +962,9 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let max_records = self.config.commit_max_records.max(1);
-        let mut writes: Vec<Command> = Vec::new();
-        let mut reads: Vec<Command> = Vec::new();
-        let mut close = None;
+    fn run_thread(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
-            // Gather every command already waiting, up to the record limit: one group commit.
-            let mut next = Some(first);
-            let mut records = 0;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Close { reply } => {
-                        close = Some(reply);
-                        break;
-                    }
-                    cmd if cmd.is_read() => reads.push(cmd),
-                    cmd => {
-                        records += cmd.records();
-                        writes.push(cmd);
-                    }
-                }
-                if records < max_records {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !writes.is_empty() {
-                self.commit(&mut writes);
-            }
-            for read in reads.drain(..) {
-                self.read(read);
-            }
-            if let Some(reply) = close.take() {
+            if let Some(reply) = self.group(first, &mut rx) {
                 drop(reply.send(self.close()));
                 // Closed: answer everything else with `Closed` until the handles are gone.
                 while let Some(cmd) = rx.blocking_recv() {
@@ -952,11 +973,62 @@ impl Writer {
                 return;
             }
         }
-        // Every handle is gone: make what is pending durable before the thread ends.
+        self.stop();
+    }
+
+    async fn run_task(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.recv().await {
+            if let Some(reply) = self.group(first, &mut rx) {
+                drop(reply.send(self.close()));
+                while let Some(cmd) = rx.recv().await {
+                    cmd.fail(JournalError::Closed);
+                }
+                return;
+            }
+        }
+        self.stop();
+    }
+
+    /// Every handle is gone: make what is pending durable before the writer ends.
+    fn stop(&mut self) {
         if let Err(e) = self.close() {
             error!(error = %e, "the journal's last sync failed; the last completion marks are lost and those entries will be re-sent");
         }
         debug!("journal writer stopped");
+    }
+
+    /// Handles `first` and every command already waiting, up to the record limit, as one
+    /// group commit, then the reads among them. Returns the reply of a `Close` if one came.
+    fn group(&mut self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Option<Reply<()>> {
+        let max_records = self.config.commit_max_records.max(1);
+        let mut writes: Vec<Command> = Vec::new();
+        let mut reads: Vec<Command> = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        let mut records = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Close { reply } => {
+                    close = Some(reply);
+                    break;
+                }
+                cmd if cmd.is_read() => reads.push(cmd),
+                cmd => {
+                    records += cmd.records();
+                    writes.push(cmd);
+                }
+            }
+            if records < max_records {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            self.commit(&mut writes);
+        }
+        for read in reads {
+            self.read(read);
+        }
+        close
     }
 
     /// Makes pending non-durable commits durable and releases the file.
@@ -1020,7 +1092,9 @@ impl Writer {
         let db = self.db()?;
         let err = |e: redb::Error| JournalError::from_redb(e, &path);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        txn.set_durability(if durable {
+        // The simulator's deliberate bug: nothing is fsynced, though replies say durable.
+        let fsync = durable && !self.config.bug_ack_before_fsync;
+        txn.set_durability(if fsync {
             redb::Durability::Immediate
         } else {
             redb::Durability::None
@@ -1451,6 +1525,7 @@ mod tests {
             dedup_window_count: 1000,
             dedup_window_age_ms: 3_600_000,
             max_file_bytes: None,
+            ..JournalConfig::default()
         }
     }
 

@@ -31,6 +31,7 @@ pub mod publish;
 pub mod recovery;
 pub mod server;
 pub mod sink;
+pub mod spawn;
 
 /// Generated protobuf code, laid out by package as prost's cross-package paths expect.
 mod generated {

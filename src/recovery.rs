@@ -98,7 +98,7 @@ pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalErro
                 .await
                 .expect("the replay semaphore is never closed");
             let task = pipeline.spawn_continuation(message, Some(stored.seq), true, None);
-            tokio::spawn(async move {
+            crate::spawn::spawn(async move {
                 drop(task.await);
                 drop(permit);
             });

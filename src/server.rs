@@ -41,25 +41,14 @@ pub async fn serve(
     let clock: SharedClock = Arc::new(SystemClock);
     let entropy = Entropy::from_clock(clock.as_ref());
 
-    let journal = Journal::open(
-        &config.data_dir,
-        JournalConfig {
-            commit_max_records: config.journal.commit_max_records as usize,
-            sync_interval_ms: config.journal.sync_interval_ms,
-            dedup_window_count: config.dedup.window_count,
-            dedup_window_age_ms: config.dedup.window_age_ms as i64,
-            max_file_bytes: (config.limits.max_journal_bytes != 0)
-                .then_some(config.limits.max_journal_bytes),
-        },
-        clock.clone(),
-    )
-    .with_context(|| {
-        format!(
-            "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
+    let journal = Journal::open(&config.data_dir, journal_config(&config), clock.clone())
+        .with_context(|| {
+            format!(
+                "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
              and restore it from a backup: sidelog will not start on an empty journal in its place",
-            config.data_dir.display()
-        )
-    })?;
+                config.data_dir.display()
+            )
+        })?;
     let dedup = DedupWindow::new(
         config.dedup.window_count,
         config.dedup.window_age_ms as i64,
@@ -83,14 +72,6 @@ pub async fn serve(
         ),
         None => (Arc::new(PassThrough), false),
     };
-    let runner = Arc::new(HandlerRunner::new(
-        handler,
-        rewrites_ids,
-        config.handling.concurrency as usize,
-        Duration::from_millis(config.handling.timeout_ms),
-        config.handler_backoff(),
-        entropy.clone(),
-    ));
     let sink: Arc<dyn Sink> = match config.sink_target()? {
         SinkTarget::Grpc(url) => Arc::new(
             GrpcSink::new(&url, Duration::from_millis(config.delivery.timeout_ms))
@@ -111,34 +92,13 @@ pub async fn serve(
             Arc::new(file_sink)
         }
     };
-    let completion = Completion::new(journal.clone());
-    let (delivery, lanes) = Delivery::start(
-        sink,
-        completion.clone(),
-        DeliveryConfig {
-            lanes: config.delivery.lanes as usize,
-            lane_queue: (config.delivery.batch_max_messages as usize * 2).max(64),
-            batch_max_messages: config.delivery.batch_max_messages as usize,
-            batch_max_bytes: config.delivery.batch_max_bytes as usize,
-            linger_ms: config.delivery.linger_ms,
-            timeout_ms: config.delivery.timeout_ms,
-            backoff: config.delivery_backoff(),
-        },
-        entropy.clone(),
-    );
-    let pipeline = Pipeline::new(
-        config.mode,
+    let (pipeline, _lanes) = build_pipeline(
+        &config,
         journal.clone(),
         dedup,
-        runner,
-        delivery,
-        completion,
-        Limits {
-            max_message_bytes: config.limits.max_message_bytes as usize,
-            max_messages_per_request: config.limits.max_messages_per_request as usize,
-            max_id_bytes: config.limits.max_id_bytes as usize,
-            max_backlog_bytes: config.limits.max_backlog_bytes,
-        },
+        handler,
+        rewrites_ids,
+        sink,
         clock.clone(),
         entropy,
     );
@@ -219,7 +179,74 @@ pub async fn serve(
     crate::journal::flush(&journal, FLUSH_TIMEOUT)
         .await
         .context("final journal sync")?;
-    drop(lanes);
     info!("stopped");
     Ok(())
+}
+
+/// Builds the pipeline of `config` around the given journal, dedup window, handler and sink:
+/// the wiring `serve` and the simulator share.
+#[allow(clippy::too_many_arguments)]
+pub fn build_pipeline(
+    config: &Config,
+    journal: Journal,
+    dedup: Arc<DedupWindow>,
+    handler: Arc<dyn Handler>,
+    rewrites_ids: bool,
+    sink: Arc<dyn Sink>,
+    clock: SharedClock,
+    entropy: Entropy,
+) -> (Arc<Pipeline>, Vec<tokio::task::JoinHandle<()>>) {
+    let runner = Arc::new(HandlerRunner::new(
+        handler,
+        rewrites_ids,
+        config.handling.concurrency as usize,
+        Duration::from_millis(config.handling.timeout_ms),
+        config.handler_backoff(),
+        entropy.clone(),
+    ));
+    let completion = Completion::new(journal.clone());
+    let (delivery, lanes) = Delivery::start(
+        sink,
+        completion.clone(),
+        DeliveryConfig {
+            lanes: config.delivery.lanes as usize,
+            lane_queue: (config.delivery.batch_max_messages as usize * 2).max(64),
+            batch_max_messages: config.delivery.batch_max_messages as usize,
+            batch_max_bytes: config.delivery.batch_max_bytes as usize,
+            linger_ms: config.delivery.linger_ms,
+            timeout_ms: config.delivery.timeout_ms,
+            backoff: config.delivery_backoff(),
+        },
+        entropy.clone(),
+    );
+    let pipeline = Pipeline::new(
+        config.mode,
+        journal,
+        dedup,
+        runner,
+        delivery,
+        completion,
+        Limits {
+            max_message_bytes: config.limits.max_message_bytes as usize,
+            max_messages_per_request: config.limits.max_messages_per_request as usize,
+            max_id_bytes: config.limits.max_id_bytes as usize,
+            max_backlog_bytes: config.limits.max_backlog_bytes,
+        },
+        clock,
+        entropy,
+    );
+    (pipeline, lanes)
+}
+
+/// The journal settings of `config`.
+pub fn journal_config(config: &Config) -> JournalConfig {
+    JournalConfig {
+        commit_max_records: config.journal.commit_max_records as usize,
+        sync_interval_ms: config.journal.sync_interval_ms,
+        dedup_window_count: config.dedup.window_count,
+        dedup_window_age_ms: config.dedup.window_age_ms as i64,
+        max_file_bytes: (config.limits.max_journal_bytes != 0)
+            .then_some(config.limits.max_journal_bytes),
+        ..JournalConfig::default()
+    }
 }

@@ -169,7 +169,7 @@ impl FileSink {
         });
         let weak = Arc::downgrade(&sink);
         let tick = Duration::from_millis((sink.config.chunk_max_age_ms / 4).clamp(1, 100));
-        tokio::spawn(async move {
+        crate::spawn::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             loop {
                 interval.tick().await;
