@@ -163,8 +163,28 @@ impl Completion {
             remove: input_seq.map(EntryRef::Input),
         };
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.journal.dead_letter(vec![letter]).await {
+        if let Err(e) = self.write_dead_letters(vec![letter]).await {
             error!(error = %e, "cannot write a dead letter; the input stays in the journal and is retried after a restart");
+        }
+    }
+
+    /// Writes dead letters, retrying while the journal's failure is transient: a dead letter
+    /// that is not written leaves its entry in the backlog.
+    async fn write_dead_letters(
+        &self,
+        letters: Vec<NewDeadLetter>,
+    ) -> Result<(), crate::journal::JournalError> {
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match self.journal.dead_letter(letters.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    warn!(error = %e, "cannot write dead letters yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -189,7 +209,7 @@ impl Completion {
             .dead_lettered
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
-        match self.journal.dead_letter(letters).await {
+        match self.write_dead_letters(letters).await {
             Ok(_) => {
                 let inputs = self.finished_inputs(items);
                 if let Err(e) = self.journal.complete(Vec::new(), inputs).await {

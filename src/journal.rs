@@ -423,6 +423,16 @@ pub struct Journal {
     tx: mpsc::Sender<Command>,
     backlog: Arc<Backlog>,
     path: Arc<PathBuf>,
+    ambiguous: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<SeqRange>>>>,
+}
+
+/// Sequences `[from, to)` written by a commit that reported failure but turned out to be in the
+/// file when it was reopened (an I/O error after redb had made the commit visible). Nobody was
+/// told those records were accepted, and nothing is processing them: they must be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub from: Seq,
+    pub to: Seq,
 }
 
 impl std::fmt::Debug for Journal {
@@ -470,6 +480,7 @@ impl Journal {
     ) -> Result<Journal> {
         let db = open_database(&storage, &path)?;
         let backlog = Arc::new(Backlog::default());
+        let (ambiguous_tx, ambiguous_rx) = mpsc::unbounded_channel();
         let mut writer = Writer {
             db: Some(db),
             storage,
@@ -481,7 +492,11 @@ impl Journal {
             durable_floor: 0,
             dedup_len: 0,
             dirty: false,
+            retry_marks: Vec::new(),
             last_durable_ms: 0,
+            ambiguous: ambiguous_tx,
+            unsynced_marks: Vec::new(),
+            max_key: 0,
         };
         writer.load_state()?;
         info!(
@@ -537,11 +552,21 @@ impl Journal {
             tx,
             backlog,
             path: Arc::new(path),
+            ambiguous: Arc::new(std::sync::Mutex::new(Some(ambiguous_rx))),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The ranges of records that failed commits left in the file (see [`SeqRange`]); the
+    /// pipeline takes this once and replays each range it receives.
+    pub fn take_ambiguous_ranges(&self) -> Option<mpsc::UnboundedReceiver<SeqRange>> {
+        self.ambiguous
+            .lock()
+            .expect("never held across a panic")
+            .take()
     }
 
     /// What the journal holds that is not yet delivered.
@@ -865,6 +890,17 @@ struct Writer {
     dedup_len: u64,
     /// Non-durable commits happened since the last durable one.
     dirty: bool,
+    /// Completion marks whose commit failed: idempotent, so kept and applied again with the
+    /// next commit instead of being lost (which would leave their entries in the backlog).
+    retry_marks: Vec<Command>,
+    /// Where reopening reports the records of failed commits that are in the file after all.
+    ambiguous: mpsc::UnboundedSender<SeqRange>,
+    /// Completion marks committed without fsync since the last durable commit. Reopening the
+    /// file after an I/O error loses those commits (redb holds them in its process's write
+    /// buffer), so they are applied again: otherwise their entries would come back to life.
+    unsynced_marks: Vec<(Vec<Seq>, Vec<Seq>)>,
+    /// The highest key found in the file by the last `load_state`.
+    max_key: u64,
     last_durable_ms: i64,
 }
 
@@ -881,7 +917,28 @@ impl Writer {
             warn!(path = %self.path.display(), "reopening the journal after an I/O error");
             let db = open_database(&self.storage, &self.path)?;
             self.db = Some(db);
+            let before = self.next_seq;
             self.load_state()?;
+            for (outputs, inputs) in self.unsynced_marks.drain(..) {
+                self.retry_marks.push(Command::Complete {
+                    outputs,
+                    inputs,
+                    reply: None,
+                });
+            }
+            if self.max_key >= before {
+                let range = SeqRange {
+                    from: Seq(before),
+                    to: Seq(self.max_key + 1),
+                };
+                warn!(
+                    from = before,
+                    to = self.max_key + 1,
+                    "a failed commit is in the journal after all; its records will be replayed"
+                );
+                // Nobody listening (inspect, tests): the records wait for the next start.
+                let _ = self.ambiguous.send(range);
+            }
         }
         Ok(self.db.as_ref().expect("just reopened"))
     }
@@ -954,6 +1011,7 @@ impl Writer {
         }
         txn.commit().map_err(|e| err(e.into()))?;
         self.next_seq = floor.max(max_key + 1);
+        self.max_key = max_key;
         self.durable_floor = floor;
         self.dedup_len = dedup_len;
         self.backlog.set(bytes, entries);
@@ -1047,7 +1105,13 @@ impl Writer {
     }
 
     fn commit(&mut self, cmds: &mut Vec<Command>) {
+        if !self.retry_marks.is_empty() {
+            let mut all = std::mem::take(&mut self.retry_marks);
+            all.append(cmds);
+            *cmds = all;
+        }
         if !self.dirty && cmds.iter().all(|c| matches!(c, Command::SyncIfDirty)) {
+            // Nothing pending: the ticker found the journal clean.
             cmds.clear();
             return;
         }
@@ -1067,13 +1131,21 @@ impl Writer {
                     error!(error = %err, commands = cmds.len(), "journal commit failed");
                 }
                 for cmd in cmds.drain(..) {
-                    cmd.fail(err.clone());
+                    match cmd {
+                        Command::Complete { .. } if err.is_retryable() => {
+                            self.retry_marks.push(cmd)
+                        }
+                        cmd => cmd.fail(err.clone()),
+                    }
                 }
             }
         }
     }
 
     fn try_commit(&mut self, cmds: &mut [Command], now: i64) -> Result<Vec<Applied>> {
+        // Reopen first (after an I/O error): it reloads the counters read below. A commit that
+        // reported failure may still be in the file, and its sequences must not be reused.
+        self.db()?;
         let sync_due = self.dirty
             && now.saturating_sub(self.last_durable_ms) >= self.config.sync_interval_ms as i64;
         let records: usize = cmds.iter().map(Command::records).sum();
@@ -1089,7 +1161,7 @@ impl Writer {
         let mut next_seq = self.next_seq;
         let mut dedup_len = self.dedup_len;
         let path = self.path.clone();
-        let db = self.db()?;
+        let db = self.db.as_ref().expect("opened at the start of try_commit");
         let err = |e: redb::Error| JournalError::from_redb(e, &path);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
         // The simulator's deliberate bug: nothing is fsynced, though replies say durable.
@@ -1142,8 +1214,28 @@ impl Writer {
             self.durable_floor = next_seq + SEQ_RESERVE;
             self.dirty = false;
             self.last_durable_ms = now;
+            self.unsynced_marks.clear();
         } else {
             self.dirty = true;
+            for cmd in cmds.iter() {
+                match cmd {
+                    Command::Complete {
+                        outputs, inputs, ..
+                    } => self.unsynced_marks.push((outputs.clone(), inputs.clone())),
+                    // An hml input with no outputs is completed by recording its empty group.
+                    Command::RecordOutputs { groups, .. } => {
+                        let done: Vec<Seq> = groups
+                            .iter()
+                            .filter(|g| g.outputs.is_empty())
+                            .filter_map(|g| g.input_seq)
+                            .collect();
+                        if !done.is_empty() {
+                            self.unsynced_marks.push((Vec::new(), done));
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
         self.next_seq = next_seq;
         self.dedup_len = dedup_len;
@@ -1172,10 +1264,11 @@ impl Writer {
     }
 
     fn try_read(&mut self, cmd: &Command) -> Result<ReadResult> {
+        self.db()?;
         let next_seq = self.next_seq;
         let backlog_bytes = self.backlog.bytes();
         let path = self.path.clone();
-        let db = self.db()?;
+        let db = self.db.as_ref().expect("opened at the start of try_read");
         let err = |e: redb::Error| JournalError::from_redb(e, &path);
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
         match cmd {
@@ -1355,7 +1448,12 @@ impl Tables<'_> {
                         message: Some(message.clone()),
                         received_at_ms: *received_at_ms,
                     });
-                    self.inputs.insert(seq.0, record.as_slice())?;
+                    let reused = self.inputs.insert(seq.0, record.as_slice())?.is_some();
+                    assert!(
+                        !reused,
+                        "journal invariant: input sequence {} reused",
+                        seq.0
+                    );
                     self.bytes_delta += record.len() as i64;
                     self.entries_delta += 1;
                     self.remember_id(&message.id, seq)?;
@@ -1374,7 +1472,12 @@ impl Tables<'_> {
                             input_seq: group.input_seq.map_or(0, |s| s.0),
                             recorded_at_ms: self.now,
                         });
-                        self.outputs.insert(seq.0, record.as_slice())?;
+                        let reused = self.outputs.insert(seq.0, record.as_slice())?.is_some();
+                        assert!(
+                            !reused,
+                            "journal invariant: output sequence {} reused",
+                            seq.0
+                        );
                         self.bytes_delta += record.len() as i64;
                         self.entries_delta += 1;
                         output_seqs.push(seq);
@@ -1430,7 +1533,12 @@ impl Tables<'_> {
                         dead_at_ms: self.now,
                         input_seq: letter.input_seq.map_or(0, |s| s.0),
                     });
-                    self.dead.insert(seq.0, record.as_slice())?;
+                    let reused = self.dead.insert(seq.0, record.as_slice())?.is_some();
+                    assert!(
+                        !reused,
+                        "journal invariant: dead-letter sequence {} reused",
+                        seq.0
+                    );
                     seqs.push(seq);
                 }
                 Ok(Applied::Seqs(seqs))
@@ -1467,7 +1575,12 @@ impl Tables<'_> {
                 *self.dedup_len -= 1;
             }
         }
-        self.dedup_order.insert(seq.0, id)?;
+        let reused = self.dedup_order.insert(seq.0, id)?.is_some();
+        assert!(
+            !reused,
+            "journal invariant: dedup sequence {} reused",
+            seq.0
+        );
         *self.dedup_len += 1;
         self.dedup_inserted += 1;
         Ok(())

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::ingest::Pipeline;
-use crate::journal::{InputState, JournalError, Seq};
+use crate::journal::{InputState, JournalError, Seq, SeqRange};
 
 /// Journal entries read per scan.
 pub const SCAN_BATCH: usize = 1024;
@@ -37,23 +37,74 @@ pub struct ReplayStats {
 /// Replays the journal through `pipeline` and waits until its backlog is empty.
 pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalError> {
     let journal = pipeline.journal().clone();
-    let mut stats = ReplayStats::default();
     let start_entries = journal.backlog().entries();
     if start_entries == 0 {
-        return Ok(stats);
+        return Ok(ReplayStats::default());
     }
     info!(
         entries = start_entries,
         bytes = journal.backlog().bytes(),
         "replaying the journal"
     );
+    let stats = replay_range(pipeline, Seq(0), Seq(u64::MAX)).await?;
+    let mut last_report = tokio::time::Instant::now();
+    while journal.backlog().entries() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = tokio::time::Instant::now();
+            info!(
+                remaining = journal.backlog().entries(),
+                "replay in progress"
+            );
+        }
+    }
+    info!(
+        outputs_resent = stats.outputs_resent,
+        inputs_rehandled = stats.inputs_rehandled,
+        "replay done"
+    );
+    Ok(stats)
+}
 
-    let mut cursor = Seq(0);
-    loop {
+/// Replays the records of failed commits that the journal found in the file on reopening, for
+/// as long as the journal lives.
+pub async fn replay_ambiguous(
+    pipeline: Arc<Pipeline>,
+    mut ranges: tokio::sync::mpsc::UnboundedReceiver<SeqRange>,
+) {
+    while let Some(range) = ranges.recv().await {
+        match replay_range(&pipeline, range.from, range.to).await {
+            Ok(stats) => info!(
+                from = range.from.0,
+                to = range.to.0,
+                outputs_resent = stats.outputs_resent,
+                inputs_rehandled = stats.inputs_rehandled,
+                "replayed the records of a failed commit"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot replay the records of a failed commit; they are replayed on the next start")
+            }
+        }
+    }
+}
+
+/// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them).
+async fn replay_range(
+    pipeline: &Arc<Pipeline>,
+    from: Seq,
+    to: Seq,
+) -> Result<ReplayStats, JournalError> {
+    let journal = pipeline.journal().clone();
+    let mut stats = ReplayStats::default();
+    let mut cursor = from;
+    'outputs: loop {
         let batch = journal.scan_outputs(cursor, SCAN_BATCH).await?;
         let Some(last) = batch.last() else { break };
         cursor = Seq(last.seq.0 + 1);
         for stored in batch {
+            if stored.seq >= to {
+                break 'outputs;
+            }
             let input_seq = (stored.entry.input_seq != 0).then_some(Seq(stored.entry.input_seq));
             if let Some(input) = input_seq {
                 pipeline.completion().expect(input, 1);
@@ -71,12 +122,15 @@ pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalErro
     }
 
     let permits = Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT));
-    let mut cursor = Seq(0);
-    loop {
+    let mut cursor = from;
+    'inputs: loop {
         let batch = journal.scan_inputs(cursor, SCAN_BATCH).await?;
         let Some(last) = batch.last() else { break };
         cursor = Seq(last.seq.0 + 1);
         for stored in batch {
+            if stored.seq >= to {
+                break 'inputs;
+            }
             match stored.state {
                 InputState::OutputsPending => continue,
                 InputState::Finished => {
@@ -105,22 +159,5 @@ pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalErro
             stats.inputs_rehandled += 1;
         }
     }
-
-    let mut last_report = tokio::time::Instant::now();
-    while journal.backlog().entries() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = tokio::time::Instant::now();
-            info!(
-                remaining = journal.backlog().entries(),
-                "replay in progress"
-            );
-        }
-    }
-    info!(
-        outputs_resent = stats.outputs_resent,
-        inputs_rehandled = stats.inputs_rehandled,
-        "replay done"
-    );
     Ok(stats)
 }

@@ -235,6 +235,9 @@ pub fn build_pipeline(
         clock,
         entropy,
     );
+    if let Some(ranges) = pipeline.journal().take_ambiguous_ranges() {
+        crate::spawn::spawn(crate::recovery::replay_ambiguous(pipeline.clone(), ranges));
+    }
     (pipeline, lanes)
 }
 

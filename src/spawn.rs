@@ -35,6 +35,17 @@ impl Tracker {
         handles.push(handle);
     }
 
+    /// Spawns `fut` as a task of this tracker, as a server spawns a task per request.
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = tokio::spawn(TRACKER.scope(self.clone(), fut));
+        self.add(handle.abort_handle());
+        handle
+    }
+
     /// Stops every tracked task.
     pub fn abort_all(&self) {
         for h in self.0.lock().expect("never held across a panic").drain(..) {
@@ -50,11 +61,7 @@ where
     F::Output: Send + 'static,
 {
     match TRACKER.try_with(Tracker::clone) {
-        Ok(tracker) => {
-            let handle = tokio::spawn(TRACKER.scope(tracker.clone(), fut));
-            tracker.add(handle.abort_handle());
-            handle
-        }
+        Ok(tracker) => tracker.spawn(fut),
         Err(_) => tokio::spawn(fut),
     }
 }

@@ -1,0 +1,305 @@
+//! The simulated disk: a redb `StorageBackend` with a page cache that a crash can lose.
+//!
+//! Two images: `volatile` is what reads see (every write lands there at once, as in a page
+//! cache), `durable` is what survives a crash (updated by a successful `sync_data`). A crash
+//! keeps all, none, or a random subset of the pages written since the last sync (torn writes).
+//! Writes and syncs can fail with I/O errors, and growing the file past the capacity fails as a
+//! full disk. A failed sync makes nothing durable.
+//!
+//! Each incarnation of sidelog gets a backend tagged with the disk's epoch; a crash bumps the
+//! epoch, so whatever the dead incarnation's objects still try to write (redb's `Drop`, say) is
+//! refused and cannot change the disk after its death.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+const PAGE: u64 = 4096;
+
+/// Fault rates of the disk, per operation.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskFaults {
+    pub write_error: f64,
+    pub sync_error: f64,
+    /// Bytes the file may grow to; past it, `set_len` fails as a full disk.
+    pub capacity: u64,
+}
+
+/// What a crash does to the pages written since the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashLoss {
+    All,
+    None,
+    Torn,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskStats {
+    pub syncs: u64,
+    pub write_errors: u64,
+    pub sync_errors: u64,
+    pub full_errors: u64,
+    pub torn_pages_lost: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    dirty: BTreeSet<u64>,
+    epoch: u64,
+    faults: DiskFaults,
+    rng: StdRng,
+    stats: DiskStats,
+}
+
+/// The disk, shared by the incarnations of one simulated machine.
+#[derive(Debug, Clone)]
+pub struct SimDisk(Arc<Mutex<State>>);
+
+impl SimDisk {
+    pub fn new(seed: u64, faults: DiskFaults) -> SimDisk {
+        SimDisk(Arc::new(Mutex::new(State {
+            volatile: Vec::new(),
+            durable: Vec::new(),
+            dirty: BTreeSet::new(),
+            epoch: 0,
+            faults,
+            rng: StdRng::seed_from_u64(seed),
+            stats: DiskStats::default(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0
+            .lock()
+            .expect("the disk mutex is never held across a panic")
+    }
+
+    /// A backend for the current incarnation.
+    pub fn backend(&self) -> SimBackend {
+        SimBackend {
+            disk: self.clone(),
+            epoch: self.lock().epoch,
+        }
+    }
+
+    /// The machine loses power: unsynced pages are lost as `loss` says, and every backend of
+    /// the dead incarnation is fenced off.
+    pub fn crash(&self, loss: CrashLoss) {
+        let mut s = self.lock();
+        s.epoch += 1;
+        let dirty: Vec<u64> = std::mem::take(&mut s.dirty).into_iter().collect();
+        let mut image = s.durable.clone();
+        let mut kept_len = image.len();
+        for page in dirty {
+            let keep = match loss {
+                CrashLoss::All => false,
+                CrashLoss::None => true,
+                CrashLoss::Torn => s.rng.random_bool(0.5),
+            };
+            if !keep {
+                s.stats.torn_pages_lost += 1;
+                continue;
+            }
+            let start = (page * PAGE) as usize;
+            let end = (start + PAGE as usize).min(s.volatile.len());
+            if start >= end {
+                continue;
+            }
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[start..end].copy_from_slice(&s.volatile[start..end]);
+            kept_len = kept_len.max(end);
+        }
+        if loss == CrashLoss::None {
+            kept_len = s.volatile.len();
+        }
+        image.resize(kept_len, 0);
+        s.durable = image.clone();
+        s.volatile = image;
+    }
+
+    pub fn set_faults(&self, faults: DiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.lock().stats
+    }
+
+    pub fn len(&self) -> u64 {
+        self.lock().volatile.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One incarnation's view of the disk.
+#[derive(Debug)]
+pub struct SimBackend {
+    disk: SimDisk,
+    epoch: u64,
+}
+
+fn io(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
+    std::io::Error::new(kind, msg.to_owned())
+}
+
+impl SimBackend {
+    fn live(&self) -> Result<std::sync::MutexGuard<'_, State>, std::io::Error> {
+        let s = self.disk.lock();
+        if s.epoch != self.epoch {
+            return Err(io(
+                std::io::ErrorKind::BrokenPipe,
+                "the process that opened this file has crashed",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+impl redb::StorageBackend for SimBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.live()?.volatile.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let s = self.live()?;
+        let start = offset as usize;
+        let end = start + out.len();
+        if end > s.volatile.len() {
+            return Err(io(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the file",
+            ));
+        }
+        out.copy_from_slice(&s.volatile[start..end]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut s = self.live()?;
+        if len > s.faults.capacity {
+            s.stats.full_errors += 1;
+            return Err(io(
+                std::io::ErrorKind::StorageFull,
+                "simulated disk is full",
+            ));
+        }
+        let old = s.volatile.len() as u64;
+        s.volatile.resize(len as usize, 0);
+        // The changed length is part of what the next sync makes durable.
+        let (lo, hi) = (old.min(len), old.max(len));
+        let mut page = lo / PAGE;
+        while page * PAGE < hi {
+            s.dirty.insert(page);
+            page += 1;
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut s = self.live()?;
+        let p = s.faults.sync_error;
+        if p > 0.0 && s.rng.random_bool(p) {
+            s.stats.sync_errors += 1;
+            return Err(io(std::io::ErrorKind::Other, "simulated fsync failure"));
+        }
+        let dirty: Vec<u64> = std::mem::take(&mut s.dirty).into_iter().collect();
+        let len = s.volatile.len();
+        s.durable.resize(len, 0);
+        for page in dirty {
+            let start = (page * PAGE) as usize;
+            let end = (start + PAGE as usize).min(len);
+            if start < end {
+                let State {
+                    volatile, durable, ..
+                } = &mut *s;
+                durable[start..end].copy_from_slice(&volatile[start..end]);
+            }
+        }
+        s.stats.syncs += 1;
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut s = self.live()?;
+        let p = s.faults.write_error;
+        if p > 0.0 && s.rng.random_bool(p) {
+            s.stats.write_errors += 1;
+            return Err(io(std::io::ErrorKind::Other, "simulated write failure"));
+        }
+        let start = offset as usize;
+        let end = start + data.len();
+        if end > s.volatile.len() {
+            return Err(io(
+                std::io::ErrorKind::InvalidInput,
+                "write past the end of the file",
+            ));
+        }
+        s.volatile[start..end].copy_from_slice(data);
+        let mut page = offset / PAGE;
+        while page * PAGE < end as u64 {
+            s.dirty.insert(page);
+            page += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::StorageBackend;
+
+    fn disk() -> SimDisk {
+        SimDisk::new(
+            1,
+            DiskFaults {
+                write_error: 0.0,
+                sync_error: 0.0,
+                capacity: 1 << 30,
+            },
+        )
+    }
+
+    #[test]
+    fn unsynced_writes_are_lost_and_synced_ones_kept() {
+        let d = disk();
+        let b = d.backend();
+        b.set_len(2 * PAGE).unwrap();
+        b.write(0, b"synced").unwrap();
+        b.sync_data().unwrap();
+        b.write(PAGE, b"lost").unwrap();
+        d.crash(CrashLoss::All);
+        let b2 = d.backend();
+        let mut buf = [0u8; 6];
+        b2.read(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"synced");
+        let mut buf = [0u8; 4];
+        b2.read(PAGE, &mut buf).unwrap();
+        assert_eq!(&buf, &[0; 4]);
+        assert!(b.write(0, b"x").is_err(), "a dead incarnation cannot write");
+    }
+
+    #[test]
+    fn the_disk_fills_up() {
+        let d = SimDisk::new(
+            1,
+            DiskFaults {
+                write_error: 0.0,
+                sync_error: 0.0,
+                capacity: 10 * PAGE,
+            },
+        );
+        let b = d.backend();
+        assert!(b.set_len(5 * PAGE).is_ok());
+        let err = b.set_len(11 * PAGE).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+    }
+}
