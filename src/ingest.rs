@@ -425,33 +425,35 @@ impl Pipeline {
         input_memory_bytes: u64,
     ) {
         let record = self.plan.outputs == OutputJournaling::AfterHandler && input_seq.is_some();
-        let output_seqs: Vec<Option<Seq>> = if record {
+        let recorded: Option<Vec<Seq>> = if record {
             let group = OutputGroup {
                 input_seq,
                 dedup_id: None,
                 outputs: outputs.clone(),
             };
             match self.journal.record_outputs(vec![group], false).await {
-                Ok(mut recorded) => recorded
-                    .pop()
-                    .expect("one group in, one out")
-                    .output_seqs
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
-                // Not recorded: the input stays in the journal and delivery goes ahead; a
-                // crash before completion re-handles it.
+                Ok(mut recorded) => {
+                    Some(recorded.pop().expect("one group in, one out").output_seqs)
+                }
+                // Not recorded: the input stays in the journal and delivery goes ahead; the
+                // input is completed once its outputs are delivered, and a crash before that
+                // re-handles it.
                 Err(e) => {
                     warn!(error = %e, "cannot record outputs; delivering without them");
-                    vec![None; outputs.len()]
+                    None
                 }
             }
         } else {
-            vec![None; outputs.len()]
+            None
+        };
+        let output_seqs: Vec<Option<Seq>> = match &recorded {
+            Some(seqs) => seqs.iter().copied().map(Some).collect(),
+            None => vec![None; outputs.len()],
         };
         if let Some(input) = input_seq {
             if outputs.is_empty() {
-                if !record {
+                // Recording an empty group completes the input; otherwise complete it here.
+                if recorded.is_none() {
                     if let Err(e) = self.journal.complete(Vec::new(), vec![input]).await {
                         warn!(error = %e, "cannot complete an input with no outputs");
                     }

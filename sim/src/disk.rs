@@ -26,6 +26,15 @@ pub struct DiskFaults {
     pub capacity: u64,
 }
 
+/// How a full disk treats writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// ext4, xfs: overwriting a page that holds data works; a never-written page needs a block.
+    InPlace,
+    /// btrfs, zfs: every write needs a new block.
+    CopyOnWrite,
+}
+
 /// What a crash does to the pages written since the last sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashLoss {
@@ -48,6 +57,10 @@ struct State {
     volatile: Vec<u8>,
     durable: Vec<u8>,
     dirty: BTreeSet<u64>,
+    /// Pages that have ever held data: a full disk still lets those be overwritten, but a
+    /// never-written page of a sparse file needs a new block (ENOSPC on ext4 or xfs).
+    allocated: BTreeSet<u64>,
+    full: Option<Full>,
     epoch: u64,
     faults: DiskFaults,
     rng: StdRng,
@@ -64,6 +77,8 @@ impl SimDisk {
             volatile: Vec::new(),
             durable: Vec::new(),
             dirty: BTreeSet::new(),
+            allocated: BTreeSet::new(),
+            full: None,
             epoch: 0,
             faults,
             rng: StdRng::seed_from_u64(seed),
@@ -126,6 +141,16 @@ impl SimDisk {
         self.lock().faults = faults;
     }
 
+    /// The disk fills up: the file may not grow, and writes that need a new block fail.
+    pub fn fill_up(&self, kind: Full) {
+        self.lock().full = Some(kind);
+    }
+
+    /// Space returns.
+    pub fn free_space(&self) {
+        self.lock().full = None;
+    }
+
     pub fn stats(&self) -> DiskStats {
         self.lock().stats
     }
@@ -184,7 +209,7 @@ impl redb::StorageBackend for SimBackend {
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
         let mut s = self.live()?;
-        if len > s.faults.capacity {
+        if len > s.faults.capacity || (s.full.is_some() && len > s.volatile.len() as u64) {
             s.stats.full_errors += 1;
             return Err(io(
                 std::io::ErrorKind::StorageFull,
@@ -242,11 +267,23 @@ impl redb::StorageBackend for SimBackend {
                 "write past the end of the file",
             ));
         }
+        let pages = (offset / PAGE)..(end as u64).div_ceil(PAGE);
+        let needs_block = match s.full {
+            None => false,
+            Some(Full::CopyOnWrite) => true,
+            Some(Full::InPlace) => pages.clone().any(|p| !s.allocated.contains(&p)),
+        };
+        if needs_block {
+            s.stats.full_errors += 1;
+            return Err(io(
+                std::io::ErrorKind::StorageFull,
+                "simulated disk is full",
+            ));
+        }
         s.volatile[start..end].copy_from_slice(data);
-        let mut page = offset / PAGE;
-        while page * PAGE < end as u64 {
+        for page in pages {
             s.dirty.insert(page);
-            page += 1;
+            s.allocated.insert(page);
         }
         Ok(())
     }

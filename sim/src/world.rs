@@ -22,7 +22,7 @@ use sidelog::sink::{SEQ_HEADER, Sink, SinkError};
 use sidelog::spawn::Tracker;
 use tokio::time::Instant;
 
-use crate::disk::{CrashLoss, DiskFaults, SimDisk};
+use crate::disk::{CrashLoss, DiskFaults, Full, SimDisk};
 
 /// A deliberate bug, to show that the checkers catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,7 @@ pub struct FaultCounts {
     pub slow_periods: u64,
     pub failing_periods: u64,
     pub partitions: u64,
+    pub disk_full_periods: u64,
     pub dropped_requests: u64,
     pub dropped_responses: u64,
     pub duplicated_requests: u64,
@@ -100,6 +101,7 @@ impl FaultCounts {
             + self.slow_periods
             + self.failing_periods
             + self.partitions
+            + self.disk_full_periods
             + self.dropped_requests
             + self.dropped_responses
             + self.duplicated_requests
@@ -140,6 +142,8 @@ impl Report {
 const EPOCH_MS: i64 = 1_800_000_000_000;
 /// How long a caller waits for a lost request or response before it gives up.
 const LOST_AFTER: Duration = Duration::from_secs(3);
+/// The simulated disk's size when it is not full.
+const DISK_CAPACITY: u64 = 64 << 20;
 /// A run that has not drained by then has a liveness bug.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -739,7 +743,7 @@ async fn run_async(cfg: SimConfig) -> Report {
     let disk_faults = DiskFaults {
         write_error: 0.0005 * scale,
         sync_error: 0.005 * scale,
-        capacity: 64 << 20,
+        capacity: DISK_CAPACITY,
     };
     let start = Instant::now();
     let world = Arc::new(World {
@@ -911,6 +915,25 @@ async fn run_async(cfg: SimConfig) -> Report {
                     c.failing_periods += 1;
                     world.trace.log(format!("FAILING {name} for {period:?}"));
                 }
+                85..=89 => {
+                    let kind = if roll % 2 == 0 {
+                        Full::InPlace
+                    } else {
+                        Full::CopyOnWrite
+                    };
+                    world.disk.fill_up(kind);
+                    c.disk_full_periods += 1;
+                    world
+                        .trace
+                        .log(format!("DISK FULL ({kind:?}) for {period:?}"));
+                    let disk = world.disk.clone();
+                    let trace = world.trace.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(period).await;
+                        disk.free_space();
+                        trace.log("disk space returns");
+                    });
+                }
                 _ => {
                     let link = match roll % 3 {
                         0 => &world.ingest_link,
@@ -944,8 +967,9 @@ async fn run_async(cfg: SimConfig) -> Report {
     world.disk.set_faults(DiskFaults {
         write_error: 0.0,
         sync_error: 0.0,
-        capacity: 64 << 20,
+        capacity: DISK_CAPACITY,
     });
+    world.disk.free_space();
     if let Some(r) = restarting.take() {
         let _ = r.await;
     }
