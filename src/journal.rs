@@ -441,14 +441,68 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-/// Storage under the journal: the real file (optionally size-limited) or, in the simulator, a
-/// backend of its own.
-pub enum Storage {
-    File {
-        path: PathBuf,
-        max_file_bytes: Option<u64>,
-    },
-    Backend(Box<dyn Fn() -> Result<Box<dyn redb::StorageBackend>, std::io::Error> + Send>),
+/// Where the journal's file lives: the real filesystem, or the simulator's disk.
+///
+/// A journal is created atomically: initialized under a temporary name, synced, then renamed
+/// into place. So the journal file either does not exist or is a complete database, and a
+/// crash (or I/O error) during the very first start cannot leave a half-made file that every
+/// later start would have to refuse as damaged.
+pub trait JournalStore: Send + 'static {
+    /// Whether the journal file exists.
+    fn exists(&self) -> std::io::Result<bool>;
+    /// A backend for the existing journal file.
+    fn open(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
+    /// A backend for an empty temporary file (replacing any leftover) to build a new journal in.
+    fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
+    /// Makes the temporary file the journal file, atomically and durably.
+    fn publish_temp(&self) -> std::io::Result<()>;
+}
+
+/// The journal file on the real filesystem, optionally size-limited.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    pub path: PathBuf,
+    pub max_file_bytes: Option<u64>,
+}
+
+impl FileStore {
+    fn temp_path(&self) -> PathBuf {
+        self.path.with_extension("redb.new")
+    }
+
+    fn backend(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(path)?;
+        let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
+        Ok(Box::new(QuotaBackend {
+            inner,
+            max_len: self.max_file_bytes.unwrap_or(u64::MAX),
+        }))
+    }
+}
+
+impl JournalStore for FileStore {
+    fn exists(&self) -> std::io::Result<bool> {
+        self.path.try_exists()
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        self.backend(&self.path, false)
+    }
+
+    fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        self.backend(&self.temp_path(), true)
+    }
+
+    fn publish_temp(&self) -> std::io::Result<()> {
+        std::fs::rename(self.temp_path(), &self.path)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    }
 }
 
 impl Journal {
@@ -464,21 +518,21 @@ impl Journal {
             ))
         })?;
         let path = data_dir.join(FILE_NAME);
-        let storage = Storage::File {
+        let store = FileStore {
             path: path.clone(),
             max_file_bytes: config.max_file_bytes,
         };
-        Self::open_storage(storage, path, config, clock)
+        Self::open_storage(Box::new(store), path, config, clock)
     }
 
-    /// Opens the journal on the given storage (the simulator passes its own backend).
+    /// Opens the journal in the given store (the simulator passes its own disk).
     pub fn open_storage(
-        storage: Storage,
+        storage: Box<dyn JournalStore>,
         path: PathBuf,
         config: JournalConfig,
         clock: SharedClock,
     ) -> Result<Journal> {
-        let db = open_database(&storage, &path)?;
+        let db = open_database(storage.as_ref(), &path)?;
         let backlog = Arc::new(Backlog::default());
         let (ambiguous_tx, ambiguous_rx) = mpsc::unbounded_channel();
         let mut writer = Writer {
@@ -698,32 +752,33 @@ impl Journal {
     }
 }
 
-fn open_database(storage: &Storage, path: &Path) -> Result<Database> {
+fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
     let corrupted = |reason: String| JournalError::Corrupted {
         path: path.to_owned(),
         reason,
     };
-    let backend: Box<dyn redb::StorageBackend> = match storage {
-        Storage::File {
-            path,
-            max_file_bytes,
-        } => {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| JournalError::from_io(&e))?;
-            let inner = redb::backends::FileBackend::new(file)
+    let io = |e: std::io::Error| JournalError::from_io(&e);
+    if !store.exists().map_err(io)? {
+        // A new journal: built and synced under a temporary name, then renamed into place.
+        let db = redb::Builder::new()
+            .create_with_backend(BoxedBackend(store.create_temp().map_err(io)?))
+            .map_err(|e| JournalError::from_redb(e, path))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| JournalError::from_redb(e, path))?;
+        {
+            let mut meta = txn
+                .open_table(META)
                 .map_err(|e| JournalError::from_redb(e, path))?;
-            Box::new(QuotaBackend {
-                inner,
-                max_len: max_file_bytes.unwrap_or(u64::MAX),
-            })
+            meta.insert(META_FORMAT, FILE_FORMAT)
+                .map_err(|e| JournalError::from_redb(e, path))?;
         }
-        Storage::Backend(make) => make().map_err(|e| JournalError::from_io(&e))?,
-    };
+        txn.commit().map_err(|e| JournalError::from_redb(e, path))?;
+        drop(db);
+        store.publish_temp().map_err(io)?;
+        info!(path = %path.display(), "created a new journal");
+    }
+    let backend = store.open().map_err(io)?;
     match redb::Builder::new().create_with_backend(BoxedBackend(backend)) {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
@@ -879,7 +934,7 @@ pub fn decode_record<M: prost::Message + Default>(
 struct Writer {
     /// `None` after an I/O error until the file is reopened.
     db: Option<Database>,
-    storage: Storage,
+    storage: Box<dyn JournalStore>,
     path: PathBuf,
     config: JournalConfig,
     clock: SharedClock,
@@ -915,7 +970,7 @@ impl Writer {
     fn db(&mut self) -> Result<&Database> {
         if self.db.is_none() {
             warn!(path = %self.path.display(), "reopening the journal after an I/O error");
-            let db = open_database(&self.storage, &self.path)?;
+            let db = open_database(self.storage.as_ref(), &self.path)?;
             self.db = Some(db);
             let before = self.next_seq;
             self.load_state()?;
@@ -1768,6 +1823,21 @@ mod tests {
         let err = Journal::open(dir.path(), config(), Arc::new(SystemClock)).unwrap_err();
         assert!(err.to_string().contains(FILE_NAME), "{err}");
         assert!(!err.is_retryable());
+    }
+
+    /// A first start that died while creating the journal (power cut, I/O error) leaves only a
+    /// half-built temporary file: the next start builds a new journal instead of refusing a
+    /// "damaged" one forever.
+    #[tokio::test]
+    async fn a_half_created_journal_is_built_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("journal.redb.new"), b"half a header").unwrap();
+        let j = open(dir.path());
+        j.append_inputs(vec![msg("a")], 1).await.unwrap();
+        j.close().await.unwrap();
+        assert!(!dir.path().join("journal.redb.new").exists());
+        let j = open(dir.path());
+        assert_eq!(all_inputs(&j).await.len(), 1);
     }
 
     #[tokio::test]

@@ -61,6 +61,9 @@ struct State {
     /// never-written page of a sparse file needs a new block (ENOSPC on ext4 or xfs).
     allocated: BTreeSet<u64>,
     full: Option<Full>,
+    /// The journal file exists (its creation was published by a rename); before that the
+    /// image holds only a journal being built, which a restart starts over.
+    exists: bool,
     epoch: u64,
     faults: DiskFaults,
     rng: StdRng,
@@ -79,6 +82,7 @@ impl SimDisk {
             dirty: BTreeSet::new(),
             allocated: BTreeSet::new(),
             full: None,
+            exists: false,
             epoch: 0,
             faults,
             rng: StdRng::seed_from_u64(seed),
@@ -161,6 +165,31 @@ impl SimDisk {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl sidelog::journal::JournalStore for SimDisk {
+    fn exists(&self) -> std::io::Result<bool> {
+        Ok(self.lock().exists)
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        Ok(Box::new(self.backend()))
+    }
+
+    fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        let mut s = self.lock();
+        s.volatile.clear();
+        s.durable.clear();
+        s.dirty.clear();
+        s.allocated.clear();
+        drop(s);
+        Ok(Box::new(self.backend()))
+    }
+
+    fn publish_temp(&self) -> std::io::Result<()> {
+        self.lock().exists = true;
+        Ok(())
     }
 }
 

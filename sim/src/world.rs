@@ -15,7 +15,7 @@ use sidelog::config::Config;
 use sidelog::dedup::DedupWindow;
 use sidelog::handler::{BoxFuture, Handler, HandlerError};
 use sidelog::ingest::Pipeline;
-use sidelog::journal::{Journal, JournalConfig, Seq, Storage, WriterRuntime};
+use sidelog::journal::{Journal, JournalConfig, Seq, WriterRuntime};
 use sidelog::mode::LoggingMode;
 use sidelog::proto::{Ack, Message, ack};
 use sidelog::sink::{SEQ_HEADER, Sink, SinkError};
@@ -142,6 +142,8 @@ impl Report {
 const EPOCH_MS: i64 = 1_800_000_000_000;
 /// How long a caller waits for a lost request or response before it gives up.
 const LOST_AFTER: Duration = Duration::from_secs(3);
+/// Start attempts before a sidelog that cannot start is reported.
+const START_ATTEMPTS: u32 = 100;
 /// The simulated disk's size when it is not full.
 const DISK_CAPACITY: u64 = 64 << 20;
 /// A run that has not drained by then has a liveness bug.
@@ -509,11 +511,8 @@ impl World {
         let world = self.clone();
         let node = tracker
             .scope(async {
-                let disk = world.disk.clone();
                 let journal = Journal::open_storage(
-                    Storage::Backend(Box::new(move || {
-                        Ok(Box::new(disk.backend()) as Box<dyn redb::StorageBackend>)
-                    })),
+                    Box::new(world.disk.clone()),
                     "sim/journal.redb".into(),
                     JournalConfig {
                         writer: WriterRuntime::Task,
@@ -592,6 +591,23 @@ impl World {
                 Err(e)
             }
         }
+    }
+
+    /// Starts sidelog, retrying a start that fails (disk full, I/O error) a bounded number of
+    /// times; a sidelog that never starts again is a violation, not a hang.
+    async fn start_until_up(self: &Arc<Self>) -> bool {
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match self.start_node().await {
+                Ok(()) => return true,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.violation(format!(
+            "sidelog cannot start again after {START_ATTEMPTS} attempts: {last}"
+        ));
+        false
     }
 
     /// The durability checker: every ack sidelog sent before this start must be in the journal
@@ -780,9 +796,7 @@ async fn run_async(cfg: SimConfig) -> Report {
         .with_target(false)
         .finish();
     let _logs = tracing::subscriber::set_default(subscriber);
-    while world.start_node().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.start_until_up().await;
 
     // The workload: producers that retry unacked batches with the same ids.
     let mut sent: BTreeMap<String, Bytes> = BTreeMap::new();
@@ -884,9 +898,7 @@ async fn run_async(cfg: SimConfig) -> Report {
                 let w = world.clone();
                 restarting = Some(tokio::spawn(async move {
                     tokio::time::sleep(down).await;
-                    while w.start_node().await.is_err() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    w.start_until_up().await;
                 }));
             }
         } else if scale > 0.0 {
@@ -977,13 +989,12 @@ async fn run_async(cfg: SimConfig) -> Report {
         let _ = tokio::time::timeout(DRAIN_LIMIT, p).await;
     }
     if world.current().is_none() {
-        while world.start_node().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        world.start_until_up().await;
     }
-    let node = world
-        .current()
-        .expect("a node runs after the drain started it");
+    let Some(node) = world.current() else {
+        // start_until_up reported why; check what reached the sink all the same.
+        return check(&world, None, &sent, &received_acks).await;
+    };
     let drain_deadline = Instant::now() + DRAIN_LIMIT;
     loop {
         let idle = node.pipeline.is_serving()
@@ -1020,20 +1031,20 @@ async fn run_async(cfg: SimConfig) -> Report {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     world.trace.log("drained");
-    check(&world, &node, &sent, &received_acks).await
+    check(&world, Some(&node), &sent, &received_acks).await
 }
 
 /// The checkers, over the recorded history.
 async fn check(
     world: &Arc<World>,
-    node: &Arc<Node>,
+    node: Option<&Arc<Node>>,
     sent: &BTreeMap<String, Bytes>,
     received: &Arc<Mutex<BTreeMap<String, u64>>>,
 ) -> Report {
     // Dead letters account for what sidelog gave up on (kept, not lost).
     let mut dead: BTreeSet<String> = BTreeSet::new();
     let mut from = Seq(0);
-    loop {
+    while let Some(node) = node {
         match node.journal.scan_dead_letters(from, 1024).await {
             Ok(batch) if !batch.is_empty() => {
                 from = Seq(batch.last().expect("non-empty").seq.0 + 1);
