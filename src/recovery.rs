@@ -88,6 +88,26 @@ pub async fn replay_ambiguous(
     }
 }
 
+/// Runs a journal read again while it fails transiently (an I/O error, a full disk): replay
+/// must not give up on the backlog because the disk hiccupped.
+async fn retrying<T, F, Fut>(mut read: F) -> Result<T, JournalError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, JournalError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match read().await {
+            Err(e) if e.is_retryable() => {
+                warn!(error = %e, "journal read failed during replay; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them).
 async fn replay_range(
     pipeline: &Arc<Pipeline>,
@@ -98,7 +118,7 @@ async fn replay_range(
     let mut stats = ReplayStats::default();
     let mut cursor = from;
     'outputs: loop {
-        let batch = journal.scan_outputs(cursor, SCAN_BATCH).await?;
+        let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
         let Some(last) = batch.last() else { break };
         cursor = Seq(last.seq.0 + 1);
         for stored in batch {
@@ -124,7 +144,7 @@ async fn replay_range(
     let permits = Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT));
     let mut cursor = from;
     'inputs: loop {
-        let batch = journal.scan_inputs(cursor, SCAN_BATCH).await?;
+        let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
         let Some(last) = batch.last() else { break };
         cursor = Seq(last.seq.0 + 1);
         for stored in batch {
