@@ -45,6 +45,8 @@ pub struct Config {
     pub handler: Option<String>,
     /// `http://host:port` (gRPC `Sink`) or `file:DIR`; none: `file:<data_dir>/out`.
     pub sink: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub limits: LimitsConfig,
     pub dedup: DedupConfig,
     pub journal: JournalSection,
@@ -77,6 +79,8 @@ pub struct DedupConfig {
 pub struct JournalSection {
     pub commit_max_records: u64,
     pub sync_interval_ms: u64,
+    /// Added to every fsync, to benchmark the modes as on a slow disk; 0 in production.
+    pub simulated_fsync_latency_us: u64,
 }
 
 /// Calls to the handler.
@@ -122,6 +126,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./sidelog-data"),
             handler: None,
             sink: None,
+            metrics_listen: None,
             limits: LimitsConfig::default(),
             dedup: DedupConfig::default(),
             journal: JournalSection::default(),
@@ -159,6 +164,7 @@ impl Default for JournalSection {
         JournalSection {
             commit_max_records: 8192,
             sync_interval_ms: 1000,
+            simulated_fsync_latency_us: 0,
         }
     }
 }
@@ -220,6 +226,9 @@ pub struct ServeArgs {
     /// http://host:port (a gRPC Sink) or file:DIR [default: file:<data-dir>/out].
     #[arg(long, env = "SIDELOG_SINK")]
     pub sink: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "SIDELOG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGE_BYTES")]
     pub limits_max_message_bytes: Option<u64>,
@@ -243,6 +252,8 @@ pub struct ServeArgs {
     pub journal_commit_max_records: Option<u64>,
     #[arg(long, env = "SIDELOG_JOURNAL_SYNC_INTERVAL_MS")]
     pub journal_sync_interval_ms: Option<u64>,
+    #[arg(long, env = "SIDELOG_JOURNAL_SIMULATED_FSYNC_LATENCY_US")]
+    pub journal_simulated_fsync_latency_us: Option<u64>,
 
     #[arg(long, env = "SIDELOG_HANDLING_CONCURRENCY")]
     pub handling_concurrency: Option<u64>,
@@ -312,6 +323,9 @@ impl Config {
         if args.sink.is_some() {
             c.sink = args.sink;
         }
+        if args.metrics_listen.is_some() {
+            c.metrics_listen = args.metrics_listen;
+        }
         let l = &mut c.limits;
         set(&mut l.max_message_bytes, args.limits_max_message_bytes);
         set(&mut l.max_request_bytes, args.limits_max_request_bytes);
@@ -331,6 +345,10 @@ impl Config {
         set(
             &mut c.journal.sync_interval_ms,
             args.journal_sync_interval_ms,
+        );
+        set(
+            &mut c.journal.simulated_fsync_latency_us,
+            args.journal_simulated_fsync_latency_us,
         );
         let h = &mut c.handling;
         set(&mut h.concurrency, args.handling_concurrency);
@@ -410,6 +428,12 @@ impl Config {
                 self.journal.sync_interval_ms,
                 1,
                 3_600_000,
+            ),
+            (
+                "journal.simulated_fsync_latency_us",
+                self.journal.simulated_fsync_latency_us,
+                0,
+                1_000_000,
             ),
             ("handling.concurrency", self.handling.concurrency, 1, 65_536),
             (

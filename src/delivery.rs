@@ -136,6 +136,7 @@ impl Completion {
         self.stats
             .delivered
             .fetch_add(items.len() as u64, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DELIVERED).increment(items.len() as u64);
         let outputs: Vec<Seq> = items.iter().filter_map(|i| i.output_seq).collect();
         let inputs = self.finished_inputs(items);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
@@ -163,6 +164,7 @@ impl Completion {
             remove: input_seq.map(EntryRef::Input),
         };
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
         if let Err(e) = self.write_dead_letters(vec![letter]).await {
             error!(error = %e, "cannot write a dead letter; the input stays in the journal and is retried after a restart");
         }
@@ -208,6 +210,7 @@ impl Completion {
         self.stats
             .dead_lettered
             .fetch_add(items.len() as u64, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(items.len() as u64);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
         match self.write_dead_letters(letters).await {
             Ok(_) => {
@@ -395,6 +398,7 @@ async fn deliver_with_retries(
             return;
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
         let delay = config.backoff.delay(attempt, &entropy);
         if attempt == 1 {
             warn!(messages = items.len(), error = %error, "delivery failed; retrying with backoff");

@@ -218,10 +218,19 @@ impl Pipeline {
                 }
             }
         }
-        Ok(acks
+        let acks: Vec<Ack> = acks
             .into_iter()
             .map(|a| a.expect("every message got an ack above"))
-            .collect())
+            .collect();
+        for a in &acks {
+            let outcome = match ack::Status::try_from(a.status) {
+                Ok(ack::Status::Accepted) => "accepted",
+                Ok(ack::Status::Duplicate) => "duplicate",
+                _ => "rejected",
+            };
+            metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
+        }
+        Ok(acks)
     }
 
     fn validate(&self, message: &Message) -> Result<(), String> {

@@ -26,6 +26,7 @@ pub mod handler;
 pub mod ingest;
 pub mod inspect;
 pub mod journal;
+pub mod metrics;
 pub mod mode;
 pub mod publish;
 pub mod recovery;

@@ -40,6 +40,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let entropy = Entropy::from_clock(clock.as_ref());
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install(addr)?;
+        info!(addr = %addr, "serving metrics");
+    }
 
     let journal = Journal::open(&config.data_dir, journal_config(&config), clock.clone())
         .with_context(|| {
@@ -250,6 +254,7 @@ pub fn journal_config(config: &Config) -> JournalConfig {
         dedup_window_age_ms: config.dedup.window_age_ms as i64,
         max_file_bytes: (config.limits.max_journal_bytes != 0)
             .then_some(config.limits.max_journal_bytes),
+        simulated_fsync_latency_us: config.journal.simulated_fsync_latency_us,
         ..JournalConfig::default()
     }
 }

@@ -1,0 +1,39 @@
+//! Metric names, in one place, and the Prometheus endpoint (`--metrics-listen`).
+//!
+//! Labels are of low cardinality only (mode, outcome, durability), never message ids. Without
+//! an installed recorder (tests, the simulator) every update is a no-op.
+
+use std::net::SocketAddr;
+
+/// Messages received by Publish/PublishStream, by outcome: accepted, duplicate, rejected.
+pub const MESSAGES: &str = "sidelog_messages_total";
+/// Journal commits, by durability: fsync or none.
+pub const JOURNAL_COMMITS: &str = "sidelog_journal_commits_total";
+/// Records written to the journal (inputs, outputs, dead letters).
+pub const JOURNAL_RECORDS: &str = "sidelog_journal_records_total";
+/// Encoded bytes of the records written to the journal.
+pub const JOURNAL_RECORD_BYTES: &str = "sidelog_journal_record_bytes_total";
+/// Records per commit.
+pub const JOURNAL_RECORDS_PER_COMMIT: &str = "sidelog_journal_records_per_commit";
+/// Seconds a commit took, fsync included.
+pub const JOURNAL_COMMIT_SECONDS: &str = "sidelog_journal_commit_seconds";
+/// Undelivered entries and bytes in the journal.
+pub const BACKLOG_ENTRIES: &str = "sidelog_backlog_entries";
+pub const BACKLOG_BYTES: &str = "sidelog_backlog_bytes";
+/// Messages delivered to the sink (acked by it).
+pub const DELIVERED: &str = "sidelog_delivered_total";
+/// Delivery batches retried.
+pub const DELIVERY_RETRIES: &str = "sidelog_delivery_retries_total";
+/// Entries moved to the dead-letter table.
+pub const DEAD_LETTERED: &str = "sidelog_dead_lettered_total";
+
+/// Installs the Prometheus recorder and serves `/metrics` on `addr`.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 1e-1, 1.0,
+        ])?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))
+}
