@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod dedup;

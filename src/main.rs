@@ -33,6 +33,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Send messages to a running sidelog and print a summary of the acks.
     Publish(PublishArgs),
+    /// Benchmark the logging modes side by side on the real pipeline.
+    Bench(Box<sidelog::bench::BenchArgs>),
     /// Show what a journal holds (read-only; the server must be stopped).
     Inspect {
         #[arg(long, env = "SIDELOG_DATA_DIR", default_value = "./sidelog-data")]
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Command::Bench(args) => sidelog::bench::run(*args).await.map(|_| ()),
             Command::Inspect { data_dir } => sidelog::inspect::run(&data_dir).await,
         }
     });

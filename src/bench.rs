@@ -1,0 +1,811 @@
+//! `sidelog bench`: the logging modes side by side, on the real pipeline.
+//!
+//! For each selected mode, a real `sidelog serve` child process (so its CPU time and peak RSS
+//! are its own) runs on a fresh temporary data directory, between an in-process gRPC handler
+//! (optional, `--handler-outputs K`) and an in-process gRPC sink, all over loopback. Producers
+//! publish one workload; the sink measures publish→sink latency from a send-time header. After
+//! the run, the child's `/metrics` gives journal commits, fsyncs and bytes, and `/proc` its CPU
+//! time and peak RSS. One table compares the modes, each as a ratio of `none` from the same run.
+//!
+//! Open loop (`--rate`): requests are sent on a fixed schedule whatever the answers do, and
+//! latency is measured from the *intended* send time, so a stall shows as latency instead of
+//! being hidden by producers that simply waited (coordinated omission).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+use crate::mode::LoggingMode;
+use crate::proto::handler_server::{Handler, HandlerServer};
+use crate::proto::ingest_client::IngestClient;
+use crate::proto::sink_server::{Sink, SinkServer};
+use crate::proto::{
+    DeliverRequest, DeliverResponse, HandleRequest, HandleResponse, Message, PublishRequest, ack,
+};
+
+/// The header carrying a message's send time, in µs since the bench started.
+const SENT_HEADER: &str = "bench-sent-us";
+/// Requests of one stream awaiting their response.
+const STREAM_WINDOW: usize = 32;
+/// Requests of one open-loop producer in flight at most (beyond, sends wait and the wait is
+/// counted as latency).
+const OPEN_LOOP_IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Modes to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "none,rbml,sbml,hml")]
+    pub modes: Vec<LoggingMode>,
+    /// Concurrent producers (one connection each).
+    #[arg(long, default_value_t = 64)]
+    pub producers: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Use PublishStream (pipelined) instead of unary Publish.
+    #[arg(long)]
+    pub stream: bool,
+    /// How long each mode is loaded, e.g. 10s, 500ms.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Stop after this many messages per mode instead of after --duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Open loop: offer this many messages per second in all, on a fixed schedule.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Run an in-process handler making K outputs per input (default: no handler, pass-through).
+    #[arg(long)]
+    pub handler_outputs: Option<u32>,
+    /// Time the in-process handler takes per call, e.g. 1ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub handler_delay: Duration,
+    /// Time the in-process sink takes per batch, e.g. 1ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub sink_delay: Duration,
+    /// Make every journal fsync this much slower, e.g. 2ms (a real disk on a fast VM).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub fsync_latency: Duration,
+    /// Use this external handler instead of the in-process one.
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Use this external sink (end-to-end latency is then not measured).
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("{s:?}: give a unit, e.g. 10s, 500ms, 200us"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, ms, us, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// One mode's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub messages: u64,
+    pub msgs_per_s: f64,
+    pub mib_per_s: f64,
+    pub ack_p50_us: u64,
+    pub ack_p99_us: u64,
+    pub ack_p999_us: u64,
+    pub e2e_p50_us: u64,
+    pub e2e_p99_us: u64,
+    pub records_per_commit: f64,
+    pub fsyncs_per_1k: f64,
+    pub bytes_per_msg: f64,
+    pub cpu_us_per_msg: f64,
+    pub peak_rss_bytes: u64,
+    pub ratio_to_none: Option<f64>,
+    pub errors: u64,
+}
+
+/// The in-process next tier: counts deliveries and measures end-to-end latency.
+#[derive(Clone)]
+struct BenchSink {
+    base: Instant,
+    delivered: Arc<AtomicU64>,
+    e2e: Arc<Mutex<Histogram<u64>>>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Sink for BenchSink {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let now = self.base.elapsed().as_micros() as u64;
+        let messages = request.into_inner().messages;
+        {
+            let mut h = self.e2e.lock().expect("never held across a panic");
+            for m in &messages {
+                if let Some(sent) = m
+                    .headers
+                    .get(SENT_HEADER)
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    h.saturating_record(now.saturating_sub(sent).max(1));
+                }
+            }
+        }
+        self.delivered
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(Response::new(DeliverResponse {}))
+    }
+}
+
+/// The in-process ingest server logic: K copies of each input, headers kept.
+#[derive(Clone)]
+struct BenchHandler {
+    outputs: u32,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Handler for BenchHandler {
+    async fn handle(
+        &self,
+        request: Request<HandleRequest>,
+    ) -> Result<Response<HandleResponse>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let input = request.into_inner().message.unwrap_or_default();
+        let outputs = (0..self.outputs).map(|_| input.clone()).collect();
+        Ok(Response::new(HandleResponse { outputs }))
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(l.local_addr()?)
+}
+
+async fn serve_in_process(routes: tonic::service::Routes) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
+    anyhow::ensure!(args.producers >= 1, "--producers must be at least 1");
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");
+    let base = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let e2e = Arc::new(Mutex::new(histogram()));
+    let sink_url = match &args.sink {
+        Some(url) => url.clone(),
+        None => {
+            let sink = BenchSink {
+                base,
+                delivered: delivered.clone(),
+                e2e: e2e.clone(),
+                delay: args.sink_delay,
+            };
+            let addr = serve_in_process(tonic::service::Routes::new(
+                SinkServer::new(sink).max_decoding_message_size(usize::MAX),
+            ))
+            .await?;
+            format!("http://{addr}")
+        }
+    };
+    let handler_url = match (&args.handler, args.handler_outputs) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(k)) => {
+            let addr = serve_in_process(tonic::service::Routes::new(HandlerServer::new(
+                BenchHandler {
+                    outputs: k,
+                    delay: args.handler_delay,
+                },
+            )))
+            .await?;
+            Some(format!("http://{addr}"))
+        }
+        (None, None) => None,
+    };
+    let outputs_per_input = u64::from(args.handler_outputs.unwrap_or(1));
+
+    let mut results = Vec::new();
+    for mode in &args.modes {
+        delivered.store(0, Ordering::Relaxed);
+        e2e.lock().expect("never held across a panic").reset();
+        eprintln!("bench: {mode}…");
+        let r = run_mode(
+            &args,
+            *mode,
+            base,
+            &sink_url,
+            handler_url.as_deref(),
+            &delivered,
+            &e2e,
+            outputs_per_input,
+        )
+        .await
+        .with_context(|| format!("mode {mode}"))?;
+        results.push(r);
+    }
+    if let Some(none) = results
+        .iter()
+        .find(|r| r.mode == "none")
+        .map(|r| r.msgs_per_s)
+    {
+        for r in &mut results {
+            r.ratio_to_none = (none > 0.0).then(|| r.msgs_per_s / none);
+        }
+    }
+    print_table(&args, &results);
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({ "results": results });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {} (--json)", path.display()))?;
+    }
+    Ok(results)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_mode(
+    args: &BenchArgs,
+    mode: LoggingMode,
+    base: Instant,
+    sink_url: &str,
+    handler_url: Option<&str>,
+    delivered: &Arc<AtomicU64>,
+    e2e: &Arc<Mutex<Histogram<u64>>>,
+    outputs_per_input: u64,
+) -> anyhow::Result<ModeResult> {
+    let dir = std::env::temp_dir().join(format!("sidelog-bench-{}-{mode}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let listen = free_port()?;
+    let metrics = free_port()?;
+    let mut child = SidelogChild::spawn(
+        &dir,
+        mode,
+        listen,
+        metrics,
+        sink_url,
+        handler_url,
+        args.fsync_latency,
+    )?;
+    child.wait_serving(listen).await?;
+
+    let ack = Arc::new(Mutex::new(histogram()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(AtomicU64::new(args.messages.unwrap_or(u64::MAX)));
+    let started = Instant::now();
+    let deadline = started
+        + if args.messages.is_some() {
+            Duration::from_secs(3600)
+        } else {
+            args.duration
+        };
+    let mut tasks = Vec::new();
+    for p in 0..args.producers {
+        let channel = Endpoint::from_shared(format!("http://{listen}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting a producer")?;
+        let ctx = Producer {
+            id: p,
+            mode,
+            base,
+            size: args.size,
+            batch: args.batch,
+            deadline,
+            budget: budget.clone(),
+            ack: ack.clone(),
+            acked: acked.clone(),
+            errors: errors.clone(),
+        };
+        tasks.push(match (args.rate, args.stream) {
+            (Some(rate), _) => {
+                let per_producer = (rate as f64 / args.producers as f64).max(1e-3);
+                tokio::spawn(ctx.open_loop(channel, per_producer))
+            }
+            (None, true) => tokio::spawn(ctx.stream(channel)),
+            (None, false) => tokio::spawn(ctx.closed_loop(channel)),
+        });
+    }
+    for t in tasks {
+        t.await.context("a producer failed")?;
+    }
+    let elapsed = started.elapsed();
+    let acked = acked.load(Ordering::Relaxed);
+
+    // Let the sink receive everything acked (bounded wait, for the end-to-end figures).
+    if args.sink.is_none() {
+        let want = acked * outputs_per_input;
+        let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
+        while delivered.load(Ordering::Relaxed) < want {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = delivered.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "bench: {mode}: the sink got {now} of {want} outputs; not waiting longer"
+                );
+                break;
+            }
+        }
+    }
+    let scraped = scrape(metrics).await.unwrap_or_default();
+    let (cpu_us, peak_rss) = child.usage();
+    child.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ack = ack.lock().expect("never held across a panic");
+    let e2e = e2e.lock().expect("never held across a panic");
+    let commits = scraped
+        .get("sidelog_journal_commits_total{durability=\"fsync\"}")
+        .copied()
+        .unwrap_or(0.0)
+        + scraped
+            .get("sidelog_journal_commits_total{durability=\"none\"}")
+            .copied()
+            .unwrap_or(0.0);
+    let fsyncs = scraped
+        .get("sidelog_journal_commits_total{durability=\"fsync\"}")
+        .copied()
+        .unwrap_or(0.0);
+    let records = scraped
+        .get("sidelog_journal_records_total")
+        .copied()
+        .unwrap_or(0.0);
+    let record_bytes = scraped
+        .get("sidelog_journal_record_bytes_total")
+        .copied()
+        .unwrap_or(0.0);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let per_msg = |v: f64| if acked == 0 { 0.0 } else { v / acked as f64 };
+    Ok(ModeResult {
+        mode: mode.to_string(),
+        messages: acked,
+        msgs_per_s: acked as f64 / secs,
+        mib_per_s: acked as f64 * args.size as f64 / secs / (1024.0 * 1024.0),
+        ack_p50_us: ack.value_at_quantile(0.5),
+        ack_p99_us: ack.value_at_quantile(0.99),
+        ack_p999_us: ack.value_at_quantile(0.999),
+        e2e_p50_us: e2e.value_at_quantile(0.5),
+        e2e_p99_us: e2e.value_at_quantile(0.99),
+        records_per_commit: if commits > 0.0 {
+            records / commits
+        } else {
+            0.0
+        },
+        fsyncs_per_1k: per_msg(fsyncs) * 1000.0,
+        bytes_per_msg: per_msg(record_bytes),
+        cpu_us_per_msg: per_msg(cpu_us as f64),
+        peak_rss_bytes: peak_rss,
+        ratio_to_none: None,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// One producer's share of the workload.
+struct Producer {
+    id: usize,
+    mode: LoggingMode,
+    base: Instant,
+    size: usize,
+    batch: usize,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+    ack: Arc<Mutex<Histogram<u64>>>,
+    acked: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Producer {
+    /// Takes up to `batch` messages from the budget; 0 once the run is over.
+    fn take(&self) -> usize {
+        if Instant::now() >= self.deadline {
+            return 0;
+        }
+        let want = self.batch as u64;
+        let mut left = self.budget.load(Ordering::Relaxed);
+        loop {
+            let n = want.min(left);
+            if n == 0 {
+                return 0;
+            }
+            match self
+                .budget
+                .compare_exchange(left, left - n, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return n as usize,
+                Err(now) => left = now,
+            }
+        }
+    }
+
+    fn request(&self, seq: &mut u64, n: usize, payload: &bytes::Bytes) -> PublishRequest {
+        let sent = self.base.elapsed().as_micros().to_string();
+        let messages = (0..n)
+            .map(|_| {
+                *seq += 1;
+                let mut headers = BTreeMap::new();
+                headers.insert(SENT_HEADER.to_owned(), sent.clone());
+                Message {
+                    id: format!("{}-{}-{}", self.mode, self.id, seq),
+                    key: format!("k{}", *seq % 64),
+                    payload: payload.clone(),
+                    headers,
+                    event_time_ms: 0,
+                }
+            })
+            .collect();
+        PublishRequest { messages }
+    }
+
+    fn record(&self, latency: Duration, n: usize, acks: &[crate::proto::Ack]) {
+        let ok = acks
+            .iter()
+            .filter(|a| {
+                a.status == ack::Status::Accepted as i32
+                    || a.status == ack::Status::Duplicate as i32
+            })
+            .count();
+        self.ack
+            .lock()
+            .expect("never held across a panic")
+            .saturating_record_n(latency.as_micros().max(1) as u64, n as u64);
+        self.acked.fetch_add(ok as u64, Ordering::Relaxed);
+        self.errors
+            .fetch_add((acks.len() - ok) as u64, Ordering::Relaxed);
+    }
+
+    async fn closed_loop(self, channel: Channel) {
+        let mut client = IngestClient::new(channel);
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let mut seq = 0;
+        loop {
+            let n = self.take();
+            if n == 0 {
+                break;
+            }
+            let request = self.request(&mut seq, n, &payload);
+            let t0 = Instant::now();
+            match client.publish(request).await {
+                Ok(r) => self.record(t0.elapsed(), n, &r.into_inner().acks),
+                Err(_) => {
+                    self.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn stream(self, channel: Channel) {
+        let mut client = IngestClient::new(channel);
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<(Instant, usize)>(STREAM_WINDOW);
+        let mut responses = match client
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let this = Arc::new(self);
+        let sender = {
+            let this = this.clone();
+            tokio::spawn(async move {
+                let mut seq = 0;
+                loop {
+                    let n = this.take();
+                    if n == 0 {
+                        break;
+                    }
+                    let request = this.request(&mut seq, n, &payload);
+                    // The window: a slot in `sent` before the request goes out.
+                    if sent_tx.send((Instant::now(), n)).await.is_err()
+                        || req_tx.send(request).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        };
+        while let Some((t0, n)) = sent_rx.recv().await {
+            match responses.message().await {
+                Ok(Some(r)) => this.record(t0.elapsed(), n, &r.acks),
+                _ => {
+                    this.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let _ = sender.await;
+    }
+
+    async fn open_loop(self, channel: Channel, msgs_per_s: f64) {
+        let client = IngestClient::new(channel);
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let interval = Duration::from_secs_f64(self.batch as f64 / msgs_per_s);
+        let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
+        let this = Arc::new(self);
+        let start = Instant::now();
+        let mut seq = 0;
+        let mut k: u32 = 0;
+        let mut in_flight = Vec::new();
+        loop {
+            let intended = start + interval * k;
+            k += 1;
+            tokio::time::sleep_until(intended).await;
+            let n = this.take();
+            if n == 0 {
+                break;
+            }
+            let request = this.request(&mut seq, n, &payload);
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let (this, mut client) = (this.clone(), client.clone());
+            in_flight.push(tokio::spawn(async move {
+                match client.publish(request).await {
+                    // From the intended send time: a late send is latency too.
+                    Ok(r) => this.record(intended.elapsed(), n, &r.into_inner().acks),
+                    Err(_) => {
+                        this.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            }));
+            in_flight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+        }
+        for t in in_flight {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A `sidelog serve` child process.
+struct SidelogChild {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl SidelogChild {
+    fn spawn(
+        dir: &Path,
+        mode: LoggingMode,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+        sink: &str,
+        handler: Option<&str>,
+        fsync_latency: Duration,
+    ) -> anyhow::Result<SidelogChild> {
+        let exe = std::env::current_exe().context("locating the sidelog binary")?;
+        let log = dir.join("sidelog.log");
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("serve")
+            .args(["--mode", mode.as_str()])
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--sink", sink])
+            .arg("--journal-simulated-fsync-latency-us")
+            .arg(fsync_latency.as_micros().to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true);
+        if let Some(h) = handler {
+            cmd.args(["--handler", h]);
+        }
+        Ok(SidelogChild {
+            child: cmd.spawn().context("starting sidelog serve")?,
+            log,
+        })
+    }
+
+    async fn wait_serving(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+            {
+                let r = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if r.is_ok_and(|r| r.into_inner().status == 1) {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "sidelog exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("sidelog did not serve within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// CPU time (µs, user + system) and peak RSS (bytes) so far, from /proc (Linux).
+    fn usage(&self) -> (u64, u64) {
+        let Some(pid) = self.child.id() else {
+            return (0, 0);
+        };
+        // Clock ticks are 100 a second on Linux x86_64 and aarch64 (USER_HZ).
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(ticks * 10_000)
+            })
+            .unwrap_or(0);
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kb * 1024)
+            })
+            .unwrap_or(0);
+        (cpu, rss)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Reads a Prometheus text endpoint into `series → value`.
+async fn scrape(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+fn print_table(args: &BenchArgs, results: &[ModeResult]) {
+    println!(
+        "workload: {} producers, {} B messages, {} per request, {}{}{}{}",
+        args.producers,
+        args.size,
+        args.batch,
+        if args.stream {
+            "PublishStream"
+        } else {
+            "unary Publish"
+        },
+        args.rate
+            .map(|r| format!(", open loop at {r} msg/s"))
+            .unwrap_or_default(),
+        args.handler_outputs
+            .map(|k| format!(", handler with {k} outputs"))
+            .unwrap_or_else(|| ", pass-through".into()),
+        if args.fsync_latency.is_zero() {
+            String::new()
+        } else {
+            format!(", fsync +{:?}", args.fsync_latency)
+        },
+    );
+    println!(
+        "{:<5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "mode",
+        "messages",
+        "msgs/s",
+        "MiB/s",
+        "ack p50",
+        "ack p99",
+        "ack p99.9",
+        "e2e p50",
+        "e2e p99",
+        "rec/commit",
+        "fsync/1k",
+        "B/msg",
+        "cpu us/msg",
+        "RSS MiB",
+        "x none"
+    );
+    for r in results {
+        println!(
+            "{:<5} {:>10} {:>10.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>9.0} {:>9.1} {:>8.1} {:>6}",
+            r.mode,
+            r.messages,
+            r.msgs_per_s,
+            r.mib_per_s,
+            r.ack_p50_us,
+            r.ack_p99_us,
+            r.ack_p999_us,
+            r.e2e_p50_us,
+            r.e2e_p99_us,
+            r.records_per_commit,
+            r.fsyncs_per_1k,
+            r.bytes_per_msg,
+            r.cpu_us_per_msg,
+            r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            r.ratio_to_none
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "latencies in µs; ack = publish→ack, e2e = publish→sink; errors: {}",
+        results
+            .iter()
+            .map(|r| format!("{} {}", r.mode, r.errors))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
