@@ -158,6 +158,11 @@ impl HandlerRunner {
         }
     }
 
+    /// Whether each input is its own single output (no handler).
+    pub fn is_pass_through(&self) -> bool {
+        !self.rewrites_ids
+    }
+
     pub async fn run(&self, input: &Message, replay: bool) -> HandleOutcome {
         let mut attempt = 1u32;
         loop {

@@ -433,7 +433,12 @@ impl Pipeline {
         input_seq: Option<Seq>,
         input_memory_bytes: u64,
     ) {
-        let record = self.plan.outputs == OutputJournaling::AfterHandler && input_seq.is_some();
+        // With pass-through the output is the input itself, already journaled: recording it
+        // again would double the bytes written for nothing, since replaying the input yields
+        // the same output.
+        let record = self.plan.outputs == OutputJournaling::AfterHandler
+            && input_seq.is_some()
+            && !self.handler.is_pass_through();
         let recorded: Option<Vec<Seq>> = if record {
             let group = OutputGroup {
                 input_seq,

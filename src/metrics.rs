@@ -29,11 +29,21 @@ pub const DEAD_LETTERED: &str = "sidelog_dead_lettered_total";
 
 /// Installs the Prometheus recorder and serves `/metrics` on `addr`.
 pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    use metrics_exporter_prometheus::Matcher;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets(&[
-            1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 1e-1, 1.0,
-        ])?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 1e-1, 1.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(JOURNAL_RECORDS_PER_COMMIT.into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+            ],
+        )?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))
 }

@@ -45,6 +45,9 @@ struct Args {
     /// A deliberate bug: ack-before-fsync or skip-replay.
     #[arg(long)]
     bug: Option<String>,
+    /// Every seed without a handler (pass-through); by default a quarter of the seeds are.
+    #[arg(long)]
+    pass_through: bool,
     /// Print the last events of every run, not only of failing ones.
     #[arg(long)]
     trace: bool,
@@ -103,13 +106,15 @@ fn main() -> ExitCode {
         let started = Instant::now();
         let mut total = Totals::default();
         for &seed in &seeds {
+            let base = SimConfig::new(seed, mode);
             let cfg = SimConfig {
+                pass_through: args.pass_through || base.pass_through,
                 messages: args.messages,
                 producers: args.producers,
                 crashes: args.crashes,
                 fault_scale: args.fault_scale,
                 bug,
-                ..SimConfig::new(seed, mode)
+                ..base
             };
             let report = run(cfg);
             total.add(&report);
