@@ -208,7 +208,9 @@ async fn serve_in_process(routes: tonic::service::Routes) -> anyhow::Result<Sock
         Server::builder()
             .tcp_nodelay(true)
             .add_routes(routes)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     Ok(addr)
 }
@@ -317,74 +319,44 @@ async fn run_mode(
     )?;
     child.wait_serving(listen).await?;
 
-    let ack = Arc::new(Mutex::new(histogram()));
-    let acked = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let budget = Arc::new(AtomicU64::new(args.messages.unwrap_or(u64::MAX)));
-    let started = Instant::now();
-    let deadline = started
-        + if args.messages.is_some() {
-            Duration::from_secs(3600)
-        } else {
-            args.duration
-        };
-    let mut tasks = Vec::new();
-    for p in 0..args.producers {
-        let channel = Endpoint::from_shared(format!("http://{listen}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connecting a producer")?;
-        let ctx = Producer {
-            id: p,
-            mode,
-            base,
-            size: args.size,
-            batch: args.batch,
-            deadline,
-            budget: budget.clone(),
-            ack: ack.clone(),
-            acked: acked.clone(),
-            errors: errors.clone(),
-        };
-        tasks.push(match (args.rate, args.stream) {
-            (Some(rate), _) => {
-                let per_producer = (rate as f64 / args.producers as f64).max(1e-3);
-                tokio::spawn(ctx.open_loop(channel, per_producer))
-            }
-            (None, true) => tokio::spawn(ctx.stream(channel)),
-            (None, false) => tokio::spawn(ctx.closed_loop(channel)),
-        });
-    }
-    for t in tasks {
-        t.await.context("a producer failed")?;
-    }
-    let elapsed = started.elapsed();
-    let acked = acked.load(Ordering::Relaxed);
+    // Warm up (connections to the handler and the sink open lazily, caches fill), let the
+    // warm-up's deliveries land, then measure from a clean slate.
+    let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let warm = load(args, mode, base, listen, 1_000_000, Some(warmup), u64::MAX).await?;
+    wait_delivered(delivered, warm.acked * outputs_per_input, mode).await;
+    delivered.store(0, Ordering::Relaxed);
+    e2e.lock().expect("never held across a panic").reset();
+    let before = scrape(metrics).await.unwrap_or_default();
+    let (cpu_before, _) = child.usage();
+
+    let run = load(
+        args,
+        mode,
+        base,
+        listen,
+        0,
+        args.messages.is_none().then_some(args.duration),
+        args.messages.unwrap_or(u64::MAX),
+    )
+    .await?;
+    let (ack, acked, elapsed) = (run.ack, run.acked, run.elapsed);
+    let errors = run.errors;
 
     // Let the sink receive everything acked (bounded wait, for the end-to-end figures).
     if args.sink.is_none() {
-        let want = acked * outputs_per_input;
-        let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
-        while delivered.load(Ordering::Relaxed) < want {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = delivered.load(Ordering::Relaxed);
-            if now != last.0 {
-                last = (now, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "bench: {mode}: the sink got {now} of {want} outputs; not waiting longer"
-                );
-                break;
-            }
-        }
+        wait_delivered(delivered, acked * outputs_per_input, mode).await;
     }
-    let scraped = scrape(metrics).await.unwrap_or_default();
-    let (cpu_us, peak_rss) = child.usage();
+    let after = scrape(metrics).await.unwrap_or_default();
+    // Counters of the measured phase only: after minus after-warm-up.
+    let scraped: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    let (cpu_after, peak_rss) = child.usage();
+    let cpu_us = cpu_after.saturating_sub(cpu_before);
     child.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let ack = ack.lock().expect("never held across a panic");
     let e2e = e2e.lock().expect("never held across a panic");
     let commits = scraped
         .get("sidelog_journal_commits_total{durability=\"fsync\"}")
@@ -428,8 +400,89 @@ async fn run_mode(
         cpu_us_per_msg: per_msg(cpu_us as f64),
         peak_rss_bytes: peak_rss,
         ratio_to_none: None,
-        errors: errors.load(Ordering::Relaxed),
+        errors,
     })
+}
+
+/// What one load phase measured.
+struct Load {
+    ack: Histogram<u64>,
+    acked: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+/// Runs the producers against `listen` for `duration` (or until `messages` are sent).
+/// Producer ids start at `first_id`, so phases never reuse a message id.
+async fn load(
+    args: &BenchArgs,
+    mode: LoggingMode,
+    base: Instant,
+    listen: SocketAddr,
+    first_id: usize,
+    duration: Option<Duration>,
+    messages: u64,
+) -> anyhow::Result<Load> {
+    let ack = Arc::new(Mutex::new(histogram()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(AtomicU64::new(messages));
+    let started = Instant::now();
+    let deadline = started + duration.unwrap_or(Duration::from_secs(3600));
+    let mut tasks = Vec::new();
+    for p in 0..args.producers {
+        let channel = Endpoint::from_shared(format!("http://{listen}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting a producer")?;
+        let ctx = Producer {
+            id: first_id + p,
+            mode,
+            base,
+            size: args.size,
+            batch: args.batch,
+            deadline,
+            budget: budget.clone(),
+            ack: ack.clone(),
+            acked: acked.clone(),
+            errors: errors.clone(),
+        };
+        tasks.push(match (args.rate, args.stream) {
+            (Some(rate), _) => {
+                let per_producer = (rate as f64 / args.producers as f64).max(1e-3);
+                tokio::spawn(ctx.open_loop(channel, per_producer))
+            }
+            (None, true) => tokio::spawn(ctx.stream(channel)),
+            (None, false) => tokio::spawn(ctx.closed_loop(channel)),
+        });
+    }
+    for t in tasks {
+        t.await.context("a producer failed")?;
+    }
+    let elapsed = started.elapsed();
+    let ack = ack.lock().expect("never held across a panic").clone();
+    Ok(Load {
+        ack,
+        acked: acked.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+    })
+}
+
+/// Waits (bounded) until the in-process sink has received `want` messages.
+async fn wait_delivered(delivered: &AtomicU64, want: u64, mode: LoggingMode) {
+    let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
+    while delivered.load(Ordering::Relaxed) < want {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            eprintln!("bench: {mode}: the sink got {now} of {want} outputs; not waiting longer");
+            return;
+        }
+    }
 }
 
 /// One producer's share of the workload.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::IngestService;
@@ -135,9 +135,15 @@ pub async fn serve(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(ingest)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                drop(stop_rx.await);
-            }),
+            // Nagle off on every accepted connection: Server::tcp_nodelay applies only to
+            // listeners tonic binds itself, and small HTTP/2 writes otherwise wait for the
+            // peer's delayed ACK (a ~40 ms tail on acks).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    drop(stop_rx.await);
+                },
+            ),
     );
     info!(addr = %local, mode = %config.mode, "listening");
     on_listening(local);
