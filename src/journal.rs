@@ -1491,6 +1491,14 @@ fn reply_ok(cmd: Command, applied: Applied) {
     }
 }
 
+/// Which table a new record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewRecord {
+    Input,
+    Output,
+    DeadLetter,
+}
+
 /// The open tables of one write transaction, and what it changed.
 struct Tables<'txn> {
     inputs: redb::Table<'txn, u64, &'static [u8]>,
@@ -1532,16 +1540,7 @@ impl Tables<'_> {
                         message: Some(message.clone()),
                         received_at_ms: *received_at_ms,
                     });
-                    let reused = self.inputs.insert(seq.0, record.as_slice())?.is_some();
-                    assert!(
-                        !reused,
-                        "journal invariant: input sequence {} reused",
-                        seq.0
-                    );
-                    self.written_records += 1;
-                    self.written_bytes += record.len() as u64;
-                    self.bytes_delta += record.len() as i64;
-                    self.entries_delta += 1;
+                    self.insert_new(NewRecord::Input, seq, &record)?;
                     self.remember_id(&message.id, seq)?;
                     seqs.push(seq);
                 }
@@ -1558,16 +1557,7 @@ impl Tables<'_> {
                             input_seq: group.input_seq.map_or(0, |s| s.0),
                             recorded_at_ms: self.now,
                         });
-                        let reused = self.outputs.insert(seq.0, record.as_slice())?.is_some();
-                        assert!(
-                            !reused,
-                            "journal invariant: output sequence {} reused",
-                            seq.0
-                        );
-                        self.written_records += 1;
-                        self.written_bytes += record.len() as u64;
-                        self.bytes_delta += record.len() as i64;
-                        self.entries_delta += 1;
+                        self.insert_new(NewRecord::Output, seq, &record)?;
                         output_seqs.push(seq);
                     }
                     if let Some(input) = group.input_seq {
@@ -1621,14 +1611,7 @@ impl Tables<'_> {
                         dead_at_ms: self.now,
                         input_seq: letter.input_seq.map_or(0, |s| s.0),
                     });
-                    let reused = self.dead.insert(seq.0, record.as_slice())?.is_some();
-                    assert!(
-                        !reused,
-                        "journal invariant: dead-letter sequence {} reused",
-                        seq.0
-                    );
-                    self.written_records += 1;
-                    self.written_bytes += record.len() as u64;
+                    self.insert_new(NewRecord::DeadLetter, seq, &record)?;
                     seqs.push(seq);
                 }
                 Ok(Applied::Seqs(seqs))
@@ -1636,6 +1619,30 @@ impl Tables<'_> {
             Command::Sync { .. } | Command::SyncIfDirty => Ok(Applied::Unit),
             _ => unreachable!("reads are not applied in a write transaction"),
         }
+    }
+
+    /// Writes a record under a sequence just taken, counting it. Sequences are never reused:
+    /// finding one taken is a bug that would overwrite an entry, so it crashes here.
+    fn insert_new(&mut self, kind: NewRecord, seq: Seq, record: &[u8]) -> Result<(), redb::Error> {
+        let (table, name) = match kind {
+            NewRecord::Input => (&mut self.inputs, "input"),
+            NewRecord::Output => (&mut self.outputs, "output"),
+            NewRecord::DeadLetter => (&mut self.dead, "dead-letter"),
+        };
+        let reused = table.insert(seq.0, record)?.is_some();
+        assert!(
+            !reused,
+            "journal invariant: {name} sequence {} reused",
+            seq.0
+        );
+        self.written_records += 1;
+        self.written_bytes += record.len() as u64;
+        if kind != NewRecord::DeadLetter {
+            // Inputs and outputs are the backlog; dead letters are kept apart from it.
+            self.bytes_delta += record.len() as i64;
+            self.entries_delta += 1;
+        }
+        Ok(())
     }
 
     fn remove_input(&mut self, seq: Seq) -> Result<(), redb::Error> {
