@@ -83,10 +83,7 @@ async fn a_retried_id_is_a_duplicate_with_its_original_sequence_across_sigkill()
         assert_eq!(status(&again[2]), ack::Status::Accepted, "{mode}");
         // Each id reached the sink once: duplicates were neither handled nor delivered again.
         let out = dir.path().join("data/out");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while chunk_ids(&out).len() < 3 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 3).await;
         let mut all: Vec<String> = sidelog::sink::list_chunks(&out)
             .unwrap()
             .iter()
@@ -199,10 +196,7 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
 
     // Only the accepted ones reach the sink.
     let out = dir.path().join("data/out");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while chunk_ids(&out).len() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 2).await;
     assert_eq!(
         chunk_ids(&out),
         HashSet::from(["ok-1".to_string(), assigned.clone()])
@@ -255,10 +249,10 @@ async fn a_full_journal_never_acks_and_never_crashes() {
         "still running and serving after disk full"
     );
     let out = dir.path().join("data/out");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !accepted.is_subset(&chunk_ids(&out)) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), || {
+        accepted.is_subset(&chunk_ids(&out))
+    })
+    .await;
     assert!(
         accepted.is_subset(&chunk_ids(&out)),
         "acked messages were not delivered"

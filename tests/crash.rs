@@ -139,6 +139,53 @@ async fn check(
     }
 }
 
+/// A test's world: a gRPC sink and handler of the test's own, and sidelog between them.
+struct Rig {
+    _dir: tempfile::TempDir,
+    sink: TestSink,
+    sink_srv: Restartable,
+    handler: TestHandler,
+    handler_srv: Restartable,
+    sidelog: Sidelog,
+}
+
+impl Rig {
+    /// Starts sink, handler and sidelog in `mode` with `flags`, and waits until it serves.
+    async fn start(mode: &str, flags: &[&str]) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = TestSink::default();
+        let sink_srv = sink.start(free_port()).await;
+        let handler = TestHandler::default();
+        let handler_srv = handler.start(free_port()).await;
+        let (handler_url, sink_url) = (handler_srv.url(), sink_srv.url());
+        let mut args = vec![
+            "--mode",
+            mode,
+            "--handler",
+            &handler_url,
+            "--sink",
+            &sink_url,
+        ];
+        args.extend_from_slice(flags);
+        let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
+        sidelog.start().await;
+        Rig {
+            _dir: dir,
+            sink,
+            sink_srv,
+            handler,
+            handler_srv,
+            sidelog,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.sidelog.kill9().await;
+        self.sink_srv.stop().await;
+        self.handler_srv.stop().await;
+    }
+}
+
 /// Loads sidelog in `mode` and SIGKILLs it `kills` times at random moments.
 async fn sigkill_during_load(
     mode: &str,
@@ -147,27 +194,13 @@ async fn sigkill_during_load(
     sink_delay_ms: u64,
 ) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed());
-    let dir = tempfile::tempdir().unwrap();
-    let sink = TestSink::default();
-    sink.delay_ms
+    let mut flags = FAST_RETRIES.to_vec();
+    flags.extend_from_slice(extra);
+    let mut rig = Rig::start(mode, &flags).await;
+    rig.sink
+        .delay_ms
         .store(sink_delay_ms, std::sync::atomic::Ordering::Relaxed);
-    let mut sink_srv = sink.start(free_port()).await;
-    let handler = TestHandler::default();
-    let mut handler_srv = handler.start(free_port()).await;
-    let handler_url = handler_srv.url();
-    let sink_url = sink_srv.url();
-    let mut args = vec![
-        "--mode",
-        mode,
-        "--handler",
-        &handler_url,
-        "--sink",
-        &sink_url,
-    ];
-    args.extend_from_slice(FAST_RETRIES);
-    args.extend_from_slice(extra);
-    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
-    sidelog.start().await;
+    let (sink, sidelog) = (&rig.sink, &mut rig.sidelog);
 
     let producers = tokio::spawn(produce(
         sidelog.url(),
@@ -194,7 +227,7 @@ async fn sigkill_during_load(
     let journaled = mode != "none";
     // In mode none the missing messages are gone for good: a short wait drains the rest.
     let wait = Duration::from_secs(if journaled { 60 } else { 10 });
-    let outcome = check(&sink, &log, &crashes, wait, journaled).await;
+    let outcome = check(sink, &log, &crashes, wait, journaled).await;
     eprintln!(
         "{mode}: acked {} inputs, {} producer retries, {} kills, {} missing outputs, {} duplicate outputs",
         outcome.acked,
@@ -203,9 +236,7 @@ async fn sigkill_during_load(
         outcome.missing.len(),
         outcome.duplicates
     );
-    sidelog.kill9().await;
-    sink_srv.stop().await;
-    handler_srv.stop().await;
+    rig.stop().await;
     outcome
 }
 
@@ -268,25 +299,9 @@ async fn mode_none_loses_acked_messages_under_sigkill() {
 async fn handler_and_sink_crashes_lose_nothing() {
     for mode in ["hml", "rbml", "sbml"] {
         let mut rng = StdRng::seed_from_u64(seed());
-        let dir = tempfile::tempdir().unwrap();
-        let sink = TestSink::default();
-        let mut sink_srv = sink.start(free_port()).await;
-        let handler = TestHandler::default();
-        let mut handler_srv = handler.start(free_port()).await;
-        let (handler_url, sink_url) = (handler_srv.url(), sink_srv.url());
-        let mut args = vec![
-            "--mode",
-            mode,
-            "--handler",
-            &handler_url,
-            "--sink",
-            &sink_url,
-        ];
-        args.extend_from_slice(FAST_RETRIES);
-        let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
-        sidelog.start().await;
+        let mut rig = Rig::start(mode, FAST_RETRIES).await;
         let producers = tokio::spawn(produce(
-            sidelog.url(),
+            rig.sidelog.url(),
             format!("{mode}-hops"),
             4,
             2000,
@@ -295,19 +310,19 @@ async fn handler_and_sink_crashes_lose_nothing() {
         ));
         for _ in 0..2 {
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
-            handler_srv.stop().await;
+            rig.handler_srv.stop().await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
-            handler_srv = handler.start(handler_srv.addr).await;
+            rig.handler_srv = rig.handler.start(rig.handler_srv.addr).await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
-            sink_srv.stop().await;
+            rig.sink_srv.stop().await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
-            sink_srv = sink.start(sink_srv.addr).await;
+            rig.sink_srv = rig.sink.start(rig.sink_srv.addr).await;
         }
         let log = producers.await.expect("producers");
         // A sink that crashes after receiving a batch but before answering causes a retry,
         // a duplicate of that batch; so no crash times are given and duplicates are allowed,
         // but nothing may be lost or invented.
-        let outcome = check(&sink, &log, &[], Duration::from_secs(60), true).await;
+        let outcome = check(&rig.sink, &log, &[], Duration::from_secs(60), true).await;
         eprintln!(
             "{mode}: acked {} inputs, {} missing, {} duplicates",
             outcome.acked,
@@ -319,9 +334,7 @@ async fn handler_and_sink_crashes_lose_nothing() {
             "{mode}: lost {:?}",
             outcome.missing
         );
-        sidelog.kill9().await;
-        sink_srv.stop().await;
-        handler_srv.stop().await;
+        rig.stop().await;
     }
 }
 
@@ -430,21 +443,7 @@ async fn a_sink_down_until_the_backlog_limit_then_back_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
     for mode in ["hml", "rbml", "sbml"] {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = TestSink::default();
-        sink.failing
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut sink_srv = sink.start(free_port()).await;
-        let handler = TestHandler::default();
-        let mut handler_srv = handler.start(free_port()).await;
-        let (handler_url, sink_url) = (handler_srv.url(), sink_srv.url());
-        let args = [
-            "--mode",
-            mode,
-            "--handler",
-            &handler_url,
-            "--sink",
-            &sink_url,
+        let flags = [
             "--delivery-max-attempts",
             "3",
             "--delivery-backoff-initial-ms",
@@ -452,10 +451,13 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
             "--journal-sync-interval-ms",
             "50",
         ];
-        let data = dir.path().join("data");
-        let mut sidelog = Sidelog::new(&data, &args);
-        sidelog.start().await;
-        let mut client = sidelog.client().await;
+        let mut rig = Rig::start(mode, &flags).await;
+        // Set before anything is published: nothing is ever delivered.
+        rig.sink
+            .failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let data = rig.sidelog.data_dir.clone();
+        let mut client = rig.sidelog.client().await;
         // "x-2" has 1 output, "x-3" has 2, "x-1" none (see expected_outputs); "poison-1" is refused.
         let ids = ["x-1", "x-2", "x-3", "poison-1"];
         assert_eq!(expected_outputs("x-1", b"p").len(), 0);
@@ -482,7 +484,7 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
         );
         // 1 refused input + 3 undeliverable outputs; then the backlog is empty.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        sidelog.terminate().await;
+        rig.sidelog.terminate().await;
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
             .arg("inspect")
             .arg("--data-dir")
@@ -503,7 +505,6 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
             text.contains("id=x-3/1") && text.contains("sink failed 3 times"),
             "{mode}:\n{text}"
         );
-        sink_srv.stop().await;
-        handler_srv.stop().await;
+        rig.stop().await;
     }
 }

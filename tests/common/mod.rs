@@ -446,6 +446,20 @@ pub async fn produce(
     std::mem::take(&mut *log.lock().unwrap())
 }
 
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the sink holds every id in `want`, or the timeout passes.
 pub async fn wait_for_ids(
     sink: &TestSink,
