@@ -28,6 +28,9 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
 use crate::mode::LoggingMode;
+
+mod nats;
+mod plot;
 use crate::proto::handler_server::{Handler, HandlerServer};
 use crate::proto::ingest_client::IngestClient;
 use crate::proto::sink_server::{Sink, SinkServer};
@@ -90,6 +93,14 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw throughput and ack latency per mode into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Also run the workload against this NATS JetStream server, reported like a mode:
+    /// `nats://HOST:PORT[?label=NAME&pid=PID]` (pid: the server's, for its CPU time and RSS).
+    /// May be given more than once.
+    #[arg(long, value_parser = nats::Peer::parse)]
+    pub peer: Vec<nats::Peer>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -121,13 +132,16 @@ pub struct ModeResult {
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
     pub ack_p999_us: u64,
-    pub e2e_p50_us: u64,
-    pub e2e_p99_us: u64,
-    pub records_per_commit: f64,
-    pub fsyncs_per_1k: f64,
+    /// Publish→sink; absent where not measured (an external sink, a peer).
+    pub e2e_p50_us: Option<u64>,
+    pub e2e_p99_us: Option<u64>,
+    /// Journal figures; absent for a peer (its internals are not ours to scrape).
+    pub records_per_commit: Option<f64>,
+    pub fsyncs_per_1k: Option<f64>,
     pub bytes_per_msg: f64,
-    pub cpu_us_per_msg: f64,
-    pub peak_rss_bytes: u64,
+    /// Of the server process (sidelog, or a peer whose pid was given).
+    pub cpu_us_per_msg: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
     pub ratio_to_none: Option<f64>,
     pub errors: u64,
 }
@@ -274,6 +288,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
         .with_context(|| format!("mode {mode}"))?;
         results.push(r);
     }
+    for peer in &args.peer {
+        eprintln!("bench: peer {}…", peer.label);
+        let r = nats::run_peer(&args, peer, base)
+            .await
+            .with_context(|| format!("peer {} ({})", peer.label, peer.addr))?;
+        results.push(r);
+    }
     if let Some(none) = results
         .iter()
         .find(|r| r.mode == "none")
@@ -288,6 +309,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
         let json = serde_json::json!({ "results": results });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {} (--json)", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &workload(&args), &results)
+            .with_context(|| format!("drawing {} (--plot)", path.display()))?;
     }
     Ok(results)
 }
@@ -322,7 +347,18 @@ async fn run_mode(
     // Warm up (connections to the handler and the sink open lazily, caches fill), let the
     // warm-up's deliveries land, then measure from a clean slate.
     let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    let warm = load(args, mode, base, listen, 1_000_000, Some(warmup), u64::MAX).await?;
+    let target = Target::Sidelog(listen);
+    let label = mode.as_str();
+    let warm = load(
+        args,
+        &target,
+        label,
+        base,
+        1_000_000,
+        Some(warmup),
+        u64::MAX,
+    )
+    .await?;
     wait_delivered(delivered, warm.acked * outputs_per_input, mode).await;
     delivered.store(0, Ordering::Relaxed);
     e2e.lock().expect("never held across a panic").reset();
@@ -331,9 +367,9 @@ async fn run_mode(
 
     let run = load(
         args,
-        mode,
+        &target,
+        label,
         base,
-        listen,
         0,
         args.messages.is_none().then_some(args.duration),
         args.messages.unwrap_or(u64::MAX),
@@ -388,17 +424,17 @@ async fn run_mode(
         ack_p50_us: ack.value_at_quantile(0.5),
         ack_p99_us: ack.value_at_quantile(0.99),
         ack_p999_us: ack.value_at_quantile(0.999),
-        e2e_p50_us: e2e.value_at_quantile(0.5),
-        e2e_p99_us: e2e.value_at_quantile(0.99),
-        records_per_commit: if commits > 0.0 {
+        e2e_p50_us: (args.sink.is_none()).then(|| e2e.value_at_quantile(0.5)),
+        e2e_p99_us: (args.sink.is_none()).then(|| e2e.value_at_quantile(0.99)),
+        records_per_commit: Some(if commits > 0.0 {
             records / commits
         } else {
             0.0
-        },
-        fsyncs_per_1k: per_msg(fsyncs) * 1000.0,
+        }),
+        fsyncs_per_1k: Some(per_msg(fsyncs) * 1000.0),
         bytes_per_msg: per_msg(record_bytes),
-        cpu_us_per_msg: per_msg(cpu_us as f64),
-        peak_rss_bytes: peak_rss,
+        cpu_us_per_msg: Some(per_msg(cpu_us as f64)),
+        peak_rss_bytes: Some(peak_rss),
         ratio_to_none: None,
         errors,
     })
@@ -412,13 +448,21 @@ struct Load {
     elapsed: Duration,
 }
 
-/// Runs the producers against `listen` for `duration` (or until `messages` are sent).
+/// Where the producers send.
+enum Target {
+    /// A sidelog `Ingest` service.
+    Sidelog(SocketAddr),
+    /// A JetStream subject (each producer opens its own connection).
+    Nats { addr: String, subject: String },
+}
+
+/// Runs the producers against `target` for `duration` (or until `messages` are sent).
 /// Producer ids start at `first_id`, so phases never reuse a message id.
 async fn load(
     args: &BenchArgs,
-    mode: LoggingMode,
+    target: &Target,
+    label: &str,
     base: Instant,
-    listen: SocketAddr,
     first_id: usize,
     duration: Option<Duration>,
     messages: u64,
@@ -430,15 +474,11 @@ async fn load(
     let started = Instant::now();
     let deadline = started + duration.unwrap_or(Duration::from_secs(3600));
     let mut tasks = Vec::new();
+    let label: Arc<str> = label.into();
     for p in 0..args.producers {
-        let channel = Endpoint::from_shared(format!("http://{listen}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connecting a producer")?;
         let ctx = Producer {
             id: first_id + p,
-            mode,
+            label: label.clone(),
             base,
             size: args.size,
             batch: args.batch,
@@ -448,13 +488,31 @@ async fn load(
             acked: acked.clone(),
             errors: errors.clone(),
         };
-        tasks.push(match (args.rate, args.stream) {
-            (Some(rate), _) => {
-                let per_producer = (rate as f64 / args.producers as f64).max(1e-3);
-                tokio::spawn(ctx.open_loop(channel, per_producer))
+        let per_producer = args
+            .rate
+            .map(|rate| (rate as f64 / args.producers as f64).max(1e-3));
+        tasks.push(match target {
+            Target::Sidelog(listen) => {
+                let channel = Endpoint::from_shared(format!("http://{listen}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .context("connecting a producer")?;
+                match (per_producer, args.stream) {
+                    (Some(rate), _) => {
+                        tokio::spawn(ctx.open_loop(IngestClient::new(channel), rate))
+                    }
+                    (None, true) => tokio::spawn(ctx.stream(channel)),
+                    (None, false) => tokio::spawn(ctx.closed_loop(IngestClient::new(channel))),
+                }
             }
-            (None, true) => tokio::spawn(ctx.stream(channel)),
-            (None, false) => tokio::spawn(ctx.closed_loop(channel)),
+            Target::Nats { addr, subject } => {
+                let publisher = nats::Publisher::connect(addr, subject).await?;
+                match per_producer {
+                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
+                    None => tokio::spawn(ctx.closed_loop(publisher)),
+                }
+            }
         });
     }
     for t in tasks {
@@ -486,9 +544,36 @@ async fn wait_delivered(delivered: &AtomicU64, want: u64, mode: LoggingMode) {
 }
 
 /// One producer's share of the workload.
+/// One way to send a request of messages and wait for its acks: sidelog's unary `Publish`, or
+/// a JetStream publish-with-ack of each message.
+trait Send1: Clone + Send + Sync + 'static {
+    /// Sends `messages`; returns how many were acknowledged (the rest count as errors), or an
+    /// error if none were.
+    fn send(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> impl std::future::Future<Output = Result<usize, ()>> + Send;
+}
+
+impl Send1 for IngestClient<Channel> {
+    async fn send(&mut self, messages: Vec<Message>) -> Result<usize, ()> {
+        let acks = self
+            .publish(PublishRequest { messages })
+            .await
+            .map_err(|_| ())?
+            .into_inner()
+            .acks;
+        Ok(acks.iter().filter(|a| is_ok(a)).count())
+    }
+}
+
+fn is_ok(a: &crate::proto::Ack) -> bool {
+    a.status == ack::Status::Accepted as i32 || a.status == ack::Status::Duplicate as i32
+}
+
 struct Producer {
     id: usize,
-    mode: LoggingMode,
+    label: Arc<str>,
     base: Instant,
     size: usize,
     batch: usize,
@@ -522,44 +607,36 @@ impl Producer {
         }
     }
 
-    fn request(&self, seq: &mut u64, n: usize, payload: &bytes::Bytes) -> PublishRequest {
+    fn messages(&self, seq: &mut u64, n: usize, payload: &bytes::Bytes) -> Vec<Message> {
         let sent = self.base.elapsed().as_micros().to_string();
-        let messages = (0..n)
+        (0..n)
             .map(|_| {
                 *seq += 1;
                 let mut headers = BTreeMap::new();
                 headers.insert(SENT_HEADER.to_owned(), sent.clone());
                 Message {
-                    id: format!("{}-{}-{}", self.mode, self.id, seq),
+                    id: format!("{}-{}-{}", self.label, self.id, seq),
                     key: format!("k{}", *seq % 64),
                     payload: payload.clone(),
                     headers,
                     event_time_ms: 0,
                 }
             })
-            .collect();
-        PublishRequest { messages }
+            .collect()
     }
 
-    fn record(&self, latency: Duration, n: usize, acks: &[crate::proto::Ack]) {
-        let ok = acks
-            .iter()
-            .filter(|a| {
-                a.status == ack::Status::Accepted as i32
-                    || a.status == ack::Status::Duplicate as i32
-            })
-            .count();
+    /// Records one answered request of `n` messages, `ok` of them acknowledged.
+    fn record(&self, latency: Duration, n: usize, ok: usize) {
         self.ack
             .lock()
             .expect("never held across a panic")
             .saturating_record_n(latency.as_micros().max(1) as u64, n as u64);
         self.acked.fetch_add(ok as u64, Ordering::Relaxed);
         self.errors
-            .fetch_add((acks.len() - ok) as u64, Ordering::Relaxed);
+            .fetch_add(n.saturating_sub(ok) as u64, Ordering::Relaxed);
     }
 
-    async fn closed_loop(self, channel: Channel) {
-        let mut client = IngestClient::new(channel);
+    async fn closed_loop(self, mut client: impl Send1) {
         let payload = bytes::Bytes::from(vec![b'x'; self.size]);
         let mut seq = 0;
         loop {
@@ -567,10 +644,10 @@ impl Producer {
             if n == 0 {
                 break;
             }
-            let request = self.request(&mut seq, n, &payload);
+            let messages = self.messages(&mut seq, n, &payload);
             let t0 = Instant::now();
-            match client.publish(request).await {
-                Ok(r) => self.record(t0.elapsed(), n, &r.into_inner().acks),
+            match client.send(messages).await {
+                Ok(ok) => self.record(t0.elapsed(), n, ok),
                 Err(_) => {
                     self.errors.fetch_add(n as u64, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -604,7 +681,9 @@ impl Producer {
                     if n == 0 {
                         break;
                     }
-                    let request = this.request(&mut seq, n, &payload);
+                    let request = PublishRequest {
+                        messages: this.messages(&mut seq, n, &payload),
+                    };
                     // The window: a slot in `sent` before the request goes out.
                     if sent_tx.send((Instant::now(), n)).await.is_err()
                         || req_tx.send(request).await.is_err()
@@ -616,7 +695,9 @@ impl Producer {
         };
         while let Some((t0, n)) = sent_rx.recv().await {
             match responses.message().await {
-                Ok(Some(r)) => this.record(t0.elapsed(), n, &r.acks),
+                Ok(Some(r)) => {
+                    this.record(t0.elapsed(), n, r.acks.iter().filter(|a| is_ok(a)).count())
+                }
                 _ => {
                     this.errors.fetch_add(n as u64, Ordering::Relaxed);
                     break;
@@ -626,8 +707,7 @@ impl Producer {
         let _ = sender.await;
     }
 
-    async fn open_loop(self, channel: Channel, msgs_per_s: f64) {
-        let client = IngestClient::new(channel);
+    async fn open_loop(self, client: impl Send1, msgs_per_s: f64) {
         let payload = bytes::Bytes::from(vec![b'x'; self.size]);
         let interval = Duration::from_secs_f64(self.batch as f64 / msgs_per_s);
         let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
@@ -644,13 +724,13 @@ impl Producer {
             if n == 0 {
                 break;
             }
-            let request = this.request(&mut seq, n, &payload);
+            let messages = this.messages(&mut seq, n, &payload);
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (this, mut client) = (this.clone(), client.clone());
             in_flight.push(tokio::spawn(async move {
-                match client.publish(request).await {
+                match client.send(messages).await {
                     // From the intended send time: a late send is latency too.
-                    Ok(r) => this.record(intended.elapsed(), n, &r.into_inner().acks),
+                    Ok(ok) => this.record(intended.elapsed(), n, ok),
                     Err(_) => {
                         this.errors.fetch_add(n as u64, Ordering::Relaxed);
                     }
@@ -742,34 +822,37 @@ impl SidelogChild {
 
     /// CPU time (µs, user + system) and peak RSS (bytes) so far, from /proc (Linux).
     fn usage(&self) -> (u64, u64) {
-        let Some(pid) = self.child.id() else {
-            return (0, 0);
-        };
-        // Clock ticks are 100 a second on Linux x86_64 and aarch64 (USER_HZ).
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                Some(ticks * 10_000)
-            })
-            .unwrap_or(0);
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-                let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kb * 1024)
-            })
-            .unwrap_or(0);
-        (cpu, rss)
+        self.child.id().map(proc_usage).unwrap_or((0, 0))
     }
 
     async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// CPU time (µs, user + system) and peak RSS (bytes) of process `pid` so far, from /proc
+/// (Linux; zeros elsewhere).
+fn proc_usage(pid: u32) -> (u64, u64) {
+    // Clock ticks are 100 a second on Linux x86_64 and aarch64 (USER_HZ).
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 10_000)
+        })
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0);
+    (cpu, rss)
 }
 
 /// Reads a Prometheus text endpoint into `series → value`.
@@ -790,9 +873,10 @@ async fn scrape(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
         .collect())
 }
 
-fn print_table(args: &BenchArgs, results: &[ModeResult]) {
-    println!(
-        "workload: {} producers, {} B messages, {} per request, {}{}{}{}",
+/// One line naming the workload, for the table and the plot.
+fn workload(args: &BenchArgs) -> String {
+    format!(
+        "{} producers, {} B messages, {} per request, {}{}{}{}",
         args.producers,
         args.size,
         args.batch,
@@ -812,9 +896,25 @@ fn print_table(args: &BenchArgs, results: &[ModeResult]) {
         } else {
             format!(", fsync +{:?}", args.fsync_latency)
         },
-    );
+    )
+}
+
+fn print_table(args: &BenchArgs, results: &[ModeResult]) {
+    fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    }
+    fn opt1(v: Option<f64>) -> String {
+        v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+    }
+    let width = results
+        .iter()
+        .map(|r| r.mode.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!("workload: {}", workload(args));
     println!(
-        "{:<5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "{:<width$} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>8} {:>6}",
         "mode",
         "messages",
         "msgs/s",
@@ -833,7 +933,7 @@ fn print_table(args: &BenchArgs, results: &[ModeResult]) {
     );
     for r in results {
         println!(
-            "{:<5} {:>10} {:>10.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>9.0} {:>9.1} {:>8.1} {:>6}",
+            "{:<width$} {:>10} {:>10.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9.0} {:>10} {:>8} {:>6}",
             r.mode,
             r.messages,
             r.msgs_per_s,
@@ -841,13 +941,13 @@ fn print_table(args: &BenchArgs, results: &[ModeResult]) {
             r.ack_p50_us,
             r.ack_p99_us,
             r.ack_p999_us,
-            r.e2e_p50_us,
-            r.e2e_p99_us,
-            r.records_per_commit,
-            r.fsyncs_per_1k,
+            opt(r.e2e_p50_us),
+            opt(r.e2e_p99_us),
+            opt1(r.records_per_commit),
+            opt1(r.fsyncs_per_1k),
             r.bytes_per_msg,
-            r.cpu_us_per_msg,
-            r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            opt1(r.cpu_us_per_msg),
+            opt1(r.peak_rss_bytes.map(|b| b as f64 / (1024.0 * 1024.0))),
             r.ratio_to_none
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_else(|| "-".into()),
