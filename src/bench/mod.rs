@@ -31,6 +31,7 @@ use crate::mode::LoggingMode;
 
 mod nats;
 mod plot;
+mod recovery;
 use crate::proto::handler_server::{Handler, HandlerServer};
 use crate::proto::ingest_client::IngestClient;
 use crate::proto::sink_server::{Sink, SinkServer};
@@ -101,6 +102,11 @@ pub struct BenchArgs {
     /// May be given more than once.
     #[arg(long, value_parser = nats::Peer::parse)]
     pub peer: Vec<nats::Peer>,
+    /// Instead of the modes table: the recovery benchmark. Builds a backlog of this many
+    /// --size-byte inputs in a journal, starts sidelog on it (the first journaling mode of
+    /// --modes) with an idle sink, and measures the replay: entries/s and peak RSS.
+    #[arg(long)]
+    pub recovery: Option<u64>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -231,6 +237,10 @@ async fn serve_in_process(routes: tonic::service::Routes) -> anyhow::Result<Sock
 
 /// Runs the benchmark and prints its table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
+    if let Some(entries) = args.recovery {
+        recovery::run(&args, entries).await?;
+        return Ok(Vec::new());
+    }
     anyhow::ensure!(args.producers >= 1, "--producers must be at least 1");
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");
@@ -790,9 +800,19 @@ impl SidelogChild {
     }
 
     async fn wait_serving(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        self.wait_serving_within(addr, Duration::from_secs(30))
+            .await
+    }
+
+    /// Waits until health says SERVING (after start-up and replay), at most `within`.
+    async fn wait_serving_within(
+        &mut self,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> anyhow::Result<()> {
         use tonic_health::pb::HealthCheckRequest;
         use tonic_health::pb::health_client::HealthClient;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + within;
         loop {
             if let Ok(channel) = Endpoint::from_shared(format!("http://{addr}"))?
                 .connect()
@@ -814,7 +834,7 @@ impl SidelogChild {
                 );
             }
             if Instant::now() > deadline {
-                bail!("sidelog did not serve within 30 s");
+                bail!("sidelog did not serve within {within:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
