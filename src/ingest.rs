@@ -426,6 +426,19 @@ impl Pipeline {
         })
     }
 
+    /// Replays one journaled input whose handler is pass-through: it is its own output, so it
+    /// goes straight to delivery (no handler task, no copy), exactly where
+    /// [`Pipeline::spawn_continuation`] would have put it. Waits for room in delivery's queue.
+    pub async fn replay_pass_through(&self, input: Message, input_seq: Seq) {
+        debug_assert!(self.handler.is_pass_through());
+        self.dispatch(vec![input], Some(input_seq), 0).await;
+    }
+
+    /// Whether there is no handler (a message is its own single output).
+    pub fn is_pass_through(&self) -> bool {
+        self.handler.is_pass_through()
+    }
+
     /// Queues an input's outputs for delivery, recording them first if the plan says so.
     async fn dispatch(
         &self,
