@@ -47,6 +47,9 @@ pub struct Config {
     pub sink: Option<String>,
     /// Where to serve Prometheus metrics (`/metrics`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/Ctrl-C: how long to let open requests finish and accepted messages reach
+    /// the sink before exiting anyway (what is journaled is replayed on the next start).
+    pub shutdown_timeout_ms: u64,
     pub limits: LimitsConfig,
     pub dedup: DedupConfig,
     pub journal: JournalSection,
@@ -127,6 +130,7 @@ impl Default for Config {
             handler: None,
             sink: None,
             metrics_listen: None,
+            shutdown_timeout_ms: 10_000,
             limits: LimitsConfig::default(),
             dedup: DedupConfig::default(),
             journal: JournalSection::default(),
@@ -229,6 +233,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, env = "SIDELOG_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/Ctrl-C, drain for at most this long, then exit [default: 10000].
+    #[arg(long, env = "SIDELOG_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
 
     #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGE_BYTES")]
     pub limits_max_message_bytes: Option<u64>,
@@ -326,6 +333,7 @@ impl Config {
         if args.metrics_listen.is_some() {
             c.metrics_listen = args.metrics_listen;
         }
+        set(&mut c.shutdown_timeout_ms, args.shutdown_timeout_ms);
         let l = &mut c.limits;
         set(&mut l.max_message_bytes, args.limits_max_message_bytes);
         set(&mut l.max_request_bytes, args.limits_max_request_bytes);
@@ -404,6 +412,12 @@ impl Config {
                 self.limits.max_backlog_bytes,
                 KIB,
                 u64::MAX,
+            ),
+            (
+                "shutdown_timeout_ms",
+                self.shutdown_timeout_ms,
+                0,
+                3_600_000,
             ),
             (
                 "dedup.window_count",

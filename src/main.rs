@@ -112,18 +112,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves at the first SIGTERM or Ctrl-C (graceful shutdown begins); a second one exits at
+/// once with status 130. Exiting at once loses nothing acknowledged: an ack follows its fsync,
+/// and the journal is replayed on the next start.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops sidelog");
-            drop(ctrl_c.await);
-            return;
+            None
         }
     };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+    let mut interrupt = match signal(SignalKind::interrupt()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            None
+        }
+    };
+    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => drop(s.recv().await),
+            None => std::future::pending().await,
+        }
     }
+    tokio::select! {
+        _ = next(&mut term) => {}
+        _ = next(&mut interrupt) => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = next(&mut term) => {}
+            _ = next(&mut interrupt) => {}
+        }
+        tracing::warn!(
+            "second signal: exiting now; what is journaled is replayed on the next start"
+        );
+        std::process::exit(130);
+    });
 }

@@ -172,7 +172,12 @@ pub async fn serve(
     info!(mode = %config.mode, "serving");
 
     shutdown.await;
-    info!("shutting down: intake closed");
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    info!(
+        timeout_ms = config.shutdown_timeout_ms,
+        "shutting down: intake closed, draining"
+    );
     pipeline.set_serving(false);
     health
         .set_not_serving::<IngestServer<IngestService>>()
@@ -181,16 +186,47 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(()); // the server may have stopped already
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "gRPC server ended with an error"),
-        Err(e) => warn!(error = %e, "gRPC server task failed"),
+    // Requests under way finish (their acks follow their commits); a client holding a stream
+    // open is cut at the deadline, and whatever it had not been acked it retries.
+    match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+        Err(_) => warn!("requests still open at the shutdown deadline; closing them"),
     }
+    drain(&pipeline, deadline).await;
     crate::journal::flush(&journal, FLUSH_TIMEOUT)
         .await
         .context("final journal sync")?;
     info!("stopped");
     Ok(())
+}
+
+/// Waits until everything accepted has reached the sink (the journal's backlog is empty and
+/// nothing is held in memory only), or until `deadline`. What is left is in the journal and is
+/// replayed on the next start; in mode `none` it is lost, which the log says.
+async fn drain(pipeline: &Pipeline, deadline: tokio::time::Instant) {
+    let pending = || {
+        (
+            pipeline.journal().backlog().entries(),
+            pipeline.completion().memory_bytes(),
+        )
+    };
+    while pending() != (0, 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match pending() {
+        (0, 0) => info!("drained: everything accepted was delivered"),
+        (entries, 0) => warn!(
+            entries,
+            "shutdown deadline reached with undelivered entries; they stay in the journal and are replayed on the next start"
+        ),
+        (entries, memory_bytes) => warn!(
+            entries,
+            memory_bytes,
+            "shutdown deadline reached with messages held only in memory (mode none): they are lost"
+        ),
+    }
 }
 
 /// Builds the pipeline of `config` around the given journal, dedup window, handler and sink:

@@ -318,14 +318,30 @@ impl Sidelog {
 
     /// SIGTERM and wait for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().expect("pid") as i32;
-        // std has no SIGTERM; `kill` is in every base system.
-        std::process::Command::new("kill")
-            .arg(pid.to_string())
+        self.signal("TERM");
+        self.wait_exit().await
+    }
+
+    /// Sends a signal by name (TERM, INT, ...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().expect("pid");
+        // std has no kill(2); `kill` is in every base system.
+        let ok = std::process::Command::new("kill")
+            .args(["-s", name, &pid.to_string()])
             .status()
-            .expect("kill");
+            .expect("run kill");
+        assert!(ok.success(), "kill -s {name} {pid}");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         child.wait().await.expect("wait")
+    }
+
+    /// The whole process log (every start appends to it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {

@@ -1,0 +1,191 @@
+//! Graceful shutdown against the real binary: SIGTERM stops intake, lets accepted messages
+//! reach the sink, and exits 0 within `--shutdown-timeout-ms`; a second signal exits at once;
+//! neither loses anything acknowledged.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Sidelog, TestSink, free_port, produce, wait_for_ids};
+use sidelog::proto::{Message, PublishRequest};
+use tokio::time::Instant;
+
+fn acked_ids(log: &common::ProducerLog) -> HashSet<String> {
+    log.acked.keys().cloned().collect()
+}
+
+/// A slow sink: at SIGTERM much is accepted but not delivered; the drain delivers all of it
+/// before the process exits 0, so no restart is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_to_the_sink_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    sink.delay_ms
+        .store(50, std::sync::atomic::Ordering::Relaxed);
+    let mut sink_server = sink.start(free_port()).await;
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "hml",
+            "--sink",
+            &sink_server.url(),
+            "--shutdown-timeout-ms",
+            "30000",
+        ],
+    );
+    sidelog.start().await;
+    let log = produce(sidelog.url(), "drain".into(), 4, 2000, 10, Duration::ZERO).await;
+    let acked = acked_ids(&log);
+    assert_eq!(acked.len(), 2000);
+    let undelivered = acked.difference(&sink.ids()).count();
+    assert!(
+        undelivered > 0,
+        "the sink kept up: nothing left to drain, the test shows nothing"
+    );
+
+    let status = sidelog.terminate().await;
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        sidelog.log_tail()
+    );
+    // Right at exit, with no restart: everything acked is at the sink.
+    let missing: Vec<_> = acked.difference(&sink.ids()).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked but not delivered at exit",
+        missing.len()
+    );
+    let text = sidelog.log();
+    assert!(text.contains("drained"), "log:\n{}", sidelog.log_tail());
+    eprintln!("{undelivered} of 2000 acked messages were still undelivered at SIGTERM");
+    sink_server.stop().await;
+}
+
+/// The sink is down: the drain cannot finish, so sidelog exits 0 at the deadline, keeps
+/// refusing new work meanwhile, and the restart delivers everything acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_sink_down_exits_at_the_deadline_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    let sink_addr = free_port();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &format!("http://{sink_addr}"),
+            "--shutdown-timeout-ms",
+            "2000",
+        ],
+    );
+    sidelog.start().await;
+    let log = produce(sidelog.url(), "down".into(), 2, 300, 5, Duration::ZERO).await;
+    let acked = acked_ids(&log);
+    assert_eq!(acked.len(), 300);
+
+    // A connection opened before the signal: new requests on it are refused while draining.
+    let mut client = sidelog.client().await;
+    client
+        .publish(PublishRequest {
+            messages: vec![Message {
+                id: "before".into(),
+                payload: b"x".to_vec().into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("serving before the signal");
+    let signalled = Instant::now();
+    sidelog.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client
+        .publish(PublishRequest {
+            messages: vec![Message {
+                id: "after".into(),
+                payload: b"x".to_vec().into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect_err("no intake while shutting down");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(sidelog.health().await, None, "the listener is closed");
+
+    let status = sidelog.wait_exit().await;
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        sidelog.log_tail()
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "it waited for the drain: {took:?}"
+    );
+    assert!(
+        sidelog
+            .log()
+            .contains("shutdown deadline reached with undelivered entries"),
+        "log:\n{}",
+        sidelog.log_tail()
+    );
+
+    let mut sink_server = sink.start(sink_addr).await;
+    sidelog.start().await;
+    let mut want = acked.clone();
+    want.insert("before".into());
+    let missing = wait_for_ids(&sink, &want, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "lost after a graceful stop: {missing:?}"
+    );
+    assert!(
+        !sink.ids().contains("after"),
+        "a refused message was delivered"
+    );
+    sidelog.terminate().await;
+    sink_server.stop().await;
+}
+
+/// A second signal does not wait for the drain; the journal still has everything acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    let sink_addr = free_port();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "hml",
+            "--sink",
+            &format!("http://{sink_addr}"),
+            "--shutdown-timeout-ms",
+            "600000",
+        ],
+    );
+    sidelog.start().await;
+    let log = produce(sidelog.url(), "twice".into(), 2, 300, 5, Duration::ZERO).await;
+    let acked = acked_ids(&log);
+    assert_eq!(acked.len(), 300);
+
+    sidelog.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    sidelog.signal("INT");
+    let status = sidelog.wait_exit().await;
+    assert_eq!(status.code(), Some(130), "log:\n{}", sidelog.log_tail());
+    // Not the ten-minute drain: the second signal ended it.
+    assert!(signalled.elapsed() < Duration::from_secs(60));
+
+    let mut sink_server = sink.start(sink_addr).await;
+    sidelog.start().await;
+    let missing = wait_for_ids(&sink, &acked, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "lost after a forced stop: {missing:?}");
+    sidelog.terminate().await;
+    sink_server.stop().await;
+}
