@@ -459,6 +459,17 @@ pub trait JournalStore: Send + 'static {
     fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
     /// Makes the temporary file the journal file, atomically and durably.
     fn publish_temp(&self) -> std::io::Result<()>;
+    /// Lets the file grow into the headroom kept past its size limit (`on`), or not. The writer
+    /// turns it on only to commit completion marks after the journal filled up: removing
+    /// entries needs new pages (copy-on-write), and without headroom a full journal could never
+    /// drain. Stores without a size limit ignore it.
+    fn set_reserve(&self, _on: bool) {}
+}
+
+/// The headroom past `limits.max_journal_bytes` that only completion marks may use: 1/16 of
+/// the limit, between 256 KiB and 64 MiB.
+pub fn reserve_bytes(max_file_bytes: u64) -> u64 {
+    (max_file_bytes / 16).clamp(256 << 10, 64 << 20)
 }
 
 /// The journal file on the real filesystem, optionally size-limited.
@@ -468,6 +479,8 @@ pub struct FileStore {
     pub max_file_bytes: Option<u64>,
     /// Added to every fsync (benchmarks: a slow disk on a fast machine).
     pub fsync_latency: Duration,
+    /// Whether the file may grow into its headroom now (see [`JournalStore::set_reserve`]).
+    pub reserve: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FileStore {
@@ -487,6 +500,7 @@ impl FileStore {
             inner,
             max_len: self.max_file_bytes.unwrap_or(u64::MAX),
             fsync_latency: self.fsync_latency,
+            reserve: self.reserve.clone(),
         }))
     }
 }
@@ -502,6 +516,10 @@ impl JournalStore for FileStore {
 
     fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
         self.backend(&self.temp_path(), true)
+    }
+
+    fn set_reserve(&self, on: bool) {
+        self.reserve.store(on, Ordering::Relaxed);
     }
 
     fn publish_temp(&self) -> std::io::Result<()> {
@@ -528,6 +546,7 @@ impl Journal {
             path: path.clone(),
             max_file_bytes: config.max_file_bytes,
             fsync_latency: Duration::from_micros(config.simulated_fsync_latency_us),
+            reserve: Arc::default(),
         };
         Self::open_storage(Box::new(store), path, config, clock)
     }
@@ -558,6 +577,8 @@ impl Journal {
             ambiguous: ambiguous_tx,
             unsynced_marks: Vec::new(),
             max_key: 0,
+            full: false,
+            force_durable: false,
         };
         writer.load_state()?;
         info!(
@@ -819,6 +840,7 @@ struct QuotaBackend {
     inner: redb::backends::FileBackend,
     max_len: u64,
     fsync_latency: Duration,
+    reserve: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl redb::StorageBackend for QuotaBackend {
@@ -829,7 +851,12 @@ impl redb::StorageBackend for QuotaBackend {
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
-        if len > self.max_len {
+        let limit = if self.reserve.load(Ordering::Relaxed) {
+            self.max_len.saturating_add(reserve_bytes(self.max_len))
+        } else {
+            self.max_len
+        };
+        if len > limit {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 format!("journal size limit of {} bytes reached", self.max_len),
@@ -998,6 +1025,12 @@ struct Writer {
     /// The highest key found in the file by the last `load_state`.
     max_key: u64,
     last_durable_ms: i64,
+    /// The last commit failed for lack of space: completion marks are committed on their own
+    /// first (with the store's headroom), so that the backlog drains and frees space.
+    full: bool,
+    /// Make the next commit durable whatever it holds (pages freed by a commit are reused only
+    /// once a durable commit follows it).
+    force_durable: bool,
 }
 
 /// The outcome of applying one command inside a transaction, sent after the commit.
@@ -1206,6 +1239,41 @@ impl Writer {
             all.append(cmds);
             *cmds = all;
         }
+        if self.full {
+            // Out of space: appends cannot succeed until entries are removed, and removing
+            // needs pages too. Marks go first, alone, into the headroom; then the rest.
+            let (mut marks, rest): (Vec<Command>, Vec<Command>) = cmds
+                .drain(..)
+                .partition(|c| matches!(c, Command::Complete { .. }));
+            *cmds = rest;
+            if !marks.is_empty() {
+                self.storage.set_reserve(true);
+                self.force_durable = true;
+                self.commit_now(&mut marks);
+                self.force_durable = false;
+                self.storage.set_reserve(false);
+                if self.full {
+                    // Still failing: the rest would fail the same way; it waits with the marks.
+                    for cmd in cmds.drain(..) {
+                        match cmd {
+                            Command::SyncIfDirty => {}
+                            cmd => cmd.fail(JournalError::StorageFull(
+                                "the journal is full; removing delivered entries first".into(),
+                            )),
+                        }
+                    }
+                    return;
+                }
+                info!("space freed in the full journal by removing delivered entries");
+            }
+            if cmds.is_empty() {
+                return;
+            }
+        }
+        self.commit_now(cmds);
+    }
+
+    fn commit_now(&mut self, cmds: &mut Vec<Command>) {
         if !self.dirty && cmds.iter().all(|c| matches!(c, Command::SyncIfDirty)) {
             // Nothing pending: the ticker found the journal clean.
             cmds.clear();
@@ -1214,11 +1282,13 @@ impl Writer {
         let now = self.clock.now_ms();
         match self.try_commit(cmds, now) {
             Ok(results) => {
+                self.full = false;
                 for (cmd, applied) in cmds.drain(..).zip(results) {
                     reply_ok(cmd, applied);
                 }
             }
             Err(err) => {
+                self.full = matches!(err, JournalError::StorageFull(_));
                 if err.is_retryable() {
                     // redb may need the file reopened after an I/O error (PreviousIo).
                     self.db = None;
@@ -1251,6 +1321,7 @@ impl Writer {
         let seq_exhausts_floor = self.next_seq + records as u64 + 1 >= self.durable_floor;
         let sync_asked = self.dirty && cmds.iter().any(|c| matches!(c, Command::SyncIfDirty));
         let durable = cmds.iter().any(Command::needs_durability)
+            || self.force_durable
             || sync_due
             || sync_asked
             || seq_exhausts_floor;
