@@ -570,6 +570,14 @@ impl Config {
                 }
                 Ok(SinkTarget::File(PathBuf::from(dir)))
             }
+            Some(s) if s.starts_with("nats://") => crate::nats_sink::NatsSinkConfig::parse(s)
+                .map(|c| SinkTarget::Nats(Box::new(c)))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "sink",
+                    // The URL may hold a token or a password: not repeated in the error.
+                    value: "nats://…".into(),
+                    reason,
+                }),
             Some(s) => {
                 check_http_url("sink", s)?;
                 Ok(SinkTarget::Grpc(s.to_owned()))
@@ -599,6 +607,7 @@ impl Config {
 pub enum SinkTarget {
     Grpc(String),
     File(PathBuf),
+    Nats(Box<crate::nats_sink::NatsSinkConfig>),
 }
 
 fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {

@@ -29,6 +29,7 @@ pub mod inspect;
 pub mod journal;
 pub mod metrics;
 pub mod mode;
+pub mod nats_sink;
 pub mod publish;
 pub mod recovery;
 pub mod server;

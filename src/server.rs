@@ -82,6 +82,14 @@ pub async fn serve(
                 .map_err(anyhow::Error::msg)
                 .context("--sink")?,
         ),
+        SinkTarget::Nats(nats) => Arc::new(
+            crate::nats_sink::NatsSink::connect(
+                *nats,
+                Duration::from_millis(config.delivery.timeout_ms),
+            )
+            .await
+            .context("--sink")?,
+        ),
         SinkTarget::File(dir) => {
             let file_sink = FileSink::start(
                 FileSinkConfig {

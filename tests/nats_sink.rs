@@ -1,0 +1,161 @@
+//! The NATS JetStream sink against a real server with JetStream at 127.0.0.1:4222 (this
+//! project's CI machine runs one). Without one, each test says so and skips.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::{Sidelog, produce};
+
+const NATS: &str = "127.0.0.1:4222";
+
+/// A JetStream context, or `None` (and a visible message) when no server with JetStream is there.
+async fn jetstream_or_skip(test: &str) -> Option<jetstream::Context> {
+    let reachable =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS))
+            .await
+            .is_ok_and(|r| r.is_ok());
+    if !reachable {
+        eprintln!(
+            "SKIPPED {test}: no NATS server at {NATS} (start one with JetStream: nats-server -js)"
+        );
+        return None;
+    }
+    let client = async_nats::connect(NATS).await.ok()?;
+    let js = jetstream::new(client);
+    let probe = format!("SIDELOG_PROBE_{}", std::process::id());
+    let created = js
+        .create_stream(jetstream::stream::Config {
+            name: probe.clone(),
+            subjects: vec![format!("sidelogprobe{}", std::process::id())],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        eprintln!("SKIPPED {test}: the NATS server at {NATS} has no usable JetStream (-js): {e}");
+        return None;
+    }
+    let _ = js.delete_stream(&probe).await;
+    Some(js)
+}
+
+/// Every message in the stream, by `Nats-Msg-Id`: how many times each id is there.
+async fn read_back(js: &jetstream::Context, stream: &str) -> BTreeMap<String, u32> {
+    let mut s = js.get_stream(stream).await.expect("the stream exists");
+    let state = s.info().await.expect("stream info").state.clone();
+    let mut ids = BTreeMap::new();
+    if state.messages == 0 {
+        return ids;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let m = s.get_raw_message(seq).await.expect("read a stored message");
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .expect("every message carries its id");
+        *ids.entry(id).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// SIGKILLs during delivery, then a kill that loses the last completion marks (so a replay
+/// re-sends delivered messages): every acked message is in the stream exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once() {
+    let Some(js) = jetstream_or_skip("sigkill_during_delivery").await else {
+        return;
+    };
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let stream = format!("SIDELOG_TEST_{tag}");
+    let sink =
+        format!("nats://{NATS}?stream={stream}&subject=sidelogtest{tag}.{{key}}&create=true");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "hml",
+            "--sink",
+            &sink,
+            // Completion marks stay un-fsynced: the last kill makes a replay re-send.
+            "--journal-sync-interval-ms",
+            "600000",
+        ],
+    );
+    sidelog.start().await;
+    let producer = tokio::spawn(produce(
+        sidelog.url(),
+        "n".into(),
+        4,
+        2000,
+        10,
+        Duration::from_millis(2),
+    ));
+    for pause in [300u64, 500] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        sidelog.kill9().await;
+        sidelog.start().await;
+    }
+    let log = producer.await.unwrap();
+    assert_eq!(log.acked.len(), 2000);
+
+    // Everything arrives, then the kill that loses the marks, then the replay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read_back(&js, &stream).await.len() < 2000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sidelog.kill9().await;
+    sidelog.start().await;
+    let last_start = sidelog.log();
+    let last_start = last_start
+        .rsplit("journal opened")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last_start.contains("replaying the journal"),
+        "the last restart had nothing to re-send, so duplicates were not exercised; log:\n{}",
+        sidelog.log_tail()
+    );
+    // Let the replay finish (start() waits for SERVING, which follows replay).
+    let ids = read_back(&js, &stream).await;
+    let missing: Vec<&String> = log
+        .acked
+        .keys()
+        .filter(|id| !ids.contains_key(*id))
+        .collect();
+    let doubled: Vec<(&String, &u32)> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<&String> = ids
+        .keys()
+        .filter(|id| !log.sent.contains_key(*id))
+        .collect();
+    sidelog.kill9().await;
+    let _ = js.delete_stream(&stream).await;
+    assert!(
+        missing.is_empty(),
+        "{} acked messages missing from the stream: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        doubled.is_empty(),
+        "duplicates reached the stream: {doubled:?}"
+    );
+    assert!(unknown.is_empty(), "messages nobody sent: {unknown:?}");
+    eprintln!(
+        "{} messages in the stream, each once; {} producer retries",
+        ids.len(),
+        log.errors
+    );
+}
