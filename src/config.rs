@@ -65,6 +65,13 @@ pub struct LimitsConfig {
     pub max_request_bytes: u64,
     pub max_messages_per_request: u64,
     pub max_id_bytes: u64,
+    pub max_key_bytes: u64,
+    /// Headers per message.
+    pub max_headers: u64,
+    /// Bytes of one header, name and value together.
+    pub max_header_bytes: u64,
+    /// HTTP/2 streams (requests under way) per producer connection.
+    pub max_concurrent_streams: u64,
     pub max_backlog_bytes: u64,
     /// The journal file's size limit; 0 = only the disk's.
     pub max_journal_bytes: u64,
@@ -148,6 +155,10 @@ impl Default for LimitsConfig {
             max_request_bytes: 16 * MIB,
             max_messages_per_request: 10_000,
             max_id_bytes: 256,
+            max_key_bytes: 1024,
+            max_headers: 64,
+            max_header_bytes: 8 * KIB,
+            max_concurrent_streams: 256,
             max_backlog_bytes: GIB,
             max_journal_bytes: 0,
         }
@@ -245,6 +256,14 @@ pub struct ServeArgs {
     pub limits_max_messages_per_request: Option<u64>,
     #[arg(long, env = "SIDELOG_LIMITS_MAX_ID_BYTES")]
     pub limits_max_id_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_KEY_BYTES")]
+    pub limits_max_key_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_HEADERS")]
+    pub limits_max_headers: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_HEADER_BYTES")]
+    pub limits_max_header_bytes: Option<u64>,
+    #[arg(long, env = "SIDELOG_LIMITS_MAX_CONCURRENT_STREAMS")]
+    pub limits_max_concurrent_streams: Option<u64>,
     #[arg(long, env = "SIDELOG_LIMITS_MAX_BACKLOG_BYTES")]
     pub limits_max_backlog_bytes: Option<u64>,
     #[arg(long, env = "SIDELOG_LIMITS_MAX_JOURNAL_BYTES")]
@@ -342,6 +361,13 @@ impl Config {
             args.limits_max_messages_per_request,
         );
         set(&mut l.max_id_bytes, args.limits_max_id_bytes);
+        set(&mut l.max_key_bytes, args.limits_max_key_bytes);
+        set(&mut l.max_headers, args.limits_max_headers);
+        set(&mut l.max_header_bytes, args.limits_max_header_bytes);
+        set(
+            &mut l.max_concurrent_streams,
+            args.limits_max_concurrent_streams,
+        );
         set(&mut l.max_backlog_bytes, args.limits_max_backlog_bytes);
         set(&mut l.max_journal_bytes, args.limits_max_journal_bytes);
         set(&mut c.dedup.window_count, args.dedup_window_count);
@@ -407,6 +433,25 @@ impl Config {
                 1_000_000,
             ),
             ("limits.max_id_bytes", self.limits.max_id_bytes, 1, 64 * KIB),
+            (
+                "limits.max_key_bytes",
+                self.limits.max_key_bytes,
+                0,
+                64 * KIB,
+            ),
+            ("limits.max_headers", self.limits.max_headers, 0, 10_000),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes,
+                1,
+                MIB,
+            ),
+            (
+                "limits.max_concurrent_streams",
+                self.limits.max_concurrent_streams,
+                1,
+                65_536,
+            ),
             (
                 "limits.max_backlog_bytes",
                 self.limits.max_backlog_bytes,

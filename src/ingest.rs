@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_messages_per_request: usize,
     pub max_id_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
     pub max_backlog_bytes: u64,
 }
 
@@ -245,6 +248,47 @@ impl Pipeline {
         }
         if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err("id contains whitespace or control characters".into());
+        }
+        if message.key.len() > self.limits.max_key_bytes {
+            return Err(format!(
+                "key is {} bytes, over the limit of {} (max_key_bytes)",
+                message.key.len(),
+                self.limits.max_key_bytes
+            ));
+        }
+        if message.headers.len() > self.limits.max_headers {
+            return Err(format!(
+                "{} headers, over the limit of {} (max_headers)",
+                message.headers.len(),
+                self.limits.max_headers
+            ));
+        }
+        for (name, value) in &message.headers {
+            if name.len() + value.len() > self.limits.max_header_bytes {
+                return Err(format!(
+                    "header {:?} is {} bytes, over the limit of {} (max_header_bytes)",
+                    name.chars().take(64).collect::<String>(),
+                    name.len() + value.len(),
+                    self.limits.max_header_bytes
+                ));
+            }
+            // Names are tokens and values one line, so that every next tier can carry them
+            // (HTTP/2, NATS and Kafka headers alike).
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+            {
+                return Err(format!(
+                    "header name {:?} is empty or has whitespace, ':' or control characters",
+                    name.chars().take(64).collect::<String>()
+                ));
+            }
+            if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                return Err(format!(
+                    "header {name:?} has a line break or NUL in its value"
+                ));
+            }
         }
         let size = message.encoded_len();
         if size > self.limits.max_message_bytes {

@@ -140,6 +140,7 @@ pub async fn serve(
     let server = tokio::spawn(
         Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(ingest)
@@ -284,6 +285,9 @@ pub fn build_pipeline(
             max_message_bytes: config.limits.max_message_bytes as usize,
             max_messages_per_request: config.limits.max_messages_per_request as usize,
             max_id_bytes: config.limits.max_id_bytes as usize,
+            max_key_bytes: config.limits.max_key_bytes as usize,
+            max_headers: config.limits.max_headers as usize,
+            max_header_bytes: config.limits.max_header_bytes as usize,
             max_backlog_bytes: config.limits.max_backlog_bytes,
         },
         clock,

@@ -146,6 +146,12 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
             "1000",
             "--limits-max-messages-per-request",
             "5",
+            "--limits-max-headers",
+            "3",
+            "--limits-max-header-bytes",
+            "100",
+            "--limits-max-key-bytes",
+            "16",
         ],
     );
     sidelog.start().await;
@@ -194,12 +200,53 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
         "{assigned}"
     );
 
+    // Headers and keys: each limit answered with its own reason.
+    let with = |id: &str, headers: &[(&str, &str)], key: &str| Message {
+        key: key.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..msg(id, b"x")
+    };
+    let big = "v".repeat(200);
+    let cases = [
+        (
+            with(
+                "h-many",
+                &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")],
+                "",
+            ),
+            "max_headers",
+        ),
+        (with("h-big", &[("a", &big)], ""), "max_header_bytes"),
+        (with("h-name", &[("bad name", "1")], ""), "header name"),
+        (with("h-colon", &[("a:b", "1")], ""), "header name"),
+        (with("h-line", &[("a", "one\ntwo")], ""), "line break"),
+        (with("k-long", &[], &"k".repeat(17)), "max_key_bytes"),
+    ];
+    let (messages, reasons): (Vec<Message>, Vec<&str>) = cases.into_iter().unzip();
+    let mut acks = publish(&sidelog, messages[..3].to_vec()).await.unwrap();
+    acks.extend(publish(&sidelog, messages[3..].to_vec()).await.unwrap());
+    assert_eq!(acks.len(), reasons.len());
+    for (a, want) in acks.iter().zip(reasons) {
+        assert_eq!(status(a), ack::Status::Rejected, "{}", a.id);
+        assert!(a.reason.contains(want), "{}: {}", a.id, a.reason);
+    }
+    let acks = publish(
+        &sidelog,
+        vec![with("h-ok", &[("a", "1"), ("b", "2")], "key-1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&acks[0]), ack::Status::Accepted);
+
     // Only the accepted ones reach the sink.
     let out = dir.path().join("data/out");
-    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 2).await;
+    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 3).await;
     assert_eq!(
         chunk_ids(&out),
-        HashSet::from(["ok-1".to_string(), assigned.clone()])
+        HashSet::from(["ok-1".to_string(), assigned.clone(), "h-ok".to_string()])
     );
     sidelog.kill9().await;
 }
