@@ -50,6 +50,9 @@ pub struct Config {
     /// On SIGTERM/Ctrl-C: how long to let open requests finish and accepted messages reach
     /// the sink before exiting anyway (what is journaled is replayed on the next start).
     pub shutdown_timeout_ms: u64,
+    /// A file holding the bearer token that `Ingest` calls must carry
+    /// (`authorization: Bearer TOKEN`); none: no token is asked for.
+    pub auth_token_file: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub dedup: DedupConfig,
     pub journal: JournalSection,
@@ -138,6 +141,7 @@ impl Default for Config {
             sink: None,
             metrics_listen: None,
             shutdown_timeout_ms: 10_000,
+            auth_token_file: None,
             limits: LimitsConfig::default(),
             dedup: DedupConfig::default(),
             journal: JournalSection::default(),
@@ -247,6 +251,9 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, drain for at most this long, then exit [default: 10000].
     #[arg(long, env = "SIDELOG_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// File holding the bearer token Ingest calls must carry [default: none asked].
+    #[arg(long, env = "SIDELOG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 
     #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGE_BYTES")]
     pub limits_max_message_bytes: Option<u64>,
@@ -353,6 +360,9 @@ impl Config {
             c.metrics_listen = args.metrics_listen;
         }
         set(&mut c.shutdown_timeout_ms, args.shutdown_timeout_ms);
+        if args.auth_token_file.is_some() {
+            c.auth_token_file = args.auth_token_file;
+        }
         let l = &mut c.limits;
         set(&mut l.max_message_bytes, args.limits_max_message_bytes);
         set(&mut l.max_request_bytes, args.limits_max_request_bytes);
@@ -409,6 +419,20 @@ impl Config {
         );
         c.validate()?;
         Ok(c)
+    }
+
+    /// The bearer token from `auth_token_file`, if one is set.
+    pub fn auth_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        crate::auth::read_token_file(path)
+            .map(Some)
+            .map_err(|reason| ConfigError::Invalid {
+                key: "auth_token_file",
+                value: path.display().to_string(),
+                reason,
+            })
     }
 
     /// Checks every value against its allowed range.

@@ -17,6 +17,7 @@
 //! `recovery.rs` (replay), `server.rs` (wiring), `config.rs` (every setting).
 
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod bench;
 pub mod clock;

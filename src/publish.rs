@@ -47,6 +47,9 @@ pub struct PublishArgs {
     /// Give up on a batch that got no acks for this long.
     #[arg(long, default_value_t = 60_000)]
     pub retry_for_ms: u64,
+    /// File holding the bearer token, if sidelog asks for one (`serve --auth-token-file`).
+    #[arg(long, env = "SIDELOG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 /// What the acks said.
@@ -112,6 +115,20 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         batches.push_back(batch);
         n = end;
     }
+    let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        match &args.auth_token_file {
+            Some(path) => {
+                let token = crate::auth::read_token_file(path).map_err(|reason| {
+                    anyhow::anyhow!("--auth-token-file {}: {reason}", path.display())
+                })?;
+                Some(
+                    format!("Bearer {token}")
+                        .parse()
+                        .context("the token is not a valid header value")?,
+                )
+            }
+            None => None,
+        };
     let channel = Endpoint::from_shared(args.target.clone())
         .with_context(|| format!("invalid --target {:?}", args.target))?
         .connect_timeout(Duration::from_secs(2))
@@ -124,6 +141,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (queue, summary, channel) = (queue.clone(), summary.clone(), channel.clone());
+        let authorization = authorization.clone();
         let retry_for = Duration::from_millis(args.retry_for_ms);
         let entropy = entropy.clone();
         workers.push(tokio::spawn(async move {
@@ -133,33 +151,50 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
                 else {
                     break;
                 };
-                publish_batch(&mut client, batch, retry_for, &entropy, &summary).await;
+                let fatal = publish_batch(
+                    &mut client,
+                    batch,
+                    authorization.as_ref(),
+                    retry_for,
+                    &entropy,
+                    &summary,
+                )
+                .await;
+                if let Some(fatal) = fatal {
+                    return Err(fatal);
+                }
             }
+            Ok(())
         }));
     }
     for w in workers {
-        w.await.context("publish worker failed")?;
+        w.await.context("publish worker failed")??;
     }
     let summary = summary.lock().expect("no panics under this lock").clone();
     Ok(summary)
 }
 
+/// Publishes one batch, retrying with backoff; an error only for what retrying cannot fix.
 async fn publish_batch(
     client: &mut IngestClient<Channel>,
     batch: Vec<Message>,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     retry_for: Duration,
     entropy: &Entropy,
     summary: &Mutex<PublishSummary>,
-) {
+) -> Option<anyhow::Error> {
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay_ms = 50u64;
     loop {
-        match client
-            .publish(PublishRequest {
-                messages: batch.clone(),
-            })
-            .await
-        {
+        let mut request = tonic::Request::new(PublishRequest {
+            messages: batch.clone(),
+        });
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        match client.publish(request).await {
             Ok(response) => {
                 let mut s = summary.lock().expect("no panics under this lock");
                 for a in response.into_inner().acks {
@@ -174,21 +209,27 @@ async fn publish_batch(
                         }
                     }
                 }
-                return;
+                return None;
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 let mut s = summary.lock().expect("no panics under this lock");
                 s.rejected += batch.len() as u64;
                 s.first_rejection
                     .get_or_insert_with(|| status.message().to_owned());
-                return;
+                return None;
+            }
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return Some(anyhow::anyhow!(
+                    "sidelog refused the call: {} (--auth-token-file)",
+                    status.message()
+                ));
             }
             Err(status) => {
                 if tokio::time::Instant::now() >= deadline {
                     summary.lock().expect("no panics under this lock").unacked +=
                         batch.len() as u64;
                     tracing::warn!(error = %status, "giving up on a batch");
-                    return;
+                    return None;
                 }
                 summary.lock().expect("no panics under this lock").retries += 1;
                 tokio::time::sleep(Duration::from_millis(

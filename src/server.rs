@@ -132,9 +132,13 @@ pub async fn serve(
         .build_v1()
         .context("reflection service")?;
     let max_request = config.limits.max_request_bytes as usize;
-    let ingest = IngestServer::new(IngestService::new(pipeline.clone()))
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(usize::MAX);
+    let token = crate::auth::TokenCheck::new(config.auth_token()?);
+    let ingest = tonic::service::interceptor::InterceptedService::new(
+        IngestServer::new(IngestService::new(pipeline.clone()))
+            .max_decoding_message_size(max_request)
+            .max_encoding_message_size(usize::MAX),
+        move |request| token.check(request),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(

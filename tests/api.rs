@@ -578,3 +578,88 @@ async fn the_publish_cli_retries_through_a_restart_with_the_same_ids() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("accepted 0 duplicate 500"));
     sidelog.kill9().await;
 }
+
+/// With `--auth-token-file`, Ingest calls need `authorization: Bearer TOKEN` (compared in
+/// constant time); health stays open; the publish CLI sends the token from its own file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_guards_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &["--auth-token-file", token_file.to_str().unwrap()],
+    );
+    sidelog.start().await;
+    assert_eq!(sidelog.health().await, Some(true), "health needs no token");
+
+    let call = |auth: Option<&'static str>| {
+        let mut request = tonic::Request::new(PublishRequest {
+            messages: vec![msg("t-1", b"x")],
+        });
+        if let Some(a) = auth {
+            request
+                .metadata_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        request
+    };
+    let mut client = sidelog.client().await;
+    for bad in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some("s3cret-token-0123456789"),
+    ] {
+        let err = client.publish(call(bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}: {err}");
+    }
+    let acks = client
+        .publish(call(Some("Bearer s3cret-token-0123456789")))
+        .await
+        .unwrap()
+        .into_inner()
+        .acks;
+    assert_eq!(status(&acks[0]), ack::Status::Accepted);
+
+    let cli = |with_token: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"));
+        cmd.args(["publish", "--target", &sidelog.url(), "--count", "20"]);
+        if with_token {
+            cmd.arg("--auth-token-file").arg(&token_file);
+        }
+        cmd.output().unwrap()
+    };
+    let out = cli(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted 20"));
+    let out = cli(false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--auth-token-file"), "{stderr}");
+    assert!(
+        !sidelog.log().contains("s3cret"),
+        "the token is never logged"
+    );
+    sidelog.kill9().await;
+
+    // A token file that is too short is refused at start-up, naming the setting.
+    std::fs::write(&token_file, "short\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--auth-token-file")
+        .arg(&token_file)
+        .args(["--listen", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth_token_file") && stderr.contains("16 characters"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,96 @@
+//! The optional bearer token of `Ingest` (`--auth-token-file`): every call must carry
+//! `authorization: Bearer TOKEN`. Compared in constant time; never logged. Health and
+//! reflection stay open, for load balancers' probes.
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq as _;
+use tonic::{Request, Status};
+
+/// The token a call must carry, or none.
+#[derive(Clone, Default)]
+pub struct TokenCheck {
+    token: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for TokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.token.is_some() {
+            "TokenCheck(<redacted>)"
+        } else {
+            "TokenCheck(none)"
+        })
+    }
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<String>) -> TokenCheck {
+        TokenCheck {
+            token: token.map(|t| Arc::from(t.into_bytes())),
+        }
+    }
+
+    /// A tonic interceptor: lets the call through, or answers `UNAUTHENTICATED`.
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(want) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes);
+        match given {
+            Some(given) if bool::from(given.ct_eq(want)) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
+            None => Err(Status::unauthenticated(
+                "this sidelog asks for a bearer token: send authorization: Bearer TOKEN",
+            )),
+        }
+    }
+}
+
+/// Reads a token file: one line, printable ASCII, at least 16 characters.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < 16 {
+        return Err("the token must be at least 16 characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be one line of printable ASCII without spaces".into());
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(auth: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(a) = auth {
+            r.metadata_mut().insert("authorization", a.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn only_the_right_token_passes() {
+        let check = TokenCheck::new(Some("0123456789abcdef".into()));
+        assert!(check.check(call(Some("Bearer 0123456789abcdef"))).is_ok());
+        for bad in [
+            None,
+            Some("Bearer 0123456789abcdeX"),
+            Some("Bearer x"),
+            Some("0123456789abcdef"),
+        ] {
+            let err = check.check(call(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        assert!(TokenCheck::default().check(call(None)).is_ok());
+        assert!(!format!("{check:?}").contains("0123"));
+    }
+}
