@@ -114,6 +114,13 @@ pub enum JournalError {
 impl JournalError {
     fn from_redb(err: impl Into<redb::Error>, path: &Path) -> Self {
         match err.into() {
+            // A read past the end: the file is shorter than its own pages say.
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                JournalError::Corrupted {
+                    path: path.to_owned(),
+                    reason: format!("the file ends early, it was truncated ({io})"),
+                }
+            }
             redb::Error::Io(io) => Self::from_io(&io),
             redb::Error::PreviousIo => {
                 JournalError::Io("an earlier I/O error left the file to be reopened".into())
@@ -807,6 +814,14 @@ fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
         info!(path = %path.display(), "created a new journal");
     }
     let backend = store.open().map_err(io)?;
+    // redb would format an empty file as a new database. sidelog never leaves an empty
+    // journal behind (a new one is built under a temporary name and renamed into place), so
+    // an empty journal.redb was truncated: starting on it would silently drop the backlog.
+    if backend.len().map_err(io)? == 0 {
+        return Err(corrupted(
+            "the file is empty (0 bytes): it was truncated or replaced".into(),
+        ));
+    }
     match redb::Builder::new().create_with_backend(BoxedBackend(backend)) {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
