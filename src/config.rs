@@ -53,6 +53,11 @@ pub struct Config {
     /// A file holding the bearer token that `Ingest` calls must carry
     /// (`authorization: Bearer TOKEN`); none: no token is asked for.
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the listener serves TLS (rustls).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate signed by one (mTLS).
+    pub tls_client_ca_file: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub dedup: DedupConfig,
     pub journal: JournalSection,
@@ -142,6 +147,9 @@ impl Default for Config {
             metrics_listen: None,
             shutdown_timeout_ms: 10_000,
             auth_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             limits: LimitsConfig::default(),
             dedup: DedupConfig::default(),
             journal: JournalSection::default(),
@@ -254,6 +262,15 @@ pub struct ServeArgs {
     /// File holding the bearer token Ingest calls must carry [default: none asked].
     #[arg(long, env = "SIDELOG_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS (with --tls-key-file) [default: plaintext].
+    #[arg(long, env = "SIDELOG_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "SIDELOG_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: require client certificates signed by them (mTLS).
+    #[arg(long, env = "SIDELOG_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
 
     #[arg(long, env = "SIDELOG_LIMITS_MAX_MESSAGE_BYTES")]
     pub limits_max_message_bytes: Option<u64>,
@@ -363,6 +380,15 @@ impl Config {
         if args.auth_token_file.is_some() {
             c.auth_token_file = args.auth_token_file;
         }
+        for (to, from) in [
+            (&mut c.tls_cert_file, args.tls_cert_file),
+            (&mut c.tls_key_file, args.tls_key_file),
+            (&mut c.tls_client_ca_file, args.tls_client_ca_file),
+        ] {
+            if from.is_some() {
+                *to = from;
+            }
+        }
         let l = &mut c.limits;
         set(&mut l.max_message_bytes, args.limits_max_message_bytes);
         set(&mut l.max_request_bytes, args.limits_max_request_bytes);
@@ -419,6 +445,48 @@ impl Config {
         );
         c.validate()?;
         Ok(c)
+    }
+
+    /// The listener's TLS settings, if `tls_cert_file` is set.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |key: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                key,
+                value: path.display().to_string(),
+                reason: format!("cannot read it: {e}"),
+            })
+        };
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {
+                if let Some(ca) = &self.tls_client_ca_file {
+                    return Err(ConfigError::Invalid {
+                        key: "tls_client_ca_file",
+                        value: ca.display().to_string(),
+                        reason: "client certificates need TLS: set tls_cert_file and tls_key_file"
+                            .into(),
+                    });
+                }
+                return Ok(None);
+            }
+            (Some(c), Some(k)) => (read("tls_cert_file", c)?, read("tls_key_file", k)?),
+            (Some(c), None) | (None, Some(c)) => {
+                return Err(ConfigError::Invalid {
+                    key: if self.tls_key_file.is_none() {
+                        "tls_key_file"
+                    } else {
+                        "tls_cert_file"
+                    },
+                    value: c.display().to_string(),
+                    reason: "tls_cert_file and tls_key_file go together".into(),
+                });
+            }
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.tls_client_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// The bearer token from `auth_token_file`, if one is set.

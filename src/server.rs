@@ -140,11 +140,21 @@ pub async fn serve(
         move |request| token.check(request),
     );
 
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32));
+    if let Some(tls) = config.tls()? {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot use the TLS certificate and key (tls_cert_file, tls_key_file)")?;
+        info!(
+            client_certificates = config.tls_client_ca_file.is_some(),
+            "serving TLS"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::builder()
-            .tcp_nodelay(true)
-            .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32))
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(ingest)

@@ -1,0 +1,189 @@
+//! TLS and mutual TLS on the ingest listener, against the real binary, with certificates made
+//! by the test (rcgen): a TLS client with the CA gets in; with `--tls-client-ca-file` only a
+//! client certificate signed by that CA does; plaintext never does.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Sidelog;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use sidelog::proto::ingest_client::IngestClient;
+use sidelog::proto::{Message, PublishRequest, ack};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let stranger_key = KeyPair::generate().unwrap();
+    let stranger = CertificateParams::new(vec!["stranger".to_string()])
+        .unwrap()
+        .self_signed(&stranger_key)
+        .unwrap();
+    Pki {
+        ca: ca_cert.pem(),
+        server: leaf(vec!["localhost".into()]),
+        client: leaf(vec!["producer".into()]),
+        stranger: (stranger.pem(), stranger_key.serialize_pem()),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// A publish over TLS to `sidelog`, with this client identity (if any).
+async fn publish(
+    sidelog: &Sidelog,
+    ca: &str,
+    identity: Option<&(String, String)>,
+    id: &str,
+) -> Result<ack::Status, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{}", sidelog.addr))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let acks = IngestClient::new(channel)
+        .publish(PublishRequest {
+            messages: vec![Message {
+                id: id.into(),
+                payload: b"x".to_vec().into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .into_inner()
+        .acks;
+    Ok(ack::Status::try_from(acks[0].status).unwrap())
+}
+
+/// Polls with a TLS client until sidelog answers (the harness's own check is plaintext).
+async fn wait_tls(sidelog: &Sidelog, ca: &str, identity: Option<&(String, String)>) {
+    for i in 0..300 {
+        if publish(sidelog, ca, identity, &format!("probe-{i}"))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "sidelog did not answer over TLS; log:\n{}",
+        sidelog.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls_let_in_only_who_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let cert = write(dir.path(), "server.pem", &pki.server.0);
+    let key = write(dir.path(), "server.key", &pki.server.1);
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+
+    // TLS: any client that trusts the CA.
+    let mut tls = Sidelog::new(
+        &dir.path().join("tls"),
+        &["--tls-cert-file", &cert, "--tls-key-file", &key],
+    );
+    tls.spawn();
+    wait_tls(&tls, &pki.ca, None).await;
+    assert_eq!(
+        publish(&tls, &pki.ca, None, "a").await,
+        Ok(ack::Status::Accepted)
+    );
+    assert_eq!(
+        tls.health().await,
+        None,
+        "plaintext gets no answer from a TLS listener"
+    );
+    tls.kill9().await;
+
+    // mTLS: only clients with a certificate from the CA.
+    let mut mtls = Sidelog::new(
+        &dir.path().join("mtls"),
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-client-ca-file",
+            &ca,
+        ],
+    );
+    mtls.spawn();
+    wait_tls(&mtls, &pki.ca, Some(&pki.client)).await;
+    assert_eq!(
+        publish(&mtls, &pki.ca, Some(&pki.client), "b").await,
+        Ok(ack::Status::Accepted)
+    );
+    let anonymous = publish(&mtls, &pki.ca, None, "c").await;
+    assert!(
+        anonymous.is_err(),
+        "no client certificate got in: {anonymous:?}"
+    );
+    let stranger = publish(&mtls, &pki.ca, Some(&pki.stranger), "d").await;
+    assert!(
+        stranger.is_err(),
+        "a certificate from another CA got in: {stranger:?}"
+    );
+    assert_eq!(mtls.health().await, None);
+    assert!(
+        !mtls.log().contains("PRIVATE KEY"),
+        "no key material in the log"
+    );
+    mtls.kill9().await;
+}
+
+#[test]
+fn a_half_tls_configuration_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:1",
+            "--tls-cert-file",
+            "/nonexistent.pem",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("tls_key_file"), "{stderr}");
+}
