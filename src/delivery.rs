@@ -378,7 +378,16 @@ async fn deliver_with_retries(
     let mut attempt = 1u32;
     let mut pending = first_attempt;
     loop {
-        let error = match tokio::time::timeout(timeout, pending).await {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(timeout, pending).await;
+        let label = if matches!(outcome, Ok(Ok(()))) {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::histogram!(crate::metrics::SINK_DELIVER_SECONDS, "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
+        let error = match outcome {
             Ok(Ok(())) => {
                 completion.stats.batches.fetch_add(1, Ordering::Relaxed);
                 completion.delivered(&items).await;
@@ -399,6 +408,7 @@ async fn deliver_with_retries(
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
+        metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
         let delay = config.backoff.delay(attempt, &entropy);
         if attempt == 1 {
             warn!(messages = items.len(), error = %error, "delivery failed; retrying with backoff");

@@ -172,7 +172,8 @@ impl HandlerRunner {
                     .acquire()
                     .await
                     .expect("the handler semaphore is never closed");
-                tokio::time::timeout(
+                let started = tokio::time::Instant::now();
+                let result = tokio::time::timeout(
                     self.timeout,
                     self.handler.handle(input.clone(), attempt, replay),
                 )
@@ -182,7 +183,17 @@ impl HandlerRunner {
                         "timed out after {:?}",
                         self.timeout
                     )))
-                })
+                });
+                if !self.is_pass_through() {
+                    let label = match &result {
+                        Ok(_) => "ok",
+                        Err(HandlerError::Refused(_)) => "refused",
+                        Err(HandlerError::Failed(_)) => "error",
+                    };
+                    metrics::histogram!(crate::metrics::HANDLER_CALL_SECONDS, "outcome" => label)
+                        .record(started.elapsed().as_secs_f64());
+                }
+                result
             };
             let error = match result {
                 Ok(outputs) => return HandleOutcome::Outputs(self.finish(input, outputs)),

@@ -26,6 +26,15 @@ pub const DELIVERED: &str = "sidelog_delivered_total";
 pub const DELIVERY_RETRIES: &str = "sidelog_delivery_retries_total";
 /// Entries moved to the dead-letter table.
 pub const DEAD_LETTERED: &str = "sidelog_dead_lettered_total";
+/// Seconds a sink delivery attempt took, by outcome: ok, error (timeouts included).
+pub const SINK_DELIVER_SECONDS: &str = "sidelog_sink_deliver_seconds";
+/// Seconds a handler call took, by outcome: ok, refused, error (timeouts included); only
+/// with a handler (pass-through makes no calls).
+pub const HANDLER_CALL_SECONDS: &str = "sidelog_handler_call_seconds";
+/// What may reach the next tier twice, by cause: retry (messages of a failed or unanswered
+/// batch, sent again) or replay (journal entries dispatched again after a restart; a replayed
+/// input goes through the handler again).
+pub const RESENT: &str = "sidelog_resent_messages_total";
 
 /// Installs the Prometheus recorder and serves `/metrics` on `addr`.
 pub fn install(addr: SocketAddr) -> anyhow::Result<()> {

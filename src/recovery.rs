@@ -138,6 +138,7 @@ async fn replay_range(
             };
             pipeline.send(message, Some(stored.seq), input_seq, 0).await;
             stats.outputs_resent += 1;
+            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
         }
     }
 
@@ -167,6 +168,7 @@ async fn replay_range(
                 });
             };
             stats.inputs_rehandled += 1;
+            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
             if pipeline.is_pass_through() {
                 // Profile-guided: a task and a message copy per entry were most of replay's
                 // CPU time; without a handler there is nothing to run concurrently.

@@ -663,3 +663,114 @@ async fn a_bearer_token_guards_ingest() {
         "{stderr}"
     );
 }
+
+/// GETs `/metrics` from `addr`.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of one series (`name{labels}`), 0 when absent.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The Prometheus endpoint counts intake, journal, delivery, retries and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_intake_delivery_retries_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    sink.failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sink_server = sink.start(free_port()).await;
+    let metrics = free_port();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &sink_server.url(),
+            "--metrics-listen",
+            &metrics.to_string(),
+            "--delivery-backoff-max-ms",
+            "100",
+            "--delivery-max-attempts",
+            "1000",
+        ],
+    );
+    sidelog.start().await;
+    let batch: Vec<Message> = (0..20).map(|i| msg(&format!("m{i}"), b"x")).collect();
+    publish(&sidelog, batch.clone()).await.unwrap();
+    publish(&sidelog, batch[..5].to_vec()).await.unwrap(); // 5 duplicates
+    publish(&sidelog, vec![msg("bad id", b"x")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let want: HashSet<String> = batch.iter().map(|m| m.id.clone()).collect();
+    assert!(
+        wait_for_ids(&sink, &want, Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+    let text = scrape(metrics).await;
+    assert_eq!(
+        series(&text, "sidelog_messages_total{outcome=\"accepted\"}"),
+        20.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "sidelog_messages_total{outcome=\"duplicate\"}"),
+        5.0
+    );
+    assert_eq!(
+        series(&text, "sidelog_messages_total{outcome=\"rejected\"}"),
+        1.0
+    );
+    assert!(series(&text, "sidelog_delivered_total") >= 20.0);
+    assert!(
+        series(&text, "sidelog_resent_messages_total{cause=\"retry\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            "sidelog_sink_deliver_seconds_count{outcome=\"error\"}"
+        ) > 0.0
+    );
+    assert!(series(&text, "sidelog_sink_deliver_seconds_count{outcome=\"ok\"}") > 0.0);
+    assert!(series(&text, "sidelog_journal_commits_total{durability=\"fsync\"}") > 0.0);
+    assert!(
+        text.contains("sidelog_journal_commit_seconds_bucket"),
+        "{text}"
+    );
+    assert!(!text.contains("m1"), "no message ids in labels");
+
+    // A backlog left by a SIGKILL is counted as replayed after the restart.
+    sink.failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let more: Vec<Message> = (0..10).map(|i| msg(&format!("r{i}"), b"x")).collect();
+    publish(&sidelog, more.clone()).await.unwrap();
+    sidelog.kill9().await;
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    sidelog.start().await;
+    let text = scrape(metrics).await;
+    assert_eq!(
+        series(&text, "sidelog_resent_messages_total{cause=\"replay\"}"),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "sidelog_backlog_entries"), 0.0, "{text}");
+    sidelog.kill9().await;
+    sink_server.stop().await;
+}
