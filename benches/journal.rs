@@ -25,19 +25,7 @@ fn group_commit(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let journal = Journal::open(
-        dir.path(),
-        JournalConfig {
-            commit_max_records: 8192,
-            sync_interval_ms: 1000,
-            dedup_window_count: 10_000,
-            dedup_window_age_ms: 3_600_000,
-            max_file_bytes: None,
-            ..JournalConfig::default()
-        },
-        Arc::new(SystemClock),
-    )
-    .expect("open the journal");
+    let journal = open(dir.path());
     let payload: bytes::Bytes = vec![b'x'; 256].into();
     let mut group = c.benchmark_group("journal_append_256B");
     group.measurement_time(Duration::from_secs(5));
