@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/sidelog/v1/sidelog.proto",
                 "proto/sidelog/v1/journal.proto",
+                "proto/sidelog/v1/admin.proto",
             ],
             &["proto"],
         )?;

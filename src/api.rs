@@ -23,6 +23,13 @@ pub const STREAM_PIPELINE: usize = 64;
 
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
+        let code = match &e {
+            IngestError::InvalidArgument(_) => "invalid_argument",
+            IngestError::ResourceExhausted(_) => "resource_exhausted",
+            IngestError::Unavailable(_) => "unavailable",
+            IngestError::Internal(_) => "internal",
+        };
+        metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
         match e {
             IngestError::InvalidArgument(m) => Status::invalid_argument(m),
             IngestError::ResourceExhausted(m) => Status::resource_exhausted(m),

@@ -47,6 +47,9 @@ pub struct Config {
     pub sink: Option<String>,
     /// Where to serve Prometheus metrics (`/metrics`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the `sidelog.v1.Admin` service (`inspect`, dead letters), or `off`.
+    /// A non-loopback address needs TLS and a token.
+    pub admin_listen: String,
     /// On SIGTERM/Ctrl-C: how long to let open requests finish and accepted messages reach
     /// the sink before exiting anyway (what is journaled is replayed on the next start).
     pub shutdown_timeout_ms: u64,
@@ -59,6 +62,7 @@ pub struct Config {
     /// PEM CA certificates: clients must present a certificate signed by one (mTLS).
     pub tls_client_ca_file: Option<PathBuf>,
     pub limits: LimitsConfig,
+    pub replay: ReplaySection,
     pub dedup: DedupConfig,
     pub journal: JournalSection,
     pub handling: RetryConfig,
@@ -83,6 +87,40 @@ pub struct LimitsConfig {
     pub max_backlog_bytes: u64,
     /// The journal file's size limit; 0 = only the disk's.
     pub max_journal_bytes: u64,
+}
+
+/// What a start does with the journal's backlog.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayPolicy {
+    /// Replay everything, then take traffic (health NOT_SERVING until done): the seeds'
+    /// recover-then-rejoin.
+    First,
+    /// Take traffic at once and replay beside it, at most `replay.interleave_in_flight`
+    /// backlog entries under way at a time, so fresh messages never queue behind the whole
+    /// backlog.
+    Interleave,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplaySection {
+    pub policy: ReplayPolicy,
+    /// Replayed entries under way at once with `interleave`.
+    pub interleave_in_flight: u64,
+    /// Entries older than this when replayed go to the dead-letter table (reason says so)
+    /// instead of being sent; 0 = no limit.
+    pub max_age_ms: u64,
+}
+
+impl Default for ReplaySection {
+    fn default() -> Self {
+        ReplaySection {
+            policy: ReplayPolicy::First,
+            interleave_in_flight: 256,
+            max_age_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -145,12 +183,14 @@ impl Default for Config {
             handler: None,
             sink: None,
             metrics_listen: None,
+            admin_listen: "127.0.0.1:50052".into(),
             shutdown_timeout_ms: 10_000,
             auth_token_file: None,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
             limits: LimitsConfig::default(),
+            replay: ReplaySection::default(),
             dedup: DedupConfig::default(),
             journal: JournalSection::default(),
             handling: RetryConfig::default(),
@@ -257,6 +297,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDELOG_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// On SIGTERM/Ctrl-C, drain for at most this long, then exit [default: 10000].
+    #[arg(long, env = "SIDELOG_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// first (replay, then take traffic) or interleave (take traffic during replay).
+    #[arg(long, env = "SIDELOG_REPLAY_POLICY")]
+    pub replay_policy: Option<ReplayPolicy>,
+    #[arg(long, env = "SIDELOG_REPLAY_INTERLEAVE_IN_FLIGHT")]
+    pub replay_interleave_in_flight: Option<u64>,
+    #[arg(long, env = "SIDELOG_REPLAY_MAX_AGE_MS")]
+    pub replay_max_age_ms: Option<u64>,
     #[arg(long, env = "SIDELOG_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
     /// File holding the bearer token Ingest calls must carry [default: none asked].
@@ -377,6 +426,13 @@ impl Config {
             c.metrics_listen = args.metrics_listen;
         }
         set(&mut c.shutdown_timeout_ms, args.shutdown_timeout_ms);
+        set(&mut c.admin_listen, args.admin_listen);
+        set(&mut c.replay.policy, args.replay_policy);
+        set(
+            &mut c.replay.interleave_in_flight,
+            args.replay_interleave_in_flight,
+        );
+        set(&mut c.replay.max_age_ms, args.replay_max_age_ms);
         if args.auth_token_file.is_some() {
             c.auth_token_file = args.auth_token_file;
         }
@@ -557,6 +613,18 @@ impl Config {
                 3_600_000,
             ),
             (
+                "replay.interleave_in_flight",
+                self.replay.interleave_in_flight,
+                1,
+                1_000_000,
+            ),
+            (
+                "replay.max_age_ms",
+                self.replay.max_age_ms,
+                0,
+                365 * 86_400_000,
+            ),
+            (
                 "dedup.window_count",
                 self.dedup.window_count,
                 1,
@@ -688,8 +756,43 @@ impl Config {
         if let Some(url) = &self.handler {
             check_http_url("handler", url)?;
         }
+        if let Some(addr) = self.admin_addr()?
+            && !addr.ip().is_loopback()
+            && (self.tls_cert_file.is_none() || self.auth_token_file.is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_listen",
+                value: addr.to_string(),
+                reason: "the admin service can re-queue and purge: on a non-loopback address it \
+                         needs TLS (tls_cert_file, tls_key_file) and a token (auth_token_file)"
+                    .into(),
+            });
+        }
         self.sink_target()?;
         Ok(())
+    }
+
+    /// Where the admin service listens, parsed from `admin_listen`; `None` when it is `off`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.admin_listen == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .admin_listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "admin_listen",
+                value: self.admin_listen.clone(),
+                reason: format!("expected HOST:PORT (an IP address) or off: {e}"),
+            })?;
+        if addr.port() != 0 && (self.metrics_listen == Some(addr) || self.listen == addr) {
+            return Err(ConfigError::Invalid {
+                key: "admin_listen",
+                value: self.admin_listen.clone(),
+                reason: "must differ from listen and metrics_listen".into(),
+            });
+        }
+        Ok(Some(addr))
     }
 
     /// Where outputs go, parsed from `sink`.

@@ -39,6 +39,8 @@ pub struct DeliveryItem {
     pub input_seq: Option<Seq>,
     /// Bytes counted in memory only (mode `none`), released once delivered.
     pub memory_bytes: u64,
+    /// A paced replay's permit, released when the item (and every copy) is dropped.
+    pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl DeliveryItem {

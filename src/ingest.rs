@@ -32,6 +32,110 @@ pub struct Limits {
     pub max_backlog_bytes: u64,
 }
 
+impl Limits {
+    /// The limits `config` sets.
+    pub fn of(config: &crate::config::Config) -> Limits {
+        let l = &config.limits;
+        Limits {
+            max_message_bytes: l.max_message_bytes as usize,
+            max_messages_per_request: l.max_messages_per_request as usize,
+            max_id_bytes: l.max_id_bytes as usize,
+            max_key_bytes: l.max_key_bytes as usize,
+            max_headers: l.max_headers as usize,
+            max_header_bytes: l.max_header_bytes as usize,
+            max_backlog_bytes: l.max_backlog_bytes,
+        }
+    }
+
+    /// Checks one message against the limits; a refusal names the limit (a metric label) and
+    /// says why (the ack's reason).
+    pub fn check(&self, message: &Message) -> Result<(), (&'static str, String)> {
+        use prost::Message as _;
+        let id = &message.id;
+        if id.len() > self.max_id_bytes {
+            return Err((
+                "max_id_bytes",
+                format!(
+                    "id is {} bytes, over the limit of {} (max_id_bytes)",
+                    id.len(),
+                    self.max_id_bytes
+                ),
+            ));
+        }
+        if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err((
+                "invalid_id",
+                "id contains whitespace or control characters".into(),
+            ));
+        }
+        if message.key.len() > self.max_key_bytes {
+            return Err((
+                "max_key_bytes",
+                format!(
+                    "key is {} bytes, over the limit of {} (max_key_bytes)",
+                    message.key.len(),
+                    self.max_key_bytes
+                ),
+            ));
+        }
+        if message.headers.len() > self.max_headers {
+            return Err((
+                "max_headers",
+                format!(
+                    "{} headers, over the limit of {} (max_headers)",
+                    message.headers.len(),
+                    self.max_headers
+                ),
+            ));
+        }
+        for (name, value) in &message.headers {
+            if name.len() + value.len() > self.max_header_bytes {
+                return Err((
+                    "max_header_bytes",
+                    format!(
+                        "header {:?} is {} bytes, over the limit of {} (max_header_bytes)",
+                        name.chars().take(64).collect::<String>(),
+                        name.len() + value.len(),
+                        self.max_header_bytes
+                    ),
+                ));
+            }
+            // Names are tokens and values one line, so that every next tier can carry them
+            // (HTTP/2, NATS and Kafka headers alike).
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+            {
+                return Err((
+                    "invalid_header",
+                    format!(
+                        "header name {:?} is empty or has whitespace, ':' or control characters",
+                        name.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+            if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                return Err((
+                    "invalid_header",
+                    format!("header {name:?} has a line break or NUL in its value"),
+                ));
+            }
+        }
+        let size = message.encoded_len();
+        if size > self.max_message_bytes {
+            return Err((
+                "max_message_bytes",
+                format!(
+                    "message is {size} bytes, over the limit of {} (max_message_bytes)",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a whole publish request failed. Each maps to one gRPC status in `api.rs`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
@@ -182,7 +286,9 @@ impl Pipeline {
             if message.id.is_empty() {
                 message.id = self.assign_id();
             }
-            if let Err(reason) = self.validate(&message) {
+            if let Err((limit, reason)) = self.limits.check(&message) {
+                metrics::counter!(crate::metrics::MESSAGES, "outcome" => "rejected", "reason" => limit)
+                    .increment(1);
                 acks[index] = Some(rejected(message.id, reason));
                 continue;
             }
@@ -229,75 +335,11 @@ impl Pipeline {
             let outcome = match ack::Status::try_from(a.status) {
                 Ok(ack::Status::Accepted) => "accepted",
                 Ok(ack::Status::Duplicate) => "duplicate",
-                _ => "rejected",
+                _ => continue, // counted above, with its reason
             };
             metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
         }
         Ok(acks)
-    }
-
-    fn validate(&self, message: &Message) -> Result<(), String> {
-        use prost::Message as _;
-        let id = &message.id;
-        if id.len() > self.limits.max_id_bytes {
-            return Err(format!(
-                "id is {} bytes, over the limit of {} (max_id_bytes)",
-                id.len(),
-                self.limits.max_id_bytes
-            ));
-        }
-        if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("id contains whitespace or control characters".into());
-        }
-        if message.key.len() > self.limits.max_key_bytes {
-            return Err(format!(
-                "key is {} bytes, over the limit of {} (max_key_bytes)",
-                message.key.len(),
-                self.limits.max_key_bytes
-            ));
-        }
-        if message.headers.len() > self.limits.max_headers {
-            return Err(format!(
-                "{} headers, over the limit of {} (max_headers)",
-                message.headers.len(),
-                self.limits.max_headers
-            ));
-        }
-        for (name, value) in &message.headers {
-            if name.len() + value.len() > self.limits.max_header_bytes {
-                return Err(format!(
-                    "header {:?} is {} bytes, over the limit of {} (max_header_bytes)",
-                    name.chars().take(64).collect::<String>(),
-                    name.len() + value.len(),
-                    self.limits.max_header_bytes
-                ));
-            }
-            // Names are tokens and values one line, so that every next tier can carry them
-            // (HTTP/2, NATS and Kafka headers alike).
-            if name.is_empty()
-                || name
-                    .chars()
-                    .any(|c| c.is_control() || c.is_whitespace() || c == ':')
-            {
-                return Err(format!(
-                    "header name {:?} is empty or has whitespace, ':' or control characters",
-                    name.chars().take(64).collect::<String>()
-                ));
-            }
-            if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-                return Err(format!(
-                    "header {name:?} has a line break or NUL in its value"
-                ));
-            }
-        }
-        let size = message.encoded_len();
-        if size > self.limits.max_message_bytes {
-            return Err(format!(
-                "message is {size} bytes, over the limit of {} (max_message_bytes)",
-                self.limits.max_message_bytes
-            ));
-        }
-        Ok(())
     }
 
     /// A UUIDv7 from the injected clock and entropy.
@@ -478,6 +520,11 @@ impl Pipeline {
         self.dispatch(vec![input], Some(input_seq), 0).await;
     }
 
+    /// The pipeline's clock, unix ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Whether there is no handler (a message is its own single output).
     pub fn is_pass_through(&self) -> bool {
         self.handler.is_pass_through()
@@ -563,12 +610,19 @@ impl Pipeline {
             output_seq,
             input_seq,
             memory_bytes,
+            pace: PACE.try_with(Clone::clone).ok().flatten(),
         };
         if self.delivery.send(item).await.is_err() {
             // Shutting down: journaled entries are re-sent after the restart.
             debug!("delivery stopped; output left in the journal");
         }
     }
+}
+
+tokio::task_local! {
+    /// A replay's pacing permit: set around [`Pipeline::send`] by a paced replay, carried by
+    /// the delivery item and released when the item is delivered or dead-lettered.
+    pub static PACE: Option<Arc<tokio::sync::OwnedSemaphorePermit>>;
 }
 
 fn rejected(id: String, reason: String) -> Ack {

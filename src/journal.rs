@@ -109,6 +109,9 @@ pub enum JournalError {
     /// The writer has stopped. Not retryable in this process.
     #[error("journal is closed")]
     Closed,
+    /// Another process (a running sidelog) has the file open.
+    #[error("journal {path} is in use by another process (a running sidelog)")]
+    InUse { path: PathBuf },
 }
 
 impl JournalError {
@@ -129,6 +132,9 @@ impl JournalError {
                 path: path.to_owned(),
                 reason,
             },
+            redb::Error::DatabaseAlreadyOpen => JournalError::InUse {
+                path: path.to_owned(),
+            },
             other => JournalError::Io(other.to_string()),
         }
     }
@@ -147,7 +153,10 @@ impl JournalError {
 
     /// Whether the same operation may succeed later in this process.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, JournalError::StorageFull(_) | JournalError::Io(_))
+        matches!(
+            self,
+            JournalError::StorageFull(_) | JournalError::Io(_) | JournalError::InUse { .. }
+        )
     }
 }
 
@@ -312,6 +321,17 @@ pub struct Summary {
     pub dedup_ids: u64,
     pub backlog_bytes: u64,
     pub next_seq: u64,
+    /// When the oldest undelivered entry was received (inputs) or recorded (outputs), unix ms.
+    pub oldest_backlog_ms: Option<i64>,
+}
+
+/// Which dead letters an operator acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterSelection {
+    /// These sequences (those that are not dead letters are skipped).
+    Seqs(Vec<Seq>),
+    /// Every dead letter.
+    All,
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -366,6 +386,21 @@ enum Command {
     Summary {
         reply: Reply<Summary>,
     },
+    /// When the oldest backlog entry was written, unix ms (`None`: the backlog is empty).
+    OldestBacklog {
+        reply: Reply<Option<i64>>,
+    },
+    /// Moves dead letters back into the backlog under new sequences (an input to `inputs`, an
+    /// output to `outputs`), durably; answers the new sequences, contiguous.
+    Requeue {
+        selection: DeadLetterSelection,
+        reply: Reply<Vec<Seq>>,
+    },
+    /// Deletes dead letters for good, durably; answers how many.
+    Purge {
+        selection: DeadLetterSelection,
+        reply: Reply<u64>,
+    },
 }
 
 impl Command {
@@ -377,14 +412,17 @@ impl Command {
                 | Command::ScanDeadLetters { .. }
                 | Command::LoadDedup { .. }
                 | Command::Summary { .. }
+                | Command::OldestBacklog { .. }
         )
     }
 
     fn needs_durability(&self) -> bool {
         match self {
-            Command::AppendInputs { .. } | Command::DeadLetter { .. } | Command::Sync { .. } => {
-                true
-            }
+            Command::AppendInputs { .. }
+            | Command::DeadLetter { .. }
+            | Command::Sync { .. }
+            | Command::Requeue { .. }
+            | Command::Purge { .. } => true,
             Command::RecordOutputs { durable, .. } => *durable,
             _ => false,
         }
@@ -423,6 +461,9 @@ impl Command {
             Command::ScanDeadLetters { reply, .. } => drop(reply.send(Err(err))),
             Command::LoadDedup { reply } => drop(reply.send(Err(err))),
             Command::Summary { reply } => drop(reply.send(Err(err))),
+            Command::OldestBacklog { reply } => drop(reply.send(Err(err))),
+            Command::Requeue { reply, .. } => drop(reply.send(Err(err))),
+            Command::Purge { reply, .. } => drop(reply.send(Err(err))),
         }
     }
 }
@@ -785,6 +826,23 @@ impl Journal {
     pub async fn summary(&self) -> Result<Summary> {
         self.call(|reply| Command::Summary { reply }).await
     }
+
+    /// When the oldest undelivered entry was written (unix ms), or `None` with no backlog.
+    pub async fn oldest_backlog_ms(&self) -> Result<Option<i64>> {
+        self.call(|reply| Command::OldestBacklog { reply }).await
+    }
+
+    /// Moves the selected dead letters back into the backlog (durably), under new contiguous
+    /// sequences, which it returns: the caller dispatches them (or the next start replays them).
+    pub async fn requeue_dead_letters(&self, selection: DeadLetterSelection) -> Result<Vec<Seq>> {
+        self.call(|reply| Command::Requeue { selection, reply })
+            .await
+    }
+
+    /// Deletes the selected dead letters for good (durably); returns how many there were.
+    pub async fn purge_dead_letters(&self, selection: DeadLetterSelection) -> Result<u64> {
+        self.call(|reply| Command::Purge { selection, reply }).await
+    }
 }
 
 fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
@@ -827,10 +885,9 @@ fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
             Err(corrupted(reason))
         }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(JournalError::Io(format!(
-            "{} is in use by another sidelog process",
-            path.display()
-        ))),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(JournalError::InUse {
+            path: path.to_owned(),
+        }),
         Err(redb::DatabaseError::UpgradeRequired(v)) => Err(JournalError::Format {
             path: path.to_owned(),
             found: u64::from(v),
@@ -884,7 +941,11 @@ impl redb::StorageBackend for QuotaBackend {
             // The writer runs on its own thread: sleeping here stalls only the journal.
             std::thread::sleep(self.fsync_latency);
         }
-        self.inner.sync_data()
+        let started = tokio::time::Instant::now();
+        let result = self.inner.sync_data();
+        metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
         self.inner.write(offset, data)
@@ -1052,6 +1113,7 @@ struct Writer {
 enum Applied {
     Seqs(Vec<Seq>),
     Recorded(Vec<RecordedOutputs>),
+    Count(u64),
     Unit,
 }
 
@@ -1259,7 +1321,7 @@ impl Writer {
             // needs pages too. Marks go first, alone, into the headroom; then the rest.
             let (mut marks, rest): (Vec<Command>, Vec<Command>) = cmds
                 .drain(..)
-                .partition(|c| matches!(c, Command::Complete { .. }));
+                .partition(|c| matches!(c, Command::Complete { .. } | Command::Purge { .. }));
             *cmds = rest;
             if !marks.is_empty() {
                 self.storage.set_reserve(true);
@@ -1454,6 +1516,9 @@ impl Writer {
             }
             (Command::LoadDedup { reply }, Ok(ReadResult::Dedup(v))) => drop(reply.send(Ok(v))),
             (Command::Summary { reply }, Ok(ReadResult::Summary(v))) => drop(reply.send(Ok(v))),
+            (Command::OldestBacklog { reply }, Ok(ReadResult::Oldest(v))) => {
+                drop(reply.send(Ok(v)))
+            }
             (_, Ok(_)) => unreachable!("try_read answers each read with its own kind"),
         }
     }
@@ -1573,7 +1638,11 @@ impl Writer {
                     dedup_ids: dedup.len().map_err(|e| err(e.into()))?,
                     backlog_bytes,
                     next_seq,
+                    oldest_backlog_ms: oldest_backlog(&txn).map_err(err)?,
                 }))
+            }
+            Command::OldestBacklog { .. } => {
+                Ok(ReadResult::Oldest(oldest_backlog(&txn).map_err(err)?))
             }
             _ => unreachable!("only reads are passed to try_read"),
         }
@@ -1586,6 +1655,30 @@ enum ReadResult {
     Dead(Vec<StoredDeadLetter>),
     Dedup(Vec<DedupRecord>),
     Summary(Summary),
+    Oldest(Option<i64>),
+}
+
+/// When the oldest backlog entry was written: the first (lowest-sequence) entry of `inputs` and
+/// of `outputs`, whichever is older. Two lookups, whatever the backlog's size.
+fn oldest_backlog(txn: &redb::ReadTransaction) -> Result<Option<i64>, redb::Error> {
+    let inputs = txn.open_table(INPUTS)?;
+    let outputs = txn.open_table(OUTPUTS)?;
+    let input = match inputs.first()? {
+        Some((k, v)) => decode_record::<InputEntry>("inputs", k.value(), v.value())
+            .ok()
+            .map(|e| e.received_at_ms),
+        None => None,
+    };
+    let output = match outputs.first()? {
+        Some((k, v)) => decode_record::<OutputEntry>("outputs", k.value(), v.value())
+            .ok()
+            .map(|e| e.recorded_at_ms),
+        None => None,
+    };
+    Ok(match (input, output) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 fn reply_ok(cmd: Command, applied: Applied) {
@@ -1601,6 +1694,8 @@ fn reply_ok(cmd: Command, applied: Applied) {
         }
         (Command::Sync { reply }, Applied::Unit) => drop(reply.send(Ok(()))),
         (Command::SyncIfDirty, Applied::Unit) => {}
+        (Command::Requeue { reply, .. }, Applied::Seqs(s)) => drop(reply.send(Ok(s))),
+        (Command::Purge { reply, .. }, Applied::Count(n)) => drop(reply.send(Ok(n))),
         _ => unreachable!("apply answers each write with its own kind"),
     }
 }
@@ -1724,6 +1819,37 @@ impl Tables<'_> {
                 }
                 Ok(Applied::Seqs(seqs))
             }
+            Command::Requeue { selection, .. } => {
+                let mut seqs = Vec::new();
+                for old in self.select_dead(selection)? {
+                    let Some(record) = self.dead.remove(old.0)?.map(|v| v.value().to_vec()) else {
+                        continue;
+                    };
+                    let letter = decode_record::<DeadLetter>("dead_letters", old.0, &record)
+                        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                    let message = letter.message.unwrap_or_default();
+                    let seq = self.take_seq();
+                    if letter.kind == dead_letter::Kind::Input as i32 {
+                        let record = encode_input(&message, self.now);
+                        self.insert_new(NewRecord::Input, seq, &record)?;
+                    } else {
+                        // On its own: the input it came from may be long completed.
+                        let record = encode_output(&message, 0, self.now);
+                        self.insert_new(NewRecord::Output, seq, &record)?;
+                    }
+                    seqs.push(seq);
+                }
+                Ok(Applied::Seqs(seqs))
+            }
+            Command::Purge { selection, .. } => {
+                let mut purged = 0;
+                for seq in self.select_dead(selection)? {
+                    if self.dead.remove(seq.0)?.is_some() {
+                        purged += 1;
+                    }
+                }
+                Ok(Applied::Count(purged))
+            }
             Command::Sync { .. } | Command::SyncIfDirty => Ok(Applied::Unit),
             _ => unreachable!("reads are not applied in a write transaction"),
         }
@@ -1751,6 +1877,25 @@ impl Tables<'_> {
             self.entries_delta += 1;
         }
         Ok(())
+    }
+
+    /// The dead letters a selection names, in sequence order.
+    fn select_dead(&self, selection: &DeadLetterSelection) -> Result<Vec<Seq>, redb::Error> {
+        match selection {
+            DeadLetterSelection::Seqs(seqs) => {
+                let mut seqs = seqs.clone();
+                seqs.sort_unstable();
+                seqs.dedup();
+                Ok(seqs)
+            }
+            DeadLetterSelection::All => {
+                let mut all = Vec::new();
+                for row in self.dead.iter()? {
+                    all.push(Seq(row?.0.value()));
+                }
+                Ok(all)
+            }
+        }
     }
 
     fn remove_input(&mut self, seq: Seq) -> Result<(), redb::Error> {

@@ -16,6 +16,7 @@
 //! `journal.rs` (tables, durability), `delivery.rs` (batching, retries, dead letters),
 //! `recovery.rs` (replay), `server.rs` (wiring), `config.rs` (every setting).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backoff;
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
+pub mod fuzz_checks;
 pub mod handler;
 pub mod ingest;
 pub mod inspect;

@@ -35,17 +35,14 @@ enum Command {
     Publish(PublishArgs),
     /// Benchmark the logging modes side by side on the real pipeline.
     Bench(Box<sidelog::bench::BenchArgs>),
-    /// Show what a journal holds (read-only; the server must be stopped).
-    Inspect {
-        #[arg(long, env = "SIDELOG_DATA_DIR", default_value = "./sidelog-data")]
-        data_dir: std::path::PathBuf,
-    },
+    /// What the journal holds, and its dead letters (list, show, re-queue, purge): through a
+    /// running sidelog's admin service, or from the file when none runs.
+    Inspect(sidelog::inspect::InspectArgs),
 }
 
-fn init_logs(format: &str) -> Result<(), String> {
-    // The NATS client (bench --peer) logs every connection event at INFO.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+fn init_logs(format: &str, default_filter: &str) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -63,7 +60,13 @@ fn init_logs(format: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logs(&cli.log_format) {
+    let default_filter = match cli.command {
+        // inspect's output is its answer; the journal's INFO lines would bury it.
+        Command::Inspect(_) => "warn",
+        // The NATS client (bench --peer) logs every connection event at INFO.
+        _ => "info,async_nats=warn",
+    };
+    if let Err(e) = init_logs(&cli.log_format, default_filter) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -100,7 +103,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Bench(args) => sidelog::bench::run(*args).await.map(|_| ()),
-            Command::Inspect { data_dir } => sidelog::inspect::run(&data_dir).await,
+            Command::Inspect(args) => sidelog::inspect::run(args).await,
         }
     });
     match result {

@@ -17,6 +17,17 @@ pub const JOURNAL_RECORD_BYTES: &str = "sidelog_journal_record_bytes_total";
 pub const JOURNAL_RECORDS_PER_COMMIT: &str = "sidelog_journal_records_per_commit";
 /// Seconds a commit took, fsync included.
 pub const JOURNAL_COMMIT_SECONDS: &str = "sidelog_journal_commit_seconds";
+/// Seconds an fsync of the journal file took (part of a durable commit's time).
+pub const JOURNAL_FSYNC_SECONDS: &str = "sidelog_journal_fsync_seconds";
+/// Age of the oldest undelivered entry in the journal, in seconds (0 with no backlog).
+pub const BACKLOG_OLDEST_AGE_SECONDS: &str = "sidelog_backlog_oldest_age_seconds";
+/// Journal entries dispatched again by a replay, by kind: input (to the handler) or output.
+pub const REPLAYED: &str = "sidelog_replayed_entries_total";
+/// Dead letters re-queued or purged by an operator, by action.
+pub const DEAD_LETTERS_HANDLED: &str = "sidelog_dead_letters_handled_total";
+/// Whole Publish requests refused, by gRPC code (invalid_argument, resource_exhausted,
+/// unavailable, internal).
+pub const REQUESTS_REFUSED: &str = "sidelog_requests_refused_total";
 /// Undelivered entries and bytes in the journal.
 pub const BACKLOG_ENTRIES: &str = "sidelog_backlog_entries";
 pub const BACKLOG_BYTES: &str = "sidelog_backlog_bytes";

@@ -27,28 +27,88 @@ pub const SCAN_BATCH: usize = 1024;
 pub const REPLAY_INPUTS_IN_FLIGHT: usize = 4096;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// How a replay goes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Entries written longer ago than this (ms) go to the dead-letter table instead of being
+    /// sent; 0 = no limit.
+    pub max_age_ms: u64,
+    /// Pacing (the `interleave` policy, re-queues): each replayed entry holds a permit until
+    /// it is delivered or dead-lettered, so at most this many are under way and fresh traffic
+    /// finds the delivery queues nearly empty. `None`: as fast as delivery takes them.
+    pub pace: Option<Pace>,
+}
+
+/// A bound on replayed entries under way (see [`ReplayOptions::pace`]).
+#[derive(Debug, Clone)]
+pub struct Pace {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Pace {
+    pub fn new(capacity: usize) -> Pace {
+        let capacity = capacity.max(1);
+        Pace {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// Waits for room, then holds it until the returned permit (and every clone) is dropped.
+    async fn acquire(&self) -> Arc<tokio::sync::OwnedSemaphorePermit> {
+        Arc::new(
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the pacing semaphore is never closed"),
+        )
+    }
+
+    /// Whether every paced entry is finished.
+    fn idle(&self) -> bool {
+        self.permits.available_permits() == self.capacity
+    }
+}
+
 /// What replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayStats {
     pub outputs_resent: u64,
     pub inputs_rehandled: u64,
+    /// Entries over `max_age_ms`, moved to the dead-letter table.
+    pub expired: u64,
 }
 
-/// Replays the journal through `pipeline` and waits until its backlog is empty.
-pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalError> {
+/// Replays the journal through `pipeline` and waits until what it held is delivered (or
+/// dead-lettered). Only entries written before the call are replayed: with the `interleave`
+/// policy fresh traffic is journaled meanwhile, and it is on its way already.
+pub async fn replay(
+    pipeline: &Arc<Pipeline>,
+    options: &ReplayOptions,
+) -> Result<ReplayStats, JournalError> {
     let journal = pipeline.journal().clone();
     let start_entries = journal.backlog().entries();
     if start_entries == 0 {
         return Ok(ReplayStats::default());
     }
+    let end = Seq(retrying(|| journal.summary()).await?.next_seq);
     info!(
         entries = start_entries,
         bytes = journal.backlog().bytes(),
+        paced = options.pace.is_some(),
         "replaying the journal"
     );
-    let stats = replay_range(pipeline, Seq(0), Seq(u64::MAX)).await?;
+    let stats = replay_range(pipeline, Seq(0), end, options).await?;
     let mut last_report = tokio::time::Instant::now();
-    while journal.backlog().entries() > 0 {
+    // Done when every replayed entry is gone: all pacing permits are back, or (unpaced, before
+    // any traffic is taken) the backlog is empty.
+    let pending = || match &options.pace {
+        Some(pace) => !pace.idle(),
+        None => journal.backlog().entries() > 0,
+    };
+    while pending() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = tokio::time::Instant::now();
@@ -61,6 +121,7 @@ pub async fn replay(pipeline: &Arc<Pipeline>) -> Result<ReplayStats, JournalErro
     info!(
         outputs_resent = stats.outputs_resent,
         inputs_rehandled = stats.inputs_rehandled,
+        expired = stats.expired,
         "replay done"
     );
     Ok(stats)
@@ -73,7 +134,7 @@ pub async fn replay_ambiguous(
     mut ranges: tokio::sync::mpsc::UnboundedReceiver<SeqRange>,
 ) {
     while let Some(range) = ranges.recv().await {
-        match replay_range(&pipeline, range.from, range.to).await {
+        match replay_range(&pipeline, range.from, range.to, &ReplayOptions::default()).await {
             Ok(stats) => info!(
                 from = range.from.0,
                 to = range.to.0,
@@ -109,13 +170,29 @@ where
 }
 
 /// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them).
-async fn replay_range(
+pub(crate) async fn replay_range(
     pipeline: &Arc<Pipeline>,
     from: Seq,
     to: Seq,
+    options: &ReplayOptions,
 ) -> Result<ReplayStats, JournalError> {
     let journal = pipeline.journal().clone();
     let mut stats = ReplayStats::default();
+    let oldest_allowed = (options.max_age_ms > 0)
+        .then(|| pipeline.now_ms().saturating_sub(options.max_age_ms as i64));
+    let expired = |written_at_ms: i64| oldest_allowed.is_some_and(|t| written_at_ms < t);
+    let reason = || {
+        format!(
+            "undelivered for longer than replay.max_age_ms ({} ms)",
+            options.max_age_ms
+        )
+    };
+    let pace = || async {
+        match &options.pace {
+            Some(pace) => Some(pace.acquire().await),
+            None => None,
+        }
+    };
     let mut cursor = from;
     'outputs: loop {
         let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
@@ -136,13 +213,41 @@ async fn replay_range(
                     reason: "output entry without a message".into(),
                 });
             };
-            pipeline.send(message, Some(stored.seq), input_seq, 0).await;
+            if expired(stored.entry.recorded_at_ms) {
+                stats.expired += 1;
+                pipeline
+                    .completion()
+                    .outputs_dead(
+                        &[crate::delivery::DeliveryItem {
+                            message,
+                            output_seq: Some(stored.seq),
+                            input_seq,
+                            memory_bytes: 0,
+                            pace: None,
+                        }],
+                        &reason(),
+                        0,
+                    )
+                    .await;
+                continue;
+            }
+            let permit = pace().await;
+            crate::ingest::PACE
+                .scope(
+                    permit,
+                    pipeline.send(message, Some(stored.seq), input_seq, 0),
+                )
+                .await;
             stats.outputs_resent += 1;
             metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+            metrics::counter!(crate::metrics::REPLAYED, "kind" => "output").increment(1);
         }
     }
 
-    let permits = Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT));
+    let permits = match &options.pace {
+        Some(pace) => pace.permits.clone(),
+        None => Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT)),
+    };
     let mut cursor = from;
     'inputs: loop {
         let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
@@ -167,12 +272,24 @@ async fn replay_range(
                     reason: "input entry without a message".into(),
                 });
             };
+            if expired(stored.entry.received_at_ms) {
+                stats.expired += 1;
+                pipeline
+                    .completion()
+                    .input_dead(message, Some(stored.seq), reason(), 0)
+                    .await;
+                continue;
+            }
             stats.inputs_rehandled += 1;
             metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+            metrics::counter!(crate::metrics::REPLAYED, "kind" => "input").increment(1);
             if pipeline.is_pass_through() {
                 // Profile-guided: a task and a message copy per entry were most of replay's
                 // CPU time; without a handler there is nothing to run concurrently.
-                pipeline.replay_pass_through(message, stored.seq).await;
+                let permit = pace().await;
+                crate::ingest::PACE
+                    .scope(permit, pipeline.replay_pass_through(message, stored.seq))
+                    .await;
                 continue;
             }
             let permit = permits

@@ -15,17 +15,18 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::IngestService;
 use crate::clock::{Entropy, SharedClock, SystemClock};
-use crate::config::{Config, SinkTarget};
+use crate::config::{Config, ReplayPolicy, SinkTarget};
 use crate::dedup::DedupWindow;
 use crate::delivery::{Completion, Delivery, DeliveryConfig};
 use crate::handler::{GrpcHandler, Handler, HandlerRunner, PassThrough};
 use crate::ingest::{Limits, Pipeline};
 use crate::journal::{Journal, JournalConfig};
 use crate::proto::ingest_server::IngestServer;
+use crate::recovery::{Pace, ReplayOptions};
 use crate::sink::{FileSink, FileSinkConfig, GrpcSink, Sink};
 
 /// How long shutdown waits for the journal's last sync.
@@ -152,6 +153,27 @@ pub async fn serve(
             "serving TLS"
         );
     }
+    let replay_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (admin_stop, admin_server) = match config.admin_addr()? {
+        Some(addr) => {
+            let (stop, server) = serve_admin(
+                &config,
+                addr,
+                crate::admin::AdminService::new(
+                    journal.clone(),
+                    clock.clone(),
+                    Some(crate::admin::Live {
+                        pipeline: pipeline.clone(),
+                        replay_done: replay_done.clone(),
+                    }),
+                ),
+            )
+            .await?;
+            (Some(stop), Some(server))
+        }
+        None => (None, None),
+    };
+    crate::spawn::spawn(report_backlog_age(journal.clone(), clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         builder
@@ -171,20 +193,43 @@ pub async fn serve(
     info!(addr = %local, mode = %config.mode, "listening");
     on_listening(local);
 
+    let interleave = config.replay.policy == ReplayPolicy::Interleave;
+    let options = ReplayOptions {
+        max_age_ms: config.replay.max_age_ms,
+        pace: interleave.then(|| Pace::new(config.replay.interleave_in_flight as usize)),
+    };
     let replay = {
         let pipeline = pipeline.clone();
-        async move { crate::recovery::replay(&pipeline).await }
+        let replay_done = replay_done.clone();
+        async move {
+            let result = crate::recovery::replay(&pipeline, &options).await;
+            replay_done.store(true, std::sync::atomic::Ordering::Release);
+            result
+        }
     };
     tokio::pin!(shutdown);
-    tokio::select! {
-        result = replay => {
-            result.context("replay failed")?;
-        }
-        () = &mut shutdown => {
-            info!("stopping during replay; the rest is replayed on the next start");
-            let _ = stop_tx.send(()); // the server may have stopped already
-            crate::journal::flush(&journal, FLUSH_TIMEOUT).await.context("final journal sync")?;
-            return Ok(());
+    if interleave {
+        // Traffic is taken at once; the backlog follows, paced. A failed replay leaves its
+        // entries in the journal for the next start, and says so.
+        crate::spawn::spawn(async move {
+            if let Err(e) = replay.await {
+                tracing::error!(error = %e, "replay failed; the backlog stays in the journal and is replayed on the next start");
+            }
+        });
+    } else {
+        tokio::select! {
+            result = replay => {
+                result.context("replay failed")?;
+            }
+            () = &mut shutdown => {
+                info!("stopping during replay; the rest is replayed on the next start");
+                let _ = stop_tx.send(()); // the server may have stopped already
+                if let Some(stop) = admin_stop {
+                    let _ = stop.send(());
+                }
+                crate::journal::flush(&journal, FLUSH_TIMEOUT).await.context("final journal sync")?;
+                return Ok(());
+            }
         }
     }
     pipeline.set_serving(true);
@@ -218,11 +263,70 @@ pub async fn serve(
         Err(_) => warn!("requests still open at the shutdown deadline; closing them"),
     }
     drain(&pipeline, deadline).await;
+    if let Some(stop) = admin_stop {
+        let _ = stop.send(()); // the admin server may have stopped already
+    }
+    if let Some(server) = admin_server {
+        // Admin calls are short; one still open at this point is cut with the process.
+        drop(tokio::time::timeout(Duration::from_secs(1), server).await);
+    }
     crate::journal::flush(&journal, FLUSH_TIMEOUT)
         .await
         .context("final journal sync")?;
     info!("stopped");
     Ok(())
+}
+
+/// Serves the admin service on `addr` (same TLS and token as ingest) until told to stop.
+async fn serve_admin(
+    config: &Config,
+    addr: SocketAddr,
+    service: crate::admin::AdminService,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--admin-listen; off disables it)"))?;
+    let local = listener.local_addr().context("admin listener address")?;
+    let token = crate::auth::TokenCheck::new(config.auth_token()?);
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        crate::proto::admin_server::AdminServer::new(service),
+        move |request| token.check(request),
+    );
+    let mut builder = Server::builder();
+    if let Some(tls) = config.tls()? {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot use the TLS certificate and key (tls_cert_file, tls_key_file)")?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(builder.add_service(admin).serve_with_incoming_shutdown(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        async {
+            drop(stop_rx.await);
+        },
+    ));
+    info!(addr = %local, "serving admin");
+    Ok((stop_tx, server))
+}
+
+/// Keeps the oldest backlog entry's age up to date for `/metrics`, once a second.
+async fn report_backlog_age(journal: Journal, clock: SharedClock) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match journal.oldest_backlog_ms().await {
+            Ok(oldest) => {
+                let age_ms = oldest.map_or(0, |t| (clock.now_ms() - t).max(0));
+                metrics::gauge!(crate::metrics::BACKLOG_OLDEST_AGE_SECONDS)
+                    .set(age_ms as f64 / 1000.0);
+            }
+            Err(crate::journal::JournalError::Closed) => break,
+            Err(e) => debug!(error = %e, "cannot read the oldest backlog entry"),
+        }
+    }
 }
 
 /// Waits until everything accepted has reached the sink (the journal's backlog is empty and
@@ -295,15 +399,7 @@ pub fn build_pipeline(
         runner,
         delivery,
         completion,
-        Limits {
-            max_message_bytes: config.limits.max_message_bytes as usize,
-            max_messages_per_request: config.limits.max_messages_per_request as usize,
-            max_id_bytes: config.limits.max_id_bytes as usize,
-            max_key_bytes: config.limits.max_key_bytes as usize,
-            max_headers: config.limits.max_headers as usize,
-            max_header_bytes: config.limits.max_header_bytes as usize,
-            max_backlog_bytes: config.limits.max_backlog_bytes,
-        },
+        Limits::of(config),
         clock,
         entropy,
     );

@@ -499,6 +499,7 @@ fn configuration_errors_name_the_key_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.path())
@@ -522,6 +523,7 @@ fn configuration_errors_name_the_key_and_exit_non_zero() {
         "{stderr}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["serve", "--data-dir"])
         .arg(dir.path())
         .env("SIDELOG_DELIVERY_MAX_ATTEMPTS", "0")
@@ -537,6 +539,7 @@ async fn the_publish_cli_retries_through_a_restart_with_the_same_ids() {
     let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
     // Not started yet: the CLI must retry until it is.
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args([
             "publish",
             "--count",
@@ -562,6 +565,7 @@ async fn the_publish_cli_retries_through_a_restart_with_the_same_ids() {
     assert!(stdout.contains("sent 500 accepted 500"), "{stdout}");
     // The same ids again: all duplicates.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args([
             "publish",
             "--count",
@@ -649,6 +653,7 @@ async fn a_bearer_token_guards_ingest() {
     // A token file that is too short is refused at start-up, naming the setting.
     std::fs::write(&token_file, "short\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["serve", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--auth-token-file")
@@ -713,7 +718,16 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     publish(&sidelog, batch.clone()).await.unwrap();
     publish(&sidelog, batch[..5].to_vec()).await.unwrap(); // 5 duplicates
     publish(&sidelog, vec![msg("bad id", b"x")]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Undelivered for a while: the age of the oldest backlog entry shows it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(metrics).await;
+        if series(&text, "sidelog_backlog_oldest_age_seconds") >= 0.5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     sink.failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let want: HashSet<String> = batch.iter().map(|m| m.id.clone()).collect();
@@ -733,8 +747,12 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         5.0
     );
     assert_eq!(
-        series(&text, "sidelog_messages_total{outcome=\"rejected\"}"),
-        1.0
+        series(
+            &text,
+            "sidelog_messages_total{outcome=\"rejected\",reason=\"invalid_id\"}"
+        ),
+        1.0,
+        "{text}"
     );
     assert!(series(&text, "sidelog_delivered_total") >= 20.0);
     assert!(
@@ -753,6 +771,11 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         text.contains("sidelog_journal_commit_seconds_bucket"),
         "{text}"
     );
+    assert!(
+        series(&text, "sidelog_journal_fsync_seconds_count") > 0.0,
+        "{text}"
+    );
+
     assert!(!text.contains("m1"), "no message ids in labels");
 
     // A backlog left by a SIGKILL is counted as replayed after the restart.
@@ -767,6 +790,11 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     let text = scrape(metrics).await;
     assert_eq!(
         series(&text, "sidelog_resent_messages_total{cause=\"replay\"}"),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "sidelog_replayed_entries_total{kind=\"input\"}"),
         10.0,
         "{text}"
     );

@@ -485,18 +485,26 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
         // 1 refused input + 3 undeliverable outputs; then the backlog is empty.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         rig.sidelog.terminate().await;
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
-            .arg("inspect")
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("dead letters  4"), "{mode}:\n{text}");
-        assert!(
-            text.contains("inputs        0") && text.contains("outputs       0"),
+        let data = data.to_str().unwrap();
+        let text = common::inspect(&["--data-dir", data]).await.unwrap();
+        assert_eq!(
+            common::summary_field(&text, "dead letters"),
+            4,
             "{mode}:\n{text}"
         );
+        assert_eq!(
+            common::summary_field(&text, "backlog inputs"),
+            0,
+            "{mode}:\n{text}"
+        );
+        assert_eq!(
+            common::summary_field(&text, "backlog outputs"),
+            0,
+            "{mode}:\n{text}"
+        );
+        let text = common::inspect(&["--data-dir", data, "dead-letters"])
+            .await
+            .unwrap();
         assert!(
             text.contains("id=poison-1") && text.contains("refused"),
             "{mode}:\n{text}"

@@ -27,6 +27,7 @@ fn assert_refused(data: &Path, sink: std::net::SocketAddr, what: &str) {
     let journal = data.join("journal.redb");
     let before = std::fs::read(&journal).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["serve", "--mode", "rbml", "--data-dir"])
         .arg(data)
         .args(["--listen", &free_port().to_string()])
@@ -65,6 +66,7 @@ fn assert_refused(data: &Path, sink: std::net::SocketAddr, what: &str) {
     );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["inspect", "--data-dir"])
         .arg(data)
         .output()
@@ -116,6 +118,7 @@ async fn garbage_in_the_middle_is_refused_or_harmless() {
     std::fs::write(&journal, &bytes).unwrap();
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["inspect", "--data-dir"])
         .arg(&data)
         .output()

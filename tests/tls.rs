@@ -173,6 +173,7 @@ async fn tls_and_mutual_tls_let_in_only_who_they_should() {
 fn a_half_tls_configuration_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["serve", "--data-dir"])
         .arg(dir.path().join("data"))
         .args([

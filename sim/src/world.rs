@@ -573,7 +573,7 @@ impl World {
                 let (p, trace) = (pipeline.clone(), world.trace.clone());
                 sidelog::spawn::spawn(async move {
                     if !skip_replay {
-                        match sidelog::recovery::replay(&p).await {
+                        match sidelog::recovery::replay(&p, &Default::default()).await {
                             Ok(stats) => trace.log(format!(
                                 "sidelog #{incarnation} replayed {} outputs, {} inputs",
                                 stats.outputs_resent, stats.inputs_rehandled

@@ -780,6 +780,7 @@ impl SidelogChild {
             .arg(listen.to_string())
             .arg("--metrics-listen")
             .arg(metrics.to_string())
+            .args(["--admin-listen", "off"])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--sink", sink])

@@ -210,6 +210,8 @@ impl TestHandler {
 /// The real `sidelog serve`, as a child process.
 pub struct Sidelog {
     pub addr: SocketAddr,
+    /// The admin service's address (`inspect --admin`).
+    pub admin: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -221,6 +223,7 @@ impl Sidelog {
     pub fn new(data_dir: &Path, args: &[&str]) -> Sidelog {
         Sidelog {
             addr: free_port(),
+            admin: free_port(),
             data_dir: data_dir.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -246,6 +249,8 @@ impl Sidelog {
             .arg("serve")
             .arg("--listen")
             .arg(self.addr.to_string())
+            .arg("--admin-listen")
+            .arg(self.admin.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -257,6 +262,12 @@ impl Sidelog {
             .spawn()
             .expect("spawn sidelog");
         self.child = Some(child);
+    }
+
+    /// Runs `sidelog inspect` against this process's admin service; its stdout, or the
+    /// stderr of a failure as `Err`.
+    pub async fn inspect(&self, args: &[&str]) -> Result<String, String> {
+        inspect(&[&["--admin", &format!("http://{}", self.admin)][..], args].concat()).await
     }
 
     /// Starts the process and waits until it is serving (replay done).
@@ -491,4 +502,29 @@ pub async fn wait_for_ids(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `sidelog inspect ARGS`; its stdout, or its stderr as `Err` when it fails.
+pub async fn inspect(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .arg("inspect")
+        .args(args)
+        .output()
+        .await
+        .expect("run sidelog inspect");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The number after `name` in `inspect`'s summary (`dead letters    5`).
+pub fn summary_field(summary: &str, name: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{summary}"))
 }
