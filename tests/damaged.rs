@@ -80,6 +80,13 @@ fn assert_refused(data: &Path, sink: std::net::SocketAddr, what: &str) {
         stderr.contains("damaged"),
         "{what}: inspect says:\n{stderr}"
     );
+    // What can still be said of the file: its size and whether redb's header is there.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let size = std::fs::metadata(data.join("journal.redb")).unwrap().len();
+    assert!(
+        stdout.contains(&format!("file bytes    {size}")) && stdout.contains("redb header"),
+        "{what}: inspect reports:\n{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,17 @@ impl Sidelog {
         self.child = Some(child);
     }
 
+    /// Writes the process's log to `path` instead of beside the data directory.
+    pub fn with_log(mut self, path: PathBuf) -> Sidelog {
+        self.log = path;
+        self
+    }
+
+    /// More flags for the next start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+    }
+
     /// Runs `sidelog inspect` against this process's admin service; its stdout, or the
     /// stderr of a failure as `Err`.
     pub async fn inspect(&self, args: &[&str]) -> Result<String, String> {
