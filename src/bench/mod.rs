@@ -148,6 +148,10 @@ pub struct ModeResult {
     /// Of the server process (sidelog, or a peer whose pid was given).
     pub cpu_us_per_msg: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// sidelog's journal file: its largest size during the measured run and its size at the
+    /// end (retention: it stays bounded by backlog plus dedup window however many messages).
+    pub journal_peak_bytes: Option<u64>,
+    pub journal_end_bytes: Option<u64>,
     pub ratio_to_none: Option<f64>,
     pub errors: u64,
 }
@@ -374,6 +378,19 @@ async fn run_mode(
     e2e.lock().expect("never held across a panic").reset();
     let before = scrape(metrics).await.unwrap_or_default();
     let (cpu_before, _) = child.usage();
+    let journal_file = dir.join("data").join(crate::journal::FILE_NAME);
+    let journal_size = || std::fs::metadata(&journal_file).map_or(0, |m| m.len());
+    let journal_peak = Arc::new(AtomicU64::new(journal_size()));
+    let sampler = {
+        let (journal_file, peak) = (journal_file.clone(), journal_peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let size = std::fs::metadata(&journal_file).map_or(0, |m| m.len());
+                peak.fetch_max(size, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
 
     let run = load(
         args,
@@ -400,6 +417,9 @@ async fn run_mode(
         .collect();
     let (cpu_after, peak_rss) = child.usage();
     let cpu_us = cpu_after.saturating_sub(cpu_before);
+    sampler.abort();
+    let journal_end = journal_size();
+    journal_peak.fetch_max(journal_end, Ordering::Relaxed);
     child.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -445,6 +465,8 @@ async fn run_mode(
         bytes_per_msg: per_msg(record_bytes),
         cpu_us_per_msg: Some(per_msg(cpu_us as f64)),
         peak_rss_bytes: Some(peak_rss),
+        journal_peak_bytes: Some(journal_peak.load(Ordering::Relaxed)),
+        journal_end_bytes: Some(journal_end),
         ratio_to_none: None,
         errors,
     })
@@ -973,6 +995,18 @@ fn print_table(args: &BenchArgs, results: &[ModeResult]) {
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_else(|| "-".into()),
         );
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    for r in results {
+        if let (Some(peak), Some(end)) = (r.journal_peak_bytes, r.journal_end_bytes) {
+            println!(
+                "{}: journal file {:.1} MiB at most, {:.1} MiB at the end ({} messages)",
+                r.mode,
+                mib(peak),
+                mib(end),
+                r.messages
+            );
+        }
     }
     println!(
         "latencies in µs; ack = publish→ack, e2e = publish→sink; errors: {}",

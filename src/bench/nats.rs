@@ -189,6 +189,8 @@ pub(super) async fn run_peer(
         cpu_us_per_msg: usage
             .map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64),
         peak_rss_bytes: usage.map(|(_, rss)| rss),
+        journal_peak_bytes: None,
+        journal_end_bytes: None,
         ratio_to_none: None,
         errors: run.errors,
     })

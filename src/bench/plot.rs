@@ -136,6 +136,8 @@ mod tests {
             bytes_per_msg: 1000.0,
             cpu_us_per_msg: None,
             peak_rss_bytes: None,
+            journal_peak_bytes: None,
+            journal_end_bytes: None,
             ratio_to_none: None,
             errors: 0,
         }
