@@ -818,6 +818,13 @@ impl Config {
                     value: "nats://…".into(),
                     reason,
                 }),
+            Some(s) if s.starts_with("s3://") => crate::object_sink::ObjectSinkConfig::parse(s)
+                .map(|c| SinkTarget::Object(Box::new(c)))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "sink",
+                    value: s.to_owned(),
+                    reason,
+                }),
             Some(s) => {
                 check_http_url("sink", s)?;
                 Ok(SinkTarget::Grpc(s.to_owned()))
@@ -848,6 +855,7 @@ pub enum SinkTarget {
     Grpc(String),
     File(PathBuf),
     Nats(Box<crate::nats_sink::NatsSinkConfig>),
+    Object(Box<crate::object_sink::ObjectSinkConfig>),
 }
 
 fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -909,7 +917,7 @@ mod tests {
         let err = Config::load(args).unwrap_err().to_string();
         assert!(err.contains("delivery.lanes"), "{err}");
         let args = ServeArgs {
-            sink: Some("s3://x".into()),
+            sink: Some("ftp://x".into()),
             ..Default::default()
         };
         let err = Config::load(args).unwrap_err().to_string();

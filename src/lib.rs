@@ -33,6 +33,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mode;
 pub mod nats_sink;
+pub mod object_sink;
 pub mod publish;
 pub mod recovery;
 pub mod server;

@@ -91,6 +91,18 @@ pub async fn serve(
             .await
             .context("--sink")?,
         ),
+        SinkTarget::Object(object) => Arc::new(
+            crate::object_sink::ObjectSink::start(
+                *object,
+                config.file_sink.chunk_max_bytes,
+                config.file_sink.chunk_max_age_ms,
+                Duration::from_millis(config.delivery.timeout_ms),
+                clock.clone(),
+                &entropy,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("--sink")?,
+        ),
         SinkTarget::File(dir) => {
             let file_sink = FileSink::start(
                 FileSinkConfig {

@@ -234,21 +234,12 @@ impl FileSink {
         let mut result = Ok(());
         for message in batch {
             buf.clear();
-            message
-                .encode(&mut buf)
-                .expect("encoding into a Vec cannot run out of space");
-            let len =
-                u32::try_from(buf.len()).map_err(|_| SinkError("message over 4 GiB".into()))?;
-            let crc = crc32fast::hash(&buf);
-            result = chunk
-                .writer
-                .write_all(&len.to_le_bytes())
-                .and_then(|()| chunk.writer.write_all(&crc.to_le_bytes()))
-                .and_then(|()| chunk.writer.write_all(&buf));
+            encode_chunk_record(message, &mut buf)?;
+            result = chunk.writer.write_all(&buf);
             if result.is_err() {
                 break;
             }
-            chunk.bytes += 8 + u64::from(len);
+            chunk.bytes += buf.len() as u64;
             chunk.records += 1;
         }
         if let Err(e) = result {
@@ -310,6 +301,21 @@ impl FileSink {
     }
 }
 
+/// Appends one chunk record (`len crc body`) for `message` to `out`.
+pub fn encode_chunk_record(message: &Message, out: &mut Vec<u8>) -> Result<(), SinkError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    message
+        .encode(out)
+        .expect("encoding into a Vec cannot run out of space");
+    let body = &out[start + 8..];
+    let len = u32::try_from(body.len()).map_err(|_| SinkError("message over 4 GiB".into()))?;
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 fn abandon(chunk: OpenChunk, err: &SinkError) {
     warn!(error = %err, "abandoning a chunk; its messages will be re-sent");
     drop(std::fs::remove_file(&chunk.tmp_path));
@@ -356,7 +362,11 @@ pub enum ChunkError {
 
 /// Reads every message of a chunk file, checking each record's CRC.
 pub fn read_chunk(path: &Path) -> Result<Vec<Message>, ChunkError> {
-    let bytes = std::fs::read(path)?;
+    parse_chunk(&std::fs::read(path)?)
+}
+
+/// Every message of a chunk's bytes (a file, an object), checking each record's CRC.
+pub fn parse_chunk(bytes: &[u8]) -> Result<Vec<Message>, ChunkError> {
     let body = bytes
         .strip_prefix(CHUNK_MAGIC.as_slice())
         .ok_or(ChunkError::BadMagic)?;

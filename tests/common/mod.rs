@@ -216,6 +216,7 @@ pub struct Sidelog {
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    envs: Vec<(String, String)>,
     pub starts: u32,
 }
 
@@ -228,6 +229,7 @@ impl Sidelog {
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: data_dir.with_extension("log"),
+            envs: Vec::new(),
             starts: 0,
         }
     }
@@ -255,6 +257,7 @@ impl Sidelog {
             .arg(&self.data_dir)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -267,6 +270,12 @@ impl Sidelog {
     /// Writes the process's log to `path` instead of beside the data directory.
     pub fn with_log(mut self, path: PathBuf) -> Sidelog {
         self.log = path;
+        self
+    }
+
+    /// An environment variable for every start.
+    pub fn with_env(mut self, name: &str, value: &str) -> Sidelog {
+        self.envs.push((name.to_owned(), value.to_owned()));
         self
     }
 

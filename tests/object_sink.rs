@@ -1,0 +1,349 @@
+//! The object-storage sink against a real S3-compatible server: `moto_server` (PyPI
+//! `moto[server]`), started here on loopback. `.ci/run` installs it into `target/moto-venv`;
+//! `SIDELOG_TEST_MOTO` may name another `moto_server`. Without one the tests say they are
+//! skipped.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Sidelog, free_port, produce};
+use futures_util::StreamExt as _;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
+use sidelog::proto::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn moto_server_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SIDELOG_TEST_MOTO") {
+        return Some(path.into());
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("moto_server"))
+        .find(|p| p.exists())
+}
+
+struct Moto {
+    addr: SocketAddr,
+    _child: tokio::process::Child,
+}
+
+impl Moto {
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn client(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .build()
+            .expect("an S3 client for moto")
+    }
+
+    /// Creates a bucket (moto takes an unsigned PUT).
+    async fn create_bucket(&self, bucket: &str) {
+        let mut conn = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let request = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
+async fn moto_or_skip(test: &str) -> Option<Moto> {
+    let Some(binary) = moto_server_binary() else {
+        eprintln!(
+            "SKIPPED {test}: no moto_server (pip install 'moto[server]', or set SIDELOG_TEST_MOTO; \
+             .ci/run installs it into target/moto-venv)"
+        );
+        return None;
+    };
+    let addr = free_port();
+    let child = tokio::process::Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "moto_server did not listen on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(Moto {
+        addr,
+        _child: child,
+    })
+}
+
+/// Every object under `prefix`: its name, ETag and messages (each parsed whole, CRCs checked).
+async fn read_back(store: &AmazonS3, prefix: &str) -> Vec<(String, String, Vec<Message>)> {
+    let metas: Vec<_> = store
+        .list(Some(&ObjectPath::from(prefix)))
+        .collect::<Vec<_>>()
+        .await;
+    let mut objects = Vec::new();
+    for meta in metas {
+        let meta = meta.expect("listing the bucket");
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let messages = sidelog::sink::parse_chunk(&bytes)
+            .unwrap_or_else(|e| panic!("object {} is not a whole chunk: {e}", meta.location));
+        objects.push((
+            meta.location.to_string(),
+            meta.e_tag.unwrap_or_default(),
+            messages,
+        ));
+    }
+    objects
+}
+
+/// Each id's number of copies across the objects.
+fn copies(objects: &[(String, String, Vec<Message>)]) -> BTreeMap<String, u32> {
+    let mut n = BTreeMap::new();
+    for (_, _, messages) in objects {
+        for m in messages {
+            *n.entry(m.id.clone()).or_default() += 1;
+        }
+    }
+    n
+}
+
+/// Names are `raw/YYYY/MM/DD/HH/<first-seq>-<last-seq>.sdlc` and hold only sequences in range.
+fn check_names(objects: &[(String, String, Vec<Message>)]) {
+    for (name, _, messages) in objects {
+        let parts: Vec<&str> = name.split('/').collect();
+        assert_eq!(parts.len(), 6, "{name}");
+        assert_eq!(parts[0], "raw", "{name}");
+        for (part, len) in parts[1..5].iter().zip([4, 2, 2, 2]) {
+            assert!(
+                part.len() == len && part.chars().all(|c| c.is_ascii_digit()),
+                "{name}"
+            );
+        }
+        let (first, last) = parts[5]
+            .strip_suffix(".sdlc")
+            .and_then(|s| s.split_once('-'))
+            .unwrap_or_else(|| panic!("{name}"));
+        let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
+        assert!(!messages.is_empty(), "{name} is empty");
+        for m in messages {
+            let seq: u64 = m.headers["sidelog-seq"].parse().unwrap();
+            assert!((first..=last).contains(&seq), "{name} holds seq {seq}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
+    let Some(moto) =
+        moto_or_skip("sigkills_during_uploads_lose_nothing_and_every_object_is_whole").await
+    else {
+        return;
+    };
+    moto.create_bucket("logs").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("s3://logs/raw?endpoint={}", moto.endpoint());
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "hml",
+            "--sink",
+            &sink,
+            "--file-sink-chunk-max-age-ms",
+            "100",
+            "--file-sink-chunk-max-bytes",
+            "65536",
+            "--delivery-backoff-max-ms",
+            "200",
+            "--delivery-max-attempts",
+            "1000000",
+            // Completion marks stay un-synced: the last SIGKILL makes the restart re-send what
+            // was uploaded already.
+            "--journal-sync-interval-ms",
+            "60000",
+        ],
+    )
+    .with_env("AWS_ACCESS_KEY_ID", "test")
+    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    sidelog.start().await;
+
+    let producers = tokio::spawn(produce(
+        sidelog.url(),
+        "s3".into(),
+        4,
+        3000,
+        10,
+        Duration::from_millis(20),
+    ));
+    for pause in [400, 700] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        sidelog.kill9().await;
+        sidelog.start().await;
+    }
+    let log = producers.await.unwrap();
+    let acked: HashSet<String> = log.acked.keys().cloned().collect();
+    assert_eq!(acked.len(), 3000);
+
+    let store = moto.client("logs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: HashSet<String> = copies(&read_back(&store, "raw").await)
+            .into_keys()
+            .collect();
+        if acked.is_subset(&have) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acked messages never reached the bucket; log:\n{}",
+            acked.difference(&have).count(),
+            sidelog.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Uploaded and acked, but the acks' marks were not yet durable: the restart sends again.
+    let replays = sidelog.log().matches("replaying the journal").count();
+    sidelog.kill9().await;
+    sidelog.start().await;
+    assert_eq!(
+        sidelog.log().matches("replaying the journal").count(),
+        replays + 1,
+        "the last restart had nothing to re-send; log:\n{}",
+        sidelog.log_tail()
+    );
+    let summary = loop {
+        let s = sidelog.inspect(&[]).await.unwrap();
+        if common::summary_field(&s, "backlog inputs") == 0 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(common::summary_field(&summary, "dead letters"), 0);
+
+    let objects = read_back(&store, "raw").await;
+    check_names(&objects);
+    let copies = copies(&objects);
+    let unknown: Vec<&String> = copies.keys().filter(|id| !acked.contains(*id)).collect();
+    assert!(unknown.is_empty(), "never published: {unknown:?}");
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !copies.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acked but not in the bucket: {missing:?}"
+    );
+    let duplicated = copies.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} objects; {} of {} messages in more than one object (re-sent after a SIGKILL; a reader \
+         drops them by sidelog-seq)",
+        objects.len(),
+        duplicated,
+        acked.len()
+    );
+    // Read back with the documented rule (drop a repeated sidelog-seq), every acked message is
+    // there exactly once: one sequence per id, and one id per sequence.
+    let mut by_seq: BTreeMap<String, String> = BTreeMap::new();
+    for (_, _, messages) in &objects {
+        for m in messages {
+            let seq = m.headers["sidelog-seq"].clone();
+            let previous = by_seq.insert(seq.clone(), m.id.clone());
+            assert!(
+                previous.is_none_or(|p| p == m.id),
+                "sequence {seq} names two messages"
+            );
+        }
+    }
+    assert_eq!(by_seq.len(), acked.len(), "one sequence per acked message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
+    let Some(moto) = moto_or_skip("a_large_chunk_is_uploaded_in_parts_and_read_back_whole").await
+    else {
+        return;
+    };
+    moto.create_bucket("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("s3://big/raw?endpoint={}", moto.endpoint());
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &sink,
+            "--file-sink-chunk-max-age-ms",
+            "3000",
+        ],
+    )
+    .with_env("AWS_ACCESS_KEY_ID", "test")
+    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    sidelog.start().await;
+    let mut client = sidelog.client().await;
+    let payload = vec![7u8; 1_000_000];
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let id = format!("big-{i}");
+        let request = sidelog::proto::PublishRequest {
+            messages: vec![Message {
+                id: id.clone(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            }],
+        };
+        client.publish(request).await.unwrap();
+        ids.insert(id);
+    }
+    let store = moto.client("big");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let objects = loop {
+        let objects = read_back(&store, "raw").await;
+        if copies(&objects).len() == ids.len() {
+            break objects;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chunk never arrived; log:\n{}",
+            sidelog.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    check_names(&objects);
+    assert_eq!(objects.len(), 1, "one chunk of 20 MB");
+    let (name, etag, messages) = &objects[0];
+    // S3 gives a multipart object an ETag of "<md5 of md5s>-<parts>".
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "{name}: ETag {etag} is not of a 3-part upload"
+    );
+    assert!(messages.iter().all(|m| m.payload.len() == 1_000_000));
+}
