@@ -168,6 +168,9 @@ pub struct DeliverySection {
 pub struct FileSinkSection {
     pub chunk_max_bytes: u64,
     pub chunk_max_age_ms: u64,
+    /// What a chunk holds: `chunk` (sidelog's length-prefixed records) or `parquet`; for the
+    /// file sink and the object-storage sink.
+    pub format: crate::sink::ChunkFormat,
 }
 
 const KIB: u64 = 1024;
@@ -268,6 +271,7 @@ impl Default for FileSinkSection {
         FileSinkSection {
             chunk_max_bytes: 64 * MIB,
             chunk_max_age_ms: 2000,
+            format: crate::sink::ChunkFormat::Chunk,
         }
     }
 }
@@ -384,6 +388,9 @@ pub struct ServeArgs {
 
     #[arg(long, env = "SIDELOG_FILE_SINK_CHUNK_MAX_BYTES")]
     pub file_sink_chunk_max_bytes: Option<u64>,
+    /// chunk (sidelog's record format) or parquet: what the file and object sinks write.
+    #[arg(long, env = "SIDELOG_FILE_SINK_FORMAT")]
+    pub file_sink_format: Option<crate::sink::ChunkFormat>,
     #[arg(long, env = "SIDELOG_FILE_SINK_CHUNK_MAX_AGE_MS")]
     pub file_sink_chunk_max_age_ms: Option<u64>,
 }
@@ -499,6 +506,7 @@ impl Config {
             &mut c.file_sink.chunk_max_age_ms,
             args.file_sink_chunk_max_age_ms,
         );
+        set(&mut c.file_sink.format, args.file_sink_format);
         c.validate()?;
         Ok(c)
     }
@@ -922,6 +930,12 @@ mod tests {
         };
         let err = Config::load(args).unwrap_err().to_string();
         assert!(err.contains("sink"), "{err}");
+        let args = ServeArgs {
+            sink: Some("s3://Bad_Bucket/x".into()),
+            ..Default::default()
+        };
+        let err = Config::load(args).unwrap_err().to_string();
+        assert!(err.contains("sink") && err.contains("bucket"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "lanes = 3\n").unwrap();

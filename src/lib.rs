@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod mode;
 pub mod nats_sink;
 pub mod object_sink;
+pub mod parquet_chunk;
 pub mod publish;
 pub mod recovery;
 pub mod server;

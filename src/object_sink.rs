@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::clock::{Entropy, SharedClock};
 use crate::handler::BoxFuture;
 use crate::proto::Message;
-use crate::sink::{CHUNK_MAGIC, SEQ_HEADER, Sink, SinkError, encode_chunk_record};
+use crate::sink::{CHUNK_MAGIC, ChunkFormat, SEQ_HEADER, Sink, SinkError, encode_chunk_record};
 
 /// Chunks larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -45,6 +45,8 @@ pub struct ObjectSinkConfig {
     /// An S3-compatible endpoint (`http://127.0.0.1:5000`); none: AWS.
     pub endpoint: Option<String>,
     pub region: String,
+    /// `format=` of the URL; none: `file_sink.format`.
+    pub format: Option<ChunkFormat>,
 }
 
 impl std::fmt::Debug for ObjectSinkConfig {
@@ -55,12 +57,13 @@ impl std::fmt::Debug for ObjectSinkConfig {
             .field("prefix", &self.prefix)
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
+            .field("format", &self.format)
             .finish()
     }
 }
 
 impl ObjectSinkConfig {
-    /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]`. Credentials are not taken from the
+    /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME&format=chunk|parquet]`. Credentials are not taken from the
     /// URL: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and the other `AWS_*` variables).
     pub fn parse(url: &str) -> Result<ObjectSinkConfig, String> {
         let rest = url
@@ -86,6 +89,7 @@ impl ObjectSinkConfig {
             prefix: prefix.to_owned(),
             endpoint: None,
             region: "us-east-1".into(),
+            format: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair
@@ -102,7 +106,14 @@ impl ObjectSinkConfig {
                     c.endpoint = Some(v.trim_end_matches('/').to_owned());
                 }
                 "region" => c.region = v.to_owned(),
-                _ => return Err(format!("unknown option {k:?} (endpoint, region)")),
+                "format" => {
+                    c.format = Some(match v {
+                        "chunk" => ChunkFormat::Chunk,
+                        "parquet" => ChunkFormat::Parquet,
+                        _ => return Err(format!("format={v:?}: expected chunk or parquet")),
+                    })
+                }
+                _ => return Err(format!("unknown option {k:?} (endpoint, region, format)")),
             }
         }
         Ok(c)
@@ -134,7 +145,11 @@ impl ObjectSinkConfig {
 type Waiter = oneshot::Sender<Result<(), SinkError>>;
 
 struct OpenChunk {
+    /// The chunk format's bytes so far (format `chunk`).
     bytes: Vec<u8>,
+    /// The messages so far (format `parquet`, encoded when sealed).
+    messages: Vec<Message>,
+    size: u64,
     records: u64,
     seqs: Option<(u64, u64)>,
     /// The first message's event time, or the opening time (unix ms): the name's hour.
@@ -149,6 +164,7 @@ struct OpenChunk {
 pub struct ObjectSink {
     store: Arc<AmazonS3>,
     config: ObjectSinkConfig,
+    format: ChunkFormat,
     chunk_max_bytes: u64,
     chunk_max_age: Duration,
     state: Mutex<(Option<OpenChunk>, u64)>,
@@ -168,6 +184,7 @@ impl ObjectSink {
     /// Builds the client and starts the task that seals chunks by age.
     pub fn start(
         config: ObjectSinkConfig,
+        default_format: ChunkFormat,
         chunk_max_bytes: u64,
         chunk_max_age_ms: u64,
         timeout: Duration,
@@ -183,6 +200,7 @@ impl ObjectSink {
         );
         let sink = Arc::new(ObjectSink {
             store,
+            format: config.format.unwrap_or(default_format),
             config,
             chunk_max_bytes,
             chunk_max_age: Duration::from_millis(chunk_max_age_ms),
@@ -230,18 +248,25 @@ impl ObjectSink {
         batch: &[Message],
     ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
         let mut encoded = Vec::new();
-        for message in batch {
-            encode_chunk_record(message, &mut encoded)?;
+        if self.format == ChunkFormat::Chunk {
+            for message in batch {
+                encode_chunk_record(message, &mut encoded)?;
+            }
         }
         let mut state = self.lock();
         if state.0.is_none() {
             state.1 += 1;
             let now = self.clock.now_ms();
             let first_event = batch.first().map_or(0, |m| m.event_time_ms);
-            let mut bytes = Vec::with_capacity((self.chunk_max_bytes as usize).min(8 << 20));
-            bytes.extend_from_slice(CHUNK_MAGIC);
+            let mut bytes = Vec::new();
+            if self.format == ChunkFormat::Chunk {
+                bytes.reserve((self.chunk_max_bytes as usize).min(8 << 20));
+                bytes.extend_from_slice(CHUNK_MAGIC);
+            }
             state.0 = Some(OpenChunk {
+                size: bytes.len() as u64,
                 bytes,
+                messages: Vec::new(),
                 records: 0,
                 seqs: None,
                 time_ms: if first_event > 0 { first_event } else { now },
@@ -252,7 +277,17 @@ impl ObjectSink {
             });
         }
         let chunk = state.0.as_mut().expect("opened above");
-        chunk.bytes.extend_from_slice(&encoded);
+        match self.format {
+            ChunkFormat::Chunk => {
+                chunk.bytes.extend_from_slice(&encoded);
+                chunk.size += encoded.len() as u64;
+            }
+            ChunkFormat::Parquet => {
+                use prost::Message as _;
+                chunk.size += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
+                chunk.messages.extend(batch.iter().cloned());
+            }
+        }
         chunk.records += batch.len() as u64;
         for seq in batch
             .iter()
@@ -265,7 +300,7 @@ impl ObjectSink {
         }
         let (tx, rx) = oneshot::channel();
         chunk.waiters.push(tx);
-        if chunk.bytes.len() as u64 >= self.chunk_max_bytes {
+        if chunk.size >= self.chunk_max_bytes {
             let full = state.0.take().expect("present");
             drop(state);
             self.seal(full);
@@ -276,10 +311,11 @@ impl ObjectSink {
     /// The object name of a chunk.
     fn name(&self, chunk: &OpenChunk) -> ObjectPath {
         let hour = chrono_hour(chunk.time_ms);
+        let ext = self.format.extension();
         let file = match chunk.seqs {
-            Some((first, last)) => format!("{first:020}-{last:020}.sdlc"),
+            Some((first, last)) => format!("{first:020}-{last:020}.{ext}"),
             None => format!(
-                "{:013}-{:08x}-{:06}.sdlc",
+                "{:013}-{:08x}-{:06}.{ext}",
                 chunk.opened_at_ms, self.nonce, chunk.counter
             ),
         };
@@ -297,12 +333,25 @@ impl ObjectSink {
         crate::spawn::spawn(async move {
             let OpenChunk {
                 bytes,
+                messages,
                 records,
                 waiters,
                 ..
             } = chunk;
-            let size = bytes.len();
-            let result = upload(&store, &path, bytes).await;
+            let body = if messages.is_empty() {
+                Ok(bytes)
+            } else {
+                // Columnar encoding is CPU work: off the runtime's workers.
+                tokio::task::spawn_blocking(move || crate::parquet_chunk::encode(&messages))
+                    .await
+                    .map_err(|e| SinkError(format!("parquet encoding task failed: {e}")))
+                    .and_then(|r| r.map_err(|e| SinkError(format!("cannot encode parquet: {e}"))))
+            };
+            let size = body.as_ref().map_or(0, Vec::len);
+            let result = match body {
+                Ok(body) => upload(&store, &path, body).await,
+                Err(e) => Err(e),
+            };
             match &result {
                 Ok(()) => debug!(object = %path, bytes = size, records, "chunk uploaded"),
                 Err(e) => {
@@ -411,6 +460,13 @@ mod tests {
         assert_eq!(c.prefix, "ingest/raw");
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
         assert_eq!(c.region, "eu-west-1");
+        assert_eq!(c.format, None);
+        assert_eq!(
+            ObjectSinkConfig::parse("s3://b?format=parquet")
+                .unwrap()
+                .format,
+            Some(ChunkFormat::Parquet)
+        );
         assert_eq!(ObjectSinkConfig::parse("s3://b").unwrap().prefix, "");
         for (bad, why) in [
             ("s3://", "bucket"),
@@ -418,6 +474,7 @@ mod tests {
             ("s3://b/../x", "'..'"),
             ("s3://b?endpoint=ftp://x", "http://"),
             ("s3://b?colour=red", "unknown option"),
+            ("s3://b?format=csv", "chunk or parquet"),
             ("s3://b?region=", "empty"),
         ] {
             let e = ObjectSinkConfig::parse(bad).unwrap_err();

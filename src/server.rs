@@ -94,6 +94,7 @@ pub async fn serve(
         SinkTarget::Object(object) => Arc::new(
             crate::object_sink::ObjectSink::start(
                 *object,
+                config.file_sink.format,
                 config.file_sink.chunk_max_bytes,
                 config.file_sink.chunk_max_age_ms,
                 Duration::from_millis(config.delivery.timeout_ms),
@@ -109,6 +110,7 @@ pub async fn serve(
                     dir: dir.clone(),
                     chunk_max_bytes: config.file_sink.chunk_max_bytes,
                     chunk_max_age_ms: config.file_sink.chunk_max_age_ms,
+                    format: config.file_sink.format,
                 },
                 clock.clone(),
                 &entropy,

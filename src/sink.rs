@@ -99,12 +99,32 @@ impl Sink for GrpcSink {
     }
 }
 
+/// What a chunk (a file of the file sink, an object of the object sink) holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkFormat {
+    /// sidelog's length-prefixed records (below), `.sdlc`: written as batches arrive.
+    Chunk,
+    /// Parquet, one row per message (`parquet_chunk.rs`), `.parquet`: encoded when sealed.
+    Parquet,
+}
+
+impl ChunkFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ChunkFormat::Chunk => "sdlc",
+            ChunkFormat::Parquet => "parquet",
+        }
+    }
+}
+
 /// Settings of the file sink.
 #[derive(Debug, Clone)]
 pub struct FileSinkConfig {
     pub dir: PathBuf,
     pub chunk_max_bytes: u64,
     pub chunk_max_age_ms: u64,
+    pub format: ChunkFormat,
 }
 
 type Waiter = oneshot::Sender<Result<(), SinkError>>;
@@ -115,6 +135,8 @@ struct OpenChunk {
     name: String,
     tmp_path: PathBuf,
     writer: BufWriter<File>,
+    /// Held until the seal when the format is Parquet (columns are written at once).
+    messages: Vec<Message>,
     bytes: u64,
     records: u64,
     opened_at: Instant,
@@ -207,23 +229,29 @@ impl FileSink {
         if state.chunk.is_none() {
             state.counter += 1;
             let name = format!(
-                "chunk-{:013}-{:08x}-{:06}.sdlc",
+                "chunk-{:013}-{:08x}-{:06}.{}",
                 self.clock.now_ms(),
                 self.nonce,
-                state.counter
+                state.counter,
+                self.config.format.extension()
             );
             let tmp_path = self.config.dir.join(format!(".tmp-{name}"));
             let file = File::create(&tmp_path)
                 .map_err(|e| SinkError(format!("cannot create {}: {e}", tmp_path.display())))?;
             let mut writer = BufWriter::with_capacity(256 * 1024, file);
-            writer
-                .write_all(CHUNK_MAGIC)
-                .map_err(|e| SinkError(format!("cannot write {}: {e}", tmp_path.display())))?;
+            let mut bytes = 0;
+            if self.config.format == ChunkFormat::Chunk {
+                writer
+                    .write_all(CHUNK_MAGIC)
+                    .map_err(|e| SinkError(format!("cannot write {}: {e}", tmp_path.display())))?;
+                bytes = CHUNK_MAGIC.len() as u64;
+            }
             state.chunk = Some(OpenChunk {
                 name,
                 tmp_path,
                 writer,
-                bytes: CHUNK_MAGIC.len() as u64,
+                messages: Vec::new(),
+                bytes,
                 records: 0,
                 opened_at: Instant::now(),
                 waiters: Vec::new(),
@@ -232,7 +260,15 @@ impl FileSink {
         let chunk = state.chunk.as_mut().expect("opened above");
         let mut buf = Vec::new();
         let mut result = Ok(());
-        for message in batch {
+        if self.config.format == ChunkFormat::Parquet {
+            chunk.bytes += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
+            chunk.records += batch.len() as u64;
+            chunk.messages.extend(batch.iter().cloned());
+        }
+        for message in batch
+            .iter()
+            .filter(|_| self.config.format == ChunkFormat::Chunk)
+        {
             buf.clear();
             encode_chunk_record(message, &mut buf)?;
             result = chunk.writer.write_all(&buf);
@@ -267,7 +303,8 @@ impl FileSink {
             let OpenChunk {
                 name,
                 tmp_path,
-                writer,
+                mut writer,
+                messages,
                 bytes,
                 records,
                 waiters,
@@ -275,6 +312,12 @@ impl FileSink {
             } = chunk;
             let final_path = dir.join(&name);
             let result = (|| -> std::io::Result<()> {
+                if !messages.is_empty() {
+                    let columns = crate::parquet_chunk::encode(&messages).map_err(|e| {
+                        std::io::Error::other(format!("cannot encode parquet: {e}"))
+                    })?;
+                    writer.write_all(&columns)?;
+                }
                 let file = writer.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all()?;
                 drop(file);
@@ -403,9 +446,9 @@ pub fn list_chunks(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("chunk-") && n.ends_with(".sdlc"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("chunk-") && (n.ends_with(".sdlc") || n.ends_with(".parquet"))
+            })
         })
         .collect();
     chunks.sort();
@@ -432,6 +475,7 @@ mod tests {
             dir: dir.path().to_owned(),
             chunk_max_bytes: 1000,
             chunk_max_age_ms: 60_000,
+            format: ChunkFormat::Chunk,
         };
         let sink = FileSink::start(config, Arc::new(SystemClock), &Entropy::from_seed(1)).unwrap();
         // 5 messages of ~110 bytes: under the size limit, so nothing is sealed or acked yet.
@@ -461,10 +505,35 @@ mod tests {
             dir: dir.path().to_owned(),
             chunk_max_bytes: 1 << 30,
             chunk_max_age_ms: 50,
+            format: ChunkFormat::Chunk,
         };
         let sink = FileSink::start(config, Arc::new(SystemClock), &Entropy::from_seed(1)).unwrap();
         sink.deliver(vec![msg(1)].into()).await.unwrap();
         assert_eq!(list_chunks(dir.path()).unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parquet_chunks_are_acked_once_sealed_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            dir: dir.path().to_owned(),
+            chunk_max_bytes: 1 << 30,
+            chunk_max_age_ms: 50,
+            format: ChunkFormat::Parquet,
+        };
+        let sink = FileSink::start(config, Arc::new(SystemClock), &Entropy::from_seed(1)).unwrap();
+        let first = sink.deliver((0..10).map(msg).collect::<Vec<_>>().into());
+        let second = sink.deliver((10..15).map(msg).collect::<Vec<_>>().into());
+        first.await.unwrap();
+        second.await.unwrap();
+        let chunks = list_chunks(dir.path()).unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].to_string_lossy().ends_with(".parquet"));
+        let rows =
+            crate::parquet_chunk::ids_and_sequences(std::fs::read(&chunks[0]).unwrap()).unwrap();
+        let ids: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
+        let want: Vec<String> = (0..15).map(|i| msg(i).id).collect();
+        assert_eq!(ids, want);
     }
 
     #[test]

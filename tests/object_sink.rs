@@ -347,3 +347,95 @@ async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
     );
     assert!(messages.iter().all(|m| m.payload.len() == 1_000_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
+    let Some(moto) =
+        moto_or_skip("parquet_objects_hold_every_acked_message_across_a_sigkill").await
+    else {
+        return;
+    };
+    moto.create_bucket("columns").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "s3://columns/raw?endpoint={}&format=parquet",
+        moto.endpoint()
+    );
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "sbml",
+            "--sink",
+            &sink,
+            "--file-sink-chunk-max-age-ms",
+            "100",
+            "--delivery-max-attempts",
+            "1000000",
+        ],
+    )
+    .with_env("AWS_ACCESS_KEY_ID", "test")
+    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    sidelog.start().await;
+    let producers = tokio::spawn(produce(
+        sidelog.url(),
+        "pq".into(),
+        2,
+        1000,
+        10,
+        Duration::from_millis(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidelog.kill9().await;
+    sidelog.start().await;
+    let acked: HashSet<String> = producers.await.unwrap().acked.into_keys().collect();
+
+    let store = moto.client("columns");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut rows = Vec::new();
+        let metas: Vec<_> = store
+            .list(Some(&ObjectPath::from("raw")))
+            .collect::<Vec<_>>()
+            .await;
+        for meta in metas {
+            let meta = meta.unwrap();
+            assert!(
+                meta.location.as_ref().ends_with(".parquet"),
+                "{}",
+                meta.location
+            );
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            rows.extend(
+                sidelog::parquet_chunk::ids_and_sequences(bytes.to_vec())
+                    .unwrap_or_else(|e| panic!("{} is not whole Parquet: {e}", meta.location)),
+            );
+        }
+        let ids: HashSet<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+        assert!(
+            ids.is_subset(&acked),
+            "never published: {:?}",
+            ids.difference(&acked)
+        );
+        assert!(
+            rows.iter().all(|(_, seq)| *seq > 0),
+            "every row has its sequence"
+        );
+        if ids == acked {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acked messages never reached the bucket; log:\n{}",
+            acked.difference(&ids).count(),
+            sidelog.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
