@@ -282,8 +282,8 @@ fn open_local(data_dir: &Path) -> Result<Journal, LocalError> {
     .map_err(LocalError::Journal)
 }
 
-/// What can be said of a file redb refuses to open: its size and whether its header is there.
-/// (redb has no partial read; the records themselves are not reachable without its pages.)
+/// What can be said of a file `serve` refuses to open: its size, whether its header is there,
+/// and what redb's read-only open can still read of each table.
 fn print_damage(path: &Path, error: &JournalError) {
     println!("journal       {}", path.display());
     println!("state         DAMAGED: {error}");
@@ -311,7 +311,23 @@ fn print_damage(path: &Path, error: &JournalError) {
         }
         Err(e) => println!("file          cannot be read: {e}"),
     }
-    println!("readable      nothing: redb cannot open the file, so no record can be read safely");
+    match crate::journal::salvage(path) {
+        Ok(tables) => {
+            for t in tables {
+                match t.error {
+                    None => println!("readable      {}: all {} entries", t.table, t.readable),
+                    Some(e) => println!(
+                        "readable      {}: {} entries, then: {e}",
+                        t.table, t.readable
+                    ),
+                }
+            }
+            println!(
+                "              (read-only; restore the file from a backup, or move it aside to start empty)"
+            );
+        }
+        Err(e) => println!("readable      nothing: {e}"),
+    }
 }
 
 fn age(ms: i64) -> String {

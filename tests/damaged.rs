@@ -84,7 +84,9 @@ fn assert_refused(data: &Path, sink: std::net::SocketAddr, what: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let size = std::fs::metadata(data.join("journal.redb")).unwrap().len();
     assert!(
-        stdout.contains(&format!("file bytes    {size}")) && stdout.contains("redb header"),
+        stdout.contains(&format!("file bytes    {size}"))
+            && stdout.contains("redb header")
+            && stdout.contains("readable      "),
         "{what}: inspect reports:\n{stdout}"
     );
 }
