@@ -725,10 +725,11 @@ impl Config {
                 1,
                 86_400_000,
             ),
+            // The seeds' guidance for object storage: 1 MiB to 1 GiB per file.
             (
                 "file_sink.chunk_max_bytes",
                 self.file_sink.chunk_max_bytes,
-                KIB,
+                MIB,
                 GIB,
             ),
             (

@@ -1,7 +1,7 @@
 //! The object-storage sink (`--sink s3://BUCKET/PREFIX?endpoint=…`): chunks as objects.
 //!
-//! Batches are gathered in memory into one chunk in the file sink's format (`sink.rs`), rolled
-//! by size (`file_sink.chunk_max_bytes`) and age (`file_sink.chunk_max_age_ms`). A sealed
+//! A [`ChunkSink`] (`sink.rs`: batches gathered into a chunk, rolled by size
+//! `file_sink.chunk_max_bytes` and age `file_sink.chunk_max_age_ms`) over a [`Bucket`]: a sealed
 //! chunk is uploaded as one object, in one PUT or, past [`MULTIPART_THRESHOLD`], as a multipart
 //! upload of [`PART_BYTES`] parts; every batch in it is acked only once the upload completed.
 //! S3 makes an object visible only when its PUT or its multipart completion succeeds, so a crash
@@ -16,20 +16,17 @@
 //! object, and a reader drops the duplicate by `sidelog-seq` (or message id). Mode `none` has no
 //! sequences: its names are `<opened ms>-<nonce>-<counter>`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt as _, PutPayload, RetryConfig};
-use tokio::sync::oneshot;
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::clock::{Entropy, SharedClock};
 use crate::handler::BoxFuture;
-use crate::proto::Message;
-use crate::sink::{CHUNK_MAGIC, ChunkFormat, SEQ_HEADER, Sink, SinkError, encode_chunk_record};
+use crate::sink::{ChunkFormat, ChunkInfo, ChunkSettings, ChunkSink, ChunkStore, SinkError};
 
 /// Chunks larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -142,55 +139,52 @@ impl ObjectSinkConfig {
     }
 }
 
-type Waiter = oneshot::Sender<Result<(), SinkError>>;
-
-struct OpenChunk {
-    /// The chunk format's bytes so far (format `chunk`).
-    bytes: Vec<u8>,
-    /// The messages so far (format `parquet`, encoded when sealed).
-    messages: Vec<Message>,
-    size: u64,
-    records: u64,
-    seqs: Option<(u64, u64)>,
-    /// The first message's event time, or the opening time (unix ms): the name's hour.
-    time_ms: i64,
-    opened_at_ms: i64,
-    opened_at: Instant,
-    counter: u64,
-    waiters: Vec<Waiter>,
-}
-
-/// The object-storage sink.
-pub struct ObjectSink {
+/// A bucket (and prefix) as a [`ChunkStore`].
+#[derive(Debug, Clone)]
+pub struct Bucket {
     store: Arc<AmazonS3>,
-    config: ObjectSinkConfig,
-    format: ChunkFormat,
-    chunk_max_bytes: u64,
-    chunk_max_age: Duration,
-    state: Mutex<(Option<OpenChunk>, u64)>,
-    clock: SharedClock,
-    nonce: u32,
+    prefix: String,
 }
 
-impl std::fmt::Debug for ObjectSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectSink")
-            .field("config", &self.config)
-            .finish()
+impl ChunkStore for Bucket {
+    /// `PREFIX/YYYY/MM/DD/HH/<first-seq>-<last-seq>.<ext>`, or, without sequences (mode
+    /// `none`), `…/<opened ms>-<nonce>-<counter>.<ext>`.
+    fn name(&self, info: &ChunkInfo) -> String {
+        let hour = chrono_hour(info.time_ms);
+        let ext = info.format.extension();
+        let file = match info.seqs {
+            Some((first, last)) => format!("{first:020}-{last:020}.{ext}"),
+            None => format!(
+                "{:013}-{:08x}-{:06}.{ext}",
+                info.opened_at_ms, info.nonce, info.counter
+            ),
+        };
+        if self.prefix.is_empty() {
+            format!("{hour}/{file}")
+        } else {
+            format!("{}/{hour}/{file}", self.prefix)
+        }
+    }
+
+    fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>> {
+        let store = self.store.clone();
+        Box::pin(async move { upload(&store, &ObjectPath::from(name), body).await })
     }
 }
 
+/// The object-storage sink: a [`ChunkSink`] over a [`Bucket`].
+pub struct ObjectSink;
+
 impl ObjectSink {
-    /// Builds the client and starts the task that seals chunks by age.
+    /// Builds the S3 client and starts the sink; `settings.format` applies unless the URL set
+    /// one.
     pub fn start(
         config: ObjectSinkConfig,
-        default_format: ChunkFormat,
-        chunk_max_bytes: u64,
-        chunk_max_age_ms: u64,
+        settings: ChunkSettings,
         timeout: Duration,
         clock: SharedClock,
         entropy: &Entropy,
-    ) -> Result<Arc<ObjectSink>, String> {
+    ) -> Result<Arc<ChunkSink>, String> {
         let store = Arc::new(config.client(timeout)?);
         info!(
             bucket = %config.bucket,
@@ -198,170 +192,15 @@ impl ObjectSink {
             endpoint = config.endpoint.as_deref().unwrap_or("AWS"),
             "object sink ready"
         );
-        let sink = Arc::new(ObjectSink {
+        let settings = ChunkSettings {
+            format: config.format.unwrap_or(settings.format),
+            ..settings
+        };
+        let bucket = Bucket {
             store,
-            format: config.format.unwrap_or(default_format),
-            config,
-            chunk_max_bytes,
-            chunk_max_age: Duration::from_millis(chunk_max_age_ms),
-            state: Mutex::new((None, 0)),
-            clock,
-            nonce: entropy.next_u64() as u32,
-        });
-        let weak = Arc::downgrade(&sink);
-        let tick =
-            (sink.chunk_max_age / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
-        crate::spawn::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            loop {
-                interval.tick().await;
-                let Some(sink) = weak.upgrade() else { break };
-                sink.seal_if_old();
-            }
-        });
-        Ok(sink)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<OpenChunk>, u64)> {
-        self.state
-            .lock()
-            .expect("the object sink mutex is never held across a panic")
-    }
-
-    fn seal_if_old(&self) {
-        let chunk = {
-            let mut state = self.lock();
-            match &state.0 {
-                Some(c) if c.opened_at.elapsed() >= self.chunk_max_age => state.0.take(),
-                _ => None,
-            }
+            prefix: config.prefix,
         };
-        if let Some(chunk) = chunk {
-            self.seal(chunk);
-        }
-    }
-
-    /// Adds a batch to the open chunk (sealing it when full); the receiver resolves when the
-    /// chunk's upload completed or failed.
-    fn append(
-        &self,
-        batch: &[Message],
-    ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
-        let mut encoded = Vec::new();
-        if self.format == ChunkFormat::Chunk {
-            for message in batch {
-                encode_chunk_record(message, &mut encoded)?;
-            }
-        }
-        let mut state = self.lock();
-        if state.0.is_none() {
-            state.1 += 1;
-            let now = self.clock.now_ms();
-            let first_event = batch.first().map_or(0, |m| m.event_time_ms);
-            let mut bytes = Vec::new();
-            if self.format == ChunkFormat::Chunk {
-                bytes.reserve((self.chunk_max_bytes as usize).min(8 << 20));
-                bytes.extend_from_slice(CHUNK_MAGIC);
-            }
-            state.0 = Some(OpenChunk {
-                size: bytes.len() as u64,
-                bytes,
-                messages: Vec::new(),
-                records: 0,
-                seqs: None,
-                time_ms: if first_event > 0 { first_event } else { now },
-                opened_at_ms: now,
-                opened_at: Instant::now(),
-                counter: state.1,
-                waiters: Vec::new(),
-            });
-        }
-        let chunk = state.0.as_mut().expect("opened above");
-        match self.format {
-            ChunkFormat::Chunk => {
-                chunk.bytes.extend_from_slice(&encoded);
-                chunk.size += encoded.len() as u64;
-            }
-            ChunkFormat::Parquet => {
-                use prost::Message as _;
-                chunk.size += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
-                chunk.messages.extend(batch.iter().cloned());
-            }
-        }
-        chunk.records += batch.len() as u64;
-        for seq in batch
-            .iter()
-            .filter_map(|m| m.headers.get(SEQ_HEADER)?.parse::<u64>().ok())
-        {
-            chunk.seqs = Some(match chunk.seqs {
-                Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
-                None => (seq, seq),
-            });
-        }
-        let (tx, rx) = oneshot::channel();
-        chunk.waiters.push(tx);
-        if chunk.size >= self.chunk_max_bytes {
-            let full = state.0.take().expect("present");
-            drop(state);
-            self.seal(full);
-        }
-        Ok(rx)
-    }
-
-    /// The object name of a chunk.
-    fn name(&self, chunk: &OpenChunk) -> ObjectPath {
-        let hour = chrono_hour(chunk.time_ms);
-        let ext = self.format.extension();
-        let file = match chunk.seqs {
-            Some((first, last)) => format!("{first:020}-{last:020}.{ext}"),
-            None => format!(
-                "{:013}-{:08x}-{:06}.{ext}",
-                chunk.opened_at_ms, self.nonce, chunk.counter
-            ),
-        };
-        let name = if self.config.prefix.is_empty() {
-            format!("{hour}/{file}")
-        } else {
-            format!("{}/{hour}/{file}", self.config.prefix)
-        };
-        ObjectPath::from(name)
-    }
-
-    fn seal(&self, chunk: OpenChunk) {
-        let store = self.store.clone();
-        let path = self.name(&chunk);
-        crate::spawn::spawn(async move {
-            let OpenChunk {
-                bytes,
-                messages,
-                records,
-                waiters,
-                ..
-            } = chunk;
-            let body = if messages.is_empty() {
-                Ok(bytes)
-            } else {
-                // Columnar encoding is CPU work: off the runtime's workers.
-                tokio::task::spawn_blocking(move || crate::parquet_chunk::encode(&messages))
-                    .await
-                    .map_err(|e| SinkError(format!("parquet encoding task failed: {e}")))
-                    .and_then(|r| r.map_err(|e| SinkError(format!("cannot encode parquet: {e}"))))
-            };
-            let size = body.as_ref().map_or(0, Vec::len);
-            let result = match body {
-                Ok(body) => upload(&store, &path, body).await,
-                Err(e) => Err(e),
-            };
-            match &result {
-                Ok(()) => debug!(object = %path, bytes = size, records, "chunk uploaded"),
-                Err(e) => {
-                    warn!(object = %path, error = %e, "chunk upload failed; its messages will be re-sent")
-                }
-            }
-            for w in waiters {
-                drop(w.send(result.clone()));
-            }
-        });
+        Ok(ChunkSink::start(Arc::new(bucket), settings, clock, entropy))
     }
 }
 
@@ -425,25 +264,6 @@ fn chrono_hour(ms: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}/{month:02}/{day:02}/{:02}", rem / 3600)
-}
-
-impl Sink for Arc<ObjectSink> {
-    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
-        let appended = self.append(&batch);
-        Box::pin(async move {
-            appended?
-                .await
-                .unwrap_or_else(|_| Err(SinkError("the object sink stopped".into())))
-        })
-    }
-
-    fn pipeline_depth(&self) -> usize {
-        1024
-    }
-
-    fn ack_delay_max(&self) -> Duration {
-        self.chunk_max_age
-    }
 }
 
 #[cfg(test)]

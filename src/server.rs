@@ -94,9 +94,11 @@ pub async fn serve(
         SinkTarget::Object(object) => Arc::new(
             crate::object_sink::ObjectSink::start(
                 *object,
-                config.file_sink.format,
-                config.file_sink.chunk_max_bytes,
-                config.file_sink.chunk_max_age_ms,
+                crate::sink::ChunkSettings {
+                    max_bytes: config.file_sink.chunk_max_bytes,
+                    max_age: Duration::from_millis(config.file_sink.chunk_max_age_ms),
+                    format: config.file_sink.format,
+                },
                 Duration::from_millis(config.delivery.timeout_ms),
                 clock.clone(),
                 &entropy,

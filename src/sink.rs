@@ -1,8 +1,9 @@
 //! The sink hop: the next tier that outputs are delivered to.
 //!
 //! [`Sink`] is the seam. `--sink http://host:port` is a gRPC `sidelog.v1.Sink` ([`GrpcSink`]);
-//! `--sink file:DIR` is the built-in [`FileSink`], the default, which gathers messages into large
-//! chunk files (the seeds: object storage wants 1 MB–1 GB files, not one per message).
+//! `--sink file:DIR` is the built-in [`FileSink`], the default: a [`ChunkSink`] that gathers
+//! messages into large chunk files (the seeds: object storage wants 1 MB–1 GB files, not one per
+//! message) in a [`ChunkDir`]. The object-storage sink is the same [`ChunkSink`] over a bucket.
 //!
 //! # Chunk format (stable; see the README)
 //! ```text
@@ -19,7 +20,7 @@
 //! they sort by time and never collide across restarts.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,70 +128,92 @@ pub struct FileSinkConfig {
     pub format: ChunkFormat,
 }
 
+/// When a chunk is sealed, and what it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkSettings {
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub format: ChunkFormat,
+}
+
+/// What names a sealed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// When the chunk was opened, unix ms.
+    pub opened_at_ms: i64,
+    /// This process's random nonce, and the chunk's number in it.
+    pub nonce: u32,
+    pub counter: u64,
+    /// The lowest and highest `sidelog-seq` in the chunk (none in mode `none`).
+    pub seqs: Option<(u64, u64)>,
+    /// The first message's event time, or the opening time, unix ms.
+    pub time_ms: i64,
+    pub format: ChunkFormat,
+    pub records: u64,
+}
+
+/// Where sealed chunks go: a directory, a bucket.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// The chunk's name in the store.
+    fn name(&self, info: &ChunkInfo) -> String;
+    /// Stores a whole chunk under `name`. `Ok` only once it is durable there and visible whole;
+    /// a failure leaves nothing visible (the chunk's batches are retried).
+    fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>>;
+}
+
 type Waiter = oneshot::Sender<Result<(), SinkError>>;
-/// Resolves when the chunk holding a batch is sealed (or abandoned).
+/// Resolves when the chunk holding a batch is stored (or failed).
 type SealAck = oneshot::Receiver<Result<(), SinkError>>;
 
 struct OpenChunk {
-    name: String,
-    tmp_path: PathBuf,
-    writer: BufWriter<File>,
-    /// Held until the seal when the format is Parquet (columns are written at once).
+    info: ChunkInfo,
+    /// The record format's bytes so far (format `chunk`).
+    bytes: Vec<u8>,
+    /// The messages so far (format `parquet`, encoded at the seal).
     messages: Vec<Message>,
-    bytes: u64,
-    records: u64,
+    size: u64,
     opened_at: Instant,
     waiters: Vec<Waiter>,
 }
 
-struct FileSinkState {
-    chunk: Option<OpenChunk>,
-    counter: u64,
-}
-
-/// The built-in sink: chunk files in a directory.
-pub struct FileSink {
-    config: FileSinkConfig,
-    state: Arc<Mutex<FileSinkState>>,
+/// A sink that gathers batches into chunks (the seeds: the next tier wants 1 MB–1 GB files, not
+/// one per message) and acks each batch once its chunk is in the [`ChunkStore`]. Chunks are
+/// sealed by size and by age; batches join the open chunk in call order, so many may await
+/// the same seal.
+pub struct ChunkSink {
+    store: Arc<dyn ChunkStore>,
+    settings: ChunkSettings,
+    state: Mutex<(Option<OpenChunk>, u64)>,
     clock: SharedClock,
     nonce: u32,
 }
 
-impl std::fmt::Debug for FileSink {
+impl std::fmt::Debug for ChunkSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSink")
-            .field("config", &self.config)
+        f.debug_struct("ChunkSink")
+            .field("settings", &self.settings)
             .finish()
     }
 }
 
-impl FileSink {
-    /// Creates the directory, removes chunks a crash left half-written, and starts the task
-    /// that seals chunks by age.
+impl ChunkSink {
+    /// Starts the sink and the task that seals chunks by age.
     pub fn start(
-        config: FileSinkConfig,
+        store: Arc<dyn ChunkStore>,
+        settings: ChunkSettings,
         clock: SharedClock,
         entropy: &Entropy,
-    ) -> std::io::Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.dir)?;
-        for entry in std::fs::read_dir(&config.dir)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                info!(file = %entry.path().display(), "removing a chunk left unfinished by a crash; its messages are re-sent");
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-        let sink = Arc::new(FileSink {
-            config,
-            state: Arc::new(Mutex::new(FileSinkState {
-                chunk: None,
-                counter: 0,
-            })),
+    ) -> Arc<ChunkSink> {
+        let sink = Arc::new(ChunkSink {
+            store,
+            settings,
+            state: Mutex::new((None, 0)),
             clock,
             nonce: entropy.next_u64() as u32,
         });
         let weak = Arc::downgrade(&sink);
-        let tick = Duration::from_millis((sink.config.chunk_max_age_ms / 4).clamp(1, 100));
+        let tick =
+            (settings.max_age / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
         crate::spawn::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             loop {
@@ -199,21 +222,20 @@ impl FileSink {
                 sink.seal_if_old();
             }
         });
-        Ok(sink)
+        sink
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FileSinkState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<OpenChunk>, u64)> {
         self.state
             .lock()
-            .expect("the file sink mutex is never held across a panic")
+            .expect("the chunk sink mutex is never held across a panic")
     }
 
     fn seal_if_old(&self) {
-        let max_age = Duration::from_millis(self.config.chunk_max_age_ms);
         let chunk = {
             let mut state = self.lock();
-            match &state.chunk {
-                Some(c) if c.opened_at.elapsed() >= max_age => state.chunk.take(),
+            match &state.0 {
+                Some(c) if c.opened_at.elapsed() >= self.settings.max_age => state.0.take(),
                 _ => None,
             }
         };
@@ -222,73 +244,68 @@ impl FileSink {
         }
     }
 
-    /// Appends a batch to the open chunk, sealing it when the batch filled it. Returns the
-    /// waiter for the chunk's seal.
+    /// Adds a batch to the open chunk (sealing it when full); the receiver resolves when the
+    /// chunk is stored or failed.
     fn append(&self, batch: &[Message]) -> Result<SealAck, SinkError> {
-        let mut state = self.lock();
-        if state.chunk.is_none() {
-            state.counter += 1;
-            let name = format!(
-                "chunk-{:013}-{:08x}-{:06}.{}",
-                self.clock.now_ms(),
-                self.nonce,
-                state.counter,
-                self.config.format.extension()
-            );
-            let tmp_path = self.config.dir.join(format!(".tmp-{name}"));
-            let file = File::create(&tmp_path)
-                .map_err(|e| SinkError(format!("cannot create {}: {e}", tmp_path.display())))?;
-            let mut writer = BufWriter::with_capacity(256 * 1024, file);
-            let mut bytes = 0;
-            if self.config.format == ChunkFormat::Chunk {
-                writer
-                    .write_all(CHUNK_MAGIC)
-                    .map_err(|e| SinkError(format!("cannot write {}: {e}", tmp_path.display())))?;
-                bytes = CHUNK_MAGIC.len() as u64;
+        let format = self.settings.format;
+        let mut encoded = Vec::new();
+        if format == ChunkFormat::Chunk {
+            for message in batch {
+                encode_chunk_record(message, &mut encoded)?;
             }
-            state.chunk = Some(OpenChunk {
-                name,
-                tmp_path,
-                writer,
-                messages: Vec::new(),
+        }
+        let mut state = self.lock();
+        if state.0.is_none() {
+            state.1 += 1;
+            let now = self.clock.now_ms();
+            let first_event = batch.first().map_or(0, |m| m.event_time_ms);
+            let mut bytes = Vec::new();
+            if format == ChunkFormat::Chunk {
+                bytes.reserve((self.settings.max_bytes as usize).min(8 << 20));
+                bytes.extend_from_slice(CHUNK_MAGIC);
+            }
+            state.0 = Some(OpenChunk {
+                info: ChunkInfo {
+                    opened_at_ms: now,
+                    nonce: self.nonce,
+                    counter: state.1,
+                    seqs: None,
+                    time_ms: if first_event > 0 { first_event } else { now },
+                    format,
+                    records: 0,
+                },
+                size: bytes.len() as u64,
                 bytes,
-                records: 0,
+                messages: Vec::new(),
                 opened_at: Instant::now(),
                 waiters: Vec::new(),
             });
         }
-        let chunk = state.chunk.as_mut().expect("opened above");
-        let mut buf = Vec::new();
-        let mut result = Ok(());
-        if self.config.format == ChunkFormat::Parquet {
-            chunk.bytes += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
-            chunk.records += batch.len() as u64;
-            chunk.messages.extend(batch.iter().cloned());
-        }
-        for message in batch
-            .iter()
-            .filter(|_| self.config.format == ChunkFormat::Chunk)
-        {
-            buf.clear();
-            encode_chunk_record(message, &mut buf)?;
-            result = chunk.writer.write_all(&buf);
-            if result.is_err() {
-                break;
+        let chunk = state.0.as_mut().expect("opened above");
+        match format {
+            ChunkFormat::Chunk => {
+                chunk.bytes.extend_from_slice(&encoded);
+                chunk.size += encoded.len() as u64;
             }
-            chunk.bytes += buf.len() as u64;
-            chunk.records += 1;
+            ChunkFormat::Parquet => {
+                chunk.size += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
+                chunk.messages.extend(batch.iter().cloned());
+            }
         }
-        if let Err(e) = result {
-            // The chunk holds a partial batch: abandon it whole; every batch in it is retried.
-            let chunk = state.chunk.take().expect("present");
-            let err = SinkError(format!("cannot write {}: {e}", chunk.tmp_path.display()));
-            abandon(chunk, &err);
-            return Err(err);
+        chunk.info.records += batch.len() as u64;
+        for seq in batch
+            .iter()
+            .filter_map(|m| m.headers.get(SEQ_HEADER)?.parse::<u64>().ok())
+        {
+            chunk.info.seqs = Some(match chunk.info.seqs {
+                Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+                None => (seq, seq),
+            });
         }
         let (tx, rx) = oneshot::channel();
         chunk.waiters.push(tx);
-        if chunk.bytes >= self.config.chunk_max_bytes {
-            let full = state.chunk.take().expect("present");
+        if chunk.size >= self.settings.max_bytes {
+            let full = state.0.take().expect("present");
             drop(state);
             // Sealed now, not when some future is polled: a caller that stops waiting must not
             // leave the other batches in this chunk unacked.
@@ -298,49 +315,150 @@ impl FileSink {
     }
 
     fn seal(&self, chunk: OpenChunk) {
-        let dir = self.config.dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let store = self.store.clone();
+        crate::spawn::spawn(async move {
             let OpenChunk {
-                name,
-                tmp_path,
-                mut writer,
-                messages,
+                info,
                 bytes,
-                records,
+                messages,
                 waiters,
                 ..
             } = chunk;
-            let final_path = dir.join(&name);
-            let result = (|| -> std::io::Result<()> {
-                if !messages.is_empty() {
-                    let columns = crate::parquet_chunk::encode(&messages).map_err(|e| {
-                        std::io::Error::other(format!("cannot encode parquet: {e}"))
-                    })?;
-                    writer.write_all(&columns)?;
+            let name = store.name(&info);
+            let body = match info.format {
+                ChunkFormat::Chunk => Ok(bytes),
+                // Columnar encoding is CPU work: off the runtime's workers.
+                ChunkFormat::Parquet => {
+                    tokio::task::spawn_blocking(move || crate::parquet_chunk::encode(&messages))
+                        .await
+                        .map_err(|e| SinkError(format!("parquet encoding task failed: {e}")))
+                        .and_then(|r| {
+                            r.map_err(|e| SinkError(format!("cannot encode parquet: {e}")))
+                        })
                 }
-                let file = writer.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                drop(file);
-                std::fs::rename(&tmp_path, &final_path)?;
-                File::open(&dir)?.sync_all()
-            })();
-            match result {
+            };
+            let size = body.as_ref().map_or(0, Vec::len);
+            let result = match body {
+                Ok(body) => store.put(name.clone(), body).await,
+                Err(e) => Err(e),
+            };
+            match &result {
                 Ok(()) => {
-                    debug!(chunk = %name, bytes, records, "chunk sealed");
-                    for w in waiters {
-                        drop(w.send(Ok(())));
-                    }
+                    debug!(chunk = %name, bytes = size, records = info.records, "chunk stored")
                 }
                 Err(e) => {
-                    let err = SinkError(format!("cannot seal chunk {}: {e}", final_path.display()));
-                    warn!(error = %err, "file sink failed; its messages will be re-sent");
-                    drop(std::fs::remove_file(&tmp_path));
-                    for w in waiters {
-                        drop(w.send(Err(err.clone())));
-                    }
+                    warn!(chunk = %name, error = %e, "cannot store a chunk; its messages will be re-sent")
                 }
             }
+            for w in waiters {
+                drop(w.send(result.clone()));
+            }
         });
+    }
+}
+
+impl Sink for Arc<ChunkSink> {
+    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
+        // Appending now, not when the future is first polled, fixes the batch's place.
+        let appended = self.append(&batch);
+        Box::pin(async move {
+            appended?
+                .await
+                .unwrap_or_else(|_| Err(SinkError("the chunk sink stopped".into())))
+        })
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        // Batches join the open chunk in call order, so many may await the seal together.
+        1024
+    }
+
+    fn ack_delay_max(&self) -> Duration {
+        self.settings.max_age
+    }
+}
+
+/// The built-in sink's store: chunk files in a directory. A chunk is written to
+/// `DIR/.tmp-<name>`, fsynced, renamed to `DIR/<name>`, and the directory fsynced.
+#[derive(Debug, Clone)]
+pub struct ChunkDir {
+    dir: PathBuf,
+}
+
+impl ChunkDir {
+    /// Creates the directory and removes chunks a crash left half-written (their messages were
+    /// never acked and are re-sent).
+    pub fn open(dir: &Path) -> std::io::Result<ChunkDir> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                info!(file = %entry.path().display(), "removing a chunk left unfinished by a crash; its messages are re-sent");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(ChunkDir {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl ChunkStore for ChunkDir {
+    fn name(&self, info: &ChunkInfo) -> String {
+        format!(
+            "chunk-{:013}-{:08x}-{:06}.{}",
+            info.opened_at_ms,
+            info.nonce,
+            info.counter,
+            info.format.extension()
+        )
+    }
+
+    fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>> {
+        let dir = self.dir.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let tmp_path = dir.join(format!(".tmp-{name}"));
+                let final_path = dir.join(&name);
+                let result = (|| -> std::io::Result<()> {
+                    let mut file = File::create(&tmp_path)?;
+                    file.write_all(&body)?;
+                    file.sync_all()?;
+                    drop(file);
+                    std::fs::rename(&tmp_path, &final_path)?;
+                    File::open(&dir)?.sync_all()
+                })();
+                result.map_err(|e| {
+                    drop(std::fs::remove_file(&tmp_path));
+                    SinkError(format!("cannot write chunk {}: {e}", final_path.display()))
+                })
+            })
+            .await
+            .map_err(|e| SinkError(format!("chunk writing task failed: {e}")))?
+        })
+    }
+}
+
+/// The built-in file sink: chunks in `config.dir`.
+pub struct FileSink;
+
+impl FileSink {
+    pub fn start(
+        config: FileSinkConfig,
+        clock: SharedClock,
+        entropy: &Entropy,
+    ) -> std::io::Result<Arc<ChunkSink>> {
+        let store = ChunkDir::open(&config.dir)?;
+        Ok(ChunkSink::start(
+            Arc::new(store),
+            ChunkSettings {
+                max_bytes: config.chunk_max_bytes,
+                max_age: Duration::from_millis(config.chunk_max_age_ms),
+                format: config.format,
+            },
+            clock,
+            entropy,
+        ))
     }
 }
 
@@ -357,35 +475,6 @@ pub fn encode_chunk_record(message: &Message, out: &mut Vec<u8>) -> Result<(), S
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
-}
-
-fn abandon(chunk: OpenChunk, err: &SinkError) {
-    warn!(error = %err, "abandoning a chunk; its messages will be re-sent");
-    drop(std::fs::remove_file(&chunk.tmp_path));
-    for w in chunk.waiters {
-        drop(w.send(Err(err.clone())));
-    }
-}
-
-impl Sink for Arc<FileSink> {
-    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
-        // Appending now, not when the future is first polled, fixes the batch's place.
-        let appended = self.append(&batch);
-        Box::pin(async move {
-            appended?
-                .await
-                .unwrap_or_else(|_| Err(SinkError("the file sink stopped".into())))
-        })
-    }
-
-    fn pipeline_depth(&self) -> usize {
-        // Batches are appended in call order, so many may await the seal together.
-        1024
-    }
-
-    fn ack_delay_max(&self) -> Duration {
-        Duration::from_millis(self.config.chunk_max_age_ms)
-    }
 }
 
 /// Errors reading a chunk file.

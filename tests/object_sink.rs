@@ -179,8 +179,6 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
             &sink,
             "--file-sink-chunk-max-age-ms",
             "100",
-            "--file-sink-chunk-max-bytes",
-            "65536",
             "--delivery-backoff-max-ms",
             "200",
             "--delivery-max-attempts",
