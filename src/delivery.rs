@@ -41,6 +41,8 @@ pub struct DeliveryItem {
     pub memory_bytes: u64,
     /// A paced replay's permit, released when the item (and every copy) is dropped.
     pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// When its entry was written (unix ms): what `max_age_ms` is measured from.
+    pub written_at_ms: i64,
 }
 
 impl DeliveryItem {
@@ -59,6 +61,9 @@ pub struct DeliveryConfig {
     pub linger_ms: u64,
     pub timeout_ms: u64,
     pub backoff: Backoff,
+    /// Entries older than this are dead-lettered instead of retried; 0 = no limit.
+    pub max_age_ms: u64,
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Counters of what delivery did (exported as metrics by the operations work).
@@ -369,8 +374,8 @@ fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
 
 async fn deliver_with_retries(
     first_attempt: crate::handler::BoxFuture<'static, Result<(), crate::sink::SinkError>>,
-    batch: Arc<[Message]>,
-    items: Vec<DeliveryItem>,
+    mut batch: Arc<[Message]>,
+    mut items: Vec<DeliveryItem>,
     sink: Arc<dyn Sink>,
     completion: Arc<Completion>,
     config: DeliveryConfig,
@@ -407,6 +412,25 @@ async fn deliver_with_retries(
                 )
                 .await;
             return;
+        }
+        if config.max_age_ms > 0 {
+            // Too old to keep trying: dead letters, with that reason; the rest goes on.
+            let oldest_allowed = config.clock.now_ms() - config.max_age_ms as i64;
+            let (expired, live): (Vec<DeliveryItem>, Vec<DeliveryItem>) = items
+                .into_iter()
+                .partition(|i| i.written_at_ms < oldest_allowed);
+            if !expired.is_empty() {
+                let reason = format!(
+                    "undelivered for longer than replay.max_age_ms ({} ms); last error: {error}",
+                    config.max_age_ms
+                );
+                completion.outputs_dead(&expired, &reason, attempt).await;
+                batch = live.iter().map(|i| i.message.clone()).collect();
+            }
+            items = live;
+            if items.is_empty() {
+                return;
+            }
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);

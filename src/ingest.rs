@@ -610,7 +610,10 @@ impl Pipeline {
             output_seq,
             input_seq,
             memory_bytes,
-            pace: PACE.try_with(Clone::clone).ok().flatten(),
+            pace: REPLAYED.try_with(|r| r.pace.clone()).ok().flatten(),
+            written_at_ms: REPLAYED
+                .try_with(|r| r.written_at_ms)
+                .unwrap_or_else(|_| self.clock.now_ms()),
         };
         if self.delivery.send(item).await.is_err() {
             // Shutting down: journaled entries are re-sent after the restart.
@@ -619,10 +622,20 @@ impl Pipeline {
     }
 }
 
+/// What a replay tells [`Pipeline::send`] about the entry it re-sends.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// A paced replay's permit, carried by the delivery item and released when the item is
+    /// delivered or dead-lettered.
+    pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// When the entry was written, unix ms (for `max_age_ms`; fresh items use the time of
+    /// their sending).
+    pub written_at_ms: i64,
+}
+
 tokio::task_local! {
-    /// A replay's pacing permit: set around [`Pipeline::send`] by a paced replay, carried by
-    /// the delivery item and released when the item is delivered or dead-lettered.
-    pub static PACE: Option<Arc<tokio::sync::OwnedSemaphorePermit>>;
+    /// Set by a replay around [`Pipeline::send`] for the entry it re-sends.
+    pub static REPLAYED: Replayed;
 }
 
 fn rejected(id: String, reason: String) -> Ack {

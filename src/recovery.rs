@@ -224,6 +224,7 @@ pub(crate) async fn replay_range(
                             input_seq,
                             memory_bytes: 0,
                             pace: None,
+                            written_at_ms: stored.entry.recorded_at_ms,
                         }],
                         &reason(),
                         0,
@@ -231,10 +232,13 @@ pub(crate) async fn replay_range(
                     .await;
                 continue;
             }
-            let permit = pace().await;
-            crate::ingest::PACE
+            let replayed = crate::ingest::Replayed {
+                pace: pace().await,
+                written_at_ms: stored.entry.recorded_at_ms,
+            };
+            crate::ingest::REPLAYED
                 .scope(
-                    permit,
+                    replayed,
                     pipeline.send(message, Some(stored.seq), input_seq, 0),
                 )
                 .await;
@@ -286,9 +290,12 @@ pub(crate) async fn replay_range(
             if pipeline.is_pass_through() {
                 // Profile-guided: a task and a message copy per entry were most of replay's
                 // CPU time; without a handler there is nothing to run concurrently.
-                let permit = pace().await;
-                crate::ingest::PACE
-                    .scope(permit, pipeline.replay_pass_through(message, stored.seq))
+                let replayed = crate::ingest::Replayed {
+                    pace: pace().await,
+                    written_at_ms: stored.entry.received_at_ms,
+                };
+                crate::ingest::REPLAYED
+                    .scope(replayed, pipeline.replay_pass_through(message, stored.seq))
                     .await;
                 continue;
             }

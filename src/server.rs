@@ -405,6 +405,8 @@ pub fn build_pipeline(
             linger_ms: config.delivery.linger_ms,
             timeout_ms: config.delivery.timeout_ms,
             backoff: config.delivery_backoff(),
+            max_age_ms: config.replay.max_age_ms,
+            clock: clock.clone(),
         },
         entropy.clone(),
     );

@@ -62,8 +62,9 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
     let mut sidelog = Sidelog::new(&data, &args);
     sidelog.start().await;
     produce(sidelog.url(), "dl".into(), 1, 10, 10, Duration::ZERO).await;
-    let summary = eventually_summary(&sidelog, "dead letters", 10).await;
-    assert_eq!(summary_field(&summary, "backlog inputs"), 0, "{summary}");
+    eventually_summary(&sidelog, "dead letters", 10).await;
+    // The inputs are completed just after their outputs are dead-lettered.
+    let summary = eventually_summary(&sidelog, "backlog inputs", 0).await;
     assert!(summary.contains("mode hml, serving"), "{summary}");
 
     let listing = sidelog.inspect(&["dead-letters"]).await.unwrap();
@@ -349,4 +350,42 @@ async fn the_admin_listener_stays_on_loopback_and_asks_for_the_token() {
         !sidelog.log().contains("s3cret"),
         "the token is never logged"
     );
+}
+
+/// Without any restart, an entry that keeps failing is dead-lettered once it is older than
+/// `replay.max_age_ms`, between two retries, with that reason (and the sink's last error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_entry_over_the_max_age_is_dead_lettered_between_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    sink.failing.store(true, Ordering::Relaxed);
+    let sink_server = sink.start(free_port()).await;
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "sbml",
+            "--sink",
+            &sink_server.url(),
+            "--delivery-max-attempts",
+            "1000000",
+            "--delivery-backoff-max-ms",
+            "50",
+            "--replay-max-age-ms",
+            "800",
+        ],
+    );
+    sidelog.start().await;
+    let sent = produce(sidelog.url(), "live".into(), 1, 30, 10, Duration::ZERO).await;
+    let summary = eventually_summary(&sidelog, "dead letters", 30).await;
+    assert_eq!(summary_field(&summary, "backlog outputs"), 0, "{summary}");
+    let listing = sidelog
+        .inspect(&["dead-letters", "--limit", "100"])
+        .await
+        .unwrap();
+    assert!(listing.contains("replay.max_age_ms (800 ms)"), "{listing}");
+    let dead: HashSet<String> = listed(&listing).into_iter().map(|(_, id)| id).collect();
+    let acked: HashSet<String> = sent.acked.keys().cloned().collect();
+    assert_eq!(dead, acked);
+    assert!(sink.ids().is_empty(), "nothing was delivered");
 }
