@@ -9,19 +9,23 @@
 //! crash leaves invisible parts, which a bucket lifecycle rule for incomplete uploads removes).
 //!
 //! Names sort by time and never collide across restarts:
-//! `PREFIX/YYYY/MM/DD/HH/<first-seq>-<last-seq>.sdlc`, the hour being the first message's event
-//! time (the chunk's opening time when it has none) and the sequences the journal's
-//! (`sidelog-seq`), which are never reused. A chunk re-sent after a crash with the same messages
-//! gets the same name and replaces the first copy; re-sent in other company it lands in another
-//! object, and a reader drops the duplicate by `sidelog-seq` (or message id). Mode `none` has no
-//! sequences: its names are `<opened ms>-<nonce>-<counter>`.
+//! `PREFIX/YYYY/MM/DD/HH/<first-seq>-<last-seq>.sdlc`, the hour (UTC) being when the chunk was
+//! opened and the sequences the journal's (`sidelog-seq`), which are never reused. Mode `none`
+//! has no sequences: its names are `<opened ms>-<nonce>-<counter>`.
+//!
+//! Duplicates: a crash between an upload and its ack leaves the object in the bucket and its
+//! messages in the journal's backlog. Before the replay, [`Bucket::stored_seqs`] reads back the
+//! objects whose names' ranges meet the backlog's (listing only the hours since its oldest
+//! entry), and the replay acks the messages found there instead of uploading them again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt as _, PutPayload, RetryConfig};
+use object_store::{ObjectStore as _, ObjectStoreExt as _, PutPayload, RetryConfig};
 use tracing::{info, warn};
 
 use crate::clock::{Entropy, SharedClock};
@@ -150,7 +154,7 @@ impl ChunkStore for Bucket {
     /// `PREFIX/YYYY/MM/DD/HH/<first-seq>-<last-seq>.<ext>`, or, without sequences (mode
     /// `none`), `…/<opened ms>-<nonce>-<counter>.<ext>`.
     fn name(&self, info: &ChunkInfo) -> String {
-        let hour = chrono_hour(info.time_ms);
+        let hour = chrono_hour(info.opened_at_ms);
         let ext = info.format.extension();
         let file = match info.seqs {
             Some((first, last)) => format!("{first:020}-{last:020}.{ext}"),
@@ -168,8 +172,104 @@ impl ChunkStore for Bucket {
 
     fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>> {
         let store = self.store.clone();
-        Box::pin(async move { upload(&store, &ObjectPath::from(name), body).await })
+        Box::pin(async move {
+            let path = ObjectPath::from(name);
+            let size = body.len() as u64;
+            match upload(&store, &path, body).await {
+                Ok(()) => Ok(()),
+                // The upload may have completed though its answer was lost (a timeout, a
+                // dropped connection): then the object is there, whole, and retrying the
+                // batches would store them twice.
+                Err(e) => match store.head(&path).await {
+                    Ok(meta) if meta.size == size => {
+                        info!(object = %path, error = %e, "the upload's answer was lost but the object is stored");
+                        Ok(())
+                    }
+                    _ => Err(e),
+                },
+            }
+        })
     }
+
+    /// Lists the hour directories from `since_ms` to now, reads back every object whose name's
+    /// sequence range meets `[from, to]`, and collects the sequences it holds. An object is
+    /// visible only whole, so what is found is durably stored.
+    fn stored_seqs(
+        &self,
+        from: u64,
+        to: u64,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> BoxFuture<'static, Result<Option<HashSet<u64>>, SinkError>> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        Box::pin(async move {
+            let err = |what: &str, e: object_store::Error| SinkError(format!("{what}: {e}"));
+            let mut found = HashSet::new();
+            // An hour before the oldest entry: a chunk opened in an earlier hour than its
+            // entries were journaled is not possible, but clocks step.
+            let mut hour_ms = (since_ms.max(0) / 3_600_000 - 1).max(0) * 3_600_000;
+            let mut hours = 0;
+            while hour_ms <= until_ms.saturating_add(3_600_000) && hours < MAX_HOURS_SCANNED {
+                let dir = if prefix.is_empty() {
+                    chrono_hour(hour_ms)
+                } else {
+                    format!("{prefix}/{}", chrono_hour(hour_ms))
+                };
+                let metas: Vec<_> = store
+                    .list(Some(&ObjectPath::from(dir)))
+                    .collect::<Vec<_>>()
+                    .await;
+                for meta in metas {
+                    let meta = meta.map_err(|e| err("cannot list the bucket", e))?;
+                    let Some((first, last)) = seq_range(meta.location.filename().unwrap_or(""))
+                    else {
+                        continue;
+                    };
+                    if last < from || first > to {
+                        continue;
+                    }
+                    let bytes = store
+                        .get(&meta.location)
+                        .await
+                        .map_err(|e| err("cannot read back an object", e))?
+                        .bytes()
+                        .await
+                        .map_err(|e| err("cannot read back an object", e))?;
+                    let seqs: Vec<u64> = if meta.location.as_ref().ends_with(".parquet") {
+                        crate::parquet_chunk::ids_and_sequences(bytes.to_vec())
+                            .map_err(|e| SinkError(format!("{}: {e}", meta.location)))?
+                            .into_iter()
+                            .map(|(_, s)| s)
+                            .collect()
+                    } else {
+                        crate::sink::parse_chunk(&bytes)
+                            .map_err(|e| SinkError(format!("{}: {e}", meta.location)))?
+                            .iter()
+                            .map(crate::parquet_chunk::sequence_of)
+                            .collect()
+                    };
+                    found.extend(seqs.into_iter().filter(|s| (from..=to).contains(s)));
+                }
+                hour_ms += 3_600_000;
+                hours += 1;
+            }
+            Ok(Some(found))
+        })
+    }
+}
+
+/// Hour directories [`Bucket::stored_seqs`] lists at most (a week).
+const MAX_HOURS_SCANNED: usize = 7 * 24 + 2;
+
+/// `(first, last)` of a chunk object's name `<first>-<last>.<ext>`.
+fn seq_range(file: &str) -> Option<(u64, u64)> {
+    let stem = file.rsplit_once('.')?.0;
+    let (first, last) = stem.split_once('-')?;
+    if first.len() != 20 || last.len() != 20 {
+        return None;
+    }
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 /// The object-storage sink: a [`ChunkSink`] over a [`Bucket`].
@@ -300,6 +400,21 @@ mod tests {
             let e = ObjectSinkConfig::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn names_give_back_their_sequence_range() {
+        assert_eq!(
+            seq_range("00000000000000000007-00000000000000000042.sdlc"),
+            Some((7, 42))
+        );
+        assert_eq!(
+            seq_range("00000000000000000007-00000000000000000042.parquet"),
+            Some((7, 42))
+        );
+        // Mode none's names carry no sequences.
+        assert_eq!(seq_range("1795318924694-9f1364dc-000001.sdlc"), None);
+        assert_eq!(seq_range("notes.txt"), None);
     }
 
     #[test]

@@ -127,6 +127,29 @@ pub async fn replay(
     Ok(stats)
 }
 
+/// The backlog's sequences `[from, to]` and when its oldest entry was written (unix ms), or
+/// `None` without a backlog.
+pub async fn backlog_span(
+    journal: &crate::journal::Journal,
+) -> Result<Option<(u64, u64, i64)>, JournalError> {
+    if journal.backlog().entries() == 0 {
+        return Ok(None);
+    }
+    let first_input = journal.scan_inputs(Seq(0), 1).await?.into_iter().next();
+    let first_output = journal.scan_outputs(Seq(0), 1).await?.into_iter().next();
+    let from = [
+        first_input.as_ref().map(|i| i.seq.0),
+        first_output.as_ref().map(|o| o.seq.0),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let Some(from) = from else { return Ok(None) };
+    let to = journal.summary().await?.next_seq;
+    let since = journal.oldest_backlog_ms().await?.unwrap_or(0);
+    Ok(Some((from, to, since)))
+}
+
 /// Replays the records of failed commits that the journal found in the file on reopening, for
 /// as long as the journal lives.
 pub async fn replay_ambiguous(

@@ -77,6 +77,8 @@ pub async fn serve(
         ),
         None => (Arc::new(PassThrough), false),
     };
+    // The object sink reads back, before a replay, what a crash left uploaded but unacked.
+    let mut object_chunks: Option<Arc<crate::sink::ChunkSink>> = None;
     let sink: Arc<dyn Sink> = match config.sink_target()? {
         SinkTarget::Grpc(url) => Arc::new(
             GrpcSink::new(&url, Duration::from_millis(config.delivery.timeout_ms))
@@ -91,8 +93,8 @@ pub async fn serve(
             .await
             .context("--sink")?,
         ),
-        SinkTarget::Object(object) => Arc::new(
-            crate::object_sink::ObjectSink::start(
+        SinkTarget::Object(object) => {
+            let chunks = crate::object_sink::ObjectSink::start(
                 *object,
                 crate::sink::ChunkSettings {
                     max_bytes: config.file_sink.chunk_max_bytes,
@@ -104,8 +106,10 @@ pub async fn serve(
                 &entropy,
             )
             .map_err(anyhow::Error::msg)
-            .context("--sink")?,
-        ),
+            .context("--sink")?;
+            object_chunks = Some(chunks.clone());
+            Arc::new(chunks)
+        }
         SinkTarget::File(dir) => {
             let file_sink = FileSink::start(
                 FileSinkConfig {
@@ -209,6 +213,9 @@ pub async fn serve(
     info!(addr = %local, mode = %config.mode, "listening");
     on_listening(local);
 
+    if let Some(chunks) = &object_chunks {
+        absorb_stored(chunks, &journal).await;
+    }
     let interleave = config.replay.policy == ReplayPolicy::Interleave;
     let options = ReplayOptions {
         max_age_ms: config.replay.max_age_ms,
@@ -326,6 +333,23 @@ async fn serve_admin(
     ));
     info!(addr = %local, "serving admin");
     Ok((stop_tx, server))
+}
+
+/// Learns which backlog messages the bucket holds already, so the replay does not upload them
+/// twice. A failure only costs duplicates, so it is logged, not fatal.
+async fn absorb_stored(chunks: &crate::sink::ChunkSink, journal: &Journal) {
+    let span = match crate::recovery::backlog_span(journal).await {
+        Ok(Some(span)) => span,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the backlog's span; the replay re-sends all of it");
+            return;
+        }
+    };
+    let (from, to, since) = span;
+    if let Err(e) = chunks.absorb_stored(from, to, since).await {
+        warn!(error = %e, "cannot read back the bucket; the replay re-sends the whole backlog (duplicates of what was uploaded but not acked)");
+    }
 }
 
 /// Keeps the oldest backlog entry's age up to date for `/metrics`, once a second.

@@ -19,6 +19,7 @@
 //! acked and are re-sent). Names are `chunk-<opened unix ms>-<process nonce>-<counter>.sdlc`:
 //! they sort by time and never collide across restarts.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,8 +147,6 @@ pub struct ChunkInfo {
     pub counter: u64,
     /// The lowest and highest `sidelog-seq` in the chunk (none in mode `none`).
     pub seqs: Option<(u64, u64)>,
-    /// The first message's event time, or the opening time, unix ms.
-    pub time_ms: i64,
     pub format: ChunkFormat,
     pub records: u64,
 }
@@ -159,6 +158,20 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Stores a whole chunk under `name`. `Ok` only once it is durable there and visible whole;
     /// a failure leaves nothing visible (the chunk's batches are retried).
     fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>>;
+
+    /// The sequences in `[from, to]` that chunks stored between `since_ms` and `until_ms`
+    /// (unix ms) already hold, read back from the store: what a crash between a chunk's upload
+    /// and its ack left there. `None`: this store cannot tell (every replayed message is sent
+    /// again).
+    fn stored_seqs(
+        &self,
+        _from: u64,
+        _to: u64,
+        _since_ms: i64,
+        _until_ms: i64,
+    ) -> BoxFuture<'static, Result<Option<HashSet<u64>>, SinkError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 type Waiter = oneshot::Sender<Result<(), SinkError>>;
@@ -183,6 +196,9 @@ struct OpenChunk {
 pub struct ChunkSink {
     store: Arc<dyn ChunkStore>,
     settings: ChunkSettings,
+    /// Sequences found already stored at start ([`ChunkSink::absorb_stored`]): a replayed
+    /// message among them is acked without being stored again.
+    stored: Mutex<HashSet<u64>>,
     state: Mutex<(Option<OpenChunk>, u64)>,
     clock: SharedClock,
     nonce: u32,
@@ -207,6 +223,7 @@ impl ChunkSink {
         let sink = Arc::new(ChunkSink {
             store,
             settings,
+            stored: Mutex::new(HashSet::new()),
             state: Mutex::new((None, 0)),
             clock,
             nonce: entropy.next_u64() as u32,
@@ -223,6 +240,33 @@ impl ChunkSink {
             }
         });
         sink
+    }
+
+    /// Before a replay: learns which of the backlog's sequences `[from, to]`, written since
+    /// `since_ms`, the store holds already (a crash came between their upload and their ack),
+    /// so that the replay acks those instead of storing them twice. Returns how many.
+    pub async fn absorb_stored(
+        &self,
+        from: u64,
+        to: u64,
+        since_ms: i64,
+    ) -> Result<usize, SinkError> {
+        let now = self.clock.now_ms();
+        let Some(found) = self.store.stored_seqs(from, to, since_ms, now).await? else {
+            return Ok(0);
+        };
+        let n = found.len();
+        if n > 0 {
+            info!(
+                messages = n,
+                "found replayed messages already stored; they are acked, not stored again"
+            );
+        }
+        *self
+            .stored
+            .lock()
+            .expect("the stored-sequence set is never held across a panic") = found;
+        Ok(n)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<OpenChunk>, u64)> {
@@ -248,6 +292,30 @@ impl ChunkSink {
     /// chunk is stored or failed.
     fn append(&self, batch: &[Message]) -> Result<SealAck, SinkError> {
         let format = self.settings.format;
+        let fresh: Vec<Message>;
+        let batch = {
+            let stored = self
+                .stored
+                .lock()
+                .expect("the stored-sequence set is never held across a panic");
+            if stored.is_empty() {
+                batch
+            } else {
+                let seq = |m: &Message| m.headers.get(SEQ_HEADER)?.parse::<u64>().ok();
+                fresh = batch
+                    .iter()
+                    .filter(|m| !seq(m).is_some_and(|s| stored.contains(&s)))
+                    .cloned()
+                    .collect();
+                &fresh[..]
+            }
+        };
+        if batch.is_empty() {
+            // Everything in it is stored already.
+            let (tx, rx) = oneshot::channel();
+            drop(tx.send(Ok(())));
+            return Ok(rx);
+        }
         let mut encoded = Vec::new();
         if format == ChunkFormat::Chunk {
             for message in batch {
@@ -258,7 +326,6 @@ impl ChunkSink {
         if state.0.is_none() {
             state.1 += 1;
             let now = self.clock.now_ms();
-            let first_event = batch.first().map_or(0, |m| m.event_time_ms);
             let mut bytes = Vec::new();
             if format == ChunkFormat::Chunk {
                 bytes.reserve((self.settings.max_bytes as usize).min(8 << 20));
@@ -270,7 +337,6 @@ impl ChunkSink {
                     nonce: self.nonce,
                     counter: state.1,
                     seqs: None,
-                    time_ms: if first_event > 0 { first_event } else { now },
                     format,
                     records: 0,
                 },
