@@ -169,6 +169,7 @@ impl Completion {
             attempts,
             input_seq,
             remove: input_seq.map(EntryRef::Input),
+            complete_input: None,
         };
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
@@ -203,15 +204,24 @@ impl Completion {
             messages = items.len(),
             attempts, reason, "outputs moved to the dead-letter table"
         );
+        // Inputs these letters finish are completed in the letters' own transaction.
+        let mut finished = self.finished_inputs(items);
         let letters = items
             .iter()
-            .map(|item| NewDeadLetter {
-                kind: dead_letter::Kind::Output,
-                message: item.message.clone(),
-                reason: reason.to_owned(),
-                attempts,
-                input_seq: item.input_seq,
-                remove: item.output_seq.map(EntryRef::Output),
+            .map(|item| {
+                let complete_input = item.input_seq.filter(|input| {
+                    let pos = finished.iter().position(|f| f == input);
+                    pos.map(|p| finished.swap_remove(p)).is_some()
+                });
+                NewDeadLetter {
+                    kind: dead_letter::Kind::Output,
+                    message: item.message.clone(),
+                    reason: reason.to_owned(),
+                    attempts,
+                    input_seq: item.input_seq,
+                    remove: item.output_seq.map(EntryRef::Output),
+                    complete_input,
+                }
             })
             .collect();
         self.stats
@@ -219,17 +229,9 @@ impl Completion {
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DEAD_LETTERED).increment(items.len() as u64);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
-        match self.write_dead_letters(letters).await {
-            Ok(_) => {
-                let inputs = self.finished_inputs(items);
-                if let Err(e) = self.journal.complete(Vec::new(), inputs).await {
-                    warn!(error = %e, "cannot record completed inputs in the journal");
-                }
-            }
-            Err(e) => {
-                // Not completed: the entries stay in the journal and are retried after a restart.
-                error!(error = %e, "cannot write dead letters; the outputs stay in the journal");
-            }
+        if let Err(e) = self.write_dead_letters(letters).await {
+            // Not written: the entries stay in the journal and are retried after a restart.
+            error!(error = %e, "cannot write dead letters; the outputs stay in the journal");
         }
     }
 }

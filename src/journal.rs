@@ -261,6 +261,10 @@ pub struct NewDeadLetter {
     pub input_seq: Option<Seq>,
     /// The entry this letter replaces, removed in the same transaction.
     pub remove: Option<EntryRef>,
+    /// The input this letter finishes (it was the input's last undelivered output), completed
+    /// in the same transaction: a crash cannot leave the input to be handled again while its
+    /// outputs sit in the dead-letter table.
+    pub complete_input: Option<Seq>,
 }
 
 /// An entry of `inputs` or `outputs`.
@@ -1820,6 +1824,9 @@ impl Tables<'_> {
                         Some(EntryRef::Output(seq)) => self.remove_output(seq)?,
                         None => {}
                     }
+                    if let Some(input) = letter.complete_input {
+                        self.remove_input(input)?;
+                    }
                     let seq = self.take_seq();
                     let record = encode_record(&DeadLetter {
                         kind: letter.kind as i32,
@@ -2161,6 +2168,7 @@ mod tests {
             attempts: 3,
             input_seq: Some(seqs[0]),
             remove: Some(EntryRef::Output(outputs[0].seq)),
+            complete_input: None,
         }])
         .await
         .unwrap();
@@ -2237,6 +2245,27 @@ mod tests {
         let err = Journal::open(dir.path(), config(), Arc::new(SystemClock)).unwrap_err();
         assert!(err.to_string().contains(FILE_NAME), "{err}");
         assert!(!err.is_retryable());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_letter_completes_the_input_it_finishes_in_the_same_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path());
+        let seqs = j.append_inputs(vec![msg("a")], 1).await.unwrap();
+        j.dead_letter(vec![NewDeadLetter {
+            kind: dead_letter::Kind::Output,
+            message: msg("a"),
+            reason: "sink failed".into(),
+            attempts: 1,
+            input_seq: Some(seqs[0]),
+            remove: None,
+            complete_input: Some(seqs[0]),
+        }])
+        .await
+        .unwrap();
+        assert!(all_inputs(&j).await.is_empty());
+        assert_eq!(j.backlog().entries(), 0);
+        assert_eq!(j.scan_dead_letters(Seq(0), 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2411,6 +2440,7 @@ mod tests {
                                 attempts: 1,
                                 input_seq: (input != 0).then_some(Seq(input)),
                                 remove: Some(EntryRef::Output(Seq(s))),
+                                complete_input: None,
                             }]).await.unwrap();
                             last_seq = last_seq.max(d[0].0);
                             dead += 1;
