@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Sidelog, TestSink, free_port, inspect, produce, summary_field, wait_for_ids};
+use common::{
+    Sidelog, failing_sink, free_port, inspect, poll_until, produce, summary_field, wait_for_ids,
+};
 use sidelog::proto::{Message, PublishRequest};
 
 /// `(sequence, id)` of each line of an `inspect` listing.
@@ -24,29 +26,11 @@ fn listed(listing: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-async fn eventually_summary(sidelog: &Sidelog, field: &str, want: u64) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let summary = sidelog.inspect(&[]).await.expect("inspect summary");
-        if summary_field(&summary, field) == want {
-            return summary;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{field} never reached {want}:\n{summary}\nlog:\n{}",
-            sidelog.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_requeued_and_purged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sink = TestSink::default();
-    sink.failing.store(true, Ordering::Relaxed);
-    let sink_server = sink.start(free_port()).await;
+    let (sink, sink_server) = failing_sink().await;
     let args = [
         "--mode",
         "hml",
@@ -62,9 +46,9 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
     let mut sidelog = Sidelog::new(&data, &args);
     sidelog.start().await;
     produce(sidelog.url(), "dl".into(), 1, 10, 10, Duration::ZERO).await;
-    eventually_summary(&sidelog, "dead letters", 10).await;
+    sidelog.wait_summary("dead letters", 10).await;
     // The inputs are completed just after their outputs are dead-lettered.
-    let summary = eventually_summary(&sidelog, "backlog inputs", 0).await;
+    let summary = sidelog.wait_summary("backlog inputs", 0).await;
     assert!(summary.contains("mode hml, serving"), "{summary}");
 
     let listing = sidelog.inspect(&["dead-letters"]).await.unwrap();
@@ -116,7 +100,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
         "re-queued dead letters never reached the sink; log:\n{}",
         sidelog.log_tail()
     );
-    eventually_summary(&sidelog, "dead letters", 8).await;
+    sidelog.wait_summary("dead letters", 8).await;
     let purged = sidelog
         .inspect(&["purge", &dead[2].0.to_string()])
         .await
@@ -159,7 +143,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
     );
     let purged = sidelog.inspect(&["purge", "--all"]).await.unwrap();
     assert!(purged.contains("purged 6 dead letters"), "{purged}");
-    let summary = eventually_summary(&sidelog, "dead letters", 0).await;
+    let summary = sidelog.wait_summary("dead letters", 0).await;
     assert_eq!(summary_field(&summary, "backlog inputs"), 0, "{summary}");
     // What was purged never reached the sink; what was re-queued did, once each.
     let ids = sink.ids();
@@ -174,9 +158,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
 async fn interleave_takes_fresh_traffic_during_a_long_replay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sink = TestSink::default();
-    sink.failing.store(true, Ordering::Relaxed);
-    let sink_server = sink.start(free_port()).await;
+    let (sink, sink_server) = failing_sink().await;
     let base = [
         "--mode",
         "rbml",
@@ -250,17 +232,14 @@ async fn interleave_takes_fresh_traffic_during_a_long_replay() {
         "the backlog was not delivered; log:\n{}",
         sidelog.log_tail()
     );
-    eventually_summary(&sidelog, "backlog inputs", 0).await;
+    sidelog.wait_summary("backlog inputs", 0).await;
     // Every replayed entry has given its pacing permit back: the replay reports itself done.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sidelog.log().contains("replay done") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replay never finished; log:\n{}",
-            sidelog.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        Duration::from_secs(10),
+        || format!("replay never finished; log:\n{}", sidelog.log_tail()),
+        || async { sidelog.log().contains("replay done").then_some(()) },
+    )
+    .await;
 }
 
 /// Entries older than `replay.max_age_ms` are dead-lettered by the replay, with that reason,
@@ -269,9 +248,7 @@ async fn interleave_takes_fresh_traffic_during_a_long_replay() {
 async fn replay_dead_letters_entries_over_the_max_age() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sink = TestSink::default();
-    sink.failing.store(true, Ordering::Relaxed);
-    let sink_server = sink.start(free_port()).await;
+    let (sink, sink_server) = failing_sink().await;
     let base = [
         "--mode",
         "hml",
@@ -292,7 +269,7 @@ async fn replay_dead_letters_entries_over_the_max_age() {
     let args = [&base[..], &["--replay-max-age-ms", "1000"]].concat();
     let mut sidelog = Sidelog::new(&data, &args);
     sidelog.start().await;
-    let summary = eventually_summary(&sidelog, "dead letters", 50).await;
+    let summary = sidelog.wait_summary("dead letters", 50).await;
     assert_eq!(summary_field(&summary, "backlog inputs"), 0, "{summary}");
     let listing = sidelog
         .inspect(&["dead-letters", "--limit", "100"])
@@ -357,9 +334,7 @@ async fn the_admin_listener_stays_on_loopback_and_asks_for_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_entry_over_the_max_age_is_dead_lettered_between_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = TestSink::default();
-    sink.failing.store(true, Ordering::Relaxed);
-    let sink_server = sink.start(free_port()).await;
+    let (sink, sink_server) = failing_sink().await;
     let mut sidelog = Sidelog::new(
         &dir.path().join("data"),
         &[
@@ -377,7 +352,7 @@ async fn a_live_entry_over_the_max_age_is_dead_lettered_between_retries() {
     );
     sidelog.start().await;
     let sent = produce(sidelog.url(), "live".into(), 1, 30, 10, Duration::ZERO).await;
-    let summary = eventually_summary(&sidelog, "dead letters", 30).await;
+    let summary = sidelog.wait_summary("dead letters", 30).await;
     assert_eq!(summary_field(&summary, "backlog outputs"), 0, "{summary}");
     let listing = sidelog
         .inspect(&["dead-letters", "--limit", "100"])

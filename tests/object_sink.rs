@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Sidelog, free_port, produce};
+use common::{Sidelog, free_port, poll_until, produce};
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -65,6 +65,13 @@ impl Moto {
         conn.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
+}
+
+/// moto takes any credentials, but the S3 client wants some.
+fn with_moto_credentials(sidelog: Sidelog) -> Sidelog {
+    sidelog
+        .with_env("AWS_ACCESS_KEY_ID", "test")
+        .with_env("AWS_SECRET_ACCESS_KEY", "test")
 }
 
 async fn moto_or_skip(test: &str) -> Option<Moto> {
@@ -170,7 +177,7 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
     moto.create_bucket("logs").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("s3://logs/raw?endpoint={}", moto.endpoint());
-    let mut sidelog = Sidelog::new(
+    let mut sidelog = with_moto_credentials(Sidelog::new(
         &dir.path().join("data"),
         &[
             "--mode",
@@ -188,9 +195,7 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
             "--journal-sync-interval-ms",
             "60000",
         ],
-    )
-    .with_env("AWS_ACCESS_KEY_ID", "test")
-    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    ));
     sidelog.start().await;
 
     let producers = tokio::spawn(produce(
@@ -211,22 +216,22 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
     assert_eq!(acked.len(), 3000);
 
     let store = moto.client("logs");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let have: HashSet<String> = copies(&read_back(&store, "raw").await)
-            .into_keys()
-            .collect();
-        if acked.is_subset(&have) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} acked messages never reached the bucket; log:\n{}",
-            acked.difference(&have).count(),
-            sidelog.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    poll_until(
+        Duration::from_secs(60),
+        || {
+            format!(
+                "acked messages never reached the bucket; log:\n{}",
+                sidelog.log_tail()
+            )
+        },
+        || async {
+            let have: HashSet<String> = copies(&read_back(&store, "raw").await)
+                .into_keys()
+                .collect();
+            acked.is_subset(&have).then_some(())
+        },
+    )
+    .await;
     // Uploaded and acked, but the acks' marks were not yet durable: the restart sends again.
     let replays = sidelog.log().matches("replaying the journal").count();
     sidelog.kill9().await;
@@ -237,13 +242,7 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
         "the last restart had nothing to re-send; log:\n{}",
         sidelog.log_tail()
     );
-    let summary = loop {
-        let s = sidelog.inspect(&[]).await.unwrap();
-        if common::summary_field(&s, "backlog inputs") == 0 {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let summary = sidelog.wait_summary("backlog inputs", 0).await;
     assert_eq!(common::summary_field(&summary, "dead letters"), 0);
 
     let objects = read_back(&store, "raw").await;
@@ -301,7 +300,7 @@ async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
     moto.create_bucket("big").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("s3://big/raw?endpoint={}", moto.endpoint());
-    let mut sidelog = Sidelog::new(
+    let mut sidelog = with_moto_credentials(Sidelog::new(
         &dir.path().join("data"),
         &[
             "--mode",
@@ -311,9 +310,7 @@ async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
             "--file-sink-chunk-max-age-ms",
             "3000",
         ],
-    )
-    .with_env("AWS_ACCESS_KEY_ID", "test")
-    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    ));
     sidelog.start().await;
     let mut client = sidelog.client().await;
     let payload = vec![7u8; 1_000_000];
@@ -331,19 +328,15 @@ async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
         ids.insert(id);
     }
     let store = moto.client("big");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let objects = loop {
-        let objects = read_back(&store, "raw").await;
-        if copies(&objects).len() == ids.len() {
-            break objects;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the chunk never arrived; log:\n{}",
-            sidelog.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let objects = poll_until(
+        Duration::from_secs(60),
+        || format!("the chunk never arrived; log:\n{}", sidelog.log_tail()),
+        || async {
+            let objects = read_back(&store, "raw").await;
+            (copies(&objects).len() == ids.len()).then_some(objects)
+        },
+    )
+    .await;
     check_names(&objects);
     assert_eq!(objects.len(), 1, "one chunk of 20 MB");
     let (name, etag, messages) = &objects[0];
@@ -368,7 +361,7 @@ async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
         "s3://columns/raw?endpoint={}&format=parquet",
         moto.endpoint()
     );
-    let mut sidelog = Sidelog::new(
+    let mut sidelog = with_moto_credentials(Sidelog::new(
         &dir.path().join("data"),
         &[
             "--mode",
@@ -380,9 +373,7 @@ async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
             "--delivery-max-attempts",
             "1000000",
         ],
-    )
-    .with_env("AWS_ACCESS_KEY_ID", "test")
-    .with_env("AWS_SECRET_ACCESS_KEY", "test");
+    ));
     sidelog.start().await;
     let producers = tokio::spawn(produce(
         sidelog.url(),

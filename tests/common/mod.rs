@@ -548,3 +548,43 @@ pub fn summary_field(summary: &str, name: &str) -> u64 {
         .and_then(|rest| rest.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{summary}"))
 }
+
+/// A [`TestSink`] that fails every delivery until told otherwise, serving on a free port.
+pub async fn failing_sink() -> (TestSink, Restartable) {
+    let sink = TestSink::default();
+    sink.failing.store(true, Ordering::Relaxed);
+    let server = sink.start(free_port()).await;
+    (sink, server)
+}
+
+/// Calls `check` every 100 ms until it answers `Some`, and returns that; panics after
+/// `timeout` with `what()` (which may say what was seen last).
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Sidelog {
+    /// Polls `inspect`'s summary until `field` reads `want`; returns that summary.
+    pub async fn wait_summary(&self, field: &str, want: u64) -> String {
+        poll_until(
+            Duration::from_secs(30),
+            || format!("{field} never reached {want}; log:\n{}", self.log_tail()),
+            || async {
+                let summary = self.inspect(&[]).await.expect("inspect summary");
+                (summary_field(&summary, field) == want).then_some(summary)
+            },
+        )
+        .await
+    }
+}
