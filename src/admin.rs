@@ -94,10 +94,10 @@ fn without_payload(mut entry: Entry) -> Entry {
     entry
 }
 
-fn input_entry(seq: Seq, input: crate::journal::StoredInput) -> Entry {
+fn input_entry(input: crate::journal::StoredInput) -> Entry {
     let message = input.entry.message.unwrap_or_default();
     Entry {
-        sequence: seq.0,
+        sequence: input.seq.0,
         table: entry::Table::Input as i32,
         payload_bytes: message.payload.len() as u64,
         message: Some(message),
@@ -205,7 +205,7 @@ impl Admin for AdminService {
             .map_err(status)?;
         let mut entries: Vec<Entry> = inputs
             .into_iter()
-            .map(|i| input_entry(i.seq, i))
+            .map(input_entry)
             .chain(outputs.into_iter().map(output_entry))
             .collect();
         entries.sort_by_key(|e| e.sequence);
@@ -241,7 +241,7 @@ impl Admin for AdminService {
             .into_iter()
             .find(|i| i.seq == seq)
         {
-            return Ok(Response::new(input_entry(seq, i)));
+            return Ok(Response::new(input_entry(i)));
         }
         if let Some(o) = self
             .journal

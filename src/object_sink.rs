@@ -37,8 +37,9 @@ pub const MULTIPART_THRESHOLD: usize = 16 << 20;
 /// Bytes per part of a multipart upload (S3 wants at least 5 MiB but for the last).
 pub const PART_BYTES: usize = 8 << 20;
 
-/// Where and how to write, parsed from the sink URL.
-#[derive(Clone, PartialEq, Eq)]
+/// Where and how to write, parsed from the sink URL. Holds no secret: credentials come from the
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectSinkConfig {
     pub bucket: String,
     /// Without leading or trailing `/`; may be empty.
@@ -48,19 +49,6 @@ pub struct ObjectSinkConfig {
     pub region: String,
     /// `format=` of the URL; none: `file_sink.format`.
     pub format: Option<ChunkFormat>,
-}
-
-impl std::fmt::Debug for ObjectSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Credentials come from the environment and are never part of this.
-        f.debug_struct("ObjectSinkConfig")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("format", &self.format)
-            .finish()
-    }
 }
 
 impl ObjectSinkConfig {
@@ -246,7 +234,7 @@ impl ChunkStore for Bucket {
                         crate::sink::parse_chunk(&bytes)
                             .map_err(|e| SinkError(format!("{}: {e}", meta.location)))?
                             .iter()
-                            .map(crate::parquet_chunk::sequence_of)
+                            .filter_map(crate::sink::sequence_of)
                             .collect()
                     };
                     found.extend(seqs.into_iter().filter(|s| (from..=to).contains(s)));
@@ -349,21 +337,12 @@ async fn upload(store: &AmazonS3, path: &ObjectPath, bytes: Vec<u8>) -> Result<(
     result
 }
 
-/// `YYYY/MM/DD/HH` of a unix time in ms (UTC).
+/// `YYYY/MM/DD/HH` of a unix time in ms (UTC); times before 1970 count as 1970.
 fn chrono_hour(ms: i64) -> String {
-    let secs = ms.max(0) / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm), proleptic Gregorian, UTC.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}/{month:02}/{day:02}/{:02}", rem / 3600)
+    chrono::DateTime::from_timestamp_millis(ms.max(0))
+        .unwrap_or_default()
+        .format("%Y/%m/%d/%H")
+        .to_string()
 }
 
 #[cfg(test)]

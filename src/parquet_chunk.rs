@@ -25,7 +25,6 @@ use parquet::record::RowAccessor as _;
 use parquet::schema::parser::parse_message_type;
 
 use crate::proto::Message;
-use crate::sink::SEQ_HEADER;
 
 const SCHEMA: &str = "
 message sidelog {
@@ -45,15 +44,6 @@ message sidelog {
 /// Writes one column's values into its column writer.
 type WriteColumn<'a> = dyn Fn(&mut parquet::file::writer::SerializedColumnWriter<'_>) -> parquet::errors::Result<()>
     + 'a;
-
-/// The journal sequence a delivered message carries, or 0.
-pub fn sequence_of(message: &Message) -> u64 {
-    message
-        .headers
-        .get(SEQ_HEADER)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Encodes `messages` as one Parquet file.
 pub fn encode(messages: &[Message]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
@@ -122,7 +112,10 @@ pub fn encode(messages: &[Message]) -> Result<Vec<u8>, parquet::errors::ParquetE
             c.typed::<Int64Type>().write_batch(&v, None, None).map(drop)
         },
         &|c| {
-            let v: Vec<i64> = messages.iter().map(|m| sequence_of(m) as i64).collect();
+            let v: Vec<i64> = messages
+                .iter()
+                .map(|m| crate::sink::sequence_of(m).unwrap_or(0) as i64)
+                .collect();
             c.typed::<Int64Type>().write_batch(&v, None, None).map(drop)
         },
     ];
@@ -154,6 +147,7 @@ pub fn ids_and_sequences(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::SEQ_HEADER;
 
     #[test]
     fn messages_round_trip_through_parquet() {

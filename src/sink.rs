@@ -39,6 +39,11 @@ use crate::proto::{DeliverRequest, Message};
 
 /// The header every delivered message carries: its journal sequence.
 pub const SEQ_HEADER: &str = "sidelog-seq";
+/// The journal sequence a delivered message carries in [`SEQ_HEADER`], if any.
+pub fn sequence_of(message: &Message) -> Option<u64> {
+    message.headers.get(SEQ_HEADER)?.parse().ok()
+}
+
 /// The first bytes of every chunk file.
 pub const CHUNK_MAGIC: &[u8; 8] = b"SLCHUNK\x01";
 
@@ -301,10 +306,9 @@ impl ChunkSink {
             if stored.is_empty() {
                 batch
             } else {
-                let seq = |m: &Message| m.headers.get(SEQ_HEADER)?.parse::<u64>().ok();
                 fresh = batch
                     .iter()
-                    .filter(|m| !seq(m).is_some_and(|s| stored.contains(&s)))
+                    .filter(|m| !sequence_of(m).is_some_and(|s| stored.contains(&s)))
                     .cloned()
                     .collect();
                 &fresh[..]
@@ -359,10 +363,7 @@ impl ChunkSink {
             }
         }
         chunk.info.records += batch.len() as u64;
-        for seq in batch
-            .iter()
-            .filter_map(|m| m.headers.get(SEQ_HEADER)?.parse::<u64>().ok())
-        {
+        for seq in batch.iter().filter_map(sequence_of) {
             chunk.info.seqs = Some(match chunk.info.seqs {
                 Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
                 None => (seq, seq),
