@@ -772,7 +772,16 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
             .await
             .is_empty()
     );
-    let text = scrape(metrics).await;
+    // The sink has them; the delivered counter follows its ack.
+    let text = poll_until(
+        Duration::from_secs(10),
+        || "sidelog_delivered_total never reached 20".into(),
+        || async {
+            let text = scrape(metrics).await;
+            (series(&text, "sidelog_delivered_total") >= 20.0).then_some(text)
+        },
+    )
+    .await;
     assert_eq!(
         series(&text, "sidelog_messages_total{outcome=\"accepted\"}"),
         20.0,
