@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sidelog::clock::SystemClock;
-use sidelog::dedup::{Claim, DedupWindow};
 use sidelog::journal::{Seq, decode_record, encode_input, encode_record};
 use sidelog::proto::Message;
 use sidelog::proto::journal::InputEntry;
+use sidelog::runtime::SystemClock;
+use sidelog::{Claim, DedupWindow};
 
 /// A claim per publish against a full window: fresh ids (claim, commit, evict the oldest) and
 /// retried ids (found, answered DUPLICATE), for windows of 10 k and 1 M ids.

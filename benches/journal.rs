@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sidelog::clock::SystemClock;
 use sidelog::journal::{Journal, JournalConfig, Seq};
 use sidelog::proto::Message;
+use sidelog::runtime::SystemClock;
 
 const RECORDS_PER_APPENDER: u64 = 200;
 

@@ -6,8 +6,8 @@
 
 use prost::Message as _;
 
-use crate::ingest::Limits;
 use crate::journal::{decode_record, encode_input, encode_record};
+use crate::pipeline::Limits;
 use crate::proto::PublishRequest;
 use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry};
 

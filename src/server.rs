@@ -1,36 +1,45 @@
-//! `sidelog serve`: opens the journal, builds the pipeline, serves gRPC, replays, then takes
-//! traffic until told to stop.
+//! `sidelog serve`: assembles a sidelog (`node.rs`), serves gRPC, replays, then takes traffic
+//! until told to stop.
 //!
-//! Start-up order matters (the seeds: recover, then rejoin the load balancer): the listener
-//! comes up first so that health checks see `NOT_SERVING` and `Publish` answers `UNAVAILABLE`
-//! while the journal is replayed; only then is intake opened and health set to `SERVING`.
-//! Shutdown is the reverse: intake closes, in-flight requests finish, the journal is synced.
+//! Start-up order matters (recover, then rejoin the load balancer): the listener comes up first
+//! so that health checks see `NOT_SERVING` and `Publish` answers `UNAVAILABLE` while the journal
+//! is replayed; only then is intake opened and health set to `SERVING`. Shutdown is the
+//! reverse: intake closes, in-flight requests finish, the journal is synced.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
-use crate::api::IngestService;
-use crate::clock::{Entropy, SharedClock, SystemClock};
-use crate::config::{Config, ReplayPolicy, SinkTarget};
-use crate::dedup::DedupWindow;
-use crate::delivery::{Completion, Delivery, DeliveryConfig};
-use crate::handler::{GrpcHandler, Handler, HandlerRunner, PassThrough};
-use crate::ingest::{Limits, Pipeline};
-use crate::journal::{Journal, JournalConfig};
+use crate::config::{Config, ReplayPolicy};
+use crate::journal::{Journal, JournalError};
+use crate::node::{Hops, Node, Opened};
+use crate::pipeline::{GrpcHandler, Handler, Pace, Pipeline, ReplayOptions};
 use crate::proto::ingest_server::IngestServer;
-use crate::recovery::{Pace, ReplayOptions};
-use crate::sink::{FileSink, FileSinkConfig, GrpcSink, Sink};
+use crate::runtime::{Entropy, SharedClock, SystemClock};
+use crate::service::IngestService;
+use crate::sink::{ChunkSettings, ChunkSink, SinkSettings};
 
 /// How long shutdown waits for the journal's last sync.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// A gRPC server running until its stop is sent.
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: ServerTask,
+}
 
 /// Runs `serve` until `shutdown` resolves. `on_listening` learns the bound address (useful with
 /// port 0).
@@ -45,122 +54,140 @@ pub async fn serve(
         crate::metrics::install(addr)?;
         info!(addr = %addr, "serving metrics");
     }
+    let opened = open_journal(&config, clock.clone()).await?;
+    let (hops, readback) = open_hops(&config, clock.clone(), &entropy).await?;
+    let node = opened.assemble(&config, hops, clock.clone(), entropy);
+    let Node {
+        journal, pipeline, ..
+    } = &node;
 
-    let journal = Journal::open(&config.data_dir, journal_config(&config), clock.clone())
-        .with_context(|| {
-            format!(
-                "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
+    let ((ingest, local), health) = start_ingest(&config, pipeline.clone()).await?;
+    let replay_done = Arc::new(AtomicBool::new(false));
+    let admin = match start_admin(&config, &node, &clock, &replay_done).await {
+        Ok(admin) => admin,
+        Err(e) => {
+            let _ = ingest.stop.send(());
+            return Err(e);
+        }
+    };
+    crate::runtime::spawn(report_backlog_age(journal.clone(), clock.clone()));
+    info!(addr = %local, mode = %config.mode, "listening");
+    on_listening(local);
+
+    if let Some(chunks) = &readback {
+        absorb_stored(chunks, journal).await;
+    }
+    tokio::pin!(shutdown);
+    if !replay(&config, &node, replay_done, &mut shutdown).await? {
+        info!("stopping during replay; the rest is replayed on the next start");
+        let _ = ingest.stop.send(()); // the server may have stopped already
+        if let Some(admin) = admin {
+            let _ = admin.stop.send(());
+        }
+        crate::journal::flush(journal, FLUSH_TIMEOUT)
+            .await
+            .context("final journal sync")?;
+        return Ok(());
+    }
+    pipeline.set_serving(true);
+    set_health(&health, true).await;
+    info!(mode = %config.mode, "serving");
+
+    shutdown.await;
+    stop(&config, &node, &health, ingest, admin).await
+}
+
+/// Opens the journal in `--data-dir` and reads back its dedup window.
+async fn open_journal(config: &Config, clock: SharedClock) -> anyhow::Result<Opened> {
+    let open = async {
+        let (store, path) = crate::node::journal_store(config)?;
+        Node::open(store, path, crate::node::journal_config(config), clock).await
+    };
+    open.await.with_context(|| {
+        format!(
+            "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
              and restore it from a backup: sidelog will not start on an empty journal in its place",
-                config.data_dir.display()
-            )
-        })?;
-    let dedup = DedupWindow::new(
-        config.dedup.window_count,
-        config.dedup.window_age_ms as i64,
-        clock.clone(),
-    );
-    dedup.load(
-        journal
-            .load_dedup()
-            .await
-            .context("cannot read the dedup window")?,
-    );
+            config.data_dir.display()
+        )
+    })
+}
 
-    let (handler, rewrites_ids): (Arc<dyn Handler>, bool) = match &config.handler {
-        Some(url) => (
-            Arc::new(
-                GrpcHandler::new(url, Duration::from_millis(config.handling.timeout_ms))
-                    .map_err(anyhow::Error::msg)
-                    .context("--handler")?,
-            ),
-            true,
-        ),
-        None => (Arc::new(PassThrough), false),
-    };
-    // The object sink reads back, before a replay, what a crash left uploaded but unacked.
-    let mut object_chunks: Option<Arc<crate::sink::ChunkSink>> = None;
-    let sink: Arc<dyn Sink> = match config.sink_target()? {
-        SinkTarget::Grpc(url) => Arc::new(
-            GrpcSink::new(&url, Duration::from_millis(config.delivery.timeout_ms))
+/// The handler and the sink `config` names; for the object sink, its chunks, which read back
+/// what a crash left uploaded.
+async fn open_hops(
+    config: &Config,
+    clock: SharedClock,
+    entropy: &Entropy,
+) -> anyhow::Result<(Hops, Option<Arc<ChunkSink>>)> {
+    let handler: Option<Arc<dyn Handler>> = match &config.handler {
+        Some(url) => Some(Arc::new(
+            GrpcHandler::new(url, Duration::from_millis(config.handling.timeout_ms))
                 .map_err(anyhow::Error::msg)
-                .context("--sink")?,
-        ),
-        SinkTarget::Nats(nats) => Arc::new(
-            crate::nats_sink::NatsSink::connect(
-                *nats,
-                Duration::from_millis(config.delivery.timeout_ms),
-            )
-            .await
-            .context("--sink")?,
-        ),
-        SinkTarget::Object(object) => {
-            let chunks = crate::object_sink::ObjectSink::start(
-                *object,
-                crate::sink::ChunkSettings {
-                    max_bytes: config.file_sink.chunk_max_bytes,
-                    max_age: Duration::from_millis(config.file_sink.chunk_max_age_ms),
-                    format: config.file_sink.format,
-                },
-                Duration::from_millis(config.delivery.timeout_ms),
-                clock.clone(),
-                &entropy,
-            )
-            .map_err(anyhow::Error::msg)
-            .context("--sink")?;
-            object_chunks = Some(chunks.clone());
-            Arc::new(chunks)
-        }
-        SinkTarget::File(dir) => {
-            let file_sink = FileSink::start(
-                FileSinkConfig {
-                    dir: dir.clone(),
-                    chunk_max_bytes: config.file_sink.chunk_max_bytes,
-                    chunk_max_age_ms: config.file_sink.chunk_max_age_ms,
-                    format: config.file_sink.format,
-                },
-                clock.clone(),
-                &entropy,
-            )
-            .with_context(|| format!("cannot use {} for the file sink (--sink)", dir.display()))?;
-            Arc::new(file_sink)
-        }
+                .context("--handler")?,
+        )),
+        None => None,
     };
-    let (pipeline, _lanes) = build_pipeline(
-        &config,
-        journal.clone(),
-        dedup,
+    let settings = SinkSettings {
+        timeout: Duration::from_millis(config.delivery.timeout_ms),
+        chunks: ChunkSettings {
+            max_bytes: config.file_sink.chunk_max_bytes,
+            max_age: Duration::from_millis(config.file_sink.chunk_max_age_ms),
+            format: config.file_sink.format,
+        },
+    };
+    let opened = crate::sink::open(&config.sink_target()?, settings, clock, entropy)
+        .await
+        .context("--sink")?;
+    let hops = Hops {
         handler,
-        rewrites_ids,
-        sink,
-        clock.clone(),
-        entropy,
-    );
+        sink: opened.sink,
+    };
+    Ok((hops, opened.readback))
+}
 
+/// Health of the ingest service and of the server as a whole (`""`), as load balancers ask.
+async fn set_health(health: &HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    if serving {
+        health.set_serving::<IngestServer<IngestService>>().await;
+    } else {
+        health
+            .set_not_serving::<IngestServer<IngestService>>()
+            .await;
+    }
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+}
+
+/// Binds `--listen` and serves ingest, health (`NOT_SERVING` until the replay is done) and
+/// reflection on it.
+async fn start_ingest(
+    config: &Config,
+    pipeline: Arc<Pipeline>,
+) -> anyhow::Result<((Running, SocketAddr), HealthReporter)> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let local = listener.local_addr().context("listener address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<IngestServer<IngestService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
     let max_request = config.limits.max_request_bytes as usize;
-    let token = crate::auth::TokenCheck::new(config.auth_token()?);
+    let token = crate::service::TokenCheck::new(config.auth_token()?);
     let ingest = tonic::service::interceptor::InterceptedService::new(
-        IngestServer::new(IngestService::new(pipeline.clone()))
+        IngestServer::new(IngestService::new(pipeline))
             .max_decoding_message_size(max_request)
             .max_encoding_message_size(usize::MAX),
         move |request| token.check(request),
     );
-
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32));
@@ -173,127 +200,117 @@ pub async fn serve(
             "serving TLS"
         );
     }
-    let replay_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (admin_stop, admin_server) = match config.admin_addr()? {
-        Some(addr) => {
-            let (stop, server) = serve_admin(
-                &config,
-                addr,
-                crate::admin::AdminService::new(
-                    journal.clone(),
-                    clock.clone(),
-                    Some(crate::admin::Live {
-                        pipeline: pipeline.clone(),
-                        replay_done: replay_done.clone(),
-                    }),
-                ),
-            )
-            .await?;
-            (Some(stop), Some(server))
-        }
-        None => (None, None),
-    };
-    crate::spawn::spawn(report_backlog_age(journal.clone(), clock.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        builder
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(ingest)
-            // Nagle off on every accepted connection: Server::tcp_nodelay applies only to
-            // listeners tonic binds itself, and small HTTP/2 writes otherwise wait for the
-            // peer's delayed ACK (a ~40 ms tail on acks).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    drop(stop_rx.await);
-                },
-            ),
-    );
-    info!(addr = %local, mode = %config.mode, "listening");
-    on_listening(local);
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest);
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    // Nagle off on every accepted connection: Server::tcp_nodelay applies only to listeners
+    // tonic binds itself, and small HTTP/2 writes otherwise wait for the peer's delayed ACK (a
+    // ~40 ms tail on acks).
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        async {
+            drop(stop_rx.await);
+        },
+    ));
+    Ok(((Running { stop, task }, local), health))
+}
 
-    if let Some(chunks) = &object_chunks {
-        absorb_stored(chunks, &journal).await;
-    }
+/// The admin service on its own listener, unless `admin_listen` is off.
+async fn start_admin(
+    config: &Config,
+    node: &Node,
+    clock: &SharedClock,
+    replay_done: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<Running>> {
+    let Some(addr) = config.admin_addr()? else {
+        return Ok(None);
+    };
+    let service = crate::service::AdminService::new(
+        node.journal.clone(),
+        clock.clone(),
+        Some(crate::service::Live {
+            pipeline: node.pipeline.clone(),
+            replay_done: replay_done.clone(),
+        }),
+    );
+    let (stop, task) = serve_admin(config, addr, service).await?;
+    Ok(Some(Running { stop, task }))
+}
+
+/// Replays the journal per `replay.policy`. With `first`, it returns once the replay is done
+/// (`true`), or when `shutdown` came first (`false`); with `interleave`, at once, the replay
+/// running beside traffic.
+async fn replay(
+    config: &Config,
+    node: &Node,
+    replay_done: Arc<AtomicBool>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<bool> {
     let interleave = config.replay.policy == ReplayPolicy::Interleave;
     let options = ReplayOptions {
         max_age_ms: config.replay.max_age_ms,
         pace: interleave.then(|| Pace::new(config.replay.interleave_in_flight as usize)),
     };
-    let replay = {
-        let pipeline = pipeline.clone();
-        let replay_done = replay_done.clone();
-        async move {
-            let result = crate::recovery::replay(&pipeline, &options).await;
-            replay_done.store(true, std::sync::atomic::Ordering::Release);
-            result
-        }
+    let pipeline = node.pipeline.clone();
+    let replay = async move {
+        let result = crate::pipeline::replay(&pipeline, &options).await;
+        replay_done.store(true, Ordering::Release);
+        result
     };
-    tokio::pin!(shutdown);
     if interleave {
         // Traffic is taken at once; the backlog follows, paced. A failed replay leaves its
         // entries in the journal for the next start, and says so.
-        crate::spawn::spawn(async move {
+        crate::runtime::spawn(async move {
             if let Err(e) = replay.await {
                 tracing::error!(error = %e, "replay failed; the backlog stays in the journal and is replayed on the next start");
             }
         });
-    } else {
-        tokio::select! {
-            result = replay => {
-                result.context("replay failed")?;
-            }
-            () = &mut shutdown => {
-                info!("stopping during replay; the rest is replayed on the next start");
-                let _ = stop_tx.send(()); // the server may have stopped already
-                if let Some(stop) = admin_stop {
-                    let _ = stop.send(());
-                }
-                crate::journal::flush(&journal, FLUSH_TIMEOUT).await.context("final journal sync")?;
-                return Ok(());
-            }
-        }
+        return Ok(true);
     }
-    pipeline.set_serving(true);
-    health.set_serving::<IngestServer<IngestService>>().await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    info!(mode = %config.mode, "serving");
+    tokio::select! {
+        result = replay => {
+            result.context("replay failed")?;
+            Ok(true)
+        }
+        () = shutdown => Ok(false),
+    }
+}
 
-    shutdown.await;
+/// Shutdown: intake closes, requests under way finish, what was accepted is delivered within
+/// `shutdown_timeout_ms`, and the journal is synced.
+async fn stop(
+    config: &Config,
+    node: &Node,
+    health: &HealthReporter,
+    ingest: Running,
+    admin: Option<Running>,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     info!(
         timeout_ms = config.shutdown_timeout_ms,
         "shutting down: intake closed, draining"
     );
-    pipeline.set_serving(false);
-    health
-        .set_not_serving::<IngestServer<IngestService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    let _ = stop_tx.send(()); // the server may have stopped already
+    node.pipeline.set_serving(false);
+    set_health(health, false).await;
+    let _ = ingest.stop.send(()); // the server may have stopped already
     // Requests under way finish (their acks follow their commits); a client holding a stream
     // open is cut at the deadline, and whatever it had not been acked it retries.
-    match tokio::time::timeout_at(deadline, server).await {
+    match tokio::time::timeout_at(deadline, ingest.task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
         Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
         Err(_) => warn!("requests still open at the shutdown deadline; closing them"),
     }
-    drain(&pipeline, deadline).await;
-    if let Some(stop) = admin_stop {
-        let _ = stop.send(()); // the admin server may have stopped already
-    }
-    if let Some(server) = admin_server {
+    drain(&node.pipeline, deadline).await;
+    if let Some(admin) = admin {
+        let _ = admin.stop.send(()); // the admin server may have stopped already
         // Admin calls are short; one still open at this point is cut with the process.
-        drop(tokio::time::timeout(Duration::from_secs(1), server).await);
+        drop(tokio::time::timeout(Duration::from_secs(1), admin.task).await);
     }
-    crate::journal::flush(&journal, FLUSH_TIMEOUT)
+    crate::journal::flush(&node.journal, FLUSH_TIMEOUT)
         .await
         .context("final journal sync")?;
     info!("stopped");
@@ -304,7 +321,7 @@ pub async fn serve(
 async fn serve_admin(
     config: &Config,
     addr: SocketAddr,
-    service: crate::admin::AdminService,
+    service: crate::service::AdminService,
 ) -> anyhow::Result<(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -313,7 +330,7 @@ async fn serve_admin(
         .await
         .with_context(|| format!("cannot listen on {addr} (--admin-listen; off disables it)"))?;
     let local = listener.local_addr().context("admin listener address")?;
-    let token = crate::auth::TokenCheck::new(config.auth_token()?);
+    let token = crate::service::TokenCheck::new(config.auth_token()?);
     let admin = tonic::service::interceptor::InterceptedService::new(
         crate::proto::admin_server::AdminServer::new(service),
         move |request| token.check(request),
@@ -337,8 +354,8 @@ async fn serve_admin(
 
 /// Learns which backlog messages the bucket holds already, so the replay does not upload them
 /// twice. A failure only costs duplicates, so it is logged, not fatal.
-async fn absorb_stored(chunks: &crate::sink::ChunkSink, journal: &Journal) {
-    let span = match crate::recovery::backlog_span(journal).await {
+async fn absorb_stored(chunks: &ChunkSink, journal: &Journal) {
+    let span = match crate::pipeline::backlog_span(journal).await {
         Ok(Some(span)) => span,
         Ok(None) => return,
         Err(e) => {
@@ -363,7 +380,7 @@ async fn report_backlog_age(journal: Journal, clock: SharedClock) {
                 metrics::gauge!(crate::metrics::BACKLOG_OLDEST_AGE_SECONDS)
                     .set(age_ms as f64 / 1000.0);
             }
-            Err(crate::journal::JournalError::Closed) => break,
+            Err(JournalError::Closed) => break,
             Err(e) => debug!(error = %e, "cannot read the oldest backlog entry"),
         }
     }
@@ -393,74 +410,5 @@ async fn drain(pipeline: &Pipeline, deadline: tokio::time::Instant) {
             memory_bytes,
             "shutdown deadline reached with messages held only in memory (mode none): they are lost"
         ),
-    }
-}
-
-/// Builds the pipeline of `config` around the given journal, dedup window, handler and sink:
-/// the wiring `serve` and the simulator share.
-#[allow(clippy::too_many_arguments)]
-pub fn build_pipeline(
-    config: &Config,
-    journal: Journal,
-    dedup: Arc<DedupWindow>,
-    handler: Arc<dyn Handler>,
-    rewrites_ids: bool,
-    sink: Arc<dyn Sink>,
-    clock: SharedClock,
-    entropy: Entropy,
-) -> (Arc<Pipeline>, Vec<tokio::task::JoinHandle<()>>) {
-    let runner = Arc::new(HandlerRunner::new(
-        handler,
-        rewrites_ids,
-        config.handling.concurrency as usize,
-        Duration::from_millis(config.handling.timeout_ms),
-        config.handler_backoff(),
-        entropy.clone(),
-    ));
-    let completion = Completion::new(journal.clone());
-    let (delivery, lanes) = Delivery::start(
-        sink,
-        completion.clone(),
-        DeliveryConfig {
-            lanes: config.delivery.lanes as usize,
-            lane_queue: (config.delivery.batch_max_messages as usize * 2).max(64),
-            batch_max_messages: config.delivery.batch_max_messages as usize,
-            batch_max_bytes: config.delivery.batch_max_bytes as usize,
-            linger_ms: config.delivery.linger_ms,
-            timeout_ms: config.delivery.timeout_ms,
-            backoff: config.delivery_backoff(),
-            max_age_ms: config.replay.max_age_ms,
-            clock: clock.clone(),
-        },
-        entropy.clone(),
-    );
-    let pipeline = Pipeline::new(
-        config.mode,
-        journal,
-        dedup,
-        runner,
-        delivery,
-        completion,
-        Limits::of(config),
-        clock,
-        entropy,
-    );
-    if let Some(ranges) = pipeline.journal().take_ambiguous_ranges() {
-        crate::spawn::spawn(crate::recovery::replay_ambiguous(pipeline.clone(), ranges));
-    }
-    (pipeline, lanes)
-}
-
-/// The journal settings of `config`.
-pub fn journal_config(config: &Config) -> JournalConfig {
-    JournalConfig {
-        commit_max_records: config.journal.commit_max_records as usize,
-        sync_interval_ms: config.journal.sync_interval_ms,
-        dedup_window_count: config.dedup.window_count,
-        dedup_window_age_ms: config.dedup.window_age_ms as i64,
-        max_file_bytes: (config.limits.max_journal_bytes != 0)
-            .then_some(config.limits.max_journal_bytes),
-        simulated_fsync_latency_us: config.journal.simulated_fsync_latency_us,
-        ..JournalConfig::default()
     }
 }

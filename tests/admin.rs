@@ -177,7 +177,7 @@ async fn interleave_takes_fresh_traffic_during_a_long_replay() {
 
     // A slow sink: the backlog takes seconds to drain at 16 entries under way.
     sink.failing.store(false, Ordering::Relaxed);
-    sink.delay_ms.store(40, Ordering::Relaxed);
+    sink.delay_us.store(40_000, Ordering::Relaxed);
     let args = [
         &base[..],
         &[

@@ -198,8 +198,8 @@ async fn sigkill_during_load(
     flags.extend_from_slice(extra);
     let mut rig = Rig::start(mode, &flags).await;
     rig.sink
-        .delay_ms
-        .store(sink_delay_ms, std::sync::atomic::Ordering::Relaxed);
+        .delay_us
+        .store(sink_delay_ms * 1000, std::sync::atomic::Ordering::Relaxed);
     let (sink, sidelog) = (&rig.sink, &mut rig.sidelog);
 
     let producers = tokio::spawn(produce(

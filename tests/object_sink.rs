@@ -411,7 +411,7 @@ async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
                 .await
                 .unwrap();
             rows.extend(
-                sidelog::parquet_chunk::ids_and_sequences(bytes.to_vec())
+                sidelog::sink::parquet::ids_and_sequences(bytes.to_vec())
                     .unwrap_or_else(|e| panic!("{} is not whole Parquet: {e}", meta.location)),
             );
         }

@@ -21,8 +21,8 @@ fn acked_ids(log: &common::ProducerLog) -> HashSet<String> {
 async fn sigterm_drains_to_the_sink_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::default();
-    sink.delay_ms
-        .store(50, std::sync::atomic::Ordering::Relaxed);
+    sink.delay_us
+        .store(50_000, std::sync::atomic::Ordering::Relaxed);
     let mut sink_server = sink.start(free_port()).await;
     let mut sidelog = Sidelog::new(
         &dir.path().join("data"),

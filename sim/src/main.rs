@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use sidelog::mode::LoggingMode;
+use sidelog::LoggingMode;
 use sidelog_sim::{Bug, Report, SimConfig, run};
 
 #[derive(Debug, Parser)]

@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use sidelog::clock::{Clock, Entropy};
-use sidelog::config::Config;
-use sidelog::dedup::DedupWindow;
-use sidelog::handler::{BoxFuture, Handler, HandlerError};
-use sidelog::ingest::Pipeline;
+use sidelog::Config;
+use sidelog::LoggingMode;
+use sidelog::Pipeline;
 use sidelog::journal::{Journal, JournalConfig, Seq, WriterRuntime};
-use sidelog::mode::LoggingMode;
 use sidelog::proto::{Ack, Message, ack};
+use sidelog::runtime::BoxFuture;
+use sidelog::runtime::Tracker;
+use sidelog::runtime::{Clock, Entropy};
 use sidelog::sink::{SEQ_HEADER, Sink, SinkError};
-use sidelog::spawn::Tracker;
+use sidelog::{Handler, HandlerError};
 use tokio::time::Instant;
 
 use crate::disk::{CrashLoss, DiskFaults, Full, SimDisk};
@@ -350,7 +350,7 @@ impl Handler for SimHandler {
         &self,
         message: Message,
         _attempt: u32,
-        _replay: bool,
+        _call: sidelog::Call,
     ) -> BoxFuture<'_, Result<Vec<Message>, HandlerError>> {
         let fate = self.link.fate();
         let (link, hop) = (self.link.clone(), self.hop.clone());
@@ -527,53 +527,49 @@ impl World {
         let world = self.clone();
         let node = tracker
             .scope(async {
-                let journal = Journal::open_storage(
+                let opened = sidelog::Node::open(
                     Box::new(world.disk.clone()),
                     "sim/journal.redb".into(),
                     JournalConfig {
                         writer: WriterRuntime::Task,
                         bug_ack_before_fsync: world.cfg.bug == Some(Bug::AckBeforeFsync),
-                        ..sidelog::server::journal_config(&world.config)
+                        ..sidelog::journal_config(&world.config)
                     },
                     world.clock.clone(),
                 )
+                .await
                 .map_err(|e| e.to_string())?;
-                let recovered = journal.load_dedup().await.map_err(|e| e.to_string())?;
-                world.check_acks_durable(incarnation, &recovered);
-                let dedup = DedupWindow::new(
-                    world.config.dedup.window_count,
-                    world.config.dedup.window_age_ms as i64,
-                    world.clock.clone(),
-                );
-                dedup.load(recovered);
+                world.check_acks_durable(incarnation, opened.recovered());
                 let seed = world.entropy_seed.fetch_add(1, Ordering::SeqCst);
-                let (pipeline, _lanes) = sidelog::server::build_pipeline(
-                    &world.config,
-                    journal.clone(),
-                    dedup,
-                    if world.cfg.pass_through {
-                        Arc::new(sidelog::handler::PassThrough)
-                            as Arc<dyn sidelog::handler::Handler>
-                    } else {
-                        Arc::new(SimHandler {
-                            link: world.handler_link.clone(),
-                            hop: world.handler_hop.clone(),
-                        })
-                    },
-                    !world.cfg.pass_through,
-                    Arc::new(SimSink {
+                let handler: Option<Arc<dyn Handler>> = if world.cfg.pass_through {
+                    None
+                } else {
+                    Some(Arc::new(SimHandler {
+                        link: world.handler_link.clone(),
+                        hop: world.handler_hop.clone(),
+                    }))
+                };
+                let hops = sidelog::Hops {
+                    handler,
+                    sink: Arc::new(SimSink {
                         link: world.sink_link.clone(),
                         hop: world.sink_hop.clone(),
                         stored: world.stored.clone(),
                     }),
+                };
+                let sidelog::Node {
+                    journal, pipeline, ..
+                } = opened.assemble(
+                    &world.config,
+                    hops,
                     world.clock.clone(),
                     Entropy::from_seed(seed),
                 );
                 let skip_replay = world.cfg.bug == Some(Bug::SkipReplay);
                 let (p, trace) = (pipeline.clone(), world.trace.clone());
-                sidelog::spawn::spawn(async move {
+                sidelog::runtime::spawn(async move {
                     if !skip_replay {
-                        match sidelog::recovery::replay(&p, &Default::default()).await {
+                        match sidelog::replay(&p, &Default::default()).await {
                             Ok(stats) => trace.log(format!(
                                 "sidelog #{incarnation} replayed {} outputs, {} inputs",
                                 stats.outputs_resent, stats.inputs_rehandled

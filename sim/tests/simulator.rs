@@ -1,7 +1,7 @@
 //! The simulator's own promises: determinism, a passing sweep of every mode, and checkers that
 //! catch loss (mode none) and deliberate bugs.
 
-use sidelog::mode::LoggingMode;
+use sidelog::LoggingMode;
 use sidelog_sim::{Bug, SimConfig, run};
 
 /// Small runs keep the debug-build test quick; the CI sweep runs full-size seeds in release.

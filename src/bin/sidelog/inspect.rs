@@ -1,0 +1,452 @@
+//! `sidelog inspect`: what a journal holds, and what to do with its dead letters.
+//!
+//! It talks to a running sidelog's `Admin` service (`--admin URL`, or the default admin address
+//! when the journal file is locked by a running server). With no server running it opens the
+//! journal file itself and serves the same calls in-process: listing changes nothing, and
+//! `requeue`/`purge` write to the file, to be replayed or forgotten by the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tonic::Request;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use sidelog::AdminService;
+use sidelog::journal::{Journal, JournalConfig, JournalError};
+use sidelog::proto::admin_client::AdminClient;
+use sidelog::proto::admin_server::Admin as _;
+use sidelog::proto::{
+    Entry, GetEntryRequest, ListRequest, ListResponse, SelectDeadLetters, SummaryRequest,
+    SummaryResponse, entry,
+};
+use sidelog::runtime::{Clock as _, SystemClock};
+
+/// Where a running sidelog's admin service is unless told otherwise (`admin_listen`).
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:50052";
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The data directory whose journal to read when no server runs.
+    #[arg(long, env = "SIDELOG_DATA_DIR", default_value = "./sidelog-data")]
+    pub data_dir: PathBuf,
+    /// A running sidelog's admin service (http://HOST:PORT, or https:// with --tls-ca-file).
+    /// Without it, the journal file is read directly, or, when a running sidelog holds it,
+    /// the admin service at the default address is asked.
+    #[arg(long, env = "SIDELOG_ADMIN")]
+    pub admin: Option<String>,
+    /// A file holding the bearer token the admin service asks for.
+    #[arg(long, env = "SIDELOG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to verify the admin service's TLS certificate with.
+    #[arg(long, env = "SIDELOG_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<InspectCommand>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum InspectCommand {
+    /// Entries by state, oldest backlog age, journal size, dedup window (the default).
+    Summary,
+    /// Undelivered entries, oldest first.
+    Backlog(ListArgs),
+    /// Messages that could not be handled or delivered within max_attempts.
+    DeadLetters(ListArgs),
+    /// One entry with its payload and headers.
+    Show {
+        /// Its sequence (from `backlog` or `dead-letters`).
+        sequence: u64,
+    },
+    /// Put dead letters back into the backlog: handled or delivered again.
+    Requeue(Selection),
+    /// Delete dead letters for good.
+    Purge(Selection),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// First sequence to list.
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Entries to list at most (1..=10000).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
+    /// Sequences of the dead letters.
+    pub sequences: Vec<u64>,
+    /// Every dead letter.
+    #[arg(long, conflicts_with = "sequences")]
+    pub all: bool,
+}
+
+/// The admin calls, remote or over a journal opened here.
+enum Backend {
+    Remote(
+        AdminClient<
+            tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+        >,
+    ),
+    Local(AdminService),
+}
+
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+macro_rules! call {
+    ($backend:expr, $method:ident, $request:expr) => {
+        match $backend {
+            Backend::Remote(client) => client.$method(Request::new($request)).await,
+            Backend::Local(service) => service.$method(Request::new($request)).await,
+        }
+        .map(tonic::Response::into_inner)
+    };
+}
+
+pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let mut backend = connect(&args).await?;
+    let backend = &mut backend;
+    let status = |what: &str| {
+        let what = what.to_owned();
+        move |s: tonic::Status| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+    };
+    match args.command.clone().unwrap_or(InspectCommand::Summary) {
+        InspectCommand::Summary => {
+            let s = call!(backend, summary, SummaryRequest {}).map_err(status("summary"))?;
+            print_summary(&s);
+        }
+        InspectCommand::Backlog(list) => {
+            let page =
+                call!(backend, list_backlog, list_request(&list)?).map_err(status("backlog"))?;
+            print_page(&page);
+        }
+        InspectCommand::DeadLetters(list) => {
+            let page = call!(backend, list_dead_letters, list_request(&list)?)
+                .map_err(status("dead letters"))?;
+            print_page(&page);
+        }
+        InspectCommand::Show { sequence } => {
+            let e =
+                call!(backend, get_entry, GetEntryRequest { sequence }).map_err(status("show"))?;
+            print_entry(&e);
+        }
+        InspectCommand::Requeue(sel) => {
+            let r = call!(backend, requeue, select(&sel)?).map_err(status("requeue"))?;
+            let when = if matches!(backend, Backend::Local(_)) {
+                "; they are sent when sidelog next starts"
+            } else {
+                "; they are on their way again"
+            };
+            println!("re-queued {} dead letters{when}", r.requeued);
+            for (old, new) in sel.sequences.iter().zip(&r.new_sequences) {
+                println!("  {old} -> {new}");
+            }
+        }
+        InspectCommand::Purge(sel) => {
+            let r = call!(backend, purge, select(&sel)?).map_err(status("purge"))?;
+            println!("purged {} dead letters", r.purged);
+        }
+    }
+    Ok(())
+}
+
+fn list_request(list: &ListArgs) -> anyhow::Result<ListRequest> {
+    anyhow::ensure!(
+        (1..=sidelog::MAX_LIST_LIMIT).contains(&list.limit),
+        "--limit must be 1..={}",
+        sidelog::MAX_LIST_LIMIT
+    );
+    Ok(ListRequest {
+        from_sequence: list.from,
+        limit: list.limit,
+    })
+}
+
+fn select(sel: &Selection) -> anyhow::Result<SelectDeadLetters> {
+    anyhow::ensure!(
+        sel.all || !sel.sequences.is_empty(),
+        "name the dead letters by sequence, or give --all"
+    );
+    Ok(SelectDeadLetters {
+        sequences: sel.sequences.clone(),
+        all: sel.all,
+    })
+}
+
+async fn connect(args: &InspectArgs) -> anyhow::Result<Backend> {
+    if let Some(url) = &args.admin {
+        return remote(args, url).await;
+    }
+    match open_local(&args.data_dir) {
+        Ok(journal) => Ok(Backend::Local(AdminService::new(
+            journal,
+            Arc::new(SystemClock),
+            None,
+        ))),
+        Err(LocalError::Journal(JournalError::InUse { path })) => {
+            eprintln!(
+                "{} is in use by a running sidelog; asking its admin service at {DEFAULT_ADMIN_URL} (--admin)",
+                path.display()
+            );
+            remote(args, DEFAULT_ADMIN_URL).await
+        }
+        Err(LocalError::Journal(
+            e @ (JournalError::Corrupted { .. } | JournalError::Decode { .. }),
+        )) => {
+            let path = args.data_dir.join(sidelog::journal::FILE_NAME);
+            print_damage(&path, &e);
+            Err(anyhow::Error::new(e).context(format!(
+                "the journal {} is damaged; move it aside and restore it from a backup",
+                path.display()
+            )))
+        }
+        Err(LocalError::Journal(e)) => Err(anyhow::Error::new(e).context(format!(
+            "cannot open the journal in {}",
+            args.data_dir.display()
+        ))),
+        Err(LocalError::Missing(path)) => Err(anyhow::anyhow!(
+            "no journal at {} (--data-dir), and no --admin address given",
+            path.display()
+        )),
+    }
+}
+
+async fn remote(args: &InspectArgs, url: &str) -> anyhow::Result<Backend> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--admin: not a URL: {url}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = &args.tls_ca_file {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read --tls-ca-file {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .context("--tls-ca-file")?;
+    }
+    let token = match &args.auth_token_file {
+        Some(path) => {
+            let token = sidelog::read_token_file(path)
+                .map_err(|e| anyhow::anyhow!("--auth-token-file: {e}"))?;
+            Some(format!("Bearer {token}").parse().map_err(|_| {
+                anyhow::anyhow!("--auth-token-file: the token is not a valid header value")
+            })?)
+        }
+        None => None,
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin service at {url} (--admin)"))?;
+    Ok(Backend::Remote(AdminClient::with_interceptor(
+        channel,
+        Bearer(token),
+    )))
+}
+
+enum LocalError {
+    Missing(PathBuf),
+    Journal(JournalError),
+}
+
+fn open_local(data_dir: &Path) -> Result<Journal, LocalError> {
+    let path = data_dir.join(sidelog::journal::FILE_NAME);
+    if !path.exists() {
+        return Err(LocalError::Missing(path));
+    }
+    Journal::open(
+        data_dir,
+        JournalConfig {
+            // Nothing ages out of the dedup window because inspect looked at it.
+            dedup_window_count: u64::MAX,
+            dedup_window_age_ms: i64::MAX,
+            max_file_bytes: None,
+            ..JournalConfig::default()
+        },
+        Arc::new(SystemClock),
+    )
+    .map_err(LocalError::Journal)
+}
+
+/// What can be said of a file `serve` refuses to open: its size, whether its header is there,
+/// and what redb's read-only open can still read of each table.
+fn print_damage(path: &Path, error: &JournalError) {
+    println!("journal       {}", path.display());
+    println!("state         DAMAGED: {error}");
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            println!("file bytes    {}", bytes.len());
+            let magic = b"redb\x1A\x0A\xA9\x0D\x0A";
+            println!(
+                "redb header   {}",
+                if bytes.starts_with(magic) {
+                    "present (the damage is further in)"
+                } else {
+                    "missing or overwritten"
+                }
+            );
+            let zero_pages = bytes
+                .chunks(4096)
+                .filter(|p| p.iter().all(|b| *b == 0))
+                .count();
+            println!(
+                "pages         {} of 4 KiB, {} all zero",
+                bytes.len().div_ceil(4096),
+                zero_pages
+            );
+        }
+        Err(e) => println!("file          cannot be read: {e}"),
+    }
+    match sidelog::journal::salvage(path) {
+        Ok(tables) => {
+            for t in tables {
+                match t.error {
+                    None => println!("readable      {}: all {} entries", t.table, t.readable),
+                    Some(e) => println!(
+                        "readable      {}: {} entries, then: {e}",
+                        t.table, t.readable
+                    ),
+                }
+            }
+            println!(
+                "              (read-only; restore the file from a backup, or move it aside to start empty)"
+            );
+        }
+        Err(e) => println!("readable      nothing: {e}"),
+    }
+}
+
+fn age(ms: i64) -> String {
+    match ms {
+        0 => "-".into(),
+        ms if ms < 1000 => format!("{ms} ms"),
+        ms if ms < 120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        ms if ms < 7_200_000 => format!("{:.1} min", ms as f64 / 60_000.0),
+        ms => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+fn print_summary(s: &SummaryResponse) {
+    println!("journal         {}", s.journal_path);
+    println!("journal bytes   {}", s.journal_file_bytes);
+    if s.mode.is_empty() {
+        println!("server          not running (read from the file)");
+    } else {
+        println!(
+            "server          mode {}, {}",
+            s.mode,
+            if s.serving {
+                "serving"
+            } else {
+                "not serving (replaying or stopping)"
+            }
+        );
+    }
+    println!("backlog inputs  {}", s.backlog_inputs);
+    println!("backlog outputs {}", s.backlog_outputs);
+    println!("backlog bytes   {}", s.backlog_bytes);
+    println!("oldest backlog  {}", age(s.oldest_backlog_age_ms));
+    println!("dead letters    {}", s.dead_letters);
+    println!("dedup ids       {}", s.dedup_ids);
+    println!("next sequence   {}", s.next_sequence);
+}
+
+fn table(e: &Entry) -> &'static str {
+    match entry::Table::try_from(e.table) {
+        Ok(entry::Table::Input) => "input",
+        Ok(entry::Table::Output) => "output",
+        Ok(entry::Table::DeadLetter) => "dead",
+        _ => "?",
+    }
+}
+
+fn print_page(page: &ListResponse) {
+    let now = SystemClock.now_ms();
+    for e in &page.entries {
+        let m = e.message.clone().unwrap_or_default();
+        let detail = match entry::Table::try_from(e.table) {
+            Ok(entry::Table::DeadLetter) => {
+                // The whole reason is in `show`; a list keeps one line per entry.
+                let mut reason: String = e.reason.chars().take(120).collect();
+                if reason.len() < e.reason.len() {
+                    reason.push('…');
+                }
+                format!("{} after {} attempts: {reason}", e.dead_kind, e.attempts)
+            }
+            Ok(entry::Table::Input) => e.state.clone(),
+            _ if e.input_sequence != 0 => format!("of input {}", e.input_sequence),
+            _ => String::new(),
+        };
+        println!(
+            "{:>10} {:<6} id={} key={:?} bytes={} age={} {detail}",
+            e.sequence,
+            table(e),
+            m.id,
+            m.key,
+            e.payload_bytes,
+            age((now - e.written_at_ms).max(1)),
+        );
+    }
+    match page.next_from_sequence {
+        0 => println!("({} entries, end)", page.entries.len()),
+        next => println!("({} entries; more with --from {next})", page.entries.len()),
+    }
+}
+
+fn print_entry(e: &Entry) {
+    let m = e.message.clone().unwrap_or_default();
+    println!("sequence      {}", e.sequence);
+    println!("table         {}", table(e));
+    println!("id            {}", m.id);
+    println!("key           {:?}", m.key);
+    println!("written at    {} (unix ms)", e.written_at_ms);
+    if m.event_time_ms != 0 {
+        println!("event time    {} (unix ms)", m.event_time_ms);
+    }
+    if !e.state.is_empty() {
+        println!("state         {}", e.state);
+    }
+    if e.input_sequence != 0 {
+        println!("input         {}", e.input_sequence);
+    }
+    if !e.reason.is_empty() {
+        println!(
+            "dead          {} after {} attempts",
+            e.dead_kind, e.attempts
+        );
+        println!("reason        {}", e.reason);
+    }
+    for (k, v) in &m.headers {
+        println!("header        {k}: {v}");
+    }
+    println!("payload bytes {}", m.payload.len());
+    match std::str::from_utf8(&m.payload) {
+        Ok(text) => println!("payload       {text}"),
+        Err(_) => {
+            let hex: String = m
+                .payload
+                .iter()
+                .take(256)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            println!(
+                "payload (hex) {hex}{}",
+                if m.payload.len() > 256 { "…" } else { "" }
+            );
+        }
+    }
+}

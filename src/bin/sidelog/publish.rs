@@ -1,0 +1,251 @@
+//! `sidelog publish`: a producer for people and scripts.
+//!
+//! Sends N generated messages (or stdin lines, one message a line) in batches from concurrent
+//! workers, and prints a summary of the acks. Like a real client, it retries a batch that got no
+//! acks (sidelog down, replaying, backpressure) with the same ids, so a message accepted before
+//! a lost response comes back as `DUPLICATE`, not as a second copy.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tonic::transport::{Channel, Endpoint};
+
+use sidelog::proto::ingest_client::IngestClient;
+use sidelog::proto::{Message, PublishRequest, ack};
+use sidelog::runtime::{Clock, Entropy, SystemClock};
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// sidelog's address.
+    #[arg(long, env = "SIDELOG_TARGET", default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Messages to generate (ignored with --stdin).
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Payload bytes of each generated message.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Messages per request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Message ids are <prefix>-<n>; default: a prefix unique to this run.
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+    /// Spread messages over this many keys (0: no key).
+    #[arg(long, default_value_t = 16)]
+    pub keys: u64,
+    /// Read payloads from standard input, one message a line.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Give up on a batch that got no acks for this long.
+    #[arg(long, default_value_t = 60_000)]
+    pub retry_for_ms: u64,
+    /// File holding the bearer token, if sidelog asks for one (`serve --auth-token-file`).
+    #[arg(long, env = "SIDELOG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+}
+
+/// What the acks said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    pub sent: u64,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    /// Messages never acked within `--retry-for-ms`.
+    pub unacked: u64,
+    /// Requests sent again after an error.
+    pub retries: u64,
+    pub first_rejection: Option<String>,
+}
+
+/// Runs the producer and returns its summary.
+pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let clock = SystemClock;
+    let entropy = Entropy::from_clock(&clock);
+    let prefix = args
+        .id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("pub-{:x}-{:04x}", clock.now_ms(), entropy.below(0x10000)));
+    let payloads: Vec<Vec<u8>> = if args.stdin {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map(|l| l.map(String::into_bytes))
+            .collect::<Result<_, _>>()
+            .context("reading standard input")?
+    } else {
+        Vec::new()
+    };
+    let total = if args.stdin {
+        payloads.len() as u64
+    } else {
+        args.count
+    };
+    let mut batches = VecDeque::new();
+    let mut n = 0u64;
+    while n < total {
+        let end = (n + args.batch as u64).min(total);
+        let batch: Vec<Message> = (n..end)
+            .map(|i| Message {
+                id: format!("{prefix}-{i}"),
+                key: if args.keys == 0 {
+                    String::new()
+                } else {
+                    format!("k{}", i % args.keys)
+                },
+                payload: if args.stdin {
+                    payloads[i as usize].clone().into()
+                } else {
+                    generated_payload(i, args.size).into()
+                },
+                headers: Default::default(),
+                event_time_ms: clock.now_ms(),
+            })
+            .collect();
+        batches.push_back(batch);
+        n = end;
+    }
+    let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        match &args.auth_token_file {
+            Some(path) => {
+                let token = sidelog::read_token_file(path).map_err(|reason| {
+                    anyhow::anyhow!("--auth-token-file {}: {reason}", path.display())
+                })?;
+                Some(
+                    format!("Bearer {token}")
+                        .parse()
+                        .context("the token is not a valid header value")?,
+                )
+            }
+            None => None,
+        };
+    let channel = Endpoint::from_shared(args.target.clone())
+        .with_context(|| format!("invalid --target {:?}", args.target))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let queue = Arc::new(Mutex::new(batches));
+    let summary = Arc::new(Mutex::new(PublishSummary {
+        sent: total,
+        ..Default::default()
+    }));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (queue, summary, channel) = (queue.clone(), summary.clone(), channel.clone());
+        let authorization = authorization.clone();
+        let retry_for = Duration::from_millis(args.retry_for_ms);
+        let entropy = entropy.clone();
+        workers.push(tokio::spawn(async move {
+            let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
+            loop {
+                let Some(batch) = queue.lock().expect("no panics under this lock").pop_front()
+                else {
+                    break;
+                };
+                let fatal = publish_batch(
+                    &mut client,
+                    batch,
+                    authorization.as_ref(),
+                    retry_for,
+                    &entropy,
+                    &summary,
+                )
+                .await;
+                if let Some(fatal) = fatal {
+                    return Err(fatal);
+                }
+            }
+            Ok(())
+        }));
+    }
+    for w in workers {
+        w.await.context("publish worker failed")??;
+    }
+    let summary = summary.lock().expect("no panics under this lock").clone();
+    Ok(summary)
+}
+
+/// Publishes one batch, retrying with backoff; an error only for what retrying cannot fix.
+async fn publish_batch(
+    client: &mut IngestClient<Channel>,
+    batch: Vec<Message>,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    retry_for: Duration,
+    entropy: &Entropy,
+    summary: &Mutex<PublishSummary>,
+) -> Option<anyhow::Error> {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut delay_ms = 50u64;
+    loop {
+        let mut request = tonic::Request::new(PublishRequest {
+            messages: batch.clone(),
+        });
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        match client.publish(request).await {
+            Ok(response) => {
+                let mut s = summary.lock().expect("no panics under this lock");
+                for a in response.into_inner().acks {
+                    match ack::Status::try_from(a.status) {
+                        Ok(ack::Status::Accepted) => s.accepted += 1,
+                        Ok(ack::Status::Duplicate) => s.duplicate += 1,
+                        _ => {
+                            s.rejected += 1;
+                            if s.first_rejection.is_none() {
+                                s.first_rejection = Some(format!("{}: {}", a.id, a.reason));
+                            }
+                        }
+                    }
+                }
+                return None;
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                let mut s = summary.lock().expect("no panics under this lock");
+                s.rejected += batch.len() as u64;
+                s.first_rejection
+                    .get_or_insert_with(|| status.message().to_owned());
+                return None;
+            }
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return Some(anyhow::anyhow!(
+                    "sidelog refused the call: {} (--auth-token-file)",
+                    status.message()
+                ));
+            }
+            Err(status) => {
+                if tokio::time::Instant::now() >= deadline {
+                    summary.lock().expect("no panics under this lock").unacked +=
+                        batch.len() as u64;
+                    tracing::warn!(error = %status, "giving up on a batch");
+                    return None;
+                }
+                summary.lock().expect("no panics under this lock").retries += 1;
+                tokio::time::sleep(Duration::from_millis(
+                    entropy.below(delay_ms) + delay_ms / 2,
+                ))
+                .await;
+                delay_ms = (delay_ms * 2).min(2000);
+            }
+        }
+    }
+}
+
+/// A readable payload of `size` bytes for message `i`.
+fn generated_payload(i: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("message {i} ").into_bytes();
+    p.resize(size.max(1), b'.');
+    p.truncate(size);
+    p
+}

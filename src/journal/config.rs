@@ -1,0 +1,49 @@
+//! The journal's validated settings (built from the configuration by `crate::node`).
+
+/// Validated settings of the journal.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Records applied in one transaction at most.
+    pub commit_max_records: usize,
+    /// Longest a non-durable change waits for the next durable commit.
+    pub sync_interval_ms: u64,
+    /// Message ids the dedup window keeps at most.
+    pub dedup_window_count: u64,
+    /// Age after which a message id leaves the dedup window.
+    pub dedup_window_age_ms: i64,
+    /// The journal file's size limit; writes past it fail as `StorageFull`.
+    pub max_file_bytes: Option<u64>,
+    /// Added to every fsync, to measure the modes as on a slow disk (benchmarks only).
+    pub simulated_fsync_latency_us: u64,
+    /// Where the writer runs.
+    pub writer: WriterRuntime,
+    /// A deliberate bug for the simulator's self-test: commits that must be durable are made
+    /// without fsync, so acks can precede durability. Never set outside the simulator.
+    #[doc(hidden)]
+    pub bug_ack_before_fsync: bool,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            commit_max_records: 8192,
+            sync_interval_ms: 1000,
+            dedup_window_count: 100_000,
+            dedup_window_age_ms: 3_600_000,
+            max_file_bytes: None,
+            simulated_fsync_latency_us: 0,
+            writer: WriterRuntime::Thread,
+            bug_ack_before_fsync: false,
+        }
+    }
+}
+
+/// Where the journal's writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterRuntime {
+    /// Its own OS thread (production): redb's blocking calls never stall the runtime.
+    Thread,
+    /// A task on the current tokio runtime (the simulator): deterministic scheduling, and a
+    /// crash (aborting the process's tasks) stops it like the rest.
+    Task,
+}

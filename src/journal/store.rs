@@ -1,0 +1,291 @@
+//! Where the journal's file lives: the real filesystem ([`FileStore`], with an optional size
+//! limit), or the simulator's disk; and opening the database in it.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redb::Database;
+use tracing::info;
+
+use super::config::JournalConfig;
+use super::error::{Failure, JournalError, Result};
+use super::record::FILE_FORMAT;
+use super::tables::{META, META_FORMAT};
+
+/// The file name of the journal inside the data directory.
+pub const FILE_NAME: &str = "journal.redb";
+
+/// Where the journal's file lives: the real filesystem, or the simulator's disk.
+///
+/// A journal is created atomically: initialized under a temporary name, synced, then renamed
+/// into place. So the journal file either does not exist or is a complete database, and a
+/// crash (or I/O error) during the very first start cannot leave a half-made file that every
+/// later start would have to refuse as damaged.
+pub trait JournalStore: Send + 'static {
+    /// Whether the journal file exists.
+    fn exists(&self) -> std::io::Result<bool>;
+    /// A backend for the existing journal file.
+    fn open(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
+    /// A backend for an empty temporary file (replacing any leftover) to build a new journal in.
+    fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
+    /// Makes the temporary file the journal file, atomically and durably.
+    fn publish_temp(&self) -> std::io::Result<()>;
+    /// Lets the file grow into the headroom kept past its size limit (`on`), or not. The writer
+    /// turns it on only to commit completion marks after the journal filled up: removing
+    /// entries needs new pages (copy-on-write), and without headroom a full journal could never
+    /// drain. Stores without a size limit ignore it.
+    fn set_reserve(&self, _on: bool) {}
+}
+
+/// The headroom past `limits.max_journal_bytes` that only completion marks may use: 1/16 of
+/// the limit, between 256 KiB and 64 MiB.
+pub fn reserve_bytes(max_file_bytes: u64) -> u64 {
+    (max_file_bytes / 16).clamp(256 << 10, 64 << 20)
+}
+
+/// The journal file on the real filesystem, optionally size-limited.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    pub path: PathBuf,
+    pub max_file_bytes: Option<u64>,
+    /// Added to every fsync (benchmarks: a slow disk on a fast machine).
+    pub fsync_latency: Duration,
+    /// Whether the file may grow into its headroom now (see [`JournalStore::set_reserve`]).
+    pub reserve: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileStore {
+    /// `journal.redb` in `data_dir`, which is created if missing.
+    pub fn in_dir(data_dir: &Path, config: &JournalConfig) -> Result<FileStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            JournalError::Io(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        Ok(FileStore {
+            path: data_dir.join(FILE_NAME),
+            max_file_bytes: config.max_file_bytes,
+            fsync_latency: Duration::from_micros(config.simulated_fsync_latency_us),
+            reserve: Arc::default(),
+        })
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.path.with_extension("redb.new")
+    }
+
+    fn backend(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(path)?;
+        let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
+        Ok(Box::new(QuotaBackend {
+            inner,
+            max_len: self.max_file_bytes.unwrap_or(u64::MAX),
+            fsync_latency: self.fsync_latency,
+            reserve: self.reserve.clone(),
+        }))
+    }
+}
+
+impl JournalStore for FileStore {
+    fn exists(&self) -> std::io::Result<bool> {
+        self.path.try_exists()
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        self.backend(&self.path, false)
+    }
+
+    fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        self.backend(&self.temp_path(), true)
+    }
+
+    fn set_reserve(&self, on: bool) {
+        self.reserve.store(on, Ordering::Relaxed);
+    }
+
+    fn publish_temp(&self) -> std::io::Result<()> {
+        std::fs::rename(self.temp_path(), &self.path)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// Opens the journal database in `store`, building a new one first when there is none.
+pub(super) fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
+    let io = |e: std::io::Error| JournalError::from_io(&e);
+    if !store.exists().map_err(io)? {
+        create_database(store).map_err(|e| e.at(path))?;
+        info!(path = %path.display(), "created a new journal");
+    }
+    let backend = store.open().map_err(io)?;
+    let corrupted = |reason: String| JournalError::Corrupted {
+        path: path.to_owned(),
+        reason,
+    };
+    // redb would format an empty file as a new database. sidelog never leaves an empty
+    // journal behind (a new one is built under a temporary name and renamed into place), so
+    // an empty journal.redb was truncated: starting on it would silently drop the backlog.
+    if backend.len().map_err(io)? == 0 {
+        return Err(corrupted(
+            "the file is empty (0 bytes): it was truncated or replaced".into(),
+        ));
+    }
+    match redb::Builder::new().create_with_backend(BoxedBackend(backend)) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
+            Err(corrupted(reason))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(JournalError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(redb::DatabaseError::UpgradeRequired(v)) => Err(JournalError::Format {
+            path: path.to_owned(),
+            found: u64::from(v),
+        }),
+        Err(e) => match redb::Error::from(e) {
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                Err(corrupted(io.to_string()))
+            }
+            other => Err(JournalError::from_redb(other, path)),
+        },
+    }
+}
+
+/// A new journal: built and synced under a temporary name, then renamed into place.
+fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
+    let db =
+        redb::Builder::new().create_with_backend(BoxedBackend(store.create_temp().map_err(io)?))?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(META_FORMAT, FILE_FORMAT)?;
+    txn.commit()?;
+    drop(db);
+    store.publish_temp().map_err(io)
+}
+
+/// redb's file backend with a size limit: growing the file past `max_len` fails as
+/// `StorageFull`, exactly as a full disk would. It can also make fsync slower, to benchmark
+/// the modes as on a real disk (fsync on a virtual disk takes ~40 µs, on real ones 0.1–10 ms).
+#[derive(Debug)]
+struct QuotaBackend {
+    inner: redb::backends::FileBackend,
+    max_len: u64,
+    fsync_latency: Duration,
+    reserve: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redb::StorageBackend for QuotaBackend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        let limit = if self.reserve.load(Ordering::Relaxed) {
+            self.max_len.saturating_add(reserve_bytes(self.max_len))
+        } else {
+            self.max_len
+        };
+        if len > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("journal size limit of {} bytes reached", self.max_len),
+            ));
+        }
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        if !self.fsync_latency.is_zero() {
+            // The writer runs on its own thread: sleeping here stalls only the journal.
+            std::thread::sleep(self.fsync_latency);
+        }
+        let started = tokio::time::Instant::now();
+        let result = self.inner.sync_data();
+        metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::result::Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+}
+
+/// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<bool, redb::BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> std::result::Result<(), redb::BackendError> {
+        self.0.unlock_range(start, end)
+    }
+}

@@ -1,0 +1,148 @@
+//! The values that go into the journal and come back out of it: sequences, output groups, dead
+//! letters, stored entries, the dedup window's records and counts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::proto::Message;
+use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+
+/// A journal sequence number: the key of an entry, unique for the life of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// The undelivered work the journal holds: kept up to date by the writer, read by the publish
+/// path for backpressure without touching the file.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl Backlog {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+    pub(super) fn set(&self, bytes: u64, entries: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.entries.store(entries, Ordering::Relaxed);
+    }
+}
+
+/// Outputs to record for one input.
+#[derive(Debug, Clone)]
+pub struct OutputGroup {
+    /// The journaled input these outputs belong to (hml); `None` in sbml.
+    pub input_seq: Option<Seq>,
+    /// The input's message id, entered into the dedup window in the same transaction (sbml).
+    pub dedup_id: Option<String>,
+    pub outputs: Vec<Message>,
+}
+
+/// What the journal assigned to one [`OutputGroup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOutputs {
+    /// One sequence per output, in order.
+    pub output_seqs: Vec<Seq>,
+    /// The sequence the dedup window remembers for the input: the first output's, or a fresh
+    /// one when there are no outputs.
+    pub ack_seq: Seq,
+}
+
+/// A message to move to the dead-letter table.
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub kind: dead_letter::Kind,
+    pub message: Message,
+    pub reason: String,
+    pub attempts: u32,
+    pub input_seq: Option<Seq>,
+    /// The entry this letter replaces, removed in the same transaction.
+    pub remove: Option<EntryRef>,
+    /// The input this letter finishes (it was the input's last undelivered output), completed
+    /// in the same transaction: a crash cannot leave the input to be handled again while its
+    /// outputs sit in the dead-letter table.
+    pub complete_input: Option<Seq>,
+}
+
+/// An entry of `inputs` or `outputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRef {
+    Input(Seq),
+    Output(Seq),
+}
+
+/// What replay must do with a stored input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputState {
+    /// No outputs were recorded: call the handler again.
+    Unhandled,
+    /// Its outputs are in `outputs` (hml): replay re-sends those instead.
+    OutputsPending,
+    /// Its outputs were recorded and are all gone (delivered or dead-lettered), but the
+    /// completion mark was lost in a crash: it only needs completing.
+    Finished,
+}
+
+/// An input read back for replay.
+#[derive(Debug, Clone)]
+pub struct StoredInput {
+    pub seq: Seq,
+    pub entry: InputEntry,
+    pub state: InputState,
+}
+
+/// An output read back for replay.
+#[derive(Debug, Clone)]
+pub struct StoredOutput {
+    pub seq: Seq,
+    pub entry: OutputEntry,
+}
+
+/// A dead letter read back.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub seq: Seq,
+    pub letter: DeadLetter,
+}
+
+/// A message id in the persisted dedup window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub id: String,
+    pub seq: Seq,
+    pub recorded_at_ms: i64,
+}
+
+/// Entry counts, for `inspect` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub inputs: u64,
+    pub outputs: u64,
+    pub dead_letters: u64,
+    pub dedup_ids: u64,
+    pub backlog_bytes: u64,
+    pub next_seq: u64,
+    /// When the oldest undelivered entry was received (inputs) or recorded (outputs), unix ms.
+    pub oldest_backlog_ms: Option<i64>,
+}
+
+/// Which dead letters an operator acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterSelection {
+    /// These sequences (those that are not dead letters are skipped).
+    Seqs(Vec<Seq>),
+    /// Every dead letter.
+    All,
+}
+
+/// Sequences `[from, to)` written by a commit that reported failure but turned out to be in the
+/// file when it was reopened (an I/O error after redb had made the commit visible). Nobody was
+/// told those records were accepted, and nothing is processing them: they must be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub from: Seq,
+    pub to: Seq,
+}

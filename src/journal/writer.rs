@@ -1,0 +1,509 @@
+//! The writer: the one owner of the database. It groups the commands waiting in its queue into
+//! one transaction, commits once (with an fsync when any of them needs durability), and answers
+//! each command only after that commit returned. It also reopens the file after an I/O error and
+//! keeps a full journal draining (see [`Writer::commit`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::command::{Answer, Command, Read, Write};
+use super::config::{JournalConfig, WriterRuntime};
+use super::error::{Failure, JournalError, Result};
+use super::store::{JournalStore, open_database};
+use super::tables::{self, FileState, Tables};
+use super::types::{Backlog, Seq, SeqRange};
+use crate::runtime::SharedClock;
+
+/// Sequences reserved past each durable commit (see the module's invariants).
+pub(super) const SEQ_RESERVE: u64 = 1 << 20;
+
+/// The writer's state. Owns the database.
+pub(super) struct Writer {
+    /// `None` after an I/O error until the file is reopened.
+    db: Option<Database>,
+    storage: Box<dyn JournalStore>,
+    path: PathBuf,
+    config: JournalConfig,
+    clock: SharedClock,
+    backlog: Arc<Backlog>,
+    next_seq: u64,
+    /// Sequences below this are covered by a durable `seq_floor`.
+    durable_floor: u64,
+    dedup_len: u64,
+    /// Non-durable commits happened since the last durable one.
+    dirty: bool,
+    /// Completion marks whose commit failed: idempotent, so kept and applied again with the
+    /// next commit instead of being lost (which would leave their entries in the backlog).
+    retry_marks: Vec<Write>,
+    /// Where reopening reports the records of failed commits that are in the file after all.
+    ambiguous: mpsc::UnboundedSender<SeqRange>,
+    /// Completion marks committed without fsync since the last durable commit. Reopening the
+    /// file after an I/O error loses those commits (redb holds them in its process's write
+    /// buffer), so they are applied again: otherwise their entries would come back to life.
+    unsynced_marks: Vec<(Vec<Seq>, Vec<Seq>)>,
+    /// The highest key found in the file by the last `load_state`.
+    max_key: u64,
+    last_durable_ms: i64,
+    /// The last commit failed for lack of space: completion marks are committed on their own
+    /// first (with the store's headroom), so that the backlog drains and frees space.
+    full: bool,
+    /// Make the next commit durable whatever it holds (pages freed by a commit are reused only
+    /// once a durable commit follows it).
+    force_durable: bool,
+}
+
+/// What one commit decided and changed, for the bookkeeping after it returned.
+struct Committed {
+    durable: bool,
+    fsync: bool,
+    next_seq: u64,
+    dedup_len: u64,
+    bytes: u64,
+    entries: u64,
+    written_records: u64,
+    written_bytes: u64,
+}
+
+impl Writer {
+    /// Opens the database in `storage` and reads its counters.
+    pub(super) fn open(
+        storage: Box<dyn JournalStore>,
+        path: PathBuf,
+        config: JournalConfig,
+        clock: SharedClock,
+        ambiguous: mpsc::UnboundedSender<SeqRange>,
+    ) -> Result<Writer> {
+        let db = open_database(storage.as_ref(), &path)?;
+        let mut writer = Writer {
+            db: Some(db),
+            storage,
+            path,
+            config,
+            clock,
+            backlog: Arc::new(Backlog::default()),
+            next_seq: 0,
+            durable_floor: 0,
+            dedup_len: 0,
+            dirty: false,
+            retry_marks: Vec::new(),
+            last_durable_ms: 0,
+            ambiguous,
+            unsynced_marks: Vec::new(),
+            max_key: 0,
+            full: false,
+            force_durable: false,
+        };
+        writer.load_state()?;
+        info!(
+            path = %writer.path.display(),
+            next_seq = writer.next_seq,
+            backlog_entries = writer.backlog.entries(),
+            backlog_bytes = writer.backlog.bytes(),
+            dedup_ids = writer.dedup_len,
+            "journal opened"
+        );
+        Ok(writer)
+    }
+
+    pub(super) fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
+    }
+
+    /// Runs the writer where its config says, with the sync ticker beside it. Completion marks
+    /// are committed without fsync; the ticker bounds how long they stay non-durable when no
+    /// durable write comes along. It holds only a weak sender, so the writer still stops when
+    /// the last handle is dropped.
+    pub(super) fn start(
+        self,
+        rx: mpsc::Receiver<Command>,
+        ticker: mpsc::WeakSender<Command>,
+    ) -> Result<()> {
+        let sync_interval = Duration::from_millis(self.config.sync_interval_ms.max(1));
+        // A full queue means commits are happening anyway.
+        let tick = move || match ticker.upgrade() {
+            Some(tx) => {
+                let _ = tx.try_send(Command::Write(Write::SyncIfDirty));
+                true
+            }
+            None => false,
+        };
+        let cannot =
+            |what: &str, e: std::io::Error| JournalError::Io(format!("cannot start {what}: {e}"));
+        match self.config.writer {
+            WriterRuntime::Thread => {
+                std::thread::Builder::new()
+                    .name("sidelog-journal".into())
+                    .spawn(move || self.run_thread(rx))
+                    .map_err(|e| cannot("the journal writer", e))?;
+                std::thread::Builder::new()
+                    .name("sidelog-journal-sync".into())
+                    .spawn(move || {
+                        std::thread::sleep(sync_interval);
+                        while tick() {
+                            std::thread::sleep(sync_interval);
+                        }
+                    })
+                    .map_err(|e| cannot("the journal sync ticker", e))?;
+            }
+            WriterRuntime::Task => {
+                crate::runtime::spawn(self.run_task(rx));
+                crate::runtime::spawn(async move {
+                    let mut interval = tokio::time::interval(sync_interval);
+                    interval.tick().await;
+                    interval.tick().await;
+                    while tick() {
+                        interval.tick().await;
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run_thread(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            if let Some(reply) = self.group(first, &mut rx) {
+                drop(reply.send(self.close()));
+                // Closed: answer everything else with `Closed` until the handles are gone.
+                while let Some(cmd) = rx.blocking_recv() {
+                    cmd.fail(JournalError::Closed);
+                }
+                return;
+            }
+        }
+        self.stop();
+    }
+
+    async fn run_task(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.recv().await {
+            if let Some(reply) = self.group(first, &mut rx) {
+                drop(reply.send(self.close()));
+                while let Some(cmd) = rx.recv().await {
+                    cmd.fail(JournalError::Closed);
+                }
+                return;
+            }
+        }
+        self.stop();
+    }
+
+    /// Every handle is gone: make what is pending durable before the writer ends.
+    fn stop(&mut self) {
+        if let Err(e) = self.close() {
+            error!(error = %e, "the journal's last sync failed; the last completion marks are lost and those entries will be re-sent");
+        }
+        debug!("journal writer stopped");
+    }
+
+    /// Handles `first` and every command already waiting, up to the record limit, as one
+    /// group commit, then the reads among them. Returns the reply of a `Close` if one came.
+    fn group(
+        &mut self,
+        first: Command,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Option<super::command::Reply<()>> {
+        let max_records = self.config.commit_max_records.max(1);
+        let mut writes: Vec<Write> = Vec::new();
+        let mut reads: Vec<Read> = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        let mut records = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Close(reply) => {
+                    close = Some(reply);
+                    break;
+                }
+                Command::Read(read) => reads.push(read),
+                Command::Write(write) => {
+                    records += write.records();
+                    writes.push(write);
+                }
+            }
+            if records < max_records {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            self.commit(&mut writes);
+        }
+        for read in reads {
+            self.read(read);
+        }
+        close
+    }
+
+    /// Makes pending non-durable commits durable and releases the file.
+    fn close(&mut self) -> Result<()> {
+        let result = if self.dirty {
+            let (reply, mut rx) = tokio::sync::oneshot::channel();
+            let mut last = vec![Write::Sync {
+                answer: Answer::to(reply),
+            }];
+            self.commit(&mut last);
+            rx.try_recv().unwrap_or(Err(JournalError::Closed))
+        } else {
+            Ok(())
+        };
+        self.db = None;
+        result
+    }
+
+    /// The open database, reopening it after an I/O error. Reopening reloads the counters, and
+    /// reports the records of a commit that failed but is in the file after all.
+    fn db(&mut self) -> Result<&Database> {
+        if self.db.is_none() {
+            warn!(path = %self.path.display(), "reopening the journal after an I/O error");
+            let db = open_database(self.storage.as_ref(), &self.path)?;
+            self.db = Some(db);
+            let before = self.next_seq;
+            self.load_state()?;
+            for (outputs, inputs) in self.unsynced_marks.drain(..) {
+                self.retry_marks.push(Write::Complete {
+                    outputs,
+                    inputs,
+                    answer: Answer::none(),
+                });
+            }
+            if self.max_key >= before {
+                let range = SeqRange {
+                    from: Seq(before),
+                    to: Seq(self.max_key + 1),
+                };
+                warn!(
+                    from = before,
+                    to = self.max_key + 1,
+                    "a failed commit is in the journal after all; its records will be replayed"
+                );
+                // Nobody listening (inspect, tests): the records wait for the next start.
+                let _ = self.ambiguous.send(range);
+            }
+        }
+        Ok(self.db.as_ref().expect("just reopened"))
+    }
+
+    /// Reads the counters from `meta`, creating the tables on a new file.
+    fn load_state(&mut self) -> Result<()> {
+        let db = self
+            .db
+            .as_ref()
+            .expect("load_state runs with an open database");
+        let state: FileState = tables::load_state(db, &self.path).map_err(|e| e.at(&self.path))?;
+        self.next_seq = state.seq_floor.max(state.max_key + 1);
+        self.max_key = state.max_key;
+        self.durable_floor = state.seq_floor;
+        self.dedup_len = state.dedup_len;
+        self.backlog.set(state.backlog_bytes, state.backlog_entries);
+        self.dirty = false;
+        self.last_durable_ms = self.clock.now_ms();
+        Ok(())
+    }
+
+    /// Commits a group. When the last commit failed for lack of space, appends cannot succeed
+    /// until entries are removed, and removing needs pages too: removals go first, alone, into
+    /// the store's headroom; then the rest.
+    fn commit(&mut self, cmds: &mut Vec<Write>) {
+        if !self.retry_marks.is_empty() {
+            let mut all = std::mem::take(&mut self.retry_marks);
+            all.append(cmds);
+            *cmds = all;
+        }
+        if self.full {
+            let (mut removals, rest): (Vec<Write>, Vec<Write>) =
+                cmds.drain(..).partition(Write::is_removal);
+            *cmds = rest;
+            if !removals.is_empty() {
+                self.storage.set_reserve(true);
+                self.force_durable = true;
+                self.commit_now(&mut removals);
+                self.force_durable = false;
+                self.storage.set_reserve(false);
+                if self.full {
+                    // Still failing: the rest would fail the same way; it waits with the marks.
+                    for cmd in cmds.drain(..) {
+                        cmd.fail(JournalError::StorageFull(
+                            "the journal is full; removing delivered entries first".into(),
+                        ));
+                    }
+                    return;
+                }
+                info!("space freed in the full journal by removing delivered entries");
+            }
+            if cmds.is_empty() {
+                return;
+            }
+        }
+        self.commit_now(cmds);
+    }
+
+    fn commit_now(&mut self, cmds: &mut Vec<Write>) {
+        if !self.dirty && cmds.iter().all(|c| matches!(c, Write::SyncIfDirty)) {
+            // Nothing pending: the ticker found the journal clean.
+            cmds.clear();
+            return;
+        }
+        let now = self.clock.now_ms();
+        match self.try_commit(cmds, now) {
+            Ok(()) => {
+                self.full = false;
+                for cmd in cmds.drain(..) {
+                    cmd.finish();
+                }
+            }
+            Err(err) => {
+                self.full = matches!(err, JournalError::StorageFull(_));
+                if err.is_retryable() {
+                    // redb may need the file reopened after an I/O error (PreviousIo).
+                    self.db = None;
+                    warn!(error = %err, commands = cmds.len(), "journal commit failed; nothing in it is acknowledged");
+                } else {
+                    error!(error = %err, commands = cmds.len(), "journal commit failed");
+                }
+                for cmd in cmds.drain(..) {
+                    match cmd {
+                        Write::Complete { .. } if err.is_retryable() => self.retry_marks.push(cmd),
+                        cmd => cmd.fail(err.clone()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this group's commit must be `Immediate` (fsynced).
+    fn must_be_durable(&self, cmds: &[Write], now: i64) -> bool {
+        let sync_due = self.dirty
+            && now.saturating_sub(self.last_durable_ms) >= self.config.sync_interval_ms as i64;
+        // Sequences handed out by this commit must stay below the durable floor unless the
+        // commit itself is durable (module invariant). Completion marks take none: right after
+        // an open (next_seq is at the floor) they stay non-durable like any others.
+        let seqs: usize = cmds.iter().map(Write::seqs_taken).sum();
+        let seq_exhausts_floor = seqs > 0 && self.next_seq + seqs as u64 + 1 >= self.durable_floor;
+        let sync_asked = self.dirty && cmds.iter().any(|c| matches!(c, Write::SyncIfDirty));
+        cmds.iter().any(Write::needs_durability)
+            || self.force_durable
+            || sync_due
+            || sync_asked
+            || seq_exhausts_floor
+    }
+
+    fn try_commit(&mut self, cmds: &mut [Write], now: i64) -> Result<()> {
+        // Reopen first (after an I/O error): it reloads the counters read below. A commit that
+        // reported failure may still be in the file, and its sequences must not be reused.
+        self.db()?;
+        let started = tokio::time::Instant::now();
+        let durable = self.must_be_durable(cmds, now);
+        // The simulator's deliberate bug: nothing is fsynced, though replies say durable.
+        let fsync = durable && !self.config.bug_ack_before_fsync;
+        let committed = self
+            .write_transaction(cmds, now, durable, fsync)
+            .map_err(|e| e.at(&self.path))?;
+        self.after_commit(cmds, now, &committed);
+        record_commit_metrics(&committed, started);
+        let records: usize = cmds.iter().map(Write::records).sum();
+        debug!(commands = cmds.len(), records, durable, "journal commit");
+        Ok(())
+    }
+
+    /// Applies `cmds` in one write transaction and commits it.
+    fn write_transaction(
+        &self,
+        cmds: &mut [Write],
+        now: i64,
+        durable: bool,
+        fsync: bool,
+    ) -> std::result::Result<Committed, Failure> {
+        let db = self.db.as_ref().expect("opened at the start of try_commit");
+        let mut txn = db.begin_write()?;
+        txn.set_durability(if fsync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(|e| JournalError::Io(e.to_string()))?;
+        let mut next_seq = self.next_seq;
+        let mut dedup_len = self.dedup_len;
+        let (bytes, entries, written_records, written_bytes) = {
+            let mut t = Tables::open(&txn, &mut next_seq, &mut dedup_len, now)?;
+            for cmd in cmds.iter_mut() {
+                t.apply(cmd)?;
+            }
+            t.evict_dedup(&self.config)?;
+            let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
+            let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
+            let floor = durable.then(|| *t.next_seq + SEQ_RESERVE);
+            t.store_counters(bytes, entries, floor)?;
+            (bytes, entries, t.written_records, t.written_bytes)
+        };
+        txn.commit()?;
+        Ok(Committed {
+            durable,
+            fsync,
+            next_seq,
+            dedup_len,
+            bytes,
+            entries,
+            written_records,
+            written_bytes,
+        })
+    }
+
+    /// Committed: from here on the state in memory follows the file.
+    fn after_commit(&mut self, cmds: &[Write], now: i64, c: &Committed) {
+        if c.durable {
+            self.durable_floor = c.next_seq + SEQ_RESERVE;
+            self.dirty = false;
+            self.last_durable_ms = now;
+            self.unsynced_marks.clear();
+        } else {
+            self.dirty = true;
+            for cmd in cmds {
+                match cmd {
+                    Write::Complete {
+                        outputs, inputs, ..
+                    } => self.unsynced_marks.push((outputs.clone(), inputs.clone())),
+                    // An hml input with no outputs is completed by recording its empty group.
+                    Write::RecordOutputs { groups, .. } => {
+                        let done: Vec<Seq> = groups
+                            .iter()
+                            .filter(|g| g.outputs.is_empty())
+                            .filter_map(|g| g.input_seq)
+                            .collect();
+                        if !done.is_empty() {
+                            self.unsynced_marks.push((Vec::new(), done));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.next_seq = c.next_seq;
+        self.dedup_len = c.dedup_len;
+        self.backlog.set(c.bytes, c.entries);
+    }
+
+    fn read(&mut self, read: Read) {
+        if let Err(e) = self.db() {
+            read.fail(e);
+            return;
+        }
+        let db = self.db.as_ref().expect("opened just above");
+        tables::answer(db, read, self.next_seq, self.backlog.bytes(), &self.path);
+    }
+}
+
+fn record_commit_metrics(c: &Committed, started: tokio::time::Instant) {
+    use crate::metrics as m;
+    let durability = if c.fsync { "fsync" } else { "none" };
+    metrics::counter!(m::JOURNAL_COMMITS, "durability" => durability).increment(1);
+    metrics::counter!(m::JOURNAL_RECORDS).increment(c.written_records);
+    metrics::counter!(m::JOURNAL_RECORD_BYTES).increment(c.written_bytes);
+    metrics::histogram!(m::JOURNAL_RECORDS_PER_COMMIT).record(c.written_records as f64);
+    metrics::histogram!(m::JOURNAL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::gauge!(m::BACKLOG_ENTRIES).set(c.entries as f64);
+    metrics::gauge!(m::BACKLOG_BYTES).set(c.bytes as f64);
+}

@@ -1,0 +1,299 @@
+//! The dedup window: recent message ids and the sequence each was accepted with.
+//!
+//! A producer that lost an ack retries with the same id; within the window it gets `DUPLICATE`
+//! with the original sequence, and the message is neither handled nor delivered again. The
+//! window is bounded by count and by age (the seeds: remember only recent ids, tolerate the
+//! rare late duplicate). It lives in memory for lookups and is persisted by the journal in the
+//! same transaction as the record it points to, so it survives restarts.
+//!
+//! Claims close the race between two concurrent publishes of one id: the first claims the id
+//! (`Pending`), the second waits for that claim's outcome instead of writing the message again.
+//! A claim that is dropped without being committed (the journal write failed) is released and
+//! its waiters learn that nothing was accepted.
+//!
+//! Invariants: `order` holds exactly the committed entries of `map`, oldest first (each with
+//! the generation it was committed under, so a stale order slot never evicts a newer entry);
+//! pending claims are not in `order` and do not count towards the window's size.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::journal::{DedupRecord, Seq};
+use crate::runtime::SharedClock;
+
+/// What a claim ended as, as seen by a concurrent publish of the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Waiting,
+    Committed(Seq),
+    Released,
+}
+
+/// The answer to [`DedupWindow::claim`].
+pub enum Claim {
+    /// The id is new: the caller owns it until it commits or drops the guard.
+    Fresh(ClaimGuard),
+    /// The id was accepted before, with this sequence.
+    Duplicate(Seq),
+    /// Another publish holds the id right now; wait for its outcome.
+    InFlight(watch::Receiver<ClaimOutcome>),
+}
+
+enum Slot {
+    Pending(watch::Sender<ClaimOutcome>),
+    Committed {
+        seq: Seq,
+        at_ms: i64,
+        generation: u64,
+    },
+}
+
+struct Inner {
+    map: HashMap<String, Slot>,
+    order: VecDeque<(i64, u64, String)>,
+    next_generation: u64,
+}
+
+pub struct DedupWindow {
+    inner: Mutex<Inner>,
+    max_count: usize,
+    max_age_ms: i64,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for DedupWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupWindow")
+            .field("max_count", &self.max_count)
+            .field("max_age_ms", &self.max_age_ms)
+            .finish()
+    }
+}
+
+impl DedupWindow {
+    pub fn new(max_count: u64, max_age_ms: i64, clock: SharedClock) -> Arc<Self> {
+        Arc::new(DedupWindow {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                next_generation: 0,
+            }),
+            max_count: usize::try_from(max_count).unwrap_or(usize::MAX),
+            max_age_ms,
+            clock,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("the dedup mutex is never held across a panic")
+    }
+
+    /// Fills the window from the journal's persisted ids (oldest first).
+    pub fn load(&self, records: Vec<DedupRecord>) {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        for r in records {
+            let generation = inner.next_generation;
+            inner.next_generation += 1;
+            inner.map.insert(
+                r.id.clone(),
+                Slot::Committed {
+                    seq: r.seq,
+                    at_ms: r.recorded_at_ms,
+                    generation,
+                },
+            );
+            inner.order.push_back((r.recorded_at_ms, generation, r.id));
+        }
+        self.evict(&mut inner, now);
+    }
+
+    /// Claims `id` for a publish, or says why it cannot be.
+    pub fn claim(self: &Arc<Self>, id: &str) -> Claim {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        self.evict(&mut inner, now);
+        match inner.map.get(id) {
+            Some(Slot::Committed { seq, at_ms, .. }) if !self.expired(*at_ms, now) => {
+                return Claim::Duplicate(*seq);
+            }
+            Some(Slot::Pending(tx)) => return Claim::InFlight(tx.subscribe()),
+            _ => {}
+        }
+        let (tx, _) = watch::channel(ClaimOutcome::Waiting);
+        inner.map.insert(id.to_owned(), Slot::Pending(tx));
+        Claim::Fresh(ClaimGuard {
+            window: self.clone(),
+            id: Some(id.to_owned()),
+        })
+    }
+
+    /// Ids in the window (committed ones).
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expired(&self, at_ms: i64, now: i64) -> bool {
+        at_ms < now.saturating_sub(self.max_age_ms)
+    }
+
+    fn evict(&self, inner: &mut Inner, now: i64) {
+        while let Some((at_ms, generation, _)) = inner.order.front() {
+            if inner.order.len() <= self.max_count && !self.expired(*at_ms, now) {
+                break;
+            }
+            let generation = *generation;
+            let (_, _, id) = inner.order.pop_front().expect("front exists");
+            if matches!(inner.map.get(&id), Some(Slot::Committed { generation: g, .. }) if *g == generation)
+            {
+                inner.map.remove(&id);
+            }
+        }
+    }
+
+    fn settle(&self, id: &str, outcome: ClaimOutcome) {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let Some(Slot::Pending(tx)) = inner.map.remove(id) else {
+            unreachable!("a claim guard owns its pending slot until it settles");
+        };
+        tx.send_replace(outcome);
+        if let ClaimOutcome::Committed(seq) = outcome {
+            let generation = inner.next_generation;
+            inner.next_generation += 1;
+            inner.map.insert(
+                id.to_owned(),
+                Slot::Committed {
+                    seq,
+                    at_ms: now,
+                    generation,
+                },
+            );
+            inner.order.push_back((now, generation, id.to_owned()));
+            self.evict(&mut inner, now);
+        }
+    }
+}
+
+/// Ownership of a claimed id. Commit it once the message is accepted; dropping it releases the
+/// id (the message was not accepted) and wakes any publish waiting on it.
+pub struct ClaimGuard {
+    window: Arc<DedupWindow>,
+    id: Option<String>,
+}
+
+impl ClaimGuard {
+    pub fn commit(mut self, seq: Seq) {
+        let id = self.id.take().expect("a guard commits at most once");
+        self.window.settle(&id, ClaimOutcome::Committed(seq));
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.window.settle(&id, ClaimOutcome::Released);
+        }
+    }
+}
+
+/// Waits for a concurrent claim to settle.
+pub async fn wait_for(mut rx: watch::Receiver<ClaimOutcome>) -> ClaimOutcome {
+    match rx.wait_for(|o| *o != ClaimOutcome::Waiting).await {
+        Ok(o) => *o,
+        // The sender is gone only once the claim settled; treat an unseen outcome as released.
+        Err(_) => ClaimOutcome::Released,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Clock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    #[derive(Debug, Default)]
+    struct ManualClock(AtomicI64);
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn window(count: u64, age: i64) -> (Arc<DedupWindow>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (DedupWindow::new(count, age, clock.clone()), clock)
+    }
+
+    fn commit(w: &Arc<DedupWindow>, id: &str, seq: u64) {
+        match w.claim(id) {
+            Claim::Fresh(g) => g.commit(Seq(seq)),
+            _ => panic!("{id} should be fresh"),
+        }
+    }
+
+    #[test]
+    fn a_committed_id_is_a_duplicate_with_its_sequence() {
+        let (w, _) = window(10, 1000);
+        commit(&w, "a", 7);
+        assert!(matches!(w.claim("a"), Claim::Duplicate(Seq(7))));
+    }
+
+    #[test]
+    fn a_released_claim_leaves_the_id_free() {
+        let (w, _) = window(10, 1000);
+        match w.claim("a") {
+            Claim::Fresh(g) => drop(g),
+            _ => panic!(),
+        }
+        assert!(matches!(w.claim("a"), Claim::Fresh(_)));
+        assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_claim_waits_for_the_outcome() {
+        let (w, _) = window(10, 1000);
+        let Claim::Fresh(guard) = w.claim("a") else {
+            panic!()
+        };
+        let Claim::InFlight(rx) = w.claim("a") else {
+            panic!()
+        };
+        let waiter = tokio::spawn(wait_for(rx));
+        guard.commit(Seq(3));
+        assert_eq!(waiter.await.unwrap(), ClaimOutcome::Committed(Seq(3)));
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_count_and_age() {
+        let (w, clock) = window(2, 100);
+        commit(&w, "a", 1);
+        commit(&w, "b", 2);
+        commit(&w, "c", 3);
+        assert_eq!(w.len(), 2);
+        assert!(
+            matches!(w.claim("a"), Claim::Fresh(_)),
+            "a was evicted by count"
+        );
+        clock.0.store(500, Ordering::SeqCst);
+        assert!(matches!(w.claim("c"), Claim::Fresh(_)), "c expired by age");
+    }
+
+    #[test]
+    fn a_reaccepted_id_is_not_evicted_by_its_old_slot() {
+        let (w, clock) = window(2, 100);
+        commit(&w, "a", 1);
+        clock.0.store(150, Ordering::SeqCst);
+        commit(&w, "a", 5); // expired, accepted again
+        commit(&w, "b", 6);
+        assert!(matches!(w.claim("a"), Claim::Duplicate(Seq(5))));
+    }
+}

@@ -1,0 +1,23 @@
+//! The publish pipeline: what happens to a message between the producer's request and its ack,
+//! and to its outputs until the sink has them.
+//!
+//! `publish.rs` reads top to bottom: validate (`limits.rs`) → dedup (`dedup.rs`) → journal and
+//! handler (`handler.rs`) in the order the mode decides (`crate::mode`) → ack, then hands the
+//! outputs to delivery (`crate::delivery`). `recovery.rs` replays the journal through the same
+//! pipeline after a restart. ARCHITECTURE.md draws the path of each mode.
+
+mod dedup;
+mod handler;
+mod limits;
+mod publish;
+mod recovery;
+
+pub use dedup::{Claim, ClaimOutcome, DedupWindow};
+pub use handler::{
+    Call, GrpcHandler, Handler, HandlerError, HandlerRunner, OutputIds, PassThrough,
+};
+pub use limits::Limits;
+pub use publish::{IngestError, Pipeline};
+pub use recovery::{
+    Pace, ReplayOptions, ReplayStats, backlog_span, replay, replay_ambiguous, replay_range,
+};

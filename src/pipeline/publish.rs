@@ -1,0 +1,575 @@
+//! The publish path: validate → dedup → journal / handler per the mode's plan → ack, and the
+//! work that continues after the ack (handler, recording outputs, delivery).
+//!
+//! [`Pipeline::publish`] reads top to bottom. It acts on [`Plan`] fields and never on the mode.
+//! Its invariant: an `ACCEPTED` ack is built only after the journal reported the record durable
+//! (in the modes that journal), and the id's dedup claim is committed with that same sequence.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::dedup::{Claim, ClaimGuard, ClaimOutcome, DedupWindow};
+use super::handler::{Call, HandleOutcome, HandlerRunner};
+use super::limits::Limits;
+use crate::delivery::{Completion, Delivery, DeliveryItem};
+use crate::journal::{Journal, JournalError, OutputGroup, Seq};
+use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
+use crate::proto::{Ack, Message, ack};
+use crate::runtime::{Entropy, SharedClock};
+use crate::sink::SEQ_HEADER;
+
+/// Why a whole publish request failed. Each maps to one gRPC status in `api.rs`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// Malformed request (empty, too many messages). Not retryable as is.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Backpressure: the backlog or the disk is full. Retry later; nothing was accepted.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Replaying, shutting down, or a transient journal failure. Retry; nothing was accepted
+    /// that a retry would not answer `DUPLICATE`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The journal needs an operator (damaged file). Not retryable.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<JournalError> for IngestError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::StorageFull(_) => IngestError::ResourceExhausted(e.to_string()),
+            JournalError::Io(_) | JournalError::Closed => IngestError::Unavailable(e.to_string()),
+            _ => IngestError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Everything the publish path and replay act on.
+pub struct Pipeline {
+    mode: LoggingMode,
+    plan: Plan,
+    journal: Journal,
+    dedup: Arc<DedupWindow>,
+    handler: Arc<HandlerRunner>,
+    delivery: Delivery,
+    completion: Arc<Completion>,
+    limits: Limits,
+    clock: SharedClock,
+    entropy: Entropy,
+    serving: AtomicBool,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// A message that passed validation and holds its dedup claim.
+struct Fresh {
+    index: usize,
+    message: Message,
+    claim: ClaimGuard,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mode: LoggingMode,
+        journal: Journal,
+        dedup: Arc<DedupWindow>,
+        handler: Arc<HandlerRunner>,
+        delivery: Delivery,
+        completion: Arc<Completion>,
+        limits: Limits,
+        clock: SharedClock,
+        entropy: Entropy,
+    ) -> Arc<Self> {
+        Arc::new(Pipeline {
+            mode,
+            plan: mode.plan(),
+            journal,
+            dedup,
+            handler,
+            delivery,
+            completion,
+            limits,
+            clock,
+            entropy,
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    pub fn mode(&self) -> LoggingMode {
+        self.mode
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn completion(&self) -> &Arc<Completion> {
+        &self.completion
+    }
+
+    /// Opens or closes intake (closed during replay and shutdown).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Undelivered bytes: in the journal, plus what mode `none` holds in memory.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.journal.backlog().bytes() + self.completion.memory_bytes()
+    }
+
+    /// Takes one publish request; answers one ack per message, in order.
+    pub async fn publish(
+        self: &Arc<Self>,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Ack>, IngestError> {
+        if !self.is_serving() {
+            return Err(IngestError::Unavailable(
+                "sidelog is replaying its journal or shutting down; retry shortly".into(),
+            ));
+        }
+        if messages.is_empty() {
+            return Err(IngestError::InvalidArgument(
+                "the request has no messages".into(),
+            ));
+        }
+        if messages.len() > self.limits.max_messages_per_request {
+            return Err(IngestError::InvalidArgument(format!(
+                "the request has {} messages, over the limit of {} (max_messages_per_request)",
+                messages.len(),
+                self.limits.max_messages_per_request
+            )));
+        }
+        let backlog = self.backlog_bytes();
+        if backlog >= self.limits.max_backlog_bytes {
+            return Err(IngestError::ResourceExhausted(format!(
+                "backlog is {backlog} bytes, at the limit of {} (max_backlog_bytes); retry once it drains",
+                self.limits.max_backlog_bytes
+            )));
+        }
+
+        // Validate and claim ids.
+        let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
+        let mut fresh = Vec::with_capacity(messages.len());
+        let mut waiting = Vec::new();
+        for (index, mut message) in messages.into_iter().enumerate() {
+            if message.id.is_empty() {
+                message.id = self.assign_id();
+            }
+            if let Err((limit, reason)) = self.limits.check(&message) {
+                metrics::counter!(crate::metrics::MESSAGES, "outcome" => "rejected", "reason" => limit)
+                    .increment(1);
+                acks[index] = Some(rejected(message.id, reason));
+                continue;
+            }
+            match self.dedup.claim(&message.id) {
+                Claim::Fresh(claim) => fresh.push(Fresh {
+                    index,
+                    message,
+                    claim,
+                }),
+                Claim::Duplicate(seq) => acks[index] = Some(duplicate(message.id, seq)),
+                Claim::InFlight(rx) => waiting.push((index, message.id, rx)),
+            }
+        }
+
+        // Accept what is new, per the plan. In a task of its own: if the client goes away
+        // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
+        // journaled records whose dedup claims were released and whose delivery never started.
+        if !fresh.is_empty() {
+            let pipeline = self.clone();
+            let accepted = crate::runtime::spawn(async move { pipeline.accept(fresh).await })
+                .await
+                .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
+            for (index, ack) in accepted {
+                acks[index] = Some(ack);
+            }
+        }
+
+        // Ids another request is publishing right now: its outcome is ours.
+        for (index, id, rx) in waiting {
+            match super::dedup::wait_for(rx).await {
+                ClaimOutcome::Committed(seq) => acks[index] = Some(duplicate(id, seq)),
+                _ => {
+                    return Err(IngestError::Unavailable(format!(
+                        "a concurrent publish of id {id:?} failed; retry"
+                    )));
+                }
+            }
+        }
+        let acks: Vec<Ack> = acks
+            .into_iter()
+            .map(|a| a.expect("every message got an ack above"))
+            .collect();
+        for a in &acks {
+            let outcome = match ack::Status::try_from(a.status) {
+                Ok(ack::Status::Accepted) => "accepted",
+                Ok(ack::Status::Duplicate) => "duplicate",
+                _ => continue, // counted above, with its reason
+            };
+            metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
+        }
+        Ok(acks)
+    }
+
+    /// A UUIDv7 from the injected clock and entropy.
+    fn assign_id(&self) -> String {
+        let ms = self.clock.now_ms().max(0) as u64;
+        let random =
+            (u128::from(self.entropy.next_u64()) << 64) | u128::from(self.entropy.next_u64());
+        uuid::Builder::from_unix_timestamp_millis(
+            ms,
+            &random.to_le_bytes()[..10].try_into().expect("10 bytes"),
+        )
+        .into_uuid()
+        .to_string()
+    }
+
+    /// Journals and hands on the fresh messages as the plan says; returns their acks.
+    async fn accept(self: &Arc<Self>, fresh: Vec<Fresh>) -> Result<Vec<(usize, Ack)>, IngestError> {
+        let now = self.clock.now_ms();
+        let inputs: Vec<Message> = fresh.iter().map(|f| f.message.clone()).collect();
+        if !self.plan.journals_anything() {
+            self.completion
+                .hold_memory(inputs.iter().map(|m| m.payload.len() as u64).sum());
+        }
+
+        let ack_seqs: Vec<Seq> = match (self.plan.inputs, self.plan.handle_before_ack()) {
+            (InputJournaling::BeforeHandler, _) => {
+                let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
+                for (message, seq) in inputs.into_iter().zip(&seqs) {
+                    self.spawn_continuation(message, InputSeq::Known(*seq), Call::Live);
+                }
+                seqs
+            }
+            (InputJournaling::ConcurrentWithHandler, _) => {
+                let write = self
+                    .journal
+                    .start_append_inputs(inputs.clone(), now)
+                    .await?;
+                // The handler runs while the write commits; each continuation waits for the
+                // input's sequence before it records outputs.
+                let mut seq_senders = Vec::with_capacity(inputs.len());
+                for message in inputs {
+                    let (tx, rx) = oneshot::channel();
+                    seq_senders.push(tx);
+                    self.spawn_continuation(message, InputSeq::Pending(rx), Call::Live);
+                }
+                let seqs = write.await.map_err(|_| JournalError::Closed)??;
+                for (tx, seq) in seq_senders.into_iter().zip(&seqs) {
+                    // A continuation that ended early no longer needs its sequence.
+                    let _ = tx.send(*seq);
+                }
+                seqs
+            }
+            (InputJournaling::None, true) => self.handle_and_record(inputs).await?,
+            (InputJournaling::None, false) => {
+                for message in inputs {
+                    self.spawn_continuation(message, InputSeq::Unjournaled, Call::Live);
+                }
+                vec![Seq(0); fresh.len()]
+            }
+        };
+
+        Ok(fresh
+            .into_iter()
+            .zip(ack_seqs)
+            .map(|(f, seq)| {
+                let ack = Ack {
+                    id: f.message.id,
+                    status: ack::Status::Accepted as i32,
+                    sequence: seq.0,
+                    reason: String::new(),
+                };
+                f.claim.commit(seq);
+                (f.index, ack)
+            })
+            .collect())
+    }
+
+    /// SBML: calls the handler on every input, makes the outputs durable, queues them for
+    /// delivery, and returns each input's ack sequence.
+    async fn handle_and_record(
+        self: &Arc<Self>,
+        inputs: Vec<Message>,
+    ) -> Result<Vec<Seq>, IngestError> {
+        let calls: Vec<_> = inputs
+            .iter()
+            .map(|m| {
+                let (pipeline, m) = (self.clone(), m.clone());
+                crate::runtime::spawn(async move { pipeline.handler.run(&m, Call::Live).await })
+            })
+            .collect();
+        let mut groups = Vec::with_capacity(inputs.len());
+        let mut dead = Vec::new();
+        for (input, call) in inputs.iter().zip(calls) {
+            let outcome = call
+                .await
+                .map_err(|e| IngestError::Internal(format!("handler task failed: {e}")))?;
+            let outputs = match outcome {
+                HandleOutcome::Outputs(outputs) => outputs,
+                HandleOutcome::Dead { reason, attempts } => {
+                    dead.push((input.clone(), reason, attempts));
+                    Vec::new()
+                }
+            };
+            groups.push(OutputGroup {
+                input_seq: None,
+                dedup_id: Some(input.id.clone()),
+                outputs,
+            });
+        }
+        // Dead inputs are journaled as dead letters before their (empty) groups are acked.
+        for (input, reason, attempts) in dead {
+            self.completion
+                .input_dead(input, None, reason, attempts)
+                .await;
+        }
+        let recorded = self.journal.record_outputs(groups.clone(), true).await?;
+        let acks = recorded.iter().map(|r| r.ack_seq).collect();
+        let pipeline = self.clone();
+        crate::runtime::spawn(async move {
+            for (group, rec) in groups.into_iter().zip(recorded) {
+                for (message, seq) in group.outputs.into_iter().zip(rec.output_seqs) {
+                    let out = Outgoing {
+                        output_seq: Some(seq),
+                        ..Outgoing::default()
+                    };
+                    pipeline.send(message, out).await;
+                }
+            }
+        });
+        Ok(acks)
+    }
+
+    /// After the ack (or in replay): call the handler, record outputs if the plan says so, and
+    /// queue them for delivery.
+    pub fn spawn_continuation(
+        self: &Arc<Self>,
+        input: Message,
+        input_seq: InputSeq,
+        call: Call,
+    ) -> tokio::task::JoinHandle<()> {
+        let pipeline = self.clone();
+        crate::runtime::spawn(async move {
+            let outcome = pipeline.handler.run(&input, call).await;
+            let input_seq = match input_seq {
+                InputSeq::Known(seq) => Some(seq),
+                InputSeq::Pending(rx) => match rx.await {
+                    Ok(seq) => Some(seq),
+                    // The input never became durable: it was not acked, the producer retries.
+                    Err(_) => {
+                        debug!(id = %input.id, "input write failed; dropping its outputs");
+                        return;
+                    }
+                },
+                InputSeq::Unjournaled => None,
+            };
+            let input_bytes = if pipeline.plan.journals_anything() || call == Call::Replay {
+                0
+            } else {
+                input.payload.len() as u64
+            };
+            match outcome {
+                HandleOutcome::Outputs(outputs) => {
+                    pipeline
+                        .dispatch(outputs, input_seq, input_bytes, None)
+                        .await;
+                }
+                HandleOutcome::Dead { reason, attempts } => {
+                    pipeline.completion.release_memory(input_bytes);
+                    pipeline
+                        .completion
+                        .input_dead(input, input_seq, reason, attempts)
+                        .await;
+                }
+            }
+        })
+    }
+
+    /// Replays one journaled input whose handler is pass-through: it is its own output, so it
+    /// goes straight to delivery (no handler task, no copy), exactly where
+    /// [`Pipeline::spawn_continuation`] would have put it. Waits for room in delivery's queue.
+    pub async fn replay_pass_through(&self, input: Message, input_seq: Seq, replayed: Replayed) {
+        debug_assert!(self.handler.is_pass_through());
+        self.dispatch(vec![input], Some(input_seq), 0, Some(replayed))
+            .await;
+    }
+
+    /// The pipeline's clock, unix ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether there is no handler (a message is its own single output).
+    pub fn is_pass_through(&self) -> bool {
+        self.handler.is_pass_through()
+    }
+
+    /// Queues an input's outputs for delivery, recording them first if the plan says so.
+    async fn dispatch(
+        &self,
+        outputs: Vec<Message>,
+        input_seq: Option<Seq>,
+        input_memory_bytes: u64,
+        replayed: Option<Replayed>,
+    ) {
+        // With pass-through the output is the input itself, already journaled: recording it
+        // again would double the bytes written for nothing, since replaying the input yields
+        // the same output.
+        let record = self.plan.outputs == OutputJournaling::AfterHandler
+            && input_seq.is_some()
+            && !self.handler.is_pass_through();
+        let recorded: Option<Vec<Seq>> = if record {
+            let group = OutputGroup {
+                input_seq,
+                dedup_id: None,
+                outputs: outputs.clone(),
+            };
+            match self.journal.record_outputs(vec![group], false).await {
+                Ok(mut recorded) => {
+                    Some(recorded.pop().expect("one group in, one out").output_seqs)
+                }
+                // Not recorded: the input stays in the journal and delivery goes ahead; the
+                // input is completed once its outputs are delivered, and a crash before that
+                // re-handles it.
+                Err(e) => {
+                    warn!(error = %e, "cannot record outputs; delivering without them");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let output_seqs: Vec<Option<Seq>> = match &recorded {
+            Some(seqs) => seqs.iter().copied().map(Some).collect(),
+            None => vec![None; outputs.len()],
+        };
+        if let Some(input) = input_seq {
+            if outputs.is_empty() {
+                // Recording an empty group completes the input; otherwise complete it here.
+                if recorded.is_none() {
+                    if let Err(e) = self.journal.complete(Vec::new(), vec![input]).await {
+                        warn!(error = %e, "cannot complete an input with no outputs");
+                    }
+                }
+                return;
+            }
+            self.completion.expect(input, outputs.len() as u32);
+        }
+        let mut memory: Vec<u64> = outputs.iter().map(|m| m.payload.len() as u64).collect();
+        if input_memory_bytes > 0 {
+            self.completion.hold_memory(memory.iter().sum());
+            self.completion.release_memory(input_memory_bytes);
+        } else {
+            memory.iter_mut().for_each(|m| *m = 0);
+        }
+        for ((message, seq), memory_bytes) in outputs.into_iter().zip(output_seqs).zip(memory) {
+            let out = Outgoing {
+                output_seq: seq,
+                input_seq,
+                memory_bytes,
+                replayed: replayed.clone(),
+            };
+            self.send(message, out).await;
+        }
+    }
+
+    /// Queues one output for delivery with its `sidelog-seq` header.
+    pub async fn send(&self, mut message: Message, out: Outgoing) {
+        let Outgoing {
+            output_seq,
+            input_seq,
+            memory_bytes,
+            replayed,
+        } = out;
+        if let Some(seq) = output_seq.or(input_seq) {
+            message
+                .headers
+                .insert(SEQ_HEADER.to_owned(), seq.0.to_string());
+        }
+        let item = DeliveryItem {
+            message,
+            output_seq,
+            input_seq,
+            memory_bytes,
+            written_at_ms: replayed
+                .as_ref()
+                .map_or_else(|| self.clock.now_ms(), |r| r.written_at_ms),
+            pace: replayed.and_then(|r| r.pace),
+        };
+        if self.delivery.send(item).await.is_err() {
+            // Shutting down: journaled entries are re-sent after the restart.
+            debug!("delivery stopped; output left in the journal");
+        }
+    }
+}
+
+/// How a continuation learns its input's journal sequence.
+#[derive(Debug)]
+pub enum InputSeq {
+    /// Journaled before the handler runs (rbml), or replayed.
+    Known(Seq),
+    /// Journaled while the handler runs (hml): arrives once the write commits; a closed
+    /// channel means the write failed and the input was not acked.
+    Pending(oneshot::Receiver<Seq>),
+    /// Not journaled (mode none).
+    Unjournaled,
+}
+
+/// One output on its way to delivery.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// Its journal sequence, when it was recorded.
+    pub output_seq: Option<Seq>,
+    /// The journaled input it came from, completed once all its outputs are delivered.
+    pub input_seq: Option<Seq>,
+    /// What it holds in memory only (mode none), released when it is delivered.
+    pub memory_bytes: u64,
+    /// Set when a replay re-sends it.
+    pub replayed: Option<Replayed>,
+}
+
+/// What a replay knows about an entry it re-sends.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// A paced replay's permit, carried by the delivery item and released when the item is
+    /// delivered or dead-lettered.
+    pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// When the entry was written, unix ms (for `max_age_ms`; fresh items use the time of
+    /// their sending).
+    pub written_at_ms: i64,
+}
+
+fn rejected(id: String, reason: String) -> Ack {
+    Ack {
+        id,
+        status: ack::Status::Rejected as i32,
+        sequence: 0,
+        reason,
+    }
+}
+
+fn duplicate(id: String, seq: Seq) -> Ack {
+    Ack {
+        id,
+        status: ack::Status::Duplicate as i32,
+        sequence: seq.0,
+        reason: String::new(),
+    }
+}

@@ -1,0 +1,335 @@
+//! Replay on start: what the journal holds is finished before new traffic is taken.
+//!
+//! The seeds' recovery: stop intake, re-process what was logged, then rejoin the load balancer.
+//! Replay is mode-agnostic, so a restart in another mode loses nothing:
+//! 1. every output in `outputs` (sbml, hml) is sent again;
+//! 2. every input in `inputs` without recorded outputs (rbml, and hml inputs whose outputs were
+//!    never written) goes to the handler again with `replay = true`.
+//!
+//! Then it waits until the backlog is empty (each entry delivered or dead-lettered).
+//!
+//! Memory stays bounded whatever the backlog's size: the journal is read in batches of
+//! [`SCAN_BATCH`] entries, each batch is pushed into delivery's bounded queues (which wait when
+//! full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::handler::Call;
+use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
+use crate::journal::{InputState, JournalError, Seq, SeqRange};
+
+/// Journal entries read per scan.
+pub const SCAN_BATCH: usize = 1024;
+/// Replayed inputs with a handler call or delivery under way at once.
+pub const REPLAY_INPUTS_IN_FLIGHT: usize = 4096;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How a replay goes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Entries written longer ago than this (ms) go to the dead-letter table instead of being
+    /// sent; 0 = no limit.
+    pub max_age_ms: u64,
+    /// Pacing (the `interleave` policy, re-queues): each replayed entry holds a permit until
+    /// it is delivered or dead-lettered, so at most this many are under way and fresh traffic
+    /// finds the delivery queues nearly empty. `None`: as fast as delivery takes them.
+    pub pace: Option<Pace>,
+}
+
+/// A bound on replayed entries under way (see [`ReplayOptions::pace`]).
+#[derive(Debug, Clone)]
+pub struct Pace {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Pace {
+    pub fn new(capacity: usize) -> Pace {
+        let capacity = capacity.max(1);
+        Pace {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// Waits for room, then holds it until the returned permit (and every clone) is dropped.
+    async fn acquire(&self) -> Arc<tokio::sync::OwnedSemaphorePermit> {
+        Arc::new(
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the pacing semaphore is never closed"),
+        )
+    }
+
+    /// Whether every paced entry is finished.
+    fn idle(&self) -> bool {
+        self.permits.available_permits() == self.capacity
+    }
+}
+
+/// What replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub outputs_resent: u64,
+    pub inputs_rehandled: u64,
+    /// Entries over `max_age_ms`, moved to the dead-letter table.
+    pub expired: u64,
+}
+
+/// Replays the journal through `pipeline` and waits until what it held is delivered (or
+/// dead-lettered). Only entries written before the call are replayed: with the `interleave`
+/// policy fresh traffic is journaled meanwhile, and it is on its way already.
+pub async fn replay(
+    pipeline: &Arc<Pipeline>,
+    options: &ReplayOptions,
+) -> Result<ReplayStats, JournalError> {
+    let journal = pipeline.journal().clone();
+    let start_entries = journal.backlog().entries();
+    if start_entries == 0 {
+        return Ok(ReplayStats::default());
+    }
+    let end = Seq(retrying(|| journal.summary()).await?.next_seq);
+    info!(
+        entries = start_entries,
+        bytes = journal.backlog().bytes(),
+        paced = options.pace.is_some(),
+        "replaying the journal"
+    );
+    let stats = replay_range(pipeline, Seq(0), end, options).await?;
+    let mut last_report = tokio::time::Instant::now();
+    // Done when every replayed entry is gone: all pacing permits are back, or (unpaced, before
+    // any traffic is taken) the backlog is empty.
+    let pending = || match &options.pace {
+        Some(pace) => !pace.idle(),
+        None => journal.backlog().entries() > 0,
+    };
+    while pending() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = tokio::time::Instant::now();
+            info!(
+                remaining = journal.backlog().entries(),
+                "replay in progress"
+            );
+        }
+    }
+    info!(
+        outputs_resent = stats.outputs_resent,
+        inputs_rehandled = stats.inputs_rehandled,
+        expired = stats.expired,
+        "replay done"
+    );
+    Ok(stats)
+}
+
+/// The backlog's sequences `[from, to]` and when its oldest entry was written (unix ms), or
+/// `None` without a backlog.
+pub async fn backlog_span(
+    journal: &crate::journal::Journal,
+) -> Result<Option<(u64, u64, i64)>, JournalError> {
+    if journal.backlog().entries() == 0 {
+        return Ok(None);
+    }
+    let first_input = journal.scan_inputs(Seq(0), 1).await?.into_iter().next();
+    let first_output = journal.scan_outputs(Seq(0), 1).await?.into_iter().next();
+    let from = [
+        first_input.as_ref().map(|i| i.seq.0),
+        first_output.as_ref().map(|o| o.seq.0),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let Some(from) = from else { return Ok(None) };
+    let to = journal.summary().await?.next_seq;
+    let since = journal.oldest_backlog_ms().await?.unwrap_or(0);
+    Ok(Some((from, to, since)))
+}
+
+/// Replays the records of failed commits that the journal found in the file on reopening, for
+/// as long as the journal lives.
+pub async fn replay_ambiguous(
+    pipeline: Arc<Pipeline>,
+    mut ranges: tokio::sync::mpsc::UnboundedReceiver<SeqRange>,
+) {
+    while let Some(range) = ranges.recv().await {
+        match replay_range(&pipeline, range.from, range.to, &ReplayOptions::default()).await {
+            Ok(stats) => info!(
+                from = range.from.0,
+                to = range.to.0,
+                outputs_resent = stats.outputs_resent,
+                inputs_rehandled = stats.inputs_rehandled,
+                "replayed the records of a failed commit"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot replay the records of a failed commit; they are replayed on the next start")
+            }
+        }
+    }
+}
+
+/// Runs a journal read again while it fails transiently (an I/O error, a full disk): replay
+/// must not give up on the backlog because the disk hiccupped.
+async fn retrying<T, Fut>(read: impl FnMut() -> Fut) -> Result<T, JournalError>
+where
+    Fut: std::future::Future<Output = Result<T, JournalError>>,
+{
+    crate::runtime::retry_transient(
+        crate::runtime::JOURNAL_RETRY,
+        "journal read failed during replay; retrying",
+        read,
+        JournalError::is_retryable,
+    )
+    .await
+}
+
+/// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them).
+pub async fn replay_range(
+    pipeline: &Arc<Pipeline>,
+    from: Seq,
+    to: Seq,
+    options: &ReplayOptions,
+) -> Result<ReplayStats, JournalError> {
+    let journal = pipeline.journal().clone();
+    let mut stats = ReplayStats::default();
+    let oldest_allowed = (options.max_age_ms > 0)
+        .then(|| pipeline.now_ms().saturating_sub(options.max_age_ms as i64));
+    let expired = |written_at_ms: i64| oldest_allowed.is_some_and(|t| written_at_ms < t);
+    let reason = || {
+        format!(
+            "undelivered for longer than replay.max_age_ms ({} ms)",
+            options.max_age_ms
+        )
+    };
+    let pace = || async {
+        match &options.pace {
+            Some(pace) => Some(pace.acquire().await),
+            None => None,
+        }
+    };
+    let mut cursor = from;
+    'outputs: loop {
+        let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = Seq(last.seq.0 + 1);
+        for stored in batch {
+            if stored.seq >= to {
+                break 'outputs;
+            }
+            let input_seq = (stored.entry.input_seq != 0).then_some(Seq(stored.entry.input_seq));
+            if let Some(input) = input_seq {
+                pipeline.completion().expect(input, 1);
+            }
+            let Some(message) = stored.entry.message else {
+                return Err(JournalError::Decode {
+                    table: "outputs",
+                    key: stored.seq.0,
+                    reason: "output entry without a message".into(),
+                });
+            };
+            if expired(stored.entry.recorded_at_ms) {
+                stats.expired += 1;
+                pipeline
+                    .completion()
+                    .outputs_dead(
+                        &[crate::delivery::DeliveryItem {
+                            message,
+                            output_seq: Some(stored.seq),
+                            input_seq,
+                            memory_bytes: 0,
+                            pace: None,
+                            written_at_ms: stored.entry.recorded_at_ms,
+                        }],
+                        &reason(),
+                        0,
+                    )
+                    .await;
+                continue;
+            }
+            let out = Outgoing {
+                output_seq: Some(stored.seq),
+                input_seq,
+                memory_bytes: 0,
+                replayed: Some(Replayed {
+                    pace: pace().await,
+                    written_at_ms: stored.entry.recorded_at_ms,
+                }),
+            };
+            pipeline.send(message, out).await;
+            stats.outputs_resent += 1;
+            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+            metrics::counter!(crate::metrics::REPLAYED, "kind" => "output").increment(1);
+        }
+    }
+
+    let permits = match &options.pace {
+        Some(pace) => pace.permits.clone(),
+        None => Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT)),
+    };
+    let mut cursor = from;
+    'inputs: loop {
+        let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = Seq(last.seq.0 + 1);
+        for stored in batch {
+            if stored.seq >= to {
+                break 'inputs;
+            }
+            match stored.state {
+                InputState::OutputsPending => continue,
+                InputState::Finished => {
+                    journal.complete(Vec::new(), vec![stored.seq]).await?;
+                    continue;
+                }
+                InputState::Unhandled => {}
+            }
+            let Some(message) = stored.entry.message else {
+                return Err(JournalError::Decode {
+                    table: "inputs",
+                    key: stored.seq.0,
+                    reason: "input entry without a message".into(),
+                });
+            };
+            if expired(stored.entry.received_at_ms) {
+                stats.expired += 1;
+                pipeline
+                    .completion()
+                    .input_dead(message, Some(stored.seq), reason(), 0)
+                    .await;
+                continue;
+            }
+            stats.inputs_rehandled += 1;
+            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+            metrics::counter!(crate::metrics::REPLAYED, "kind" => "input").increment(1);
+            if pipeline.is_pass_through() {
+                // Profile-guided: a task and a message copy per entry were most of replay's
+                // CPU time; without a handler there is nothing to run concurrently.
+                let replayed = Replayed {
+                    pace: pace().await,
+                    written_at_ms: stored.entry.received_at_ms,
+                };
+                pipeline
+                    .replay_pass_through(message, stored.seq, replayed)
+                    .await;
+                continue;
+            }
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the replay semaphore is never closed");
+            let task =
+                pipeline.spawn_continuation(message, InputSeq::Known(stored.seq), Call::Replay);
+            crate::runtime::spawn(async move {
+                drop(task.await);
+                drop(permit);
+            });
+        }
+    }
+    Ok(stats)
+}

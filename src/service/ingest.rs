@@ -1,0 +1,116 @@
+//! The `sidelog.v1.Ingest` service: tonic glue around [`Pipeline::publish`], and the one place
+//! where errors become gRPC statuses.
+//!
+//! `PublishStream` is pipelined: up to [`STREAM_PIPELINE`] requests of one stream are processed
+//! at once, and their responses are sent in request order, one per request. An error ends the
+//! stream with its status; every request before it has had its response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::pipeline::{IngestError, Pipeline};
+use crate::proto::ingest_server::Ingest;
+use crate::proto::{PublishRequest, PublishResponse};
+
+/// Requests of one `PublishStream` in process at once.
+pub const STREAM_PIPELINE: usize = 64;
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Status {
+        let code = match &e {
+            IngestError::InvalidArgument(_) => "invalid_argument",
+            IngestError::ResourceExhausted(_) => "resource_exhausted",
+            IngestError::Unavailable(_) => "unavailable",
+            IngestError::Internal(_) => "internal",
+        };
+        metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+        match e {
+            IngestError::InvalidArgument(m) => Status::invalid_argument(m),
+            IngestError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            IngestError::Unavailable(m) => Status::unavailable(m),
+            IngestError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    pipeline: Arc<Pipeline>,
+}
+
+impl IngestService {
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        IngestService { pipeline }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let acks = self.pipeline.publish(request.into_inner().messages).await?;
+        Ok(Response::new(PublishResponse { acks }))
+    }
+
+    type PublishStreamStream = ResponseStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel::<Result<PublishResponse, Status>>(STREAM_PIPELINE);
+        // Handles of the requests in process, in arrival order; the bound is the pipeline depth.
+        let (order_tx, mut order_rx) = mpsc::channel(STREAM_PIPELINE);
+        let pipeline = self.pipeline.clone();
+        crate::runtime::spawn(async move {
+            loop {
+                let next = match inbound.message().await {
+                    Ok(Some(req)) => {
+                        let pipeline = pipeline.clone();
+                        Ok(crate::runtime::spawn(async move {
+                            pipeline.publish(req.messages).await
+                        }))
+                    }
+                    Ok(None) => break,
+                    Err(status) => Err(status),
+                };
+                let failed = next.is_err();
+                if order_tx.send(next).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        crate::runtime::spawn(async move {
+            while let Some(next) = order_rx.recv().await {
+                let response = match next {
+                    Ok(handle) => match handle.await {
+                        Ok(Ok(acks)) => Ok(PublishResponse { acks }),
+                        Ok(Err(e)) => Err(Status::from(e)),
+                        Err(e) => Err(Status::internal(format!("publish task failed: {e}"))),
+                    },
+                    Err(status) => Err(status),
+                };
+                let failed = response.is_err();
+                if out_tx.send(response).await.is_err() {
+                    debug!("publish stream closed by the client");
+                    break;
+                }
+                if failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}

@@ -1,0 +1,11 @@
+//! The gRPC services sidelog serves: `sidelog.v1.Ingest` for producers (`ingest.rs`) and
+//! `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`), both behind the same
+//! optional bearer token (`auth.rs`). Errors become `tonic::Status` here and nowhere else.
+
+mod admin;
+mod auth;
+mod ingest;
+
+pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
+pub use auth::{TokenCheck, read_token_file};
+pub use ingest::IngestService;

@@ -1,0 +1,69 @@
+//! The sink hop: the next tier that outputs are delivered to.
+//!
+//! [`Sink`] is the seam: `deliver` a batch, `Ok` once the next tier acked all of it. Every
+//! delivered message carries its journal sequence in the [`SEQ_HEADER`] header.
+//!
+//! - `--sink http://host:port`: a gRPC `sidelog.v1.Sink` served by the next tier (`grpc.rs`);
+//! - `--sink nats://…`: a NATS JetStream stream (`nats.rs`);
+//! - `--sink file:DIR` (the default) and `--sink s3://…`: a [`ChunkSink`] that gathers messages
+//!   into large chunks, in a directory or a bucket (`chunk/`).
+//!
+//! [`SinkTarget`] is a parsed `--sink` URL; [`open`] (`open.rs`) builds the sink it names.
+
+mod chunk;
+mod grpc;
+mod nats;
+mod open;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto::Message;
+use crate::runtime::BoxFuture;
+
+pub use chunk::bucket::{ObjectSink, ObjectSinkConfig};
+pub use chunk::parquet;
+pub use chunk::{
+    CHUNK_MAGIC, ChunkDir, ChunkError, ChunkFormat, ChunkInfo, ChunkSettings, ChunkSink,
+    ChunkStore, FileSink, FileSinkConfig, list_chunks, parse_chunk, read_chunk,
+};
+pub use grpc::GrpcSink;
+pub use nats::{NatsSink, NatsSinkConfig};
+pub use open::{OpenedSink, SinkSettings, SinkTarget, open};
+
+/// The header every delivered message carries: its journal sequence.
+pub const SEQ_HEADER: &str = "sidelog-seq";
+/// The journal sequence a delivered message carries in [`SEQ_HEADER`], if any.
+pub fn sequence_of(message: &Message) -> Option<u64> {
+    message.headers.get(SEQ_HEADER)?.parse().ok()
+}
+
+/// Why a delivery failed. Always retryable: the whole batch is sent again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Why a sink cannot be built from its settings (a bad URL, an unusable directory, missing
+/// credentials). Not retryable: the configuration must change.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkSetupError(pub String);
+
+/// The next tier.
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers a batch: `Ok` means every message in it is acked by the next tier, an error
+    /// means none is (the batch is retried). Work that fixes the batch's place in the sink's
+    /// order happens before the future is returned, so calls made in order are taken in order.
+    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>>;
+
+    /// Batches one delivery lane may have awaiting their ack at once. 1 keeps per-key order
+    /// strict; a sink that takes batches in call order can allow more.
+    fn pipeline_depth(&self) -> usize {
+        1
+    }
+
+    /// How long the sink may hold a batch before it acks it, beyond the delivery timeout.
+    fn ack_delay_max(&self) -> Duration {
+        Duration::ZERO
+    }
+}

@@ -1,0 +1,82 @@
+//! Building the sink a `--sink` URL names.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    ChunkSettings, ChunkSink, FileSink, FileSinkConfig, GrpcSink, NatsSink, NatsSinkConfig,
+    ObjectSink, ObjectSinkConfig, Sink, SinkSetupError,
+};
+use crate::runtime::{Entropy, SharedClock};
+
+/// A parsed `--sink` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    /// `http://host:port`: a gRPC `sidelog.v1.Sink`.
+    Grpc(String),
+    /// `file:DIR`: chunk files in a directory.
+    File(PathBuf),
+    /// `nats://…`: a JetStream stream.
+    Nats(Box<NatsSinkConfig>),
+    /// `s3://BUCKET/PREFIX?…`: chunk objects in a bucket.
+    Object(Box<ObjectSinkConfig>),
+}
+
+/// The settings every sink shares.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkSettings {
+    /// How long one delivery may take.
+    pub timeout: Duration,
+    /// When chunks are sealed, and their format (file and object sinks).
+    pub chunks: ChunkSettings,
+}
+
+/// A sink ready for delivery.
+pub struct OpenedSink {
+    pub sink: Arc<dyn Sink>,
+    /// The object sink's chunks: before a replay they read back what a crash left uploaded but
+    /// unacked ([`ChunkSink::absorb_stored`]).
+    pub readback: Option<Arc<ChunkSink>>,
+}
+
+/// Builds the sink `target` names.
+pub async fn open(
+    target: &SinkTarget,
+    settings: SinkSettings,
+    clock: SharedClock,
+    entropy: &Entropy,
+) -> Result<OpenedSink, SinkSetupError> {
+    let plain = |sink: Arc<dyn Sink>| OpenedSink {
+        sink,
+        readback: None,
+    };
+    Ok(match target {
+        SinkTarget::Grpc(url) => plain(Arc::new(GrpcSink::new(url, settings.timeout)?)),
+        SinkTarget::Nats(nats) => plain(Arc::new(
+            NatsSink::connect((**nats).clone(), settings.timeout).await?,
+        )),
+        SinkTarget::Object(object) => {
+            let chunks = ObjectSink::start(
+                (**object).clone(),
+                settings.chunks,
+                settings.timeout,
+                clock,
+                entropy,
+            )?;
+            OpenedSink {
+                sink: Arc::new(chunks.clone()),
+                readback: Some(chunks),
+            }
+        }
+        SinkTarget::File(dir) => {
+            let config = FileSinkConfig {
+                dir: dir.clone(),
+                chunk_max_bytes: settings.chunks.max_bytes,
+                chunk_max_age_ms: settings.chunks.max_age.as_millis() as u64,
+                format: settings.chunks.format,
+            };
+            plain(Arc::new(FileSink::start(config, clock, entropy)?))
+        }
+    })
+}
