@@ -33,7 +33,10 @@ mod service;
 pub mod sink;
 pub mod testkit;
 
-pub use config::{Config, ConfigError, ReplayPolicy, ServeArgs};
+pub use config::{
+    Config, ConfigError, ReplayPolicy, ServeArgs, markdown_table as config_reference,
+    read_token_file,
+};
 pub use mode::LoggingMode;
 pub use node::{Hops, Node, Opened, journal_config, journal_store};
 pub use pipeline::{
@@ -41,7 +44,7 @@ pub use pipeline::{
     Pipeline, ReplayOptions, ReplayStats, replay,
 };
 pub use server::serve;
-pub use service::{AdminService, MAX_LIST_LIMIT, read_token_file};
+pub use service::{AdminService, MAX_LIST_LIMIT};
 
 /// Generated protobuf code, laid out by package as prost's cross-package paths expect.
 mod generated {

@@ -1,8 +1,8 @@
 //! The logging modes and the one place that branches on them.
 //!
-//! DESIGN.md's mode table becomes a [`Plan`]: plain decisions about what to write, when to ack,
-//! and what to replay. The publish path (`ingest.rs`) and the continuation after the handler act
-//! on the plan's fields and never look at the mode again.
+//! The mode table of ARCHITECTURE.md becomes a [`Plan`]: plain decisions about what to write,
+//! when to ack, and what to replay. The publish path (`pipeline/publish.rs`) and the
+//! continuation after the handler act on the plan's fields and never look at the mode again.
 //!
 //! | mode   | input journaled          | handler called        | outputs journaled        | ack when           |
 //! |--------|--------------------------|-----------------------|--------------------------|--------------------|

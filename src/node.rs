@@ -113,7 +113,7 @@ impl Opened {
             runner,
             delivery,
             completion,
-            Limits::of(config),
+            limits(config),
             clock,
             entropy,
         );
@@ -146,6 +146,20 @@ pub fn journal_config(config: &Config) -> JournalConfig {
             .then_some(config.limits.max_journal_bytes),
         simulated_fsync_latency_us: config.journal.simulated_fsync_latency_us,
         ..JournalConfig::default()
+    }
+}
+
+/// The intake limits of `config`.
+fn limits(config: &Config) -> Limits {
+    let l = &config.limits;
+    Limits {
+        max_message_bytes: l.max_message_bytes as usize,
+        max_messages_per_request: l.max_messages_per_request as usize,
+        max_id_bytes: l.max_id_bytes as usize,
+        max_key_bytes: l.max_key_bytes as usize,
+        max_headers: l.max_headers as usize,
+        max_header_bytes: l.max_header_bytes as usize,
+        max_backlog_bytes: l.max_backlog_bytes,
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A producer that lost an ack retries with the same id; within the window it gets `DUPLICATE`
 //! with the original sequence, and the message is neither handled nor delivered again. The
-//! window is bounded by count and by age (the seeds: remember only recent ids, tolerate the
+//! window is bounded by count and by age (remember only recent ids, tolerate the
 //! rare late duplicate). It lives in memory for lookups and is persisted by the journal in the
 //! same transaction as the record it points to, so it survives restarts.
 //!

@@ -4,7 +4,7 @@
 //! [`HandlerRunner`] adds what every call needs: a concurrency limit, a timeout, retries with
 //! backoff and jitter, and, after `max_attempts` or an explicit refusal, a dead letter.
 //!
-//! Output ids are deterministic (DESIGN.md): the i-th output of input `X` gets id `X/i`, so a
+//! Output ids are deterministic (ARCHITECTURE.md, the crash contract): the i-th output of input `X` gets id `X/i`, so a
 //! replay produces the same ids and the next tier can drop the duplicate. Without a handler
 //! (pass-through) the input is its own single output and keeps its id. An output with an empty
 //! key inherits the input's key, and one with no event time inherits the input's.

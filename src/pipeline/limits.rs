@@ -19,20 +19,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits `config` sets.
-    pub fn of(config: &crate::config::Config) -> Limits {
-        let l = &config.limits;
-        Limits {
-            max_message_bytes: l.max_message_bytes as usize,
-            max_messages_per_request: l.max_messages_per_request as usize,
-            max_id_bytes: l.max_id_bytes as usize,
-            max_key_bytes: l.max_key_bytes as usize,
-            max_headers: l.max_headers as usize,
-            max_header_bytes: l.max_header_bytes as usize,
-            max_backlog_bytes: l.max_backlog_bytes,
-        }
-    }
-
     /// Checks one message against the limits; a refusal names the limit (a metric label) and
     /// says why (the ack's reason).
     pub fn check(&self, message: &Message) -> Result<(), Refusal> {

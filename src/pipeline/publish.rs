@@ -21,7 +21,7 @@ use crate::proto::{Ack, Message, ack};
 use crate::runtime::{Entropy, SharedClock};
 use crate::sink::SEQ_HEADER;
 
-/// Why a whole publish request failed. Each maps to one gRPC status in `api.rs`.
+/// Why a whole publish request failed. Each maps to one gRPC status in `service/ingest.rs`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     /// Malformed request (empty, too many messages). Not retryable as is.
@@ -138,6 +138,46 @@ impl Pipeline {
         self: &Arc<Self>,
         messages: Vec<Message>,
     ) -> Result<Vec<Ack>, IngestError> {
+        self.admit(&messages)?;
+        let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
+        let claimed = self.validate_and_claim(messages, &mut acks);
+
+        // Accept what is new, per the plan. In a task of its own: if the client goes away
+        // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
+        // journaled records whose dedup claims were released and whose delivery never started.
+        if !claimed.fresh.is_empty() {
+            let pipeline = self.clone();
+            let fresh = claimed.fresh;
+            let accepted = crate::runtime::spawn(async move { pipeline.accept(fresh).await })
+                .await
+                .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
+            for (index, ack) in accepted {
+                acks[index] = Some(ack);
+            }
+        }
+
+        // Ids another request is publishing right now: its outcome is ours.
+        for (index, id, rx) in claimed.waiting {
+            match super::dedup::wait_for(rx).await {
+                ClaimOutcome::Committed(seq) => acks[index] = Some(duplicate(id, seq)),
+                _ => {
+                    return Err(IngestError::Unavailable(format!(
+                        "a concurrent publish of id {id:?} failed; retry"
+                    )));
+                }
+            }
+        }
+        let acks: Vec<Ack> = acks
+            .into_iter()
+            .map(|a| a.expect("every message got an ack above"))
+            .collect();
+        count_acks(&acks);
+        Ok(acks)
+    }
+
+    /// Whether the request as a whole may come in: serving, not empty, not too many messages,
+    /// room in the backlog.
+    fn admit(&self, messages: &[Message]) -> Result<(), IngestError> {
         if !self.is_serving() {
             return Err(IngestError::Unavailable(
                 "sidelog is replaying its journal or shutting down; retry shortly".into(),
@@ -162,11 +202,16 @@ impl Pipeline {
                 self.limits.max_backlog_bytes
             )));
         }
+        Ok(())
+    }
 
-        // Validate and claim ids.
-        let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
-        let mut fresh = Vec::with_capacity(messages.len());
-        let mut waiting = Vec::new();
+    /// Assigns missing ids, checks each message against the limits and claims its id: a
+    /// refused or duplicate message gets its ack in `acks` here.
+    fn validate_and_claim(&self, messages: Vec<Message>, acks: &mut [Option<Ack>]) -> Claimed {
+        let mut claimed = Claimed {
+            fresh: Vec::with_capacity(messages.len()),
+            waiting: Vec::new(),
+        };
         for (index, mut message) in messages.into_iter().enumerate() {
             if message.id.is_empty() {
                 message.id = self.assign_id();
@@ -178,53 +223,16 @@ impl Pipeline {
                 continue;
             }
             match self.dedup.claim(&message.id) {
-                Claim::Fresh(claim) => fresh.push(Fresh {
+                Claim::Fresh(claim) => claimed.fresh.push(Fresh {
                     index,
                     message,
                     claim,
                 }),
                 Claim::Duplicate(seq) => acks[index] = Some(duplicate(message.id, seq)),
-                Claim::InFlight(rx) => waiting.push((index, message.id, rx)),
+                Claim::InFlight(rx) => claimed.waiting.push((index, message.id, rx)),
             }
         }
-
-        // Accept what is new, per the plan. In a task of its own: if the client goes away
-        // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
-        // journaled records whose dedup claims were released and whose delivery never started.
-        if !fresh.is_empty() {
-            let pipeline = self.clone();
-            let accepted = crate::runtime::spawn(async move { pipeline.accept(fresh).await })
-                .await
-                .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
-            for (index, ack) in accepted {
-                acks[index] = Some(ack);
-            }
-        }
-
-        // Ids another request is publishing right now: its outcome is ours.
-        for (index, id, rx) in waiting {
-            match super::dedup::wait_for(rx).await {
-                ClaimOutcome::Committed(seq) => acks[index] = Some(duplicate(id, seq)),
-                _ => {
-                    return Err(IngestError::Unavailable(format!(
-                        "a concurrent publish of id {id:?} failed; retry"
-                    )));
-                }
-            }
-        }
-        let acks: Vec<Ack> = acks
-            .into_iter()
-            .map(|a| a.expect("every message got an ack above"))
-            .collect();
-        for a in &acks {
-            let outcome = match ack::Status::try_from(a.status) {
-                Ok(ack::Status::Accepted) => "accepted",
-                Ok(ack::Status::Duplicate) => "duplicate",
-                _ => continue, // counted above, with its reason
-            };
-            metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
-        }
-        Ok(acks)
+        claimed
     }
 
     /// A UUIDv7 from the injected clock and entropy.
@@ -554,6 +562,26 @@ pub struct Replayed {
     /// When the entry was written, unix ms (for `max_age_ms`; fresh items use the time of
     /// their sending).
     pub written_at_ms: i64,
+}
+
+/// The messages of a request whose ids were claimed.
+struct Claimed {
+    /// New ids: to be accepted.
+    fresh: Vec<Fresh>,
+    /// Ids another request is publishing now: (index, id, that publish's outcome).
+    waiting: Vec<(usize, String, tokio::sync::watch::Receiver<ClaimOutcome>)>,
+}
+
+/// Counts accepted and duplicate messages (refusals were counted with their reason).
+fn count_acks(acks: &[Ack]) {
+    for a in acks {
+        let outcome = match ack::Status::try_from(a.status) {
+            Ok(ack::Status::Accepted) => "accepted",
+            Ok(ack::Status::Duplicate) => "duplicate",
+            _ => continue,
+        };
+        metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
+    }
 }
 
 fn rejected(id: String, reason: String) -> Ack {

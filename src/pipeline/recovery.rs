@@ -1,6 +1,7 @@
 //! Replay on start: what the journal holds is finished before new traffic is taken.
 //!
-//! The seeds' recovery: stop intake, re-process what was logged, then rejoin the load balancer.
+//! Recovery: stop intake, re-process what was logged, then rejoin the load balancer (see the
+//! crash contract in ARCHITECTURE.md).
 //! Replay is mode-agnostic, so a restart in another mode loses nothing:
 //! 1. every output in `outputs` (sbml, hml) is sent again;
 //! 2. every input in `inputs` without recorded outputs (rbml, and hml inputs whose outputs were
@@ -20,7 +21,8 @@ use tracing::{info, warn};
 
 use super::handler::Call;
 use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
-use crate::journal::{InputState, JournalError, Seq, SeqRange};
+use crate::delivery::DeliveryItem;
+use crate::journal::{InputState, JournalError, Seq, SeqRange, StoredInput, StoredOutput};
 
 /// Journal entries read per scan.
 pub const SCAN_BATCH: usize = 1024;
@@ -188,148 +190,204 @@ where
     .await
 }
 
-/// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them).
+/// Dispatches every journaled entry with a sequence in `[from, to)` (does not wait for them):
+/// the outputs first, then the inputs without recorded outputs.
 pub async fn replay_range(
     pipeline: &Arc<Pipeline>,
     from: Seq,
     to: Seq,
     options: &ReplayOptions,
 ) -> Result<ReplayStats, JournalError> {
-    let journal = pipeline.journal().clone();
-    let mut stats = ReplayStats::default();
-    let oldest_allowed = (options.max_age_ms > 0)
-        .then(|| pipeline.now_ms().saturating_sub(options.max_age_ms as i64));
-    let expired = |written_at_ms: i64| oldest_allowed.is_some_and(|t| written_at_ms < t);
-    let reason = || {
+    let mut replayer = Replayer {
+        pipeline,
+        options,
+        oldest_allowed: (options.max_age_ms > 0)
+            .then(|| pipeline.now_ms().saturating_sub(options.max_age_ms as i64)),
+        stats: ReplayStats::default(),
+    };
+    replayer.outputs(from, to).await?;
+    replayer.inputs(from, to).await?;
+    Ok(replayer.stats)
+}
+
+/// One replay of a range of the journal.
+struct Replayer<'a> {
+    pipeline: &'a Arc<Pipeline>,
+    options: &'a ReplayOptions,
+    /// Entries written before this (unix ms) are dead-lettered instead (`max_age_ms`).
+    oldest_allowed: Option<i64>,
+    stats: ReplayStats,
+}
+
+impl Replayer<'_> {
+    fn expired(&self, written_at_ms: i64) -> bool {
+        self.oldest_allowed.is_some_and(|t| written_at_ms < t)
+    }
+
+    fn expiry_reason(&self) -> String {
         format!(
             "undelivered for longer than replay.max_age_ms ({} ms)",
-            options.max_age_ms
+            self.options.max_age_ms
         )
-    };
-    let pace = || async {
-        match &options.pace {
+    }
+
+    /// A pacing permit, when the replay is paced.
+    async fn pace(&self) -> Option<Arc<tokio::sync::OwnedSemaphorePermit>> {
+        match &self.options.pace {
             Some(pace) => Some(pace.acquire().await),
             None => None,
         }
-    };
-    let mut cursor = from;
-    'outputs: loop {
-        let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
-        let Some(last) = batch.last() else { break };
-        cursor = Seq(last.seq.0 + 1);
-        for stored in batch {
-            if stored.seq >= to {
-                break 'outputs;
-            }
-            let input_seq = (stored.entry.input_seq != 0).then_some(Seq(stored.entry.input_seq));
-            if let Some(input) = input_seq {
-                pipeline.completion().expect(input, 1);
-            }
-            let Some(message) = stored.entry.message else {
-                return Err(JournalError::Decode {
-                    table: "outputs",
-                    key: stored.seq.0,
-                    reason: "output entry without a message".into(),
-                });
+    }
+
+    /// Sends every output in `[from, to)` again, or dead-letters it when it is too old.
+    async fn outputs(&mut self, from: Seq, to: Seq) -> Result<(), JournalError> {
+        let journal = self.pipeline.journal().clone();
+        let mut cursor = from;
+        loop {
+            let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
+            let Some(last) = batch.last() else {
+                return Ok(());
             };
-            if expired(stored.entry.recorded_at_ms) {
-                stats.expired += 1;
-                pipeline
-                    .completion()
-                    .outputs_dead(
-                        &[crate::delivery::DeliveryItem {
-                            message,
-                            output_seq: Some(stored.seq),
-                            input_seq,
-                            memory_bytes: 0,
-                            pace: None,
-                            written_at_ms: stored.entry.recorded_at_ms,
-                        }],
-                        &reason(),
-                        0,
-                    )
-                    .await;
-                continue;
+            cursor = Seq(last.seq.0 + 1);
+            for stored in batch {
+                if stored.seq >= to {
+                    return Ok(());
+                }
+                self.output(stored).await?;
             }
-            let out = Outgoing {
-                output_seq: Some(stored.seq),
-                input_seq,
-                memory_bytes: 0,
-                replayed: Some(Replayed {
-                    pace: pace().await,
-                    written_at_ms: stored.entry.recorded_at_ms,
-                }),
-            };
-            pipeline.send(message, out).await;
-            stats.outputs_resent += 1;
-            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
-            metrics::counter!(crate::metrics::REPLAYED, "kind" => "output").increment(1);
         }
     }
 
-    let permits = match &options.pace {
-        Some(pace) => pace.permits.clone(),
-        None => Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT)),
-    };
-    let mut cursor = from;
-    'inputs: loop {
-        let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
-        let Some(last) = batch.last() else { break };
-        cursor = Seq(last.seq.0 + 1);
-        for stored in batch {
-            if stored.seq >= to {
-                break 'inputs;
-            }
-            match stored.state {
-                InputState::OutputsPending => continue,
-                InputState::Finished => {
-                    journal.complete(Vec::new(), vec![stored.seq]).await?;
-                    continue;
-                }
-                InputState::Unhandled => {}
-            }
-            let Some(message) = stored.entry.message else {
-                return Err(JournalError::Decode {
-                    table: "inputs",
-                    key: stored.seq.0,
-                    reason: "input entry without a message".into(),
-                });
-            };
-            if expired(stored.entry.received_at_ms) {
-                stats.expired += 1;
-                pipeline
-                    .completion()
-                    .input_dead(message, Some(stored.seq), reason(), 0)
-                    .await;
-                continue;
-            }
-            stats.inputs_rehandled += 1;
-            metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
-            metrics::counter!(crate::metrics::REPLAYED, "kind" => "input").increment(1);
-            if pipeline.is_pass_through() {
-                // Profile-guided: a task and a message copy per entry were most of replay's
-                // CPU time; without a handler there is nothing to run concurrently.
-                let replayed = Replayed {
-                    pace: pace().await,
-                    written_at_ms: stored.entry.received_at_ms,
-                };
-                pipeline
-                    .replay_pass_through(message, stored.seq, replayed)
-                    .await;
-                continue;
-            }
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the replay semaphore is never closed");
-            let task =
-                pipeline.spawn_continuation(message, InputSeq::Known(stored.seq), Call::Replay);
-            crate::runtime::spawn(async move {
-                drop(task.await);
-                drop(permit);
+    async fn output(&mut self, stored: StoredOutput) -> Result<(), JournalError> {
+        let input_seq = (stored.entry.input_seq != 0).then_some(Seq(stored.entry.input_seq));
+        if let Some(input) = input_seq {
+            self.pipeline.completion().expect(input, 1);
+        }
+        let Some(message) = stored.entry.message else {
+            return Err(JournalError::Decode {
+                table: "outputs",
+                key: stored.seq.0,
+                reason: "output entry without a message".into(),
             });
+        };
+        let written_at_ms = stored.entry.recorded_at_ms;
+        if self.expired(written_at_ms) {
+            self.stats.expired += 1;
+            let item = DeliveryItem {
+                message,
+                output_seq: Some(stored.seq),
+                input_seq,
+                memory_bytes: 0,
+                pace: None,
+                written_at_ms,
+            };
+            let reason = self.expiry_reason();
+            self.pipeline
+                .completion()
+                .outputs_dead(&[item], &reason, 0)
+                .await;
+            return Ok(());
+        }
+        let out = Outgoing {
+            output_seq: Some(stored.seq),
+            input_seq,
+            memory_bytes: 0,
+            replayed: Some(Replayed {
+                pace: self.pace().await,
+                written_at_ms,
+            }),
+        };
+        self.pipeline.send(message, out).await;
+        self.stats.outputs_resent += 1;
+        metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+        metrics::counter!(crate::metrics::REPLAYED, "kind" => "output").increment(1);
+        Ok(())
+    }
+
+    /// Hands every input in `[from, to)` without recorded outputs to the handler again, or
+    /// dead-letters it when it is too old.
+    async fn inputs(&mut self, from: Seq, to: Seq) -> Result<(), JournalError> {
+        let journal = self.pipeline.journal().clone();
+        let permits = match &self.options.pace {
+            Some(pace) => pace.permits.clone(),
+            None => Arc::new(Semaphore::new(REPLAY_INPUTS_IN_FLIGHT)),
+        };
+        let mut cursor = from;
+        loop {
+            let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            cursor = Seq(last.seq.0 + 1);
+            for stored in batch {
+                if stored.seq >= to {
+                    return Ok(());
+                }
+                self.input(stored, &permits).await?;
+            }
         }
     }
-    Ok(stats)
+
+    async fn input(
+        &mut self,
+        stored: StoredInput,
+        permits: &Arc<Semaphore>,
+    ) -> Result<(), JournalError> {
+        match stored.state {
+            InputState::OutputsPending => return Ok(()),
+            InputState::Finished => {
+                return self
+                    .pipeline
+                    .journal()
+                    .complete(Vec::new(), vec![stored.seq])
+                    .await;
+            }
+            InputState::Unhandled => {}
+        }
+        let Some(message) = stored.entry.message else {
+            return Err(JournalError::Decode {
+                table: "inputs",
+                key: stored.seq.0,
+                reason: "input entry without a message".into(),
+            });
+        };
+        let written_at_ms = stored.entry.received_at_ms;
+        if self.expired(written_at_ms) {
+            self.stats.expired += 1;
+            let reason = self.expiry_reason();
+            self.pipeline
+                .completion()
+                .input_dead(message, Some(stored.seq), reason, 0)
+                .await;
+            return Ok(());
+        }
+        self.stats.inputs_rehandled += 1;
+        metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
+        metrics::counter!(crate::metrics::REPLAYED, "kind" => "input").increment(1);
+        if self.pipeline.is_pass_through() {
+            // Profile-guided: a task and a message copy per entry were most of replay's CPU
+            // time; without a handler there is nothing to run concurrently.
+            let replayed = Replayed {
+                pace: self.pace().await,
+                written_at_ms,
+            };
+            self.pipeline
+                .replay_pass_through(message, stored.seq, replayed)
+                .await;
+            return Ok(());
+        }
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the replay semaphore is never closed");
+        let task =
+            self.pipeline
+                .spawn_continuation(message, InputSeq::Known(stored.seq), Call::Replay);
+        crate::runtime::spawn(async move {
+            drop(task.await);
+            drop(permit);
+        });
+        Ok(())
+    }
 }

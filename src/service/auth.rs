@@ -52,19 +52,6 @@ impl TokenCheck {
     }
 }
 
-/// Reads a token file: one line, printable ASCII, at least 16 characters.
-pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let token = text.trim_end_matches(['\n', '\r']);
-    if token.len() < 16 {
-        return Err("the token must be at least 16 characters".into());
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the token must be one line of printable ASCII without spaces".into());
-    }
-    Ok(token.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,5 +7,5 @@ mod auth;
 mod ingest;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
-pub use auth::{TokenCheck, read_token_file};
+pub use auth::TokenCheck;
 pub use ingest::IngestService;

@@ -1,6 +1,6 @@
 //! The object-storage sink (`--sink s3://BUCKET/PREFIX?endpoint=…`): chunks as objects.
 //!
-//! A [`ChunkSink`] (`sink.rs`: batches gathered into a chunk, rolled by size
+//! A [`ChunkSink`] (`chunk/mod.rs`: batches gathered into a chunk, rolled by size
 //! `file_sink.chunk_max_bytes` and age `file_sink.chunk_max_age_ms`) over a [`Bucket`]: a sealed
 //! chunk is uploaded as one object, in one PUT or, past [`MULTIPART_THRESHOLD`], as a multipart
 //! upload of [`PART_BYTES`] parts; every batch in it is acked only once the upload completed.

@@ -37,6 +37,15 @@ pub enum ChunkFormat {
     Parquet,
 }
 
+impl std::fmt::Display for ChunkFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChunkFormat::Chunk => "chunk",
+            ChunkFormat::Parquet => "parquet",
+        })
+    }
+}
+
 impl std::str::FromStr for ChunkFormat {
     type Err = String;
 
@@ -120,7 +129,30 @@ struct OpenChunk {
     waiters: Vec<Waiter>,
 }
 
-/// A sink that gathers batches into chunks (the seeds: the next tier wants 1 MB–1 GB files, not
+impl OpenChunk {
+    /// Adds a batch: its records (`encoded`, format `chunk`) or its messages (`parquet`).
+    fn add(&mut self, batch: &[Message], encoded: &[u8]) {
+        match self.info.format {
+            ChunkFormat::Chunk => {
+                self.bytes.extend_from_slice(encoded);
+                self.size += encoded.len() as u64;
+            }
+            ChunkFormat::Parquet => {
+                self.size += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
+                self.messages.extend(batch.iter().cloned());
+            }
+        }
+        self.info.records += batch.len() as u64;
+        for seq in batch.iter().filter_map(sequence_of) {
+            self.info.seqs = Some(match self.info.seqs {
+                Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+                None => (seq, seq),
+            });
+        }
+    }
+}
+
+/// A sink that gathers batches into chunks (object storage and data lakes want 1 MB–1 GB files, not
 /// one per message) and acks each batch once its chunk is in the [`ChunkStore`]. Chunks are
 /// sealed by size and by age; batches join the open chunk in call order, so many may await
 /// the same seal.
@@ -221,6 +253,31 @@ impl ChunkSink {
 
     /// Adds a batch to the open chunk (sealing it when full); the receiver resolves when the
     /// chunk is stored or failed.
+    /// A new, empty chunk, number `counter` of this process.
+    fn open_chunk(&self, counter: u64) -> OpenChunk {
+        let format = self.settings.format;
+        let mut bytes = Vec::new();
+        if format == ChunkFormat::Chunk {
+            bytes.reserve((self.settings.max_bytes as usize).min(8 << 20));
+            bytes.extend_from_slice(CHUNK_MAGIC);
+        }
+        OpenChunk {
+            info: ChunkInfo {
+                opened_at_ms: self.clock.now_ms(),
+                nonce: self.nonce,
+                counter,
+                seqs: None,
+                format,
+                records: 0,
+            },
+            size: bytes.len() as u64,
+            bytes,
+            messages: Vec::new(),
+            opened_at: Instant::now(),
+            waiters: Vec::new(),
+        }
+    }
+
     fn append(&self, batch: &[Message]) -> Result<SealAck, SinkError> {
         let format = self.settings.format;
         let fresh: Vec<Message>;
@@ -255,46 +312,10 @@ impl ChunkSink {
         let mut state = self.lock();
         if state.0.is_none() {
             state.1 += 1;
-            let now = self.clock.now_ms();
-            let mut bytes = Vec::new();
-            if format == ChunkFormat::Chunk {
-                bytes.reserve((self.settings.max_bytes as usize).min(8 << 20));
-                bytes.extend_from_slice(CHUNK_MAGIC);
-            }
-            state.0 = Some(OpenChunk {
-                info: ChunkInfo {
-                    opened_at_ms: now,
-                    nonce: self.nonce,
-                    counter: state.1,
-                    seqs: None,
-                    format,
-                    records: 0,
-                },
-                size: bytes.len() as u64,
-                bytes,
-                messages: Vec::new(),
-                opened_at: Instant::now(),
-                waiters: Vec::new(),
-            });
+            state.0 = Some(self.open_chunk(state.1));
         }
         let chunk = state.0.as_mut().expect("opened above");
-        match format {
-            ChunkFormat::Chunk => {
-                chunk.bytes.extend_from_slice(&encoded);
-                chunk.size += encoded.len() as u64;
-            }
-            ChunkFormat::Parquet => {
-                chunk.size += batch.iter().map(|m| m.encoded_len() as u64).sum::<u64>();
-                chunk.messages.extend(batch.iter().cloned());
-            }
-        }
-        chunk.info.records += batch.len() as u64;
-        for seq in batch.iter().filter_map(sequence_of) {
-            chunk.info.seqs = Some(match chunk.info.seqs {
-                Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
-                None => (seq, seq),
-            });
-        }
+        chunk.add(batch, &encoded);
         let (tx, rx) = oneshot::channel();
         chunk.waiters.push(tx);
         if chunk.size >= self.settings.max_bytes {

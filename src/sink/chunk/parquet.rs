@@ -46,6 +46,39 @@ type WriteColumn<'a> = dyn Fn(&mut parquet::file::writer::SerializedColumnWriter
     + 'a;
 
 /// Encodes `messages` as one Parquet file.
+/// The `headers` map's columns: one definition/repetition level per entry, or one empty slot
+/// per message without headers.
+struct Headers {
+    names: Vec<ByteArray>,
+    values: Vec<ByteArray>,
+    def: Vec<i16>,
+    rep: Vec<i16>,
+}
+
+impl Headers {
+    fn of(messages: &[Message]) -> Headers {
+        let mut h = Headers {
+            names: Vec::new(),
+            values: Vec::new(),
+            def: Vec::new(),
+            rep: Vec::new(),
+        };
+        for m in messages {
+            if m.headers.is_empty() {
+                h.def.push(0);
+                h.rep.push(0);
+            }
+            for (i, (k, v)) in m.headers.iter().enumerate() {
+                h.names.push(ByteArray::from(k.as_str()));
+                h.values.push(ByteArray::from(v.as_str()));
+                h.def.push(1);
+                h.rep.push(i16::from(i > 0));
+            }
+        }
+        h
+    }
+}
+
 pub fn encode(messages: &[Message]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let schema = Arc::new(parse_message_type(SCHEMA)?);
     let props = Arc::new(
@@ -63,24 +96,12 @@ pub fn encode(messages: &[Message]) -> Result<Vec<u8>, parquet::errors::ParquetE
             .map(|m| ByteArray::from(f(m).to_vec()))
             .collect()
     };
-    // Map entries: one definition/repetition level per entry, or one empty slot per message
-    // without headers.
-    let mut names = Vec::new();
-    let mut values = Vec::new();
-    let mut def = Vec::new();
-    let mut rep = Vec::new();
-    for m in messages {
-        if m.headers.is_empty() {
-            def.push(0);
-            rep.push(0);
-        }
-        for (i, (k, v)) in m.headers.iter().enumerate() {
-            names.push(ByteArray::from(k.as_str()));
-            values.push(ByteArray::from(v.as_str()));
-            def.push(1);
-            rep.push(i16::from(i > 0));
-        }
-    }
+    let Headers {
+        names,
+        values,
+        def,
+        rep,
+    } = Headers::of(messages);
     let columns: [&WriteColumn<'_>; 7] = [
         &|c| {
             c.typed::<ByteArrayType>()

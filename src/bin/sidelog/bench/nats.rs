@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use tokio::time::Instant;
 
-use super::{BenchArgs, ModeResult, Send1, Target, load};
+use super::load::{Send1, Target, load};
+use super::{BenchArgs, ModeResult};
 use sidelog::proto::Message;
 use sidelog::testkit::proc_usage;
 

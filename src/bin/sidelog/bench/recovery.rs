@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{BenchArgs, bench_sink, histogram, serve_sink, sidelog_child, usage};
+use super::BenchArgs;
+use super::harness::{bench_sink, histogram, serve_sink, sidelog_child, usage};
 use sidelog::Config;
 use sidelog::LoggingMode;
 use sidelog::journal::Journal;

@@ -1,0 +1,308 @@
+//! The producers: closed loop, open loop (a fixed schedule, latency from the intended send
+//! time) or streaming, against a sidelog or a JetStream subject.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use sidelog::proto::ingest_client::IngestClient;
+use sidelog::proto::{Message, PublishRequest, ack};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::harness::histogram;
+use super::{BenchArgs, OPEN_LOOP_IN_FLIGHT, SENT_HEADER, STREAM_WINDOW, nats};
+
+/// What one load phase measured.
+pub(super) struct Load {
+    pub ack: Histogram<u64>,
+    pub acked: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+/// Where the producers send.
+pub(super) enum Target {
+    /// A sidelog `Ingest` service.
+    Sidelog(SocketAddr),
+    /// A JetStream subject (each producer opens its own connection).
+    Nats { addr: String, subject: String },
+}
+
+/// Runs the producers against `target` for `duration` (or until `messages` are sent).
+/// Producer ids start at `first_id`, so phases never reuse a message id.
+pub(super) async fn load(
+    args: &BenchArgs,
+    target: &Target,
+    label: &str,
+    base: Instant,
+    first_id: usize,
+    duration: Option<Duration>,
+    messages: u64,
+) -> anyhow::Result<Load> {
+    let ack = Arc::new(Mutex::new(histogram()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(AtomicU64::new(messages));
+    let started = Instant::now();
+    let deadline = started + duration.unwrap_or(Duration::from_secs(3600));
+    let mut tasks = Vec::new();
+    let label: Arc<str> = label.into();
+    for p in 0..args.producers {
+        let ctx = Producer {
+            id: first_id + p,
+            label: label.clone(),
+            base,
+            size: args.size,
+            batch: args.batch,
+            deadline,
+            budget: budget.clone(),
+            ack: ack.clone(),
+            acked: acked.clone(),
+            errors: errors.clone(),
+        };
+        let per_producer = args
+            .rate
+            .map(|rate| (rate as f64 / args.producers as f64).max(1e-3));
+        tasks.push(match target {
+            Target::Sidelog(listen) => {
+                let channel = Endpoint::from_shared(format!("http://{listen}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .context("connecting a producer")?;
+                match (per_producer, args.stream) {
+                    (Some(rate), _) => {
+                        tokio::spawn(ctx.open_loop(IngestClient::new(channel), rate))
+                    }
+                    (None, true) => tokio::spawn(ctx.stream(channel)),
+                    (None, false) => tokio::spawn(ctx.closed_loop(IngestClient::new(channel))),
+                }
+            }
+            Target::Nats { addr, subject } => {
+                let publisher = nats::Publisher::connect(addr, subject).await?;
+                match per_producer {
+                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
+                    None => tokio::spawn(ctx.closed_loop(publisher)),
+                }
+            }
+        });
+    }
+    for t in tasks {
+        t.await.context("a producer failed")?;
+    }
+    let elapsed = started.elapsed();
+    let ack = ack.lock().expect("never held across a panic").clone();
+    Ok(Load {
+        ack,
+        acked: acked.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+    })
+}
+
+/// One producer's share of the workload.
+/// One way to send a request of messages and wait for its acks: sidelog's unary `Publish`, or
+/// a JetStream publish-with-ack of each message.
+pub(super) trait Send1: Clone + Send + Sync + 'static {
+    /// Sends `messages`; returns how many were acknowledged (the rest count as errors), or an
+    /// error if none were.
+    fn send(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> impl std::future::Future<Output = Result<usize, ()>> + Send;
+}
+
+impl Send1 for IngestClient<Channel> {
+    async fn send(&mut self, messages: Vec<Message>) -> Result<usize, ()> {
+        let acks = self
+            .publish(PublishRequest { messages })
+            .await
+            .map_err(|_| ())?
+            .into_inner()
+            .acks;
+        Ok(acks.iter().filter(|a| is_ok(a)).count())
+    }
+}
+
+fn is_ok(a: &sidelog::proto::Ack) -> bool {
+    a.status == ack::Status::Accepted as i32 || a.status == ack::Status::Duplicate as i32
+}
+
+pub(super) struct Producer {
+    id: usize,
+    label: Arc<str>,
+    base: Instant,
+    size: usize,
+    batch: usize,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+    ack: Arc<Mutex<Histogram<u64>>>,
+    acked: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Producer {
+    /// Takes up to `batch` messages from the budget; 0 once the run is over.
+    fn take(&self) -> usize {
+        if Instant::now() >= self.deadline {
+            return 0;
+        }
+        let want = self.batch as u64;
+        let mut left = self.budget.load(Ordering::Relaxed);
+        loop {
+            let n = want.min(left);
+            if n == 0 {
+                return 0;
+            }
+            match self
+                .budget
+                .compare_exchange(left, left - n, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return n as usize,
+                Err(now) => left = now,
+            }
+        }
+    }
+
+    fn messages(&self, seq: &mut u64, n: usize, payload: &bytes::Bytes) -> Vec<Message> {
+        let sent = self.base.elapsed().as_micros().to_string();
+        (0..n)
+            .map(|_| {
+                *seq += 1;
+                let mut headers = BTreeMap::new();
+                headers.insert(SENT_HEADER.to_owned(), sent.clone());
+                Message {
+                    id: format!("{}-{}-{}", self.label, self.id, seq),
+                    key: format!("k{}", *seq % 64),
+                    payload: payload.clone(),
+                    headers,
+                    event_time_ms: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Records one answered request of `n` messages, `ok` of them acknowledged.
+    fn record(&self, latency: Duration, n: usize, ok: usize) {
+        self.ack
+            .lock()
+            .expect("never held across a panic")
+            .saturating_record_n(latency.as_micros().max(1) as u64, n as u64);
+        self.acked.fetch_add(ok as u64, Ordering::Relaxed);
+        self.errors
+            .fetch_add(n.saturating_sub(ok) as u64, Ordering::Relaxed);
+    }
+
+    async fn closed_loop(self, mut client: impl Send1) {
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let mut seq = 0;
+        loop {
+            let n = self.take();
+            if n == 0 {
+                break;
+            }
+            let messages = self.messages(&mut seq, n, &payload);
+            let t0 = Instant::now();
+            match client.send(messages).await {
+                Ok(ok) => self.record(t0.elapsed(), n, ok),
+                Err(_) => {
+                    self.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn stream(self, channel: Channel) {
+        let mut client = IngestClient::new(channel);
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<(Instant, usize)>(STREAM_WINDOW);
+        let mut responses = match client
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let this = Arc::new(self);
+        let sender = {
+            let this = this.clone();
+            tokio::spawn(async move {
+                let mut seq = 0;
+                loop {
+                    let n = this.take();
+                    if n == 0 {
+                        break;
+                    }
+                    let request = PublishRequest {
+                        messages: this.messages(&mut seq, n, &payload),
+                    };
+                    // The window: a slot in `sent` before the request goes out.
+                    if sent_tx.send((Instant::now(), n)).await.is_err()
+                        || req_tx.send(request).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        };
+        while let Some((t0, n)) = sent_rx.recv().await {
+            match responses.message().await {
+                Ok(Some(r)) => {
+                    this.record(t0.elapsed(), n, r.acks.iter().filter(|a| is_ok(a)).count())
+                }
+                _ => {
+                    this.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let _ = sender.await;
+    }
+
+    async fn open_loop(self, client: impl Send1, msgs_per_s: f64) {
+        let payload = bytes::Bytes::from(vec![b'x'; self.size]);
+        let interval = Duration::from_secs_f64(self.batch as f64 / msgs_per_s);
+        let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
+        let this = Arc::new(self);
+        let start = Instant::now();
+        let mut seq = 0;
+        let mut k: u32 = 0;
+        let mut in_flight = Vec::new();
+        loop {
+            let intended = start + interval * k;
+            k += 1;
+            tokio::time::sleep_until(intended).await;
+            let n = this.take();
+            if n == 0 {
+                break;
+            }
+            let messages = this.messages(&mut seq, n, &payload);
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let (this, mut client) = (this.clone(), client.clone());
+            in_flight.push(tokio::spawn(async move {
+                match client.send(messages).await {
+                    // From the intended send time: a late send is latency too.
+                    Ok(ok) => this.record(intended.elapsed(), n, ok),
+                    Err(_) => {
+                        this.errors.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            }));
+            in_flight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+        }
+        for t in in_flight {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! What a configuration must satisfy beyond each setting's own rule, and the values derived
+//! from it (TLS, the token, the admin address, the sink, backoffs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::ConfigError;
+use super::settings::Config;
+use crate::runtime::Backoff;
+use crate::sink::SinkTarget;
+
+impl Config {
+    /// Checks every setting against its rule, then the rules between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_rules()?;
+        if self.limits.max_message_bytes > self.limits.max_request_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes.to_string(),
+                "must not exceed limits.max_request_bytes",
+            ));
+        }
+        if let Some(url) = &self.handler {
+            check_http_url("handler", url)?;
+        }
+        if let Some(addr) = self.admin_addr()?
+            && !addr.ip().is_loopback()
+            && (self.tls_cert_file.is_none() || self.auth_token_file.is_none())
+        {
+            return Err(ConfigError::invalid(
+                "admin_listen",
+                addr.to_string(),
+                "the admin service can re-queue and purge: on a non-loopback address it \
+                 needs TLS (tls_cert_file, tls_key_file) and a token (auth_token_file)",
+            ));
+        }
+        self.sink_target()?;
+        Ok(())
+    }
+
+    /// The listener's TLS settings, if `tls_cert_file` is set.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |key: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                key,
+                value: path.display().to_string(),
+                reason: format!("cannot read it: {e}"),
+            })
+        };
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {
+                if let Some(ca) = &self.tls_client_ca_file {
+                    return Err(ConfigError::Invalid {
+                        key: "tls_client_ca_file",
+                        value: ca.display().to_string(),
+                        reason: "client certificates need TLS: set tls_cert_file and tls_key_file"
+                            .into(),
+                    });
+                }
+                return Ok(None);
+            }
+            (Some(c), Some(k)) => (read("tls_cert_file", c)?, read("tls_key_file", k)?),
+            (Some(c), None) | (None, Some(c)) => {
+                return Err(ConfigError::Invalid {
+                    key: if self.tls_key_file.is_none() {
+                        "tls_key_file"
+                    } else {
+                        "tls_cert_file"
+                    },
+                    value: c.display().to_string(),
+                    reason: "tls_cert_file and tls_key_file go together".into(),
+                });
+            }
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.tls_client_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// The bearer token from `auth_token_file`, if one is set.
+    pub fn auth_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        read_token_file(path)
+            .map(Some)
+            .map_err(|reason| ConfigError::Invalid {
+                key: "auth_token_file",
+                value: path.display().to_string(),
+                reason,
+            })
+    }
+
+    /// Where the admin service listens, parsed from `admin_listen`; `None` when it is `off`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.admin_listen == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .admin_listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "admin_listen",
+                value: self.admin_listen.clone(),
+                reason: format!("expected HOST:PORT (an IP address) or off: {e}"),
+            })?;
+        if addr.port() != 0 && (self.metrics_listen == Some(addr) || self.listen == addr) {
+            return Err(ConfigError::Invalid {
+                key: "admin_listen",
+                value: self.admin_listen.clone(),
+                reason: "must differ from listen and metrics_listen".into(),
+            });
+        }
+        Ok(Some(addr))
+    }
+
+    /// Where outputs go, parsed from `sink`.
+    pub fn sink_target(&self) -> Result<SinkTarget, ConfigError> {
+        match self.sink.as_deref() {
+            None => Ok(SinkTarget::File(self.data_dir.join("out"))),
+            Some(s) if s.starts_with("file:") => {
+                let dir = &s["file:".len()..];
+                if dir.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "sink",
+                        value: s.to_owned(),
+                        reason: "file: needs a directory, e.g. file:./out".into(),
+                    });
+                }
+                Ok(SinkTarget::File(PathBuf::from(dir)))
+            }
+            Some(s) if s.starts_with("nats://") => crate::sink::NatsSinkConfig::parse(s)
+                .map(|c| SinkTarget::Nats(Box::new(c)))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "sink",
+                    // The URL may hold a token or a password: not repeated in the error.
+                    value: "nats://…".into(),
+                    reason,
+                }),
+            Some(s) if s.starts_with("s3://") => crate::sink::ObjectSinkConfig::parse(s)
+                .map(|c| SinkTarget::Object(Box::new(c)))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "sink",
+                    value: s.to_owned(),
+                    reason,
+                }),
+            Some(s) => {
+                check_http_url("sink", s)?;
+                Ok(SinkTarget::Grpc(s.to_owned()))
+            }
+        }
+    }
+
+    pub fn handler_backoff(&self) -> Backoff {
+        Backoff {
+            initial_ms: self.handling.backoff_initial_ms,
+            max_ms: self.handling.backoff_max_ms,
+            max_attempts: self.handling.max_attempts as u32,
+        }
+    }
+
+    pub fn delivery_backoff(&self) -> Backoff {
+        Backoff {
+            initial_ms: self.delivery.backoff_initial_ms,
+            max_ms: self.delivery.backoff_max_ms,
+            max_attempts: self.delivery.max_attempts as u32,
+        }
+    }
+}
+
+fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(hostport) if !hostport.is_empty() && hostport.contains(':') => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            key,
+            value: url.to_owned(),
+            reason: "expected http://host:port".into(),
+        }),
+    }
+}
+
+/// Reads a token file: one line, printable ASCII, at least 16 characters.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < 16 {
+        return Err("the token must be at least 16 characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be one line of printable ASCII without spaces".into());
+    }
+    Ok(token.to_owned())
+}

@@ -1,0 +1,123 @@
+//! Tests of loading and checking the configuration, and of the README's table.
+
+use std::path::PathBuf;
+
+use super::load::parse_serve;
+use super::settings::settings;
+use super::*;
+use crate::mode::LoggingMode;
+use crate::sink::SinkTarget;
+
+#[test]
+fn the_defaults_are_valid() {
+    Config::default().validate().unwrap();
+    assert_eq!(
+        Config::default().sink_target().unwrap(),
+        SinkTarget::File(PathBuf::from("./sidelog-data/out"))
+    );
+}
+
+#[test]
+fn a_file_sets_keys_and_flags_override_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidelog.toml");
+    std::fs::write(
+        &path,
+        "mode = \"rbml\"\nsink = \"http://127.0.0.1:9\"\n[delivery]\nlanes = 3\nlinger_ms = 7\n",
+    )
+    .unwrap();
+    let path_arg = path.display().to_string();
+    let args = parse_serve(&[
+        "--config",
+        &path_arg,
+        "--mode",
+        "sbml",
+        "--delivery-lanes",
+        "5",
+    ])
+    .unwrap();
+    let c = Config::load(args).unwrap();
+    assert_eq!(c.mode, LoggingMode::SenderBased);
+    assert_eq!(c.delivery.lanes, 5, "the flag wins over the file");
+    assert_eq!(c.delivery.linger_ms, 7, "the file wins over the default");
+    assert_eq!(
+        c.delivery.batch_max_messages, 1024,
+        "the default fills the rest"
+    );
+    assert_eq!(
+        c.sink_target().unwrap(),
+        SinkTarget::Grpc("http://127.0.0.1:9".into())
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_its_flag() {
+    let err = Config::load(ServeArgs::default().set("delivery.lanes", "0"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("delivery.lanes") && err.contains("--delivery-lanes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("SIDELOG_DELIVERY_LANES") && err.contains("1 – 1024"),
+        "{err}"
+    );
+    let err = Config::load(ServeArgs::default().set("sink", "ftp://x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sink"), "{err}");
+    let err = Config::load(ServeArgs::default().set("sink", "s3://Bad_Bucket/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sink") && err.contains("bucket"), "{err}");
+    let err = Config::load(ServeArgs::default().set("mode", "fast"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mode") && err.contains("--mode"), "{err}");
+    let err = Config::load(ServeArgs::default().set("limits.max_journal_bytes", "5"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0 (off) or ≥ 1 MiB"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "lanes = 3\n").unwrap();
+    let err = Config::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.toml") && err.contains("lanes"), "{err}");
+}
+
+#[test]
+fn every_setting_has_a_flag_a_variable_and_a_doc() {
+    let all = settings();
+    let mut keys: Vec<&str> = all.iter().map(|s| s.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), all.len(), "a key is declared twice");
+    for s in &all {
+        assert!(!s.doc.is_empty(), "{} has no doc", s.key);
+        let value = if s.value_name == "N" { "1" } else { "x" };
+        let flag = format!("--{}", s.flag());
+        let args = parse_serve(&[&flag, value]).unwrap_or_else(|e| panic!("{flag}: {e}"));
+        assert_eq!(args.given.len(), 1, "{flag}");
+        assert_eq!(args.given[0].key, s.key);
+    }
+}
+
+/// The README's configuration table is rendered from the declarations; this fails when the
+/// two disagree, and prints the table to paste.
+#[test]
+fn the_readme_lists_every_setting_as_declared() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let (start, end) = ("<!-- config-table:begin -->\n", "<!-- config-table:end -->");
+    let table = readme
+        .split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(table, _)| table)
+        .expect("README.md has the config-table markers");
+    let want = markdown_table();
+    assert!(
+        table == want,
+        "README.md's configuration table differs from src/config/settings.rs; it should read:\n{want}"
+    );
+}
