@@ -7,8 +7,22 @@
 //! duplicate and partition. One seed fixes all of it; the run's event trace has a hash that two
 //! runs of one seed must agree on. Checkers then compare what reached the sink with what was
 //! acknowledged. In the spirit of FoundationDB's simulation and TigerBeetle's VOPR.
+//!
+//! `run.rs` runs one seed; `world.rs` holds its world and starts sidelog in it; `disk.rs`,
+//! `net.rs` and `hops.rs` are the simulated disk, links, handler and sink; `check.rs` the
+//! checkers; `trace.rs` the clock and the trace; `settings.rs` and `report.rs` what goes in and
+//! what comes out.
 
+mod check;
 pub mod disk;
-pub mod world;
+mod hops;
+mod net;
+mod report;
+mod run;
+mod settings;
+mod trace;
+mod world;
 
-pub use world::{Bug, Report, SimConfig, run};
+pub use report::{FaultCounts, Report};
+pub use run::run;
+pub use settings::{Bug, SimConfig};

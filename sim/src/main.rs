@@ -55,30 +55,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let modes: Vec<LoggingMode> = if args.mode == "all" {
-        vec![
-            LoggingMode::Hybrid,
-            LoggingMode::ReceiverBased,
-            LoggingMode::SenderBased,
-            LoggingMode::None,
-        ]
-    } else {
-        match args.mode.parse() {
-            Ok(m) => vec![m],
-            Err(e) => {
-                eprintln!("error: --mode: {e} (or all)");
-                return ExitCode::from(2);
-            }
+    let modes = match parse_modes(&args.mode) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: --mode: {e} (or all)");
+            return ExitCode::from(2);
         }
     };
-    let bug = match args.bug.as_deref() {
-        None => None,
-        Some("ack-before-fsync") => Some(Bug::AckBeforeFsync),
-        Some("skip-replay") => Some(Bug::SkipReplay),
-        Some(other) => {
-            eprintln!(
-                "error: --bug: unknown bug {other:?}: expected ack-before-fsync or skip-replay"
-            );
+    let bug = match parse_bug(args.bug.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: --bug: {e}");
             return ExitCode::from(2);
         }
     };
@@ -86,7 +73,6 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (args.first_seed..args.first_seed + args.seeds).collect(),
     };
-    let mut failed = false;
     println!(
         "{:<5} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8}",
         "mode",
@@ -101,50 +87,80 @@ fn main() -> ExitCode {
         "violat.",
         "wall ms"
     );
+    let mut failed = false;
     for mode in modes {
-        #[allow(clippy::disallowed_methods)] // the driver reports how long a sweep took for real
-        let started = Instant::now();
-        let mut total = Totals::default();
-        for &seed in &seeds {
-            let base = SimConfig::new(seed, mode);
-            let cfg = SimConfig {
-                pass_through: args.pass_through || base.pass_through,
-                messages: args.messages,
-                producers: args.producers,
-                crashes: args.crashes,
-                fault_scale: args.fault_scale,
-                bug,
-                ..base
-            };
-            let report = run(cfg);
-            total.add(&report);
-            if !report.ok() || args.trace || args.seed.is_some() {
-                print_report(&report);
-            }
-            if !report.ok() {
-                failed = true;
-            }
-        }
-        println!(
-            "{:<5} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8}",
-            mode.as_str(),
-            seeds.len(),
-            total.messages,
-            total.acked,
-            total.crashes,
-            total.faults,
-            total.duplicates,
-            total.dead,
-            total.losses,
-            total.violations,
-            started.elapsed().as_millis()
-        );
+        failed |= !sweep(&args, mode, bug, &seeds);
     }
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn parse_modes(arg: &str) -> Result<Vec<LoggingMode>, String> {
+    if arg == "all" {
+        return Ok(vec![
+            LoggingMode::Hybrid,
+            LoggingMode::ReceiverBased,
+            LoggingMode::SenderBased,
+            LoggingMode::None,
+        ]);
+    }
+    arg.parse().map(|m| vec![m])
+}
+
+fn parse_bug(arg: Option<&str>) -> Result<Option<Bug>, String> {
+    match arg {
+        None => Ok(None),
+        Some("ack-before-fsync") => Ok(Some(Bug::AckBeforeFsync)),
+        Some("skip-replay") => Ok(Some(Bug::SkipReplay)),
+        Some(other) => Err(format!(
+            "unknown bug {other:?}: expected ack-before-fsync or skip-replay"
+        )),
+    }
+}
+
+/// Runs `seeds` in `mode`, printing failing runs (or every run with --trace) and the totals;
+/// whether every run was ok.
+fn sweep(args: &Args, mode: LoggingMode, bug: Option<Bug>, seeds: &[u64]) -> bool {
+    #[allow(clippy::disallowed_methods)] // the driver reports how long a sweep took for real
+    let started = Instant::now();
+    let mut total = Totals::default();
+    let mut ok = true;
+    for &seed in seeds {
+        let base = SimConfig::new(seed, mode);
+        let cfg = SimConfig {
+            pass_through: args.pass_through || base.pass_through,
+            messages: args.messages,
+            producers: args.producers,
+            crashes: args.crashes,
+            fault_scale: args.fault_scale,
+            bug,
+            ..base
+        };
+        let report = run(cfg);
+        total.add(&report);
+        if !report.ok() || args.trace || args.seed.is_some() {
+            print_report(&report);
+        }
+        ok &= report.ok();
+    }
+    println!(
+        "{:<5} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8}",
+        mode.as_str(),
+        seeds.len(),
+        total.messages,
+        total.acked,
+        total.crashes,
+        total.faults,
+        total.duplicates,
+        total.dead,
+        total.losses,
+        total.violations,
+        started.elapsed().as_millis()
+    );
+    ok
 }
 
 #[derive(Default)]

@@ -24,18 +24,23 @@ pub use load::ServeArgs;
 pub use reference::markdown_table;
 pub use settings::{Config, ReplayPolicy};
 
-/// A configuration that cannot be used, naming the file or the setting.
+/// A configuration that cannot be used, naming the file or the setting. Never retryable: the
+/// configuration must change (sidelog exits with the message at start-up).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file named by `--config` cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is not TOML, or has an unknown key or a value of the wrong type.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// Flags and variables that together do not make a configuration.
     #[error("flags or environment: {0}")]
     Flags(String),
+    /// A value outside what its setting allows.
     #[error("invalid setting {} = {value}: {reason}", names(key))]
     Invalid {
         key: &'static str,

@@ -67,15 +67,13 @@ pub struct PublishSummary {
 }
 
 /// Runs the producer and returns its summary.
-pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
-    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
-    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    let clock = SystemClock;
-    let entropy = Entropy::from_clock(&clock);
-    let prefix = args
-        .id_prefix
-        .clone()
-        .unwrap_or_else(|| format!("pub-{:x}-{:04x}", clock.now_ms(), entropy.below(0x10000)));
+/// The messages to send, cut into batches: the lines of standard input, or `--count`
+/// generated payloads.
+fn batches(
+    args: &PublishArgs,
+    prefix: &str,
+    clock: &SystemClock,
+) -> anyhow::Result<VecDeque<Vec<Message>>> {
     let payloads: Vec<Vec<u8>> = if args.stdin {
         std::io::stdin()
             .lock()
@@ -115,20 +113,36 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         batches.push_back(batch);
         n = end;
     }
-    let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        match &args.auth_token_file {
-            Some(path) => {
-                let token = sidelog::read_token_file(path).map_err(|reason| {
-                    anyhow::anyhow!("--auth-token-file {}: {reason}", path.display())
-                })?;
-                Some(
-                    format!("Bearer {token}")
-                        .parse()
-                        .context("the token is not a valid header value")?,
-                )
-            }
-            None => None,
-        };
+    Ok(batches)
+}
+
+/// The `authorization` header from `--auth-token-file`, if given.
+fn authorization(
+    args: &PublishArgs,
+) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    let Some(path) = &args.auth_token_file else {
+        return Ok(None);
+    };
+    let token = sidelog::read_token_file(path)
+        .map_err(|reason| anyhow::anyhow!("--auth-token-file {}: {reason}", path.display()))?;
+    let value = format!("Bearer {token}")
+        .parse()
+        .context("the token is not a valid header value")?;
+    Ok(Some(value))
+}
+
+pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let clock = SystemClock;
+    let entropy = Entropy::from_clock(&clock);
+    let prefix = args
+        .id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("pub-{:x}-{:04x}", clock.now_ms(), entropy.below(0x10000)));
+    let batches = batches(&args, &prefix, &clock)?;
+    let total = batches.iter().map(|b| b.len() as u64).sum();
+    let authorization = authorization(&args)?;
     let channel = Endpoint::from_shared(args.target.clone())
         .with_context(|| format!("invalid --target {:?}", args.target))?
         .connect_timeout(Duration::from_secs(2))

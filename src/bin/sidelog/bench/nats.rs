@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use tokio::time::Instant;
 
-use super::load::{Send1, Target, load};
+use super::load::{Load, Send1, Target, load};
 use super::{BenchArgs, ModeResult};
 use sidelog::proto::Message;
 use sidelog::testkit::proc_usage;
@@ -106,32 +106,7 @@ pub(super) async fn run_peer(
     peer: &Peer,
     base: Instant,
 ) -> anyhow::Result<ModeResult> {
-    let client = async_nats::connect(&peer.addr)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", peer.addr))?;
-    let js = jetstream::new(client);
-    let tag: String = peer
-        .label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let name = format!("SIDELOG_BENCH_{}_{tag}", std::process::id());
-    let subject = format!("sidelog-bench.{}.{tag}", std::process::id());
-    let _ = js.delete_stream(&name).await;
-    let mut stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating the JetStream stream {name} (is JetStream on?)"))?;
-    let target = Target::Nats {
-        addr: peer.addr.clone(),
-        subject,
-    };
-
+    let (js, name, mut stream, target) = create_stream(peer).await?;
     let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
     load(
         args,
@@ -169,10 +144,68 @@ pub(super) async fn run_peer(
     let usage = peer.pid.map(proc_usage);
     let _ = js.delete_stream(&name).await;
 
-    let secs = run.elapsed.as_secs_f64().max(1e-9);
     let stored = after.messages.saturating_sub(before.messages);
-    Ok(ModeResult {
-        mode: peer.label.clone(),
+    let bytes_per_msg = if stored == 0 {
+        0.0
+    } else {
+        after.bytes.saturating_sub(before.bytes) as f64 / stored as f64
+    };
+    let cpu_us_per_msg =
+        usage.map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64);
+    Ok(peer_result(
+        args,
+        &peer.label,
+        &run,
+        bytes_per_msg,
+        cpu_us_per_msg,
+        usage.map(|(_, rss)| rss),
+    ))
+}
+
+/// A fresh stream for this run, and the target its producers publish to.
+async fn create_stream(
+    peer: &Peer,
+) -> anyhow::Result<(jetstream::Context, String, stream::Stream, Target)> {
+    let client = async_nats::connect(&peer.addr)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", peer.addr))?;
+    let js = jetstream::new(client);
+    let tag: String = peer
+        .label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = format!("SIDELOG_BENCH_{}_{tag}", std::process::id());
+    let subject = format!("sidelog-bench.{}.{tag}", std::process::id());
+    let _ = js.delete_stream(&name).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the JetStream stream {name} (is JetStream on?)"))?;
+    let target = Target::Nats {
+        addr: peer.addr.clone(),
+        subject,
+    };
+    Ok((js, name, stream, target))
+}
+
+/// The peer's row: what its producers measured and what was read from the server.
+fn peer_result(
+    args: &BenchArgs,
+    label: &str,
+    run: &Load,
+    bytes_per_msg: f64,
+    cpu_us_per_msg: Option<f64>,
+    peak_rss_bytes: Option<u64>,
+) -> ModeResult {
+    let secs = run.elapsed.as_secs_f64().max(1e-9);
+    ModeResult {
+        mode: label.to_owned(),
         messages: run.acked,
         msgs_per_s: run.acked as f64 / secs,
         mib_per_s: run.acked as f64 * args.size as f64 / secs / (1024.0 * 1024.0),
@@ -183,19 +216,14 @@ pub(super) async fn run_peer(
         e2e_p99_us: None,
         records_per_commit: None,
         fsyncs_per_1k: None,
-        bytes_per_msg: if stored == 0 {
-            0.0
-        } else {
-            after.bytes.saturating_sub(before.bytes) as f64 / stored as f64
-        },
-        cpu_us_per_msg: usage
-            .map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64),
-        peak_rss_bytes: usage.map(|(_, rss)| rss),
+        bytes_per_msg,
+        cpu_us_per_msg,
+        peak_rss_bytes,
         journal_peak_bytes: None,
         journal_end_bytes: None,
         ratio_to_none: None,
         errors: run.errors,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -16,19 +16,33 @@ const QUANTILES: [(&str, RGBColor); 3] = [
 ];
 
 pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyhow::Result<()> {
-    let e = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("{e}");
     let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
     let root = root
         .titled(&format!("sidelog bench: {workload}"), ("sans-serif", 18))
         .map_err(e)?;
     let (left, right) = root.split_horizontally(520);
-    let name = |i: usize| results.get(i).map(|r| r.mode.clone()).unwrap_or_default();
-    let n = results.len();
+    throughput(&left, results)?;
+    latency(&right, results)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
 
-    // Throughput, one bar per mode.
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn e(e: DrawingAreaErrorKind<std::io::Error>) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn name(results: &[ModeResult], i: usize) -> String {
+    results.get(i).map(|r| r.mode.clone()).unwrap_or_default()
+}
+
+/// Throughput, one bar per mode.
+fn throughput(area: &Area<'_>, results: &[ModeResult]) -> anyhow::Result<()> {
+    let n = results.len();
     let top = results.iter().map(|r| r.msgs_per_s).fold(1.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption("throughput", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
@@ -41,7 +55,7 @@ pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyho
         .y_desc("messages/s")
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => name(*i),
+            SegmentValue::CenterOf(i) => name(results, *i),
             _ => String::new(),
         })
         .draw()
@@ -59,15 +73,19 @@ pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyho
             bar
         }))
         .map_err(e)?;
+    Ok(())
+}
 
-    // Ack latency, three bars per mode (log scale: p99.9 can be 100x p50), then a gap.
+/// Ack latency, three bars per mode (log scale: p99.9 can be 100x p50), then a gap.
+fn latency(area: &Area<'_>, results: &[ModeResult]) -> anyhow::Result<()> {
+    let n = results.len();
     let slots = 4;
     let top = results
         .iter()
         .map(|r| r.ack_p999_us as f64)
         .fold(10.0, f64::max)
         * 20.0; // room above the bars for the legend
-    let mut chart = ChartBuilder::on(&right)
+    let mut chart = ChartBuilder::on(area)
         .caption("ack latency", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
@@ -81,7 +99,7 @@ pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyho
         .y_desc("µs")
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(j) if j % slots == 1 => name(j / slots),
+            SegmentValue::CenterOf(j) if j % slots == 1 => name(results, j / slots),
             _ => String::new(),
         })
         .draw()
@@ -112,7 +130,6 @@ pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyho
         .border_style(BLACK)
         .draw()
         .map_err(e)?;
-    root.present().map_err(e)?;
     Ok(())
 }
 

@@ -9,16 +9,16 @@
 //! SERVING, with every entry at the sink, is the recovery time. Replay streams the journal in
 //! 1,024-entry scans and bounded queues, so peak RSS must not grow with N.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::Instant;
 
 use super::BenchArgs;
-use super::harness::{bench_sink, histogram, serve_sink, sidelog_child, usage};
+use super::harness::{bench_sink, file_len, histogram, serve_sink, sidelog_child, usage};
 use sidelog::Config;
 use sidelog::LoggingMode;
 use sidelog::journal::Journal;
@@ -39,16 +39,52 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("sidelog-recovery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
+    let journal_file = data.join(sidelog::journal::FILE_NAME);
+    let built = build_backlog(&data, entries, args.size).await?;
+    let before_bytes = file_len(&journal_file);
+    eprintln!(
+        "bench: built a backlog of {entries} {}-byte inputs in {:.1} s ({:.0} entries/s), journal {:.1} MiB",
+        args.size,
+        built.as_secs_f64(),
+        entries as f64 / built.as_secs_f64().max(1e-9),
+        mib(before_bytes),
+    );
+    let replay = replay_backlog(&dir, mode).await?;
+    let after_bytes = file_len(&journal_file);
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(
+        replay.delivered >= entries,
+        "replay reported done but the sink has only {} of {entries} entries",
+        replay.delivered
+    );
+    let report = Report {
+        mode,
+        entries,
+        entry_bytes: args.size,
+        built,
+        replay,
+        before_bytes,
+        after_bytes,
+    };
+    report.print();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)
+            .with_context(|| format!("writing {} (--json)", path.display()))?;
+    }
+    Ok(())
+}
 
-    // 1. The backlog.
+/// Step 1, the backlog: `entries` inputs of `size` bytes appended to a journal in `data`, in large
+/// group commits, with nothing delivered. Returns how long that took.
+async fn build_backlog(data: &Path, entries: u64, size: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let journal = Journal::open(
-        &data,
+        data,
         sidelog::journal_config(&Config::default()),
         Arc::new(SystemClock),
     )
     .with_context(|| format!("creating a journal in {}", data.display()))?;
-    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
     let mut next = 0u64;
     while next < entries {
         let n = BUILD_BATCH.min(entries - next);
@@ -67,26 +103,25 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<()> {
         next += n;
     }
     journal.close().await.context("closing the built journal")?;
-    drop(journal);
-    let built = started.elapsed();
-    let file_bytes = std::fs::metadata(data.join("journal.redb"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    eprintln!(
-        "bench: built a backlog of {entries} {}-byte inputs in {:.1} s ({:.0} entries/s), journal {:.1} MiB",
-        args.size,
-        built.as_secs_f64(),
-        entries as f64 / built.as_secs_f64().max(1e-9),
-        file_bytes as f64 / (1024.0 * 1024.0),
-    );
+    Ok(started.elapsed())
+}
 
-    // 2. The restart, with an idle sink.
+/// What the restart did.
+struct Replay {
+    elapsed: Duration,
+    cpu_us: u64,
+    peak_rss: u64,
+    delivered: u64,
+}
+
+/// Step 2, the restart on that journal, with an idle in-process sink: from the child's start to
+/// SERVING, every entry at the sink.
+async fn replay_backlog(dir: &Path, mode: LoggingMode) -> anyhow::Result<Replay> {
     let delivered = Arc::new(AtomicU64::new(0));
     let e2e = Arc::new(Mutex::new(histogram()));
     let sink = bench_sink(Instant::now(), &delivered, &e2e, Duration::ZERO);
     let sink_server = serve_sink(&sink).await?;
-    let (mut child, _metrics) =
-        sidelog_child(&dir, mode, &sink_server.url(), None, Duration::ZERO)?;
+    let (mut child, _metrics) = sidelog_child(dir, mode, &sink_server.url(), None, Duration::ZERO)?;
     let started = Instant::now();
     child.spawn();
     // Sample the delivered count while waiting, for the progress line.
@@ -108,50 +143,73 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<()> {
     served
         .map_err(anyhow::Error::msg)
         .context("waiting for the replay to finish")?;
-    let replayed = started.elapsed();
+    let elapsed = started.elapsed();
     let (cpu_us, peak_rss) = usage(&child);
     child.kill9().await;
-    let after_bytes = std::fs::metadata(data.join("journal.redb"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let _ = std::fs::remove_dir_all(&dir);
-    let got = delivered.load(Ordering::Relaxed);
-    anyhow::ensure!(
-        got >= entries,
-        "replay reported done but the sink has only {got} of {entries} entries"
-    );
+    Ok(Replay {
+        elapsed,
+        cpu_us,
+        peak_rss,
+        delivered: delivered.load(Ordering::Relaxed),
+    })
+}
 
-    println!(
-        "recovery: mode {mode}, {entries} entries of {} B, idle sink",
-        args.size
-    );
-    println!(
-        "replay (start to SERVING, all delivered): {:.2} s, {:.0} entries/s, peak RSS {:.1} MiB, CPU {:.1} µs/entry, {} delivered ({} duplicates), journal {:.1} MiB before, {:.1} MiB after",
-        replayed.as_secs_f64(),
-        entries as f64 / replayed.as_secs_f64().max(1e-9),
-        peak_rss as f64 / (1024.0 * 1024.0),
-        cpu_us as f64 / entries as f64,
-        got,
-        got - entries,
-        file_bytes as f64 / (1024.0 * 1024.0),
-        after_bytes as f64 / (1024.0 * 1024.0),
-    );
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({ "recovery": {
-            "mode": mode.as_str(),
-            "entries": entries,
-            "entry_bytes": args.size,
-            "build_s": built.as_secs_f64(),
-            "replay_s": replayed.as_secs_f64(),
-            "entries_per_s": entries as f64 / replayed.as_secs_f64().max(1e-9),
-            "peak_rss_bytes": peak_rss,
-            "cpu_us_per_entry": cpu_us as f64 / entries as f64,
-            "delivered": got,
-            "journal_bytes_before": file_bytes,
-            "journal_bytes_after": after_bytes,
-        }});
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {} (--json)", path.display()))?;
+/// The figures of one recovery run.
+struct Report {
+    mode: LoggingMode,
+    entries: u64,
+    entry_bytes: usize,
+    built: Duration,
+    replay: Replay,
+    before_bytes: u64,
+    after_bytes: u64,
+}
+
+impl Report {
+    fn entries_per_s(&self) -> f64 {
+        self.entries as f64 / self.replay.elapsed.as_secs_f64().max(1e-9)
     }
-    Ok(())
+
+    fn cpu_us_per_entry(&self) -> f64 {
+        self.replay.cpu_us as f64 / self.entries as f64
+    }
+
+    fn print(&self) {
+        let r = &self.replay;
+        println!(
+            "recovery: mode {}, {} entries of {} B, idle sink",
+            self.mode, self.entries, self.entry_bytes
+        );
+        println!(
+            "replay (start to SERVING, all delivered): {:.2} s, {:.0} entries/s, peak RSS {:.1} MiB, CPU {:.1} µs/entry, {} delivered ({} duplicates), journal {:.1} MiB before, {:.1} MiB after",
+            r.elapsed.as_secs_f64(),
+            self.entries_per_s(),
+            mib(r.peak_rss),
+            self.cpu_us_per_entry(),
+            r.delivered,
+            r.delivered - self.entries,
+            mib(self.before_bytes),
+            mib(self.after_bytes),
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "recovery": {
+            "mode": self.mode.as_str(),
+            "entries": self.entries,
+            "entry_bytes": self.entry_bytes,
+            "build_s": self.built.as_secs_f64(),
+            "replay_s": self.replay.elapsed.as_secs_f64(),
+            "entries_per_s": self.entries_per_s(),
+            "peak_rss_bytes": self.replay.peak_rss,
+            "cpu_us_per_entry": self.cpu_us_per_entry(),
+            "delivered": self.replay.delivered,
+            "journal_bytes_before": self.before_bytes,
+            "journal_bytes_after": self.after_bytes,
+        }})
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }

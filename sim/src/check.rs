@@ -1,0 +1,178 @@
+//! The checkers, over the recorded history: nothing phantom or altered reached the sink, every
+//! delivered message carries its sequence (journaled modes), and every output of an acked input
+//! reached the sink or the dead-letter table. (Acks that were not durable are caught at each
+//! restart, by `World::check_acks_durable`.)
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sidelog::LoggingMode;
+use sidelog::journal::Seq;
+use sidelog::sink::SEQ_HEADER;
+
+use crate::hops::Stored;
+use crate::report::Report;
+use crate::world::{Node, World};
+
+/// The acks the producers received: id → sequence.
+pub(crate) type Received = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Checks the history and writes the report.
+pub(crate) async fn check(
+    world: &Arc<World>,
+    node: Option<&Arc<Node>>,
+    sent: &BTreeMap<String, Bytes>,
+    received: &Received,
+) -> Report {
+    let dead = match node {
+        Some(node) => dead_letters(world, node).await,
+        None => BTreeSet::new(),
+    };
+    let stored = world
+        .stored
+        .lock()
+        .expect("never held across a panic")
+        .clone();
+    let copies = check_sink(world, sent, &stored);
+    let acked = acked_ids(world, received);
+    let losses = losses(world, sent, &acked, &dead, &copies);
+    report(world, &acked, &stored, &copies, dead.len(), losses)
+}
+
+/// The ids in the dead-letter table: what sidelog gave up on (kept, not lost).
+async fn dead_letters(world: &World, node: &Node) -> BTreeSet<String> {
+    let mut dead: BTreeSet<String> = BTreeSet::new();
+    let mut from = Seq(0);
+    loop {
+        match node.journal.scan_dead_letters(from, 1024).await {
+            Ok(batch) if !batch.is_empty() => {
+                from = Seq(batch.last().expect("non-empty").seq.0 + 1);
+                for d in batch {
+                    if let Some(m) = d.letter.message {
+                        dead.insert(m.id);
+                    }
+                }
+            }
+            Ok(_) => return dead,
+            Err(e) => {
+                world.violation(format!("cannot read the dead letters: {e}"));
+                return dead;
+            }
+        }
+    }
+}
+
+/// What reached the sink was produced, unaltered, and (journaled modes) carries its sequence.
+/// Returns how many copies of each id arrived.
+fn check_sink<'a>(
+    world: &World,
+    sent: &BTreeMap<String, Bytes>,
+    stored: &'a [Stored],
+) -> HashMap<&'a str, usize> {
+    let possible: HashMap<String, Bytes> = sent
+        .iter()
+        .flat_map(|(id, payload)| world.expected(id, payload))
+        .collect();
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for s in stored {
+        match possible.get(&s.id) {
+            None => world.violation(format!("phantom: the sink got {:?}, never produced", s.id)),
+            Some(p) if *p != s.payload => world.violation(format!(
+                "altered: the sink got {} with another payload",
+                s.id
+            )),
+            Some(_) => {}
+        }
+        if world.cfg.mode != LoggingMode::None && s.seq.is_none() {
+            world.violation(format!("{} reached the sink without {SEQ_HEADER}", s.id));
+        }
+        *copies.entry(s.id.as_str()).or_default() += 1;
+    }
+    copies
+}
+
+/// Every id sidelog acked, whether or not the producer heard it.
+fn acked_ids(world: &World, received: &Received) -> BTreeSet<String> {
+    let produced = world.produced.lock().expect("never held across a panic");
+    let received = received.lock().expect("never held across a panic");
+    produced
+        .iter()
+        .map(|a| a.id.clone())
+        .chain(received.keys().cloned())
+        .collect()
+}
+
+/// Outputs of acked inputs that reached neither the sink nor the dead-letter table.
+fn losses(
+    world: &World,
+    sent: &BTreeMap<String, Bytes>,
+    acked: &BTreeSet<String>,
+    dead: &BTreeSet<String>,
+    copies: &HashMap<&str, usize>,
+) -> Vec<String> {
+    let mut losses = Vec::new();
+    for id in acked {
+        if dead.contains(id) {
+            continue;
+        }
+        let payload = &sent[id];
+        for (out, _) in world.expected(id, payload) {
+            if !copies.contains_key(out.as_str()) && !dead.contains(&out) {
+                losses.push(out);
+            }
+        }
+    }
+    if !losses.is_empty() {
+        world.trace.log(format!(
+            "LOSS {} outputs of acked inputs, e.g. {:?}",
+            losses.len(),
+            &losses[..losses.len().min(5)]
+        ));
+    }
+    losses
+}
+
+fn report(
+    world: &World,
+    acked: &BTreeSet<String>,
+    stored: &[Stored],
+    copies: &HashMap<&str, usize>,
+    dead_letters: usize,
+    losses: Vec<String>,
+) -> Report {
+    let d = world.disk.stats();
+    let mut faults = world
+        .counts
+        .lock()
+        .expect("never held across a panic")
+        .clone();
+    faults.disk_write_errors = d.write_errors;
+    faults.disk_sync_errors = d.sync_errors;
+    faults.disk_full_errors = d.full_errors;
+    let (trace_hash, trace_tail) = world.trace.hash_and_tail(40);
+    Report {
+        config: world.cfg.clone(),
+        inputs_acked: acked.len(),
+        acks: world
+            .produced
+            .lock()
+            .expect("never held across a panic")
+            .len() as u64,
+        restarts: world.incarnations.load(Ordering::SeqCst).saturating_sub(1),
+        faults,
+        sink_messages: stored.len(),
+        sink_duplicates: copies.values().filter(|c| **c > 1).count(),
+        dead_letters,
+        losses,
+        violations: world
+            .violations
+            .lock()
+            .expect("never held across a panic")
+            .clone(),
+        trace_hash,
+        trace_tail,
+        virtual_ms: world.trace.start.elapsed().as_millis() as u64,
+    }
+}

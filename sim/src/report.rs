@@ -1,0 +1,68 @@
+//! What a run found: the faults it injected, by kind, and the checkers' verdicts.
+
+use sidelog::LoggingMode;
+
+use crate::settings::SimConfig;
+
+/// Faults injected, by kind.
+#[derive(Debug, Default, Clone)]
+pub struct FaultCounts {
+    pub crashes: u64,
+    pub torn_crashes: u64,
+    pub hop_outages: u64,
+    pub slow_periods: u64,
+    pub failing_periods: u64,
+    pub partitions: u64,
+    pub disk_full_periods: u64,
+    pub dropped_requests: u64,
+    pub dropped_responses: u64,
+    pub duplicated_requests: u64,
+    pub disk_write_errors: u64,
+    pub disk_sync_errors: u64,
+    pub disk_full_errors: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.crashes
+            + self.hop_outages
+            + self.slow_periods
+            + self.failing_periods
+            + self.partitions
+            + self.disk_full_periods
+            + self.dropped_requests
+            + self.dropped_responses
+            + self.duplicated_requests
+            + self.disk_write_errors
+            + self.disk_sync_errors
+            + self.disk_full_errors
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub config: SimConfig,
+    pub inputs_acked: usize,
+    pub acks: u64,
+    pub restarts: u64,
+    pub faults: FaultCounts,
+    pub sink_messages: usize,
+    pub sink_duplicates: usize,
+    pub dead_letters: usize,
+    /// Outputs of acknowledged inputs that never reached the sink (nor the dead letters).
+    pub losses: Vec<String>,
+    /// Broken promises other than loss (phantoms, acks without durability, no drain).
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+    pub trace_tail: Vec<String>,
+    pub virtual_ms: u64,
+}
+
+impl Report {
+    /// Whether the run kept every promise of its mode (mode none promises nothing on loss).
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+            && (self.losses.is_empty() || self.config.mode == LoggingMode::None)
+    }
+}

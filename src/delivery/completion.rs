@@ -1,0 +1,181 @@
+//! Completion: acks and dead letters become journal changes. A delivered journaled output is
+//! removed, and an input is completed (removed) once the last of its outputs is delivered or
+//! dead-lettered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::{error, warn};
+
+use super::DeliveryItem;
+use crate::journal::{EntryRef, Journal, NewDeadLetter, Seq};
+use crate::proto::Message;
+use crate::proto::journal::dead_letter;
+
+/// Counters of what delivery did (exported as metrics by the operations work).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub batches: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// Tracks which inputs are complete and tells the journal.
+#[derive(Debug)]
+pub struct Completion {
+    journal: Journal,
+    /// Outputs still undelivered, per journaled input. Additive: replay may register one
+    /// input's outputs in several steps.
+    pending: Mutex<HashMap<Seq, u32>>,
+    /// Bytes held only in memory (mode `none`).
+    memory_bytes: AtomicU64,
+    pub stats: DeliveryStats,
+}
+
+impl Completion {
+    pub fn new(journal: Journal) -> Arc<Self> {
+        Arc::new(Completion {
+            journal,
+            pending: Mutex::new(HashMap::new()),
+            memory_bytes: AtomicU64::new(0),
+            stats: DeliveryStats::default(),
+        })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Registers `outputs` more undelivered outputs of `input`.
+    pub fn expect(&self, input: Seq, outputs: u32) {
+        let mut pending = self.pending.lock().expect("never held across a panic");
+        *pending.entry(input).or_insert(0) += outputs;
+    }
+
+    pub fn hold_memory(&self, bytes: u64) {
+        self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn release_memory(&self, bytes: u64) {
+        self.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held in memory only (mode `none`).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The inputs among `items` whose last output this was.
+    fn finished_inputs(&self, items: &[DeliveryItem]) -> Vec<Seq> {
+        let mut pending = self.pending.lock().expect("never held across a panic");
+        let mut done = Vec::new();
+        for input in items.iter().filter_map(|i| i.input_seq) {
+            match pending.get_mut(&input) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    pending.remove(&input);
+                    done.push(input);
+                }
+                // Registered nowhere: a replayed output whose input was completed already.
+                None => done.push(input),
+            }
+        }
+        done
+    }
+
+    /// The sink acked `items`.
+    pub async fn delivered(&self, items: &[DeliveryItem]) {
+        self.stats
+            .delivered
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DELIVERED).increment(items.len() as u64);
+        let outputs: Vec<Seq> = items.iter().filter_map(|i| i.output_seq).collect();
+        let inputs = self.finished_inputs(items);
+        self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
+        if let Err(e) = self.journal.complete(outputs, inputs).await {
+            // The marks are lost: the entries stay and are re-sent after a restart (duplicates).
+            warn!(error = %e, "cannot record deliveries in the journal");
+        }
+    }
+
+    /// An input whose handler never succeeded: moved to the dead-letter table.
+    pub async fn input_dead(
+        &self,
+        input: Message,
+        input_seq: Option<Seq>,
+        reason: String,
+        attempts: u32,
+    ) {
+        warn!(id = %input.id, attempts, reason = %reason, "input moved to the dead-letter table");
+        let letter = NewDeadLetter {
+            kind: dead_letter::Kind::Input,
+            message: input,
+            reason,
+            attempts,
+            input_seq,
+            remove: input_seq.map(EntryRef::Input),
+            complete_input: None,
+        };
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
+        if let Err(e) = self.write_dead_letters(vec![letter]).await {
+            error!(error = %e, "cannot write a dead letter; the input stays in the journal and is retried after a restart");
+        }
+    }
+
+    /// Writes dead letters, retrying while the journal's failure is transient: a dead letter
+    /// that is not written leaves its entry in the backlog.
+    async fn write_dead_letters(
+        &self,
+        letters: Vec<NewDeadLetter>,
+    ) -> Result<(), crate::journal::JournalError> {
+        let write = || self.journal.dead_letter(letters.clone());
+        crate::runtime::retry_transient(
+            crate::runtime::JOURNAL_RETRY,
+            "cannot write dead letters yet; retrying",
+            write,
+            crate::journal::JournalError::is_retryable,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Outputs the sink never acked within `max_attempts`: moved to the dead-letter table.
+    pub async fn outputs_dead(&self, items: &[DeliveryItem], reason: &str, attempts: u32) {
+        warn!(
+            messages = items.len(),
+            attempts, reason, "outputs moved to the dead-letter table"
+        );
+        // Inputs these letters finish are completed in the letters' own transaction.
+        let mut finished = self.finished_inputs(items);
+        let letters = items
+            .iter()
+            .map(|item| {
+                let complete_input = item.input_seq.filter(|input| {
+                    let pos = finished.iter().position(|f| f == input);
+                    pos.map(|p| finished.swap_remove(p)).is_some()
+                });
+                NewDeadLetter {
+                    kind: dead_letter::Kind::Output,
+                    message: item.message.clone(),
+                    reason: reason.to_owned(),
+                    attempts,
+                    input_seq: item.input_seq,
+                    remove: item.output_seq.map(EntryRef::Output),
+                    complete_input,
+                }
+            })
+            .collect();
+        self.stats
+            .dead_lettered
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(items.len() as u64);
+        self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
+        if let Err(e) = self.write_dead_letters(letters).await {
+            // Not written: the entries stay in the journal and are retried after a restart.
+            error!(error = %e, "cannot write dead letters; the outputs stay in the journal");
+        }
+    }
+}

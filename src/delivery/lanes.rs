@@ -1,0 +1,230 @@
+//! The lanes: outputs routed by key, gathered into batches bounded by count, bytes and linger
+//! time, sent to the sink with at most `Sink::pipeline_depth` batches awaiting their ack, and
+//! retried with backoff until they are delivered or dead-lettered.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, warn};
+
+use super::{Completion, DeliveryConfig, DeliveryItem};
+use crate::proto::Message;
+use crate::runtime::Entropy;
+use crate::sink::Sink;
+
+/// The sending side of delivery.
+#[derive(Clone)]
+pub struct Delivery {
+    lanes: Arc<[mpsc::Sender<DeliveryItem>]>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("lanes", &self.lanes.len())
+            .finish()
+    }
+}
+
+/// Delivery has stopped (shutdown).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("delivery has stopped")]
+pub struct DeliveryClosed;
+
+impl Delivery {
+    /// Starts the lanes. They run until every [`Delivery`] handle is dropped and their queues
+    /// are drained.
+    pub fn start(
+        sink: Arc<dyn Sink>,
+        completion: Arc<Completion>,
+        config: DeliveryConfig,
+        entropy: Entropy,
+    ) -> (Delivery, Vec<JoinHandle<()>>) {
+        let mut senders = Vec::with_capacity(config.lanes);
+        let mut tasks = Vec::with_capacity(config.lanes);
+        for lane in 0..config.lanes {
+            let (tx, rx) = mpsc::channel(config.lane_queue);
+            senders.push(tx);
+            tasks.push(crate::runtime::spawn(run_lane(
+                lane,
+                rx,
+                sink.clone(),
+                completion.clone(),
+                config.clone(),
+                entropy.clone(),
+            )));
+        }
+        (
+            Delivery {
+                lanes: senders.into(),
+            },
+            tasks,
+        )
+    }
+
+    /// Queues an output for delivery; waits while its lane is full (backpressure).
+    pub async fn send(&self, item: DeliveryItem) -> Result<(), DeliveryClosed> {
+        let routing = if item.message.key.is_empty() {
+            &item.message.id
+        } else {
+            &item.message.key
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        routing.hash(&mut hasher);
+        let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
+        self.lanes[lane]
+            .send(item)
+            .await
+            .map_err(|_| DeliveryClosed)
+    }
+}
+
+async fn run_lane(
+    lane: usize,
+    mut rx: mpsc::Receiver<DeliveryItem>,
+    sink: Arc<dyn Sink>,
+    completion: Arc<Completion>,
+    config: DeliveryConfig,
+    entropy: Entropy,
+) {
+    let depth = sink.pipeline_depth().max(1);
+    let linger = Duration::from_millis(config.linger_ms);
+    let mut in_flight: std::collections::VecDeque<JoinHandle<()>> = Default::default();
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.size();
+        let mut items = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while items.len() < config.batch_max_messages && bytes < config.batch_max_bytes {
+            let next = match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
+            let Some(item) = next else { break };
+            bytes += item.size();
+            items.push(item);
+        }
+        while in_flight.front().is_some_and(JoinHandle::is_finished) {
+            in_flight.pop_front();
+        }
+        if in_flight.len() >= depth {
+            let oldest = in_flight.pop_front().expect("non-empty");
+            if let Err(e) = oldest.await {
+                report_task_error(lane, &e);
+            }
+        }
+        let batch: Arc<[Message]> = items.iter().map(|i| i.message.clone()).collect();
+        // Called here, in lane order, so that the sink takes batches in the order they were made.
+        let first_attempt = sink.deliver(batch.clone());
+        in_flight.push_back(crate::runtime::spawn(deliver_with_retries(
+            first_attempt,
+            batch,
+            items,
+            sink.clone(),
+            completion.clone(),
+            config.clone(),
+            entropy.clone(),
+        )));
+    }
+    for task in in_flight {
+        if let Err(e) = task.await {
+            report_task_error(lane, &e);
+        }
+    }
+    debug!(lane, "delivery lane stopped");
+}
+
+fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
+    if e.is_panic() {
+        error!(lane, error = %e, "a delivery task panicked");
+    } else {
+        debug!(
+            lane,
+            "a delivery task was cancelled at shutdown; its entries stay journaled"
+        );
+    }
+}
+
+async fn deliver_with_retries(
+    first_attempt: crate::runtime::BoxFuture<'static, Result<(), crate::sink::SinkError>>,
+    mut batch: Arc<[Message]>,
+    mut items: Vec<DeliveryItem>,
+    sink: Arc<dyn Sink>,
+    completion: Arc<Completion>,
+    config: DeliveryConfig,
+    entropy: Entropy,
+) {
+    let timeout = Duration::from_millis(config.timeout_ms) + sink.ack_delay_max();
+    let mut attempt = 1u32;
+    let mut pending = first_attempt;
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(timeout, pending).await;
+        let label = if matches!(outcome, Ok(Ok(()))) {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::histogram!(crate::metrics::SINK_DELIVER_SECONDS, "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
+        let error = match outcome {
+            Ok(Ok(())) => {
+                completion.stats.batches.fetch_add(1, Ordering::Relaxed);
+                completion.delivered(&items).await;
+                return;
+            }
+            Ok(Err(e)) => e.0,
+            Err(_) => format!("no ack within {timeout:?}"),
+        };
+        if config.backoff.exhausted(attempt) {
+            completion
+                .outputs_dead(
+                    &items,
+                    &format!("sink failed {attempt} times; last error: {error}"),
+                    attempt,
+                )
+                .await;
+            return;
+        }
+        if config.max_age_ms > 0 {
+            // Too old to keep trying: dead letters, with that reason; the rest goes on.
+            let oldest_allowed = config.clock.now_ms() - config.max_age_ms as i64;
+            let (expired, live): (Vec<DeliveryItem>, Vec<DeliveryItem>) = items
+                .into_iter()
+                .partition(|i| i.written_at_ms < oldest_allowed);
+            if !expired.is_empty() {
+                let reason = format!(
+                    "undelivered for longer than replay.max_age_ms ({} ms); last error: {error}",
+                    config.max_age_ms
+                );
+                completion.outputs_dead(&expired, &reason, attempt).await;
+                batch = live.iter().map(|i| i.message.clone()).collect();
+            }
+            items = live;
+            if items.is_empty() {
+                return;
+            }
+        }
+        completion.stats.retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
+        metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
+        let delay = config.backoff.delay(attempt, &entropy);
+        if attempt == 1 {
+            warn!(messages = items.len(), error = %error, "delivery failed; retrying with backoff");
+        } else {
+            debug!(messages = items.len(), attempt, error = %error, ?delay, "delivery failed; retrying");
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        pending = sink.deliver(batch.clone());
+    }
+}
