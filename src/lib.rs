@@ -38,7 +38,7 @@ pub use config::{
     read_token_file,
 };
 pub use mode::LoggingMode;
-pub use node::{Hops, Node, Opened, journal_config, journal_store};
+pub use node::{Hops, Node, Opened, journal_config};
 pub use pipeline::{
     Call, Claim, ClaimOutcome, DedupWindow, Handler, HandlerError, IngestError, PassThrough,
     Pipeline, ReplayOptions, ReplayStats, replay,

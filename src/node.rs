@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::{Completion, Delivery, DeliveryConfig};
-use crate::journal::{DedupRecord, FileStore, Journal, JournalConfig, JournalError, JournalStore};
+use crate::journal::{DedupRecord, Journal, JournalConfig, JournalError, JournalStore};
 use crate::pipeline::{
     DedupWindow, Handler, HandlerRunner, Limits, OutputIds, PassThrough, Pipeline, ReplayOptions,
     ReplayStats,
@@ -48,7 +48,7 @@ pub struct Hops {
 }
 
 impl Node {
-    /// Opens the journal in `store` (the real file: [`journal_store`]) and reads back its dedup
+    /// Opens the journal in `store` (the real file: [`FileStore`](crate::journal::FileStore)) and reads back its dedup
     /// window.
     pub async fn open(
         store: Box<dyn JournalStore>,
@@ -126,13 +126,6 @@ impl Opened {
             lanes,
         }
     }
-}
-
-/// The journal file of `config` on the real filesystem, and its path.
-pub fn journal_store(config: &Config) -> Result<(Box<dyn JournalStore>, PathBuf), JournalError> {
-    let store = FileStore::in_dir(&config.data_dir, &journal_config(config))?;
-    let path = store.path.clone();
-    Ok((Box::new(store), path))
 }
 
 /// The journal settings of `config`.

@@ -22,7 +22,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ReplayPolicy};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{FileStore, Journal, JournalError};
 use crate::node::{Hops, Node, Opened};
 use crate::pipeline::{GrpcHandler, Handler, Pace, Pipeline, ReplayOptions};
 use crate::proto::ingest_server::IngestServer;
@@ -97,11 +97,26 @@ pub async fn serve(
     stop(&config, &node, &health, ingest, admin).await
 }
 
+/// The variable that plants the skipped-fsync bug in a real `serve`: the journal's fsync returns
+/// without syncing, so acks come before durability. A SIGKILL cannot see it (the page cache
+/// keeps the writes); the power-loss test must (tests/services/power_loss.rs). Never set it
+/// otherwise.
+pub const UNSAFE_SKIP_FSYNC: &str = "SIDELOG_UNSAFE_SKIP_FSYNC";
+
 /// Opens the journal in `--data-dir` and reads back its dedup window.
 async fn open_journal(config: &Config, clock: SharedClock) -> anyhow::Result<Opened> {
+    let mut journal = crate::node::journal_config(config);
+    if std::env::var_os(UNSAFE_SKIP_FSYNC).is_some_and(|v| v == "1") {
+        tracing::error!(
+            "{UNSAFE_SKIP_FSYNC}=1: the journal is never fsynced, so a power loss loses \
+             acknowledged messages; this exists only to test the power-loss test"
+        );
+        journal.unsafe_skip_fsync = true;
+    }
     let open = async {
-        let (store, path) = crate::node::journal_store(config)?;
-        Node::open(store, path, crate::node::journal_config(config), clock).await
+        let store = FileStore::in_dir(&config.data_dir, &journal)?;
+        let path = store.path.clone();
+        Node::open(Box::new(store), path, journal, clock).await
     };
     open.await.with_context(|| {
         format!(

@@ -21,6 +21,10 @@ pub struct JournalConfig {
     /// without fsync, so acks can precede durability. Never set outside the simulator.
     #[doc(hidden)]
     pub bug_ack_before_fsync: bool,
+    /// A deliberate bug for the power-loss test: the file's fsync returns at once without
+    /// syncing (see [`FileStore`](super::FileStore)). Never set outside that test.
+    #[doc(hidden)]
+    pub unsafe_skip_fsync: bool,
 }
 
 impl Default for JournalConfig {
@@ -34,6 +38,7 @@ impl Default for JournalConfig {
             simulated_fsync_latency_us: 0,
             writer: WriterRuntime::Thread,
             bug_ack_before_fsync: false,
+            unsafe_skip_fsync: false,
         }
     }
 }

@@ -55,12 +55,16 @@ pub struct FileStore {
     pub fsync_latency: Duration,
     /// Whether the file may grow into its headroom now (see [`JournalStore::set_reserve`]).
     pub reserve: Arc<std::sync::atomic::AtomicBool>,
+    /// A planted bug for the power-loss test: fsync returns at once without syncing, so data
+    /// is written (and survives a SIGKILL in the page cache) but not durable.
+    #[doc(hidden)]
+    pub unsafe_skip_fsync: bool,
 }
 
 impl FileStore {
     /// `journal.redb` in `data_dir`, which is created if missing.
     pub fn in_dir(data_dir: &Path, config: &JournalConfig) -> Result<FileStore> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        crate::runtime::create_dir_all_durably(data_dir).map_err(|e| {
             JournalError::Io(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
@@ -71,6 +75,7 @@ impl FileStore {
             max_file_bytes: config.max_file_bytes,
             fsync_latency: Duration::from_micros(config.simulated_fsync_latency_us),
             reserve: Arc::default(),
+            unsafe_skip_fsync: config.unsafe_skip_fsync,
         })
     }
 
@@ -91,6 +96,7 @@ impl FileStore {
             max_len: self.max_file_bytes.unwrap_or(u64::MAX),
             fsync_latency: self.fsync_latency,
             reserve: self.reserve.clone(),
+            skip_fsync: self.unsafe_skip_fsync,
         }))
     }
 }
@@ -114,8 +120,7 @@ impl JournalStore for FileStore {
 
     fn publish_temp(&self) -> std::io::Result<()> {
         std::fs::rename(self.temp_path(), &self.path)?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)?.sync_all()
+        crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }
 }
 
@@ -181,6 +186,7 @@ struct QuotaBackend {
     max_len: u64,
     fsync_latency: Duration,
     reserve: Arc<std::sync::atomic::AtomicBool>,
+    skip_fsync: bool,
 }
 
 impl redb::StorageBackend for QuotaBackend {
@@ -205,6 +211,9 @@ impl redb::StorageBackend for QuotaBackend {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        if self.skip_fsync {
+            return Ok(());
+        }
         if !self.fsync_latency.is_zero() {
             // The writer runs on its own thread: sleeping here stalls only the journal.
             std::thread::sleep(self.fsync_latency);

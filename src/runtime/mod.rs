@@ -1,9 +1,11 @@
 //! The seams to the outside world that the simulator replaces, and the small pieces every task
 //! uses: the clock and seeded randomness (`clock.rs`), spawning tasks that a simulated crash can
-//! abort (`spawn.rs`), and retry backoff with jitter (`backoff.rs`).
+//! abort (`spawn.rs`), retry backoff with jitter (`backoff.rs`), and filesystem steps that state
+//! their durability (`fs.rs`).
 
 mod backoff;
 mod clock;
+mod fs;
 mod spawn;
 
 use std::future::Future;
@@ -11,6 +13,7 @@ use std::pin::Pin;
 
 pub use backoff::{Backoff, JOURNAL_RETRY, retry_transient};
 pub use clock::{Clock, Entropy, SharedClock, SystemClock};
+pub use fs::{create_dir_all_durably, sync_dir};
 pub use spawn::{Tracker, spawn};
 
 /// A boxed future, as the hops' traits ([`Handler`](crate::Handler),

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sidelog::proto::ingest_client::IngestClient;
-use sidelog::proto::{Message, PublishRequest, ack};
+use sidelog::proto::{Ack, Message, PublishRequest, ack};
 #[allow(unused_imports)] // each test file uses a different part of the kit
 pub use sidelog::testkit::{
     Arrival, Restartable, Sidelog, TestHandler, TestSink, eventually, expected_outputs, inspect,
     poll_until, summary_field,
 };
 use tokio::time::Instant;
+use tonic::Code;
 use tonic::transport::Channel;
 
 /// A free loopback port (bound, read, released; the test reuses it across restarts).
@@ -151,4 +152,129 @@ pub async fn failing_sink() -> (TestSink, Restartable) {
     sink.failing.store(true, Ordering::Relaxed);
     let server = sink.start(free_port()).await;
     (sink, server)
+}
+
+/// A message with this id and payload.
+pub fn msg(id: &str, payload: &[u8]) -> Message {
+    Message {
+        id: id.into(),
+        payload: payload.to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// One Publish call to `sidelog`.
+pub async fn publish(sidelog: &Sidelog, messages: Vec<Message>) -> Result<Vec<Ack>, tonic::Status> {
+    let mut client = sidelog.client().await;
+    client
+        .publish(PublishRequest { messages })
+        .await
+        .map(|r| r.into_inner().acks)
+}
+
+/// Fills the journal while the sink is down until intake answers RESOURCE_EXHAUSTED, keeps
+/// producers pushing, brings the sink back: everything acked is delivered and intake resumes
+/// without a restart.
+pub async fn fill_then_resume(mut sidelog: Sidelog, limit: &[&str]) {
+    let sink = TestSink::default();
+    let sink_addr = free_port();
+    let sink_url = format!("http://{sink_addr}");
+    let args = [
+        "--mode",
+        "rbml",
+        "--sink",
+        &sink_url,
+        "--delivery-backoff-max-ms",
+        "200",
+        // The sink is down for as long as filling takes: no dead letters meanwhile.
+        "--delivery-max-attempts",
+        "1000000",
+    ];
+    sidelog.add_args(&[&args[..], limit].concat());
+    sidelog.start().await;
+    let mut accepted = HashSet::new();
+    let mut full = None;
+    for i in 0..400 {
+        let batch: Vec<Message> = (0..5)
+            .map(|j| msg(&format!("r{i}-{j}"), &[7u8; 20_000]))
+            .collect();
+        match publish(&sidelog, batch).await {
+            Ok(acks) => accepted.extend(acks.into_iter().map(|a| a.id)),
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the journal limit was never reached");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("storage is full"), "{err}");
+    // Fill the last pages too, with ever smaller messages, until not even 10 bytes fit.
+    for size in [4_000usize, 1_000, 200, 10] {
+        for i in 0..2_000 {
+            match publish(
+                &sidelog,
+                vec![msg(&format!("s{size}-{i}"), &vec![7u8; size])],
+            )
+            .await
+            {
+                Ok(acks) => accepted.extend(acks.into_iter().map(|a| a.id)),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Producers keep pushing (as real ones do, retrying at once), so that completion marks
+    // and appends meet in the same group commits: the appends must not take the marks down
+    // with them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut pushers = Vec::new();
+    for p in 0..4 {
+        let (client, stop, resumed) = (sidelog.client().await, stop.clone(), resumed.clone());
+        pushers.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let request = PublishRequest {
+                    messages: vec![msg(&format!("push{p}-{i}"), &[7u8; 20_000])],
+                };
+                match client.publish(request).await {
+                    Ok(_) => {
+                        resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sink_server = sink.start(sink_addr).await;
+    let missing = wait_for_ids(&sink, &accepted, Duration::from_secs(60)).await;
+    // Intake resumes by itself.
+    eventually(Duration::from_secs(30), || {
+        resumed.load(std::sync::atomic::Ordering::Relaxed) >= 50
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pushers {
+        p.await.unwrap();
+    }
+    assert!(
+        missing.is_empty(),
+        "{} acked messages not delivered; log:\n{}",
+        missing.len(),
+        sidelog.log_tail()
+    );
+    assert!(
+        resumed.load(std::sync::atomic::Ordering::Relaxed) >= 50,
+        "intake did not resume; log:\n{}",
+        sidelog.log_tail()
+    );
+    sidelog.kill9().await;
+    sink_server.stop().await;
 }

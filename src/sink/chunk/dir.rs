@@ -38,7 +38,7 @@ impl ChunkDir {
     /// Creates the directory and removes chunks a crash left half-written (their messages were
     /// never acked and are re-sent).
     pub fn open(dir: &Path) -> std::io::Result<ChunkDir> {
-        std::fs::create_dir_all(dir)?;
+        crate::runtime::create_dir_all_durably(dir)?;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -75,7 +75,7 @@ impl ChunkStore for ChunkDir {
                     file.sync_all()?;
                     drop(file);
                     std::fs::rename(&tmp_path, &final_path)?;
-                    File::open(&dir)?.sync_all()
+                    crate::runtime::sync_dir(&dir)
                 })();
                 result.map_err(|e| {
                     drop(std::fs::remove_file(&tmp_path));

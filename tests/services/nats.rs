@@ -1,29 +1,29 @@
-//! The NATS JetStream sink against a real server with JetStream at 127.0.0.1:4222 (this
-//! project's CI machine runs one). Without one, each test says so and skips.
-
-mod common;
+//! The NATS JetStream sink against a real server with JetStream at 127.0.0.1:4222 (`.ci/run`
+//! starts one when none answers there).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::{Missing, Outcome};
+use crate::common::{Sidelog, produce};
 use async_nats::jetstream;
-use common::{Sidelog, produce};
 
 const NATS: &str = "127.0.0.1:4222";
 
-/// A JetStream context, or `None` (and a visible message) when no server with JetStream is there.
-async fn jetstream_or_skip(test: &str) -> Option<jetstream::Context> {
+/// A JetStream context, or what is missing.
+async fn jetstream() -> Result<jetstream::Context, Missing> {
     let reachable =
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS))
             .await
             .is_ok_and(|r| r.is_ok());
     if !reachable {
-        eprintln!(
-            "SKIPPED {test}: no NATS server at {NATS} (start one with JetStream: nats-server -js)"
-        );
-        return None;
+        return Err(Missing(format!(
+            "no NATS server at {NATS} (start one with JetStream: nats-server -js)"
+        )));
     }
-    let client = async_nats::connect(NATS).await.ok()?;
+    let client = async_nats::connect(NATS)
+        .await
+        .map_err(|e| Missing(format!("cannot connect to NATS at {NATS}: {e}")))?;
     let js = jetstream::new(client);
     let probe = format!("SIDELOG_PROBE_{}", std::process::id());
     let created = js
@@ -35,11 +35,12 @@ async fn jetstream_or_skip(test: &str) -> Option<jetstream::Context> {
         })
         .await;
     if let Err(e) = created {
-        eprintln!("SKIPPED {test}: the NATS server at {NATS} has no usable JetStream (-js): {e}");
-        return None;
+        return Err(Missing(format!(
+            "the NATS server at {NATS} has no usable JetStream (-js): {e}"
+        )));
     }
     let _ = js.delete_stream(&probe).await;
-    Some(js)
+    Ok(js)
 }
 
 /// Every message in the stream, by `Nats-Msg-Id`: how many times each id is there.
@@ -64,11 +65,8 @@ async fn read_back(js: &jetstream::Context, stream: &str) -> BTreeMap<String, u3
 
 /// SIGKILLs during delivery, then a kill that loses the last completion marks (so a replay
 /// re-sends delivered messages): every acked message is in the stream exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once() {
-    let Some(js) = jetstream_or_skip("sigkill_during_delivery").await else {
-        return;
-    };
+pub async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once() -> Outcome {
+    let js = jetstream().await?;
     let tag = format!(
         "{}_{}",
         std::process::id(),
@@ -158,4 +156,5 @@ async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once()
         ids.len(),
         log.errors
     );
+    Ok(())
 }

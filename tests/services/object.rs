@@ -1,16 +1,14 @@
 //! The object-storage sink against a real S3-compatible server: `moto_server` (PyPI
 //! `moto[server]`), started here on loopback. `.ci/run` installs it into `target/moto-venv`;
-//! `SIDELOG_TEST_MOTO` may name another `moto_server`. Without one the tests say they are
-//! skipped.
-
-mod common;
+//! `SIDELOG_TEST_MOTO` may name another `moto_server`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Sidelog, free_port, poll_until, produce};
+use super::{Missing, Outcome};
+use crate::common::{self, Sidelog, free_port, poll_until, produce};
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -74,13 +72,13 @@ fn with_moto_credentials(sidelog: Sidelog) -> Sidelog {
         .with_env("AWS_SECRET_ACCESS_KEY", "test")
 }
 
-async fn moto_or_skip(test: &str) -> Option<Moto> {
+async fn moto() -> Result<Moto, Missing> {
     let Some(binary) = moto_server_binary() else {
-        eprintln!(
-            "SKIPPED {test}: no moto_server (pip install 'moto[server]', or set SIDELOG_TEST_MOTO; \
-             .ci/run installs it into target/moto-venv)"
-        );
-        return None;
+        return Err(Missing(
+            "no moto_server (pip install 'moto[server]', or set SIDELOG_TEST_MOTO; .ci/run \
+             installs it into target/moto-venv)"
+                .into(),
+        ));
     };
     let addr = free_port();
     let child = tokio::process::Command::new(&binary)
@@ -98,7 +96,7 @@ async fn moto_or_skip(test: &str) -> Option<Moto> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Some(Moto {
+    Ok(Moto {
         addr,
         _child: child,
     })
@@ -167,13 +165,8 @@ fn check_names(objects: &[(String, String, Vec<Message>)]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
-    let Some(moto) =
-        moto_or_skip("sigkills_during_uploads_lose_nothing_and_every_object_is_whole").await
-    else {
-        return;
-    };
+pub async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() -> Outcome {
+    let moto = moto().await?;
     moto.create_bucket("logs").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("s3://logs/raw?endpoint={}", moto.endpoint());
@@ -289,14 +282,11 @@ async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() {
         }
     }
     assert_eq!(by_seq.len(), acked.len(), "one sequence per acked message");
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
-    let Some(moto) = moto_or_skip("a_large_chunk_is_uploaded_in_parts_and_read_back_whole").await
-    else {
-        return;
-    };
+pub async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() -> Outcome {
+    let moto = moto().await?;
     moto.create_bucket("big").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("s3://big/raw?endpoint={}", moto.endpoint());
@@ -346,15 +336,11 @@ async fn a_large_chunk_is_uploaded_in_parts_and_read_back_whole() {
         "{name}: ETag {etag} is not of a 3-part upload"
     );
     assert!(messages.iter().all(|m| m.payload.len() == 1_000_000));
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
-    let Some(moto) =
-        moto_or_skip("parquet_objects_hold_every_acked_message_across_a_sigkill").await
-    else {
-        return;
-    };
+pub async fn parquet_objects_hold_every_acked_message_across_a_sigkill() -> Outcome {
+    let moto = moto().await?;
     moto.create_bucket("columns").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!(
@@ -436,4 +422,5 @@ async fn parquet_objects_hold_every_acked_message_across_a_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(())
 }

@@ -1,0 +1,105 @@
+//! Tests that need more than a Rust toolchain: a NATS server with JetStream, `moto_server` (an
+//! S3-compatible server from PyPI), a small tmpfs, and FUSE (for the power-loss test). `.ci/run`
+//! provides all of them.
+//!
+//! Each test says what it misses by returning [`Missing`]. On a machine without the service the
+//! test is reported *ignored* with that reason, so `cargo test` shows every skip in its summary.
+//! With `SIDELOG_TEST_SERVICES=required` (set by `.ci/run`) a missing service fails the test
+//! instead: CI never passes a test that did not run.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod disk_full;
+mod nats;
+mod object;
+mod power_loss;
+
+use std::future::Future;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+/// What a test needed and did not find.
+#[derive(Debug)]
+pub struct Missing(pub String);
+
+/// A test's end: it ran (its assertions panic on failure), or it lacked a service.
+pub type Outcome = Result<(), Missing>;
+
+/// Set to `required` so that a missing service fails instead of being skipped.
+const POLICY: &str = "SIDELOG_TEST_SERVICES";
+
+fn trial<F, Fut>(name: &str, test: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Outcome>,
+{
+    Trial::ignorable_test(name, move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Failed::from(format!("cannot start a runtime: {e}")))?;
+        match runtime.block_on(test()) {
+            Ok(()) => Ok(Completion::Completed),
+            Err(Missing(reason)) if std::env::var(POLICY).is_ok_and(|v| v == "required") => Err(
+                Failed::from(format!("{reason}; {POLICY}=required, so this fails")),
+            ),
+            Err(Missing(reason)) => Ok(Completion::ignored_with(reason)),
+        }
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial(
+            "nats::sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once",
+            nats::sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once,
+        ),
+        trial(
+            "object::sigkills_during_uploads_lose_nothing_and_every_object_is_whole",
+            object::sigkills_during_uploads_lose_nothing_and_every_object_is_whole,
+        ),
+        trial(
+            "object::a_large_chunk_is_uploaded_in_parts_and_read_back_whole",
+            object::a_large_chunk_is_uploaded_in_parts_and_read_back_whole,
+        ),
+        trial(
+            "object::parquet_objects_hold_every_acked_message_across_a_sigkill",
+            object::parquet_objects_hold_every_acked_message_across_a_sigkill,
+        ),
+        trial(
+            "disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns",
+            disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns,
+        ),
+        trial(
+            "power_loss::every_ack_survives_power_loss_in_rbml",
+            power_loss::every_ack_survives_power_loss_in_rbml,
+        ),
+        trial(
+            "power_loss::every_ack_survives_power_loss_in_sbml",
+            power_loss::every_ack_survives_power_loss_in_sbml,
+        ),
+        trial(
+            "power_loss::every_ack_survives_power_loss_in_hml",
+            power_loss::every_ack_survives_power_loss_in_hml,
+        ),
+        trial(
+            "power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_rbml",
+            power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_rbml,
+        ),
+        trial(
+            "power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_sbml",
+            power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_sbml,
+        ),
+        trial(
+            "power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_hml",
+            power_loss::skipped_fsyncs_lose_acked_messages_at_a_power_cut_in_hml,
+        ),
+        trial(
+            "power_loss::a_sigkill_alone_cannot_see_skipped_fsyncs",
+            power_loss::a_sigkill_alone_cannot_see_skipped_fsyncs,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
