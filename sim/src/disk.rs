@@ -4,7 +4,12 @@
 //! cache), `durable` is what survives a crash (updated by a successful `sync_data`). A crash
 //! keeps all, none, or a random subset of the pages written since the last sync (torn writes).
 //! Writes and syncs can fail with I/O errors, and growing the file past the capacity fails as a
-//! full disk. A failed sync makes nothing durable.
+//! full disk.
+//!
+//! A failed sync is pessimistic, as Linux is after a writeback error (PostgreSQL's "fsyncgate"):
+//! the pages it covered are dropped from the way to the disk. Reads still see them (the page
+//! cache keeps them, marked clean), a later sync succeeds without them, and a crash reveals the
+//! old contents. Software that retries the fsync and trusts the retry has lost data.
 //!
 //! Each incarnation of sidelog gets a backend tagged with the disk's epoch; a crash bumps the
 //! epoch, so whatever the dead incarnation's objects still try to write (redb's `Drop`, say) is
@@ -262,6 +267,9 @@ impl redb::StorageBackend for SimBackend {
         let p = s.faults.sync_error;
         if p > 0.0 && s.rng.random_bool(p) {
             s.stats.sync_errors += 1;
+            // The writeback failed: these pages will never reach the disk, and the next sync
+            // does not try them again.
+            s.dirty.clear();
             return Err(io(std::io::ErrorKind::Other, "simulated fsync failure"));
         }
         let dirty: Vec<u64> = std::mem::take(&mut s.dirty).into_iter().collect();
@@ -351,6 +359,39 @@ mod tests {
         b2.read(PAGE, &mut buf).unwrap();
         assert_eq!(&buf, &[0; 4]);
         assert!(b.write(0, b"x").is_err(), "a dead incarnation cannot write");
+    }
+
+    #[test]
+    fn a_failed_sync_drops_its_pages_and_a_later_sync_does_not_save_them() {
+        let d = SimDisk::new(
+            1,
+            DiskFaults {
+                write_error: 0.0,
+                sync_error: 1.0,
+                capacity: 1 << 30,
+            },
+        );
+        let b = d.backend();
+        b.set_len(PAGE).unwrap();
+        b.write(0, b"gone").unwrap();
+        assert!(b.sync_data().is_err());
+        let mut buf = [0u8; 4];
+        b.read(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"gone", "the page cache still shows the write");
+        d.set_faults(DiskFaults {
+            write_error: 0.0,
+            sync_error: 0.0,
+            capacity: 1 << 30,
+        });
+        b.sync_data().unwrap();
+        d.crash(CrashLoss::None);
+        let b2 = d.backend();
+        let mut buf = [0u8; 4];
+        b2.read(0, &mut buf).unwrap();
+        assert_eq!(
+            &buf, &[0; 4],
+            "the data of the failed sync never reached the disk"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ struct Args {
     /// Multiplies every other fault rate (0: crashes only).
     #[arg(long, default_value_t = 1.0)]
     fault_scale: f64,
-    /// A deliberate bug: ack-before-fsync or skip-replay.
+    /// A deliberate bug: ack-before-fsync, retry-failed-fsync or skip-replay.
     #[arg(long)]
     bug: Option<String>,
     /// Every seed without a handler (pass-through); by default a quarter of the seeds are.
@@ -114,9 +114,10 @@ fn parse_bug(arg: Option<&str>) -> Result<Option<Bug>, String> {
     match arg {
         None => Ok(None),
         Some("ack-before-fsync") => Ok(Some(Bug::AckBeforeFsync)),
+        Some("retry-failed-fsync") => Ok(Some(Bug::RetryFailedFsync)),
         Some("skip-replay") => Ok(Some(Bug::SkipReplay)),
         Some(other) => Err(format!(
-            "unknown bug {other:?}: expected ack-before-fsync or skip-replay"
+            "unknown bug {other:?}: expected ack-before-fsync, retry-failed-fsync or skip-replay"
         )),
     }
 }

@@ -90,7 +90,7 @@ fn build_world(cfg: &SimConfig, master: &mut StdRng, start: Instant) -> Arc<Worl
     };
     let disk_faults = DiskFaults {
         write_error: 0.0005 * scale,
-        sync_error: 0.005 * scale,
+        sync_error: cfg.sync_error_rate * scale,
         capacity: DISK_CAPACITY,
     };
     Arc::new(World {

@@ -7,6 +7,8 @@ use sidelog::LoggingMode;
 pub enum Bug {
     /// The journal acks durable writes without fsync.
     AckBeforeFsync,
+    /// The journal retries a failed fsync once and trusts the retry.
+    RetryFailedFsync,
     /// sidelog takes traffic on start without replaying its journal.
     SkipReplay,
 }
@@ -22,6 +24,8 @@ pub struct SimConfig {
     pub crashes: usize,
     /// Multiplies every fault rate; 0 turns faults but crashes off.
     pub fault_scale: f64,
+    /// The chance that one fsync of the journal fails (before `fault_scale`).
+    pub sync_error_rate: f64,
     pub bug: Option<Bug>,
     /// No handler: each input is its own output (sidelog's default). Without the flag, a
     /// quarter of the seeds run this way.
@@ -38,6 +42,7 @@ impl SimConfig {
             batch_max: 20,
             crashes: 10,
             fault_scale: 1.0,
+            sync_error_rate: 0.005,
             bug: None,
             pass_through: seed.is_multiple_of(4),
         }
@@ -54,6 +59,7 @@ impl SimConfig {
         }
         match self.bug {
             Some(Bug::AckBeforeFsync) => cmd.push_str(" --bug ack-before-fsync"),
+            Some(Bug::RetryFailedFsync) => cmd.push_str(" --bug retry-failed-fsync"),
             Some(Bug::SkipReplay) => cmd.push_str(" --bug skip-replay"),
             None => {}
         }

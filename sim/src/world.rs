@@ -111,6 +111,7 @@ impl World {
             JournalConfig {
                 writer: WriterRuntime::Task,
                 bug_ack_before_fsync: self.cfg.bug == Some(Bug::AckBeforeFsync),
+                bug_retry_failed_fsync: self.cfg.bug == Some(Bug::RetryFailedFsync),
                 ..sidelog::journal_config(&self.config)
             },
             self.clock.clone(),

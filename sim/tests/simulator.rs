@@ -87,6 +87,54 @@ fn acking_before_fsync_is_caught_within_a_few_seeds() {
     }
 }
 
+/// A failed fsync may have dropped its pages (the disk model is pessimistic, as Linux is after a
+/// writeback error): retrying it and trusting the retry acks what is not durable.
+#[test]
+fn trusting_a_retried_fsync_is_caught_within_a_few_seeds() {
+    for mode in [
+        LoggingMode::Hybrid,
+        LoggingMode::ReceiverBased,
+        LoggingMode::SenderBased,
+    ] {
+        let caught = (1..=8).any(|seed| {
+            !run(SimConfig {
+                bug: Some(Bug::RetryFailedFsync),
+                sync_error_rate: 0.05,
+                ..small(seed, mode)
+            })
+            .ok()
+        });
+        assert!(caught, "{mode}: trusting a retried fsync went unnoticed");
+    }
+}
+
+/// The same fsync failures without the bug: nothing acked is lost.
+#[test]
+fn failed_fsyncs_lose_nothing_acked() {
+    for mode in [
+        LoggingMode::Hybrid,
+        LoggingMode::ReceiverBased,
+        LoggingMode::SenderBased,
+    ] {
+        for seed in 1..=3 {
+            let r = run(SimConfig {
+                sync_error_rate: 0.05,
+                ..small(seed, mode)
+            });
+            assert!(
+                r.ok(),
+                "{mode} seed {seed}: {:?} {:?}",
+                r.violations,
+                r.losses
+            );
+            assert!(
+                r.faults.disk_sync_errors > 0,
+                "{mode} seed {seed}: no fsync failed"
+            );
+        }
+    }
+}
+
 #[test]
 fn skipping_replay_is_caught_within_a_few_seeds() {
     for mode in [

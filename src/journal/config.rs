@@ -21,6 +21,11 @@ pub struct JournalConfig {
     /// without fsync, so acks can precede durability. Never set outside the simulator.
     #[doc(hidden)]
     pub bug_ack_before_fsync: bool,
+    /// A deliberate bug for the simulator's self-test: a failed fsync is retried once and the
+    /// retry trusted, though the failed writeback may have dropped the pages. Never set
+    /// outside the simulator.
+    #[doc(hidden)]
+    pub bug_retry_failed_fsync: bool,
     /// A deliberate bug for the power-loss test: the file's fsync returns at once without
     /// syncing (see [`FileStore`](super::FileStore)). Never set outside that test.
     #[doc(hidden)]
@@ -38,6 +43,7 @@ impl Default for JournalConfig {
             simulated_fsync_latency_us: 0,
             writer: WriterRuntime::Thread,
             bug_ack_before_fsync: false,
+            bug_retry_failed_fsync: false,
             unsafe_skip_fsync: false,
         }
     }

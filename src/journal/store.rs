@@ -125,7 +125,19 @@ impl JournalStore for FileStore {
 }
 
 /// Opens the journal database in `store`, building a new one first when there is none.
-pub(super) fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Database> {
+///
+/// The file is rewritten through once open (every byte read and written back, then fsynced): a
+/// failed fsync, in this process before a reopen or in a process that died before this start,
+/// may have dropped pages on their way to the disk while the page cache still shows them
+/// (Linux after a writeback error), and a later fsync would succeed without them. Reading the
+/// cache and writing it again makes the disk hold what redb will build on; if that fsync fails
+/// too, the journal is not opened and nothing is acked. It costs one read and one write of the
+/// file per open.
+pub(super) fn open_database(
+    store: &dyn JournalStore,
+    path: &Path,
+    fsync: FsyncFailure,
+) -> Result<Database> {
     let io = |e: std::io::Error| JournalError::from_io(&e);
     if !store.exists().map_err(io)? {
         create_database(store).map_err(|e| e.at(path))?;
@@ -144,8 +156,14 @@ pub(super) fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Dat
             "the file is empty (0 bytes): it was truncated or replaced".into(),
         ));
     }
-    match redb::Builder::new().create_with_backend(BoxedBackend(backend)) {
-        Ok(db) => Ok(db),
+    let backend: Arc<dyn redb::StorageBackend> = Arc::from(backend);
+    match redb::Builder::new().create_with_backend(BoxedBackend(backend.clone(), fsync)) {
+        // Rewritten once redb holds the file's locks: a concurrent open (inspect beside a
+        // running sidelog) is refused before it could write a byte.
+        Ok(db) => {
+            rewrite_through(backend.as_ref()).map_err(io)?;
+            Ok(db)
+        }
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
             Err(corrupted(reason))
         }
@@ -165,11 +183,29 @@ pub(super) fn open_database(store: &dyn JournalStore, path: &Path) -> Result<Dat
     }
 }
 
+/// Reads the whole file and writes it back, then fsyncs: what the page cache shows becomes
+/// what the disk holds.
+fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<()> {
+    const STEP: u64 = 1 << 20;
+    let len = backend.len()?;
+    let mut buf = vec![0u8; STEP.min(len) as usize];
+    let mut offset = 0;
+    while offset < len {
+        let n = STEP.min(len - offset) as usize;
+        backend.read(offset, &mut buf[..n])?;
+        backend.write(offset, &buf[..n])?;
+        offset += n as u64;
+    }
+    backend.sync_data()
+}
+
 /// A new journal: built and synced under a temporary name, then renamed into place.
 fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
-    let db =
-        redb::Builder::new().create_with_backend(BoxedBackend(store.create_temp().map_err(io)?))?;
+    let db = redb::Builder::new().create_with_backend(BoxedBackend(
+        Arc::from(store.create_temp().map_err(io)?),
+        FsyncFailure::Fail,
+    ))?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(META_FORMAT, FILE_FORMAT)?;
     txn.commit()?;
@@ -255,7 +291,19 @@ impl redb::StorageBackend for QuotaBackend {
 
 /// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`.
 #[derive(Debug)]
-struct BoxedBackend(Box<dyn redb::StorageBackend>);
+struct BoxedBackend(Arc<dyn redb::StorageBackend>, FsyncFailure);
+
+/// What a failed fsync does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FsyncFailure {
+    /// It fails the commit (the writer reopens the file and acks nothing of it): after a
+    /// writeback error the kernel may have dropped the pages, and a retry that succeeds does
+    /// not bring them back.
+    Fail,
+    /// The simulator's planted bug: retry once and report success, as if the retry had
+    /// saved the pages.
+    RetryAndTrust,
+}
 
 impl redb::StorageBackend for BoxedBackend {
     fn len(&self) -> std::result::Result<u64, std::io::Error> {
@@ -268,7 +316,10 @@ impl redb::StorageBackend for BoxedBackend {
         self.0.set_len(len)
     }
     fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
-        self.0.sync_data()
+        match (self.0.sync_data(), self.1) {
+            (Err(_), FsyncFailure::RetryAndTrust) => self.0.sync_data(),
+            (result, _) => result,
+        }
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
         self.0.write(offset, data)

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::command::{Answer, Command, Read, Write};
 use super::config::{JournalConfig, WriterRuntime};
 use super::error::{Failure, JournalError, Result};
-use super::store::{JournalStore, open_database};
+use super::store::{FsyncFailure, JournalStore, open_database};
 use super::tables::{self, FileState, Tables};
 use super::types::{Backlog, Seq, SeqRange};
 use crate::runtime::SharedClock;
@@ -78,7 +78,7 @@ impl Writer {
         clock: SharedClock,
         ambiguous: mpsc::UnboundedSender<SeqRange>,
     ) -> Result<Writer> {
-        let db = open_database(storage.as_ref(), &path)?;
+        let db = open_database(storage.as_ref(), &path, fsync_failure(&config))?;
         let mut writer = Writer {
             db: Some(db),
             storage,
@@ -259,7 +259,11 @@ impl Writer {
     fn db(&mut self) -> Result<&Database> {
         if self.db.is_none() {
             warn!(path = %self.path.display(), "reopening the journal after an I/O error");
-            let db = open_database(self.storage.as_ref(), &self.path)?;
+            let db = open_database(
+                self.storage.as_ref(),
+                &self.path,
+                fsync_failure(&self.config),
+            )?;
             self.db = Some(db);
             let before = self.next_seq;
             self.load_state()?;
@@ -493,6 +497,14 @@ impl Writer {
         }
         let db = self.db.as_ref().expect("opened just above");
         tables::answer(db, read, self.next_seq, self.backlog.bytes(), &self.path);
+    }
+}
+
+fn fsync_failure(config: &JournalConfig) -> FsyncFailure {
+    if config.bug_retry_failed_fsync {
+        FsyncFailure::RetryAndTrust
+    } else {
+        FsyncFailure::Fail
     }
 }
 
