@@ -80,6 +80,103 @@ async fn a_retried_id_is_a_duplicate_with_its_original_sequence_across_sigkill()
     }
 }
 
+/// A DUPLICATE is answered from the dedup window alone: the handler is not called for it again
+/// and nothing more reaches the sink, within one process and across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_is_neither_handled_nor_delivered_again() {
+    for mode in ["hml", "rbml", "sbml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let handler = TestHandler::default();
+        let _handler_server = handler.start(free_port()).await;
+        let sink = TestSink::default();
+        let _sink_server = sink.start(free_port()).await;
+        let handler_url = format!("http://{}", _handler_server.addr);
+        let sink_url = format!("http://{}", _sink_server.addr);
+        let args = [
+            "--mode",
+            mode,
+            "--handler",
+            &handler_url,
+            "--sink",
+            &sink_url,
+        ];
+        let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
+        sidelog.start().await;
+        // "dup-1" has 3 outputs, "dup-3" has 1 (expected_outputs).
+        let ids = ["dup-1", "dup-3"];
+        let first = publish(&sidelog, ids.iter().map(|id| msg(id, b"p")).collect())
+            .await
+            .unwrap();
+        assert!(
+            first.iter().all(|a| status(a) == ack::Status::Accepted),
+            "{mode}"
+        );
+        let outputs: HashSet<String> = ids
+            .iter()
+            .flat_map(|id| expected_outputs(id, b"p"))
+            .map(|(id, _)| id)
+            .collect();
+        assert!(!outputs.is_empty(), "the test needs outputs to count");
+        let missing = wait_for_ids(&sink, &outputs, Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "{mode}: {missing:?} never arrived");
+        let calls = handler.calls.load(std::sync::atomic::Ordering::Relaxed);
+        let arrivals = sink.arrivals().len();
+        assert_eq!(calls, 2, "{mode}: one call per input");
+
+        for restart in [false, true] {
+            if restart {
+                // A clean restart: a SIGKILL may re-send what was in flight, which is delivery's
+                // at-least-once, not a duplicate handled again (tests/crash.rs covers that).
+                assert!(sidelog.terminate().await.success(), "{mode}");
+                sidelog.start().await;
+            }
+            let again = publish(&sidelog, ids.iter().map(|id| msg(id, b"p")).collect())
+                .await
+                .unwrap();
+            for (a, f) in again.iter().zip(&first) {
+                assert_eq!(
+                    status(a),
+                    ack::Status::Duplicate,
+                    "{mode} restart {restart}"
+                );
+                assert_eq!(a.sequence, f.sequence, "{mode} restart {restart}");
+            }
+            // The answer is already given; a delivery would have had the time of a whole
+            // round trip through a second publish by now.
+            let probe = publish(&sidelog, vec![msg(&format!("probe-{restart}"), b"p")])
+                .await
+                .unwrap();
+            assert_eq!(status(&probe[0]), ack::Status::Accepted, "{mode}");
+            let probe_outputs: HashSet<String> =
+                expected_outputs(&format!("probe-{restart}"), b"p")
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+            let missing = wait_for_ids(&sink, &probe_outputs, Duration::from_secs(30)).await;
+            assert!(
+                missing.is_empty(),
+                "{mode}: the probe's outputs never arrived"
+            );
+        }
+        let calls_after = handler.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            calls_after,
+            calls + 2,
+            "{mode}: only the two probes were handled; a duplicate was handled again"
+        );
+        let dup_arrivals = sink
+            .arrivals()
+            .iter()
+            .filter(|a| outputs.contains(&a.id))
+            .count();
+        assert_eq!(
+            dup_arrivals, arrivals,
+            "{mode}: a duplicate's outputs reached the sink again"
+        );
+        sidelog.kill9().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dedup_window_is_bounded_by_count_across_restarts() {
     let dir = tempfile::tempdir().unwrap();

@@ -273,6 +273,91 @@ async fn hml_acked_messages_survive_sigkill_during_load() {
 
 /// Mode `none` acks on receipt and holds messages only in memory: a SIGKILL while the sink is
 /// slow must lose some. If this test passes with no loss, the harness cannot see loss.
+/// sbml exists for handlers that are not deterministic: its replay re-sends the journaled
+/// outputs and never calls the handler again. The handler here stamps each call's number into
+/// its outputs, so an output handled twice would reach the sink with two different payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sbml_replays_what_a_non_deterministic_handler_made_and_never_calls_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    let sink_srv = sink.start(free_port()).await;
+    let handler = TestHandler {
+        outputs: HandlerOutputs::Stamped,
+        ..TestHandler::default()
+    };
+    let handler_srv = handler.start(free_port()).await;
+    let (handler_url, sink_url) = (handler_srv.url(), sink_srv.url());
+    let mut args = vec![
+        "--mode",
+        "sbml",
+        "--handler",
+        &handler_url,
+        "--sink",
+        &sink_url,
+    ];
+    args.extend_from_slice(FAST_RETRIES);
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
+    sidelog.start().await;
+    let producers = tokio::spawn(produce(
+        sidelog.url(),
+        "stamped".into(),
+        4,
+        2000,
+        10,
+        Duration::from_millis(3),
+    ));
+    // Kills at progress points: after each further 300 outputs at the sink.
+    for kill in 1..=3 {
+        let want = kill * 300;
+        let reached = eventually(Duration::from_secs(60), || sink.arrivals().len() >= want).await;
+        assert!(
+            reached,
+            "the sink never got {want} outputs; log:\n{}",
+            sidelog.log_tail()
+        );
+        sidelog.kill9().await;
+        sidelog.start().await;
+    }
+    let log = producers.await.expect("producers");
+    let want: HashSet<String> = log
+        .acked
+        .iter()
+        .flat_map(|(id, payload)| expected_outputs(id, payload))
+        .map(|(id, _)| id)
+        .collect();
+    let missing = wait_for_ids(&sink, &want, Duration::from_secs(60)).await;
+    assert!(
+        missing.is_empty(),
+        "{} acked outputs never arrived",
+        missing.len()
+    );
+    let mut payloads: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+    for a in sink.arrivals() {
+        payloads.entry(a.id).or_default().insert(a.payload);
+    }
+    let rehandled: Vec<&String> = payloads
+        .iter()
+        .filter(|(_, p)| p.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let calls = handler.calls.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "sbml, stamped handler: {} acked inputs, {} handler calls, {} outputs at the sink, {} \
+         output ids with two payloads",
+        log.acked.len(),
+        calls,
+        sink.arrivals().len(),
+        rehandled.len()
+    );
+    assert!(
+        rehandled.is_empty(),
+        "outputs reached the sink with different payloads, so their input was handled again: \
+         {:?}",
+        &rehandled[..rehandled.len().min(10)]
+    );
+    sidelog.kill9().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_none_loses_acked_messages_under_sigkill() {
     let outcome = sigkill_during_load(

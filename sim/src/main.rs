@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use sidelog::LoggingMode;
-use sidelog_sim::{Bug, Report, SimConfig, run};
+use sidelog_sim::{Bug, FaultCounts, Report, SimConfig, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +51,10 @@ struct Args {
     /// Print the last events of every run, not only of failing ones.
     #[arg(long)]
     trace: bool,
+    /// Fail the sweep when a kind of fault never fired in a mode (the disk's kinds are not
+    /// required in mode none, which writes nothing to it).
+    #[arg(long)]
+    require_every_fault: bool,
 }
 
 fn main() -> ExitCode {
@@ -161,11 +165,35 @@ fn sweep(args: &Args, mode: LoggingMode, bug: Option<Bug>, seeds: &[u64]) -> boo
         total.violations,
         started.elapsed().as_millis()
     );
+    let kinds = total.by_kind.kinds();
+    println!(
+        "{:<5} faults by kind: {}",
+        mode.as_str(),
+        kinds
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let never: Vec<&str> = kinds
+        .iter()
+        .filter(|(name, n)| *n == 0 && (mode != LoggingMode::None || !name.starts_with("disk_")))
+        .map(|(name, _)| *name)
+        .collect();
+    if args.require_every_fault && !never.is_empty() {
+        println!(
+            "{:<5} FAILED: these faults never fired: {}",
+            mode.as_str(),
+            never.join(", ")
+        );
+        ok = false;
+    }
     ok
 }
 
 #[derive(Default)]
 struct Totals {
+    by_kind: FaultCounts,
     messages: u64,
     acked: u64,
     crashes: u64,
@@ -180,6 +208,7 @@ impl Totals {
     fn add(&mut self, r: &Report) {
         self.messages += r.config.messages as u64;
         self.acked += r.inputs_acked as u64;
+        self.by_kind.add(&r.faults);
         self.crashes += r.faults.crashes;
         self.faults += r.faults.total();
         self.duplicates += r.sink_duplicates as u64;

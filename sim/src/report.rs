@@ -23,6 +23,42 @@ pub struct FaultCounts {
 }
 
 impl FaultCounts {
+    /// Every kind, by name.
+    pub fn kinds(&self) -> [(&'static str, u64); 13] {
+        [
+            ("crashes", self.crashes),
+            ("torn_crashes", self.torn_crashes),
+            ("hop_outages", self.hop_outages),
+            ("slow_periods", self.slow_periods),
+            ("failing_periods", self.failing_periods),
+            ("partitions", self.partitions),
+            ("disk_full_periods", self.disk_full_periods),
+            ("dropped_requests", self.dropped_requests),
+            ("dropped_responses", self.dropped_responses),
+            ("duplicated_requests", self.duplicated_requests),
+            ("disk_write_errors", self.disk_write_errors),
+            ("disk_sync_errors", self.disk_sync_errors),
+            ("disk_full_errors", self.disk_full_errors),
+        ]
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, o: &FaultCounts) {
+        self.crashes += o.crashes;
+        self.torn_crashes += o.torn_crashes;
+        self.hop_outages += o.hop_outages;
+        self.slow_periods += o.slow_periods;
+        self.failing_periods += o.failing_periods;
+        self.partitions += o.partitions;
+        self.disk_full_periods += o.disk_full_periods;
+        self.dropped_requests += o.dropped_requests;
+        self.dropped_responses += o.dropped_responses;
+        self.duplicated_requests += o.duplicated_requests;
+        self.disk_write_errors += o.disk_write_errors;
+        self.disk_sync_errors += o.disk_sync_errors;
+        self.disk_full_errors += o.disk_full_errors;
+    }
+
     pub fn total(&self) -> u64 {
         self.crashes
             + self.hop_outages

@@ -134,6 +134,9 @@ pub enum HandlerOutputs {
     Expected,
     /// This many copies of the input, headers kept (a benchmark's load).
     Copies(u32),
+    /// Like `Expected`, but each call stamps its own number into the payloads (`…#i@call`): a
+    /// handler whose outputs differ from call to call (it reads a clock, a counter, a database).
+    Stamped,
 }
 
 /// A `Handler` for tests and benchmarks; see [`HandlerOutputs`].
@@ -152,7 +155,7 @@ impl Handler for TestHandler {
         &self,
         request: Request<HandleRequest>,
     ) -> Result<Response<HandleResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let delay = self.delay_us.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_micros(delay)).await;
@@ -163,17 +166,23 @@ impl Handler for TestHandler {
         let m = request.into_inner().message.unwrap_or_default();
         let outputs = match self.outputs {
             HandlerOutputs::Copies(n) => (0..n).map(|_| m.clone()).collect(),
-            HandlerOutputs::Expected => {
+            HandlerOutputs::Expected | HandlerOutputs::Stamped => {
                 if m.id.contains("poison") {
                     return Err(Status::invalid_argument("test handler refuses poison"));
                 }
+                let stamp = (self.outputs == HandlerOutputs::Stamped).then_some(call);
                 expected_outputs(&m.id, &m.payload)
                     .into_iter()
-                    .map(|(_, payload)| Message {
-                        // sidelog overwrites the id; a wrong one here proves it does.
-                        id: "set-by-sidelog".into(),
-                        payload: payload.into(),
-                        ..Default::default()
+                    .map(|(_, mut payload)| {
+                        if let Some(call) = stamp {
+                            payload.extend(format!("@{call}").bytes());
+                        }
+                        Message {
+                            // sidelog overwrites the id; a wrong one here proves it does.
+                            id: "set-by-sidelog".into(),
+                            payload: payload.into(),
+                            ..Default::default()
+                        }
                     })
                     .collect()
             }

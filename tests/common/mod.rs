@@ -14,8 +14,8 @@ use sidelog::proto::ingest_client::IngestClient;
 use sidelog::proto::{Ack, Message, PublishRequest, ack};
 #[allow(unused_imports)] // each test file uses a different part of the kit
 pub use sidelog::testkit::{
-    Arrival, Restartable, Sidelog, TestHandler, TestSink, eventually, expected_outputs, inspect,
-    poll_until, summary_field,
+    Arrival, HandlerOutputs, Restartable, Sidelog, TestHandler, TestSink, eventually,
+    expected_outputs, inspect, poll_until, summary_field,
 };
 use tokio::time::Instant;
 use tonic::Code;
