@@ -2,9 +2,9 @@
 //!
 //! Every test here starts `sidelog serve` with a real gRPC handler and sink (in-process tonic
 //! servers), loads it from concurrent producers that retry unacked batches with the same ids,
-//! kills processes at random moments during the load, and checks what reached the sink against
-//! what was acknowledged. The random schedule's seed is printed; `SIDELOG_TEST_SEED=<n>`
-//! repeats it.
+//! kills processes at random points of progress during the load (after a random number of
+//! further outputs at the sink), and checks what reached the sink against what was
+//! acknowledged. The random schedule's seed is printed; `SIDELOG_TEST_SEED=<n>` repeats it.
 
 mod common;
 
@@ -212,7 +212,16 @@ async fn sigkill_during_load(
     ));
     let mut crashes = Vec::new();
     for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(150..500))).await;
+        // Each kill lands after the sink has taken a random number of further outputs: at a
+        // point of progress of this run, whatever the machine's speed.
+        let want = sink.arrivals().len() + rng.random_range(100..400);
+        let progressed =
+            eventually(Duration::from_secs(60), || sink.arrivals().len() >= want).await;
+        assert!(
+            progressed || producers.is_finished(),
+            "{mode}: the sink stalled below {want} outputs; log:\n{}",
+            sidelog.log_tail()
+        );
         let killed = Instant::now();
         sidelog.kill9().await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
@@ -481,9 +490,14 @@ async fn a_sink_down_until_the_backlog_limit_then_back_loses_nothing() {
     sidelog.kill9().await;
     sidelog.spawn();
     // Replaying into a sink that is down: not serving, and Publish says UNAVAILABLE.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = poll_until(
+        Duration::from_secs(30),
+        || "health never answered after the restart".into(),
+        || async { sidelog.health().await },
+    )
+    .await;
     assert_eq!(
-        sidelog.health().await,
+        Some(health),
         Some(false),
         "health must be NOT_SERVING during replay"
     );
@@ -568,7 +582,9 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
             "{mode}: {acks:?}"
         );
         // 1 refused input + 3 undeliverable outputs; then the backlog is empty.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        rig.sidelog.wait_summary("dead letters", 4).await;
+        rig.sidelog.wait_summary("backlog inputs", 0).await;
+        rig.sidelog.wait_summary("backlog outputs", 0).await;
         rig.sidelog.terminate().await;
         let data = data.to_str().unwrap();
         let text = common::inspect(&["--data-dir", data]).await.unwrap();
