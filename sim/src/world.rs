@@ -243,6 +243,9 @@ impl World {
             .current()
             .ok_or_else(|| "connection refused".to_string())?;
         let copies = if fate.duplicate { 2 } else { 1 };
+        // Every message of a request is answered, once, in request order.
+        let batch_len = batch.len();
+        let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
         let mut answer = Err("no answer".to_string());
         for _ in 0..copies {
             let (pipeline, produced, incarnation) = (
@@ -269,7 +272,15 @@ impl World {
                 result
             });
             answer = match tokio::time::timeout(LOST_AFTER, call).await {
-                Ok(Ok(Ok(acks))) => Ok(acks),
+                Ok(Ok(Ok(acks))) => {
+                    if acks.len() != batch_len || acks.iter().zip(&ids).any(|(a, id)| &a.id != id) {
+                        self.violation(format!(
+                            "a request of {batch_len} messages got {} acks, or out of order",
+                            acks.len()
+                        ));
+                    }
+                    Ok(acks)
+                }
                 Ok(Ok(Err(e))) => Err(format!("status: {e}")),
                 Ok(Err(_)) => Err("connection reset (sidelog crashed)".into()),
                 Err(_) => Err("timed out".into()),

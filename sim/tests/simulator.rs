@@ -96,7 +96,7 @@ fn trusting_a_retried_fsync_is_caught_within_a_few_seeds() {
         LoggingMode::ReceiverBased,
         LoggingMode::SenderBased,
     ] {
-        let caught = (1..=8).any(|seed| {
+        let caught = (1..=20).any(|seed| {
             !run(SimConfig {
                 bug: Some(Bug::RetryFailedFsync),
                 sync_error_rate: 0.05,

@@ -74,6 +74,11 @@ impl JournalError {
         }
     }
 
+    /// Whether the disk (or the journal's size limit) is full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, JournalError::StorageFull(_))
+    }
+
     /// Whether the same operation may succeed later in this process.
     pub fn is_retryable(&self) -> bool {
         matches!(

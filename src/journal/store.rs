@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redb::Database;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::config::JournalConfig;
 use super::error::{Failure, JournalError, Result};
@@ -124,19 +124,32 @@ impl JournalStore for FileStore {
     }
 }
 
+/// How an open treats pages a failed fsync may have dropped (see [`open_database`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rewrite {
+    /// At start: a process that died after a failed fsync may have left the page cache showing
+    /// pages the disk never got. Rewrite; if the disk is too full to (a copy-on-write
+    /// filesystem needs new blocks even for the same bytes), say so and go on.
+    AtStart,
+    /// After a failed fsync in this process: rewrite, and fail if that fails.
+    AfterFailedFsync,
+    /// After another I/O error (a failed write, a full disk): nothing was dropped.
+    No,
+}
+
 /// Opens the journal database in `store`, building a new one first when there is none.
 ///
-/// The file is rewritten through once open (every byte read and written back, then fsynced): a
-/// failed fsync, in this process before a reopen or in a process that died before this start,
-/// may have dropped pages on their way to the disk while the page cache still shows them
-/// (Linux after a writeback error), and a later fsync would succeed without them. Reading the
-/// cache and writing it again makes the disk hold what redb will build on; if that fsync fails
-/// too, the journal is not opened and nothing is acked. It costs one read and one write of the
-/// file per open.
+/// Once redb holds the file's locks the file may be rewritten through (every page that holds
+/// data read from the cache, written back, then fsynced): a failed fsync may have dropped pages
+/// on their way to the disk while the page cache still shows them (Linux after a writeback
+/// error), and a later fsync would succeed without them. Writing the cache again makes the disk
+/// hold what redb builds on. Pages of zeros are skipped: they are holes of the sparse file, and
+/// writing them would take space a full disk does not have.
 pub(super) fn open_database(
     store: &dyn JournalStore,
     path: &Path,
-    fsync: FsyncFailure,
+    fsync: Fsync,
+    rewrite: Rewrite,
 ) -> Result<Database> {
     let io = |e: std::io::Error| JournalError::from_io(&e);
     if !store.exists().map_err(io)? {
@@ -161,7 +174,13 @@ pub(super) fn open_database(
         // Rewritten once redb holds the file's locks: a concurrent open (inspect beside a
         // running sidelog) is refused before it could write a byte.
         Ok(db) => {
-            rewrite_through(backend.as_ref()).map_err(io)?;
+            match (rewrite, rewrite_through(backend.as_ref())) {
+                (Rewrite::No, _) | (_, Ok(())) => {}
+                (Rewrite::AtStart, Err(e)) if JournalError::from_io(&e).is_full() => {
+                    warn!(path = %path.display(), error = %e, "cannot rewrite the journal through at start (the disk is full); going on without");
+                }
+                (_, Err(e)) => return Err(io(e)),
+            }
             Ok(db)
         }
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
@@ -187,13 +206,18 @@ pub(super) fn open_database(
 /// what the disk holds.
 fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<()> {
     const STEP: u64 = 1 << 20;
+    const PAGE: usize = 4096;
     let len = backend.len()?;
     let mut buf = vec![0u8; STEP.min(len) as usize];
     let mut offset = 0;
     while offset < len {
         let n = STEP.min(len - offset) as usize;
         backend.read(offset, &mut buf[..n])?;
-        backend.write(offset, &buf[..n])?;
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            if page.iter().any(|b| *b != 0) {
+                backend.write(offset + (i * PAGE) as u64, page)?;
+            }
+        }
         offset += n as u64;
     }
     backend.sync_data()
@@ -204,7 +228,10 @@ fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure>
     let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
     let db = redb::Builder::new().create_with_backend(BoxedBackend(
         Arc::from(store.create_temp().map_err(io)?),
-        FsyncFailure::Fail,
+        Fsync {
+            failure: FsyncFailure::Fail,
+            failed: Arc::default(),
+        },
     ))?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(META_FORMAT, FILE_FORMAT)?;
@@ -291,7 +318,15 @@ impl redb::StorageBackend for QuotaBackend {
 
 /// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`.
 #[derive(Debug)]
-struct BoxedBackend(Arc<dyn redb::StorageBackend>, FsyncFailure);
+struct BoxedBackend(Arc<dyn redb::StorageBackend>, Fsync);
+
+/// How the journal's fsyncs are made and watched.
+#[derive(Debug, Clone)]
+pub(super) struct Fsync {
+    pub failure: FsyncFailure,
+    /// Set when an fsync fails: the next reopen rewrites the file through.
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// What a failed fsync does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,9 +351,13 @@ impl redb::StorageBackend for BoxedBackend {
         self.0.set_len(len)
     }
     fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
-        match (self.0.sync_data(), self.1) {
+        match (self.0.sync_data(), self.1.failure) {
             (Err(_), FsyncFailure::RetryAndTrust) => self.0.sync_data(),
-            (result, _) => result,
+            (Err(e), FsyncFailure::Fail) => {
+                self.1.failed.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+            (ok, _) => ok,
         }
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::command::{Answer, Command, Read, Write};
 use super::config::{JournalConfig, WriterRuntime};
 use super::error::{Failure, JournalError, Result};
-use super::store::{FsyncFailure, JournalStore, open_database};
+use super::store::{Fsync, FsyncFailure, JournalStore, Rewrite, open_database};
 use super::tables::{self, FileState, Tables};
 use super::types::{Backlog, Seq, SeqRange};
 use crate::runtime::SharedClock;
@@ -55,6 +55,8 @@ pub(super) struct Writer {
     /// Make the next commit durable whatever it holds (pages freed by a commit are reused only
     /// once a durable commit follows it).
     force_durable: bool,
+    /// How fsyncs are made, and whether one failed since the file was last rewritten through.
+    fsync: Fsync,
 }
 
 /// What one commit decided and changed, for the bookkeeping after it returned.
@@ -78,7 +80,11 @@ impl Writer {
         clock: SharedClock,
         ambiguous: mpsc::UnboundedSender<SeqRange>,
     ) -> Result<Writer> {
-        let db = open_database(storage.as_ref(), &path, fsync_failure(&config))?;
+        let fsync = Fsync {
+            failure: fsync_failure(&config),
+            failed: Arc::default(),
+        };
+        let db = open_database(storage.as_ref(), &path, fsync.clone(), Rewrite::AtStart)?;
         let mut writer = Writer {
             db: Some(db),
             storage,
@@ -97,6 +103,7 @@ impl Writer {
             max_key: 0,
             full: false,
             force_durable: false,
+            fsync,
         };
         writer.load_state()?;
         info!(
@@ -259,11 +266,29 @@ impl Writer {
     fn db(&mut self) -> Result<&Database> {
         if self.db.is_none() {
             warn!(path = %self.path.display(), "reopening the journal after an I/O error");
+            let rewrite = if self
+                .fsync
+                .failed
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                Rewrite::AfterFailedFsync
+            } else {
+                Rewrite::No
+            };
             let db = open_database(
                 self.storage.as_ref(),
                 &self.path,
-                fsync_failure(&self.config),
-            )?;
+                self.fsync.clone(),
+                rewrite,
+            )
+            .inspect_err(|_| {
+                // Not rewritten yet: the next reopen tries again.
+                if rewrite == Rewrite::AfterFailedFsync {
+                    self.fsync
+                        .failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })?;
             self.db = Some(db);
             let before = self.next_seq;
             self.load_state()?;

@@ -84,7 +84,13 @@ pub async fn produce(
                     {
                         Ok(r) => {
                             let mut l = log.lock().unwrap();
-                            for (a, m) in r.into_inner().acks.iter().zip(&messages) {
+                            let acks = r.into_inner().acks;
+                            assert_eq!(
+                                acks.len(),
+                                messages.len(),
+                                "every message gets exactly one ack"
+                            );
+                            for (a, m) in acks.iter().zip(&messages) {
                                 assert_eq!(a.id, m.id, "acks come in request order");
                                 match ack::Status::try_from(a.status) {
                                     Ok(ack::Status::Accepted | ack::Status::Duplicate) => {
@@ -126,7 +132,10 @@ pub async fn produce(
     for t in tasks {
         t.await.expect("producer task");
     }
-    std::mem::take(&mut *log.lock().unwrap())
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    // A producer retries a batch until it is acked, so every message ends up acked once.
+    assert_eq!(log.acked.len(), count, "every message was answered");
+    log
 }
 
 /// Waits until the sink holds every id in `want`, or the timeout passes.

@@ -326,7 +326,9 @@ async fn produce(url: String, acked: Arc<Mutex<BTreeSet<String>>>, stop: Arc<Ato
             match client.publish(request).await {
                 Ok(r) => {
                     let mut a = acked.lock().expect("no panic under this lock");
-                    for ack in r.into_inner().acks {
+                    let acks = r.into_inner().acks;
+                    assert_eq!(acks.len(), BATCH, "every message gets exactly one ack");
+                    for ack in acks {
                         let status = ack::Status::try_from(ack.status);
                         assert!(
                             matches!(status, Ok(ack::Status::Accepted | ack::Status::Duplicate)),
