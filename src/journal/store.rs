@@ -145,6 +145,11 @@ pub(super) enum Rewrite {
 /// error), and a later fsync would succeed without them. Writing the cache again makes the disk
 /// hold what redb builds on. Pages of zeros are skipped: they are holes of the sparse file, and
 /// writing them would take space a full disk does not have.
+///
+/// The rewrite comes before redb's first change to the file, whenever that is: redb may repair
+/// and commit while it opens, and a commit on top of pages the disk never got, made durable
+/// before them, leaves a file no root of which verifies (the simulator found this). Until the
+/// rewrite has succeeded, every write and sync redb asks for tries it first and fails with it.
 pub(super) fn open_database(
     store: &dyn JournalStore,
     path: &Path,
@@ -170,17 +175,17 @@ pub(super) fn open_database(
         ));
     }
     let backend: Arc<dyn redb::StorageBackend> = Arc::from(backend);
-    match redb::Builder::new().create_with_backend(BoxedBackend(backend.clone(), fsync)) {
-        // Rewritten once redb holds the file's locks: a concurrent open (inspect beside a
-        // running sidelog) is refused before it could write a byte.
+    let pending = Arc::new(PendingRewrite::new(rewrite, path));
+    match redb::Builder::new().create_with_backend(BoxedBackend(
+        backend.clone(),
+        fsync,
+        pending.clone(),
+    )) {
+        // Rewritten once redb holds the file's locks (a concurrent open, inspect beside a
+        // running sidelog, is refused before it could write a byte), and before redb changes
+        // anything: if opening wrote nothing, now.
         Ok(db) => {
-            match (rewrite, rewrite_through(backend.as_ref())) {
-                (Rewrite::No, _) | (_, Ok(())) => {}
-                (Rewrite::AtStart, Err(e)) if JournalError::from_io(&e).is_full() => {
-                    warn!(path = %path.display(), error = %e, "cannot rewrite the journal through at start (the disk is full); going on without");
-                }
-                (_, Err(e)) => return Err(io(e)),
-            }
+            pending.ensure(backend.as_ref()).map_err(io)?;
             Ok(db)
         }
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
@@ -232,6 +237,7 @@ fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure>
             failure: FsyncFailure::Fail,
             failed: Arc::default(),
         },
+        Arc::new(PendingRewrite::new(Rewrite::No, Path::new("(new journal)"))),
     ))?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(META_FORMAT, FILE_FORMAT)?;
@@ -316,9 +322,56 @@ impl redb::StorageBackend for QuotaBackend {
     }
 }
 
-/// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`.
+/// Lets a boxed backend (chosen at run time) be handed to redb, which takes `impl StorageBackend`;
+/// makes its fsyncs as [`Fsync`] says, and lets nothing change the file before a pending
+/// rewrite-through has succeeded.
 #[derive(Debug)]
-struct BoxedBackend(Arc<dyn redb::StorageBackend>, Fsync);
+struct BoxedBackend(Arc<dyn redb::StorageBackend>, Fsync, Arc<PendingRewrite>);
+
+/// A rewrite-through that must happen before the file changes (see [`open_database`]).
+#[derive(Debug)]
+struct PendingRewrite {
+    /// Cleared once done (or not needed): the fast path of every write.
+    needed: std::sync::atomic::AtomicBool,
+    kind: Rewrite,
+    path: std::path::PathBuf,
+    /// Held while rewriting, so that one write waits for another's rewrite.
+    running: std::sync::Mutex<()>,
+}
+
+impl PendingRewrite {
+    fn new(kind: Rewrite, path: &Path) -> PendingRewrite {
+        PendingRewrite {
+            needed: std::sync::atomic::AtomicBool::new(kind != Rewrite::No),
+            kind,
+            path: path.to_owned(),
+            running: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Rewrites `inner` through unless that is done; an error leaves it pending.
+    fn ensure(&self, inner: &dyn redb::StorageBackend) -> std::io::Result<()> {
+        if !self.needed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _running = self
+            .running
+            .lock()
+            .expect("rewrite_through does not panic while this is held");
+        if !self.needed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match rewrite_through(inner) {
+            Ok(()) => {}
+            Err(e) if self.kind == Rewrite::AtStart && JournalError::from_io(&e).is_full() => {
+                warn!(path = %self.path.display(), error = %e, "cannot rewrite the journal through at start (the disk is full); going on without");
+            }
+            Err(e) => return Err(e),
+        }
+        self.needed.store(false, Ordering::Release);
+        Ok(())
+    }
+}
 
 /// How the journal's fsyncs are made and watched.
 #[derive(Debug, Clone)]
@@ -348,9 +401,11 @@ impl redb::StorageBackend for BoxedBackend {
         self.0.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.2.ensure(self.0.as_ref())?;
         self.0.set_len(len)
     }
     fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.2.ensure(self.0.as_ref())?;
         match (self.0.sync_data(), self.1.failure) {
             (Err(_), FsyncFailure::RetryAndTrust) => self.0.sync_data(),
             (Err(e), FsyncFailure::Fail) => {
@@ -361,6 +416,7 @@ impl redb::StorageBackend for BoxedBackend {
         }
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.2.ensure(self.0.as_ref())?;
         self.0.write(offset, data)
     }
     fn close(&self) -> std::result::Result<(), std::io::Error> {
