@@ -345,9 +345,22 @@ async fn sbml_replays_what_a_non_deterministic_handler_made_and_never_calls_it_a
         missing.len()
     );
     let mut payloads: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+    let mut seqs: HashMap<String, HashSet<Option<u64>>> = HashMap::new();
+    let mut arrived: HashMap<String, usize> = HashMap::new();
     for a in sink.arrivals() {
-        payloads.entry(a.id).or_default().insert(a.payload);
+        payloads.entry(a.id.clone()).or_default().insert(a.payload);
+        seqs.entry(a.id.clone()).or_default().insert(a.seq);
+        *arrived.entry(a.id).or_default() += 1;
     }
+    // Every output is re-sent from the journal, so a duplicate carries its original sequence.
+    let duplicates = arrived.values().filter(|n| **n > 1).count();
+    let reseq: Vec<(&String, &HashSet<Option<u64>>)> =
+        seqs.iter().filter(|(_, s)| s.len() > 1).collect();
+    assert!(
+        reseq.is_empty(),
+        "duplicates with different sidelog-seq: {:?}",
+        &reseq[..reseq.len().min(10)]
+    );
     let rehandled: Vec<&String> = payloads
         .iter()
         .filter(|(_, p)| p.len() > 1)
@@ -356,11 +369,12 @@ async fn sbml_replays_what_a_non_deterministic_handler_made_and_never_calls_it_a
     let calls = handler.calls.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "sbml, stamped handler: {} acked inputs, {} handler calls, {} outputs at the sink, {} \
-         output ids with two payloads",
+         output ids with two payloads, {} duplicated (all with one sidelog-seq)",
         log.acked.len(),
         calls,
         sink.arrivals().len(),
-        rehandled.len()
+        rehandled.len(),
+        duplicates
     );
     assert!(
         rehandled.is_empty(),

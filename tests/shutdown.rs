@@ -101,7 +101,16 @@ async fn sigterm_with_the_sink_down_exits_at_the_deadline_and_loses_nothing() {
         .expect("serving before the signal");
     let signalled = Instant::now();
     sidelog.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Intake closes with the health status; then the open connection is refused too.
+    sidelog
+        .wait_log("shutting down: intake closed", Duration::from_secs(10))
+        .await;
+    common::poll_until(
+        Duration::from_secs(10),
+        || "health still SERVING after SIGTERM".into(),
+        || async { (sidelog.health().await != Some(true)).then_some(()) },
+    )
+    .await;
     let refused = client
         .publish(PublishRequest {
             messages: vec![Message {
@@ -113,7 +122,12 @@ async fn sigterm_with_the_sink_down_exits_at_the_deadline_and_loses_nothing() {
         .await
         .expect_err("no intake while shutting down");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert_eq!(sidelog.health().await, None, "the listener is closed");
+    common::poll_until(
+        Duration::from_secs(10),
+        || "the listener is still open".into(),
+        || async { sidelog.health().await.is_none().then_some(()) },
+    )
+    .await;
 
     let status = sidelog.wait_exit().await;
     let took = signalled.elapsed();
@@ -174,7 +188,10 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
     assert_eq!(acked.len(), 300);
 
     sidelog.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second signal counts only once the first has been taken.
+    sidelog
+        .wait_log("shutting down: intake closed", Duration::from_secs(10))
+        .await;
     let signalled = Instant::now();
     sidelog.signal("INT");
     let status = sidelog.wait_exit().await;

@@ -1,7 +1,8 @@
 //! The checkers, over the recorded history: nothing phantom or altered reached the sink, every
 //! delivered message carries its sequence (journaled modes), and every output of an acked input
-//! reached the sink or the dead-letter table. (Acks that were not durable are caught at each
-//! restart, by `World::check_acks_durable`.)
+//! reached the sink or the dead-letter table; in a run without faults, each key's outputs
+//! arrived in the order their producer sent the inputs. (Acks that were not durable are caught
+//! at each restart, by `World::check_acks_durable`.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -36,6 +37,7 @@ pub(crate) async fn check(
         .expect("never held across a panic")
         .clone();
     let copies = check_sink(world, sent, &stored);
+    check_order(world, &stored);
     let acked = acked_ids(world, received);
     let losses = losses(world, sent, &acked, &dead, &copies);
     report(world, &acked, &stored, &copies, dead.len(), losses)
@@ -91,6 +93,39 @@ fn check_sink<'a>(
         *copies.entry(s.id.as_str()).or_default() += 1;
     }
     copies
+}
+
+/// Within one key, outputs reach the sink in the order their inputs were sent (each key has
+/// one producer, which waits for each ack), while nothing fails: checked on the first copy of
+/// each output in runs without faults or crashes, where the README promises it.
+fn check_order(world: &World, stored: &[Stored]) {
+    if world.cfg.fault_scale > 0.0 || world.cfg.crashes > 0 {
+        return;
+    }
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut last: HashMap<&str, ((u64, u64), &str)> = HashMap::new();
+    for s in stored {
+        if !seen.insert(s.id.as_str()) {
+            continue; // a duplicate; its first copy was checked
+        }
+        let (input, output) = s.id.split_once('/').unwrap_or((s.id.as_str(), "0"));
+        let position = (
+            input
+                .trim_start_matches('m')
+                .parse::<u64>()
+                .unwrap_or(u64::MAX),
+            output.parse::<u64>().unwrap_or(u64::MAX),
+        );
+        if let Some((before, before_id)) = last.get(s.key.as_str())
+            && position <= *before
+        {
+            world.violation(format!(
+                "order: key {} got {} after {before_id}, which was sent later",
+                s.key, s.id
+            ));
+        }
+        last.insert(s.key.as_str(), (position, s.id.as_str()));
+    }
 }
 
 /// Every id sidelog acked, whether or not the producer heard it.

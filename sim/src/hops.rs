@@ -85,6 +85,7 @@ impl Handler for SimHandler {
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) id: String,
+    pub(crate) key: String,
     pub(crate) payload: Bytes,
     pub(crate) seq: Option<u64>,
 }
@@ -132,6 +133,7 @@ impl Sink for SimSink {
                     for m in batch.iter() {
                         s.push(Stored {
                             id: m.id.clone(),
+                            key: m.key.clone(),
                             payload: m.payload.clone(),
                             seq: m.headers.get(SEQ_HEADER).and_then(|v| v.parse().ok()),
                         });

@@ -120,7 +120,8 @@ fn build_world(cfg: &SimConfig, master: &mut StdRng, start: Instant) -> Arc<Worl
 /// The messages (id → payload) and how the producers batch them.
 type Workload = (BTreeMap<String, Bytes>, Vec<Vec<Vec<Message>>>);
 
-/// `cfg.messages` messages of random size and key, in random batches, dealt to the producers.
+/// `cfg.messages` messages of random size and key (three keys per producer), in random batches,
+/// dealt to the producers.
 fn workload(cfg: &SimConfig, wl: &mut StdRng) -> Workload {
     let mut sent: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut producer_batches: Vec<Vec<Vec<Message>>> = vec![Vec::new(); cfg.producers.max(1)];
@@ -144,7 +145,8 @@ fn workload(cfg: &SimConfig, wl: &mut StdRng) -> Workload {
                 sent.insert(id.clone(), payload.clone());
                 Message {
                     id,
-                    key: format!("k{}", wl.random_range(0..8)),
+                    // A producer's own keys, so that each key's order is the producer's.
+                    key: format!("p{p}-k{}", wl.random_range(0..3)),
                     payload,
                     ..Default::default()
                 }

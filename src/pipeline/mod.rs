@@ -3,12 +3,13 @@
 //!
 //! `publish.rs` reads top to bottom: validate (`limits.rs`) → dedup (`dedup.rs`) → journal and
 //! handler (`handler.rs`) in the order the mode decides (`crate::mode`) → ack, then hands the
-//! outputs to delivery (`crate::delivery`). `recovery.rs` replays the journal through the same
-//! pipeline after a restart. ARCHITECTURE.md draws the path of each mode.
+//! outputs to delivery (`crate::delivery`) in order per key (`order.rs`). `recovery.rs` replays
+//! the journal through the same pipeline after a restart. ARCHITECTURE.md draws the path of each mode.
 
 mod dedup;
 mod handler;
 mod limits;
+mod order;
 mod publish;
 mod recovery;
 

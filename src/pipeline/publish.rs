@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::dedup::{Claim, ClaimGuard, ClaimOutcome, DedupWindow};
 use super::handler::{Call, HandleOutcome, HandlerRunner};
 use super::limits::Limits;
+use super::order::{KeyOrder, Turn};
 use crate::delivery::{Completion, Delivery, DeliveryItem};
 use crate::journal::{Journal, JournalError, OutputGroup, Seq};
 use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
@@ -62,6 +63,7 @@ pub struct Pipeline {
     clock: SharedClock,
     entropy: Entropy,
     serving: AtomicBool,
+    order: Arc<KeyOrder>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -104,6 +106,7 @@ impl Pipeline {
             clock,
             entropy,
             serving: AtomicBool::new(false),
+            order: Arc::new(KeyOrder::default()),
         })
     }
 
@@ -261,7 +264,8 @@ impl Pipeline {
             (InputJournaling::BeforeHandler, _) => {
                 let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
                 for (message, seq) in inputs.into_iter().zip(&seqs) {
-                    self.spawn_continuation(message, InputSeq::Known(*seq), Call::Live);
+                    let turn = self.order.take(&message.key);
+                    self.spawn_continuation(message, InputSeq::Known(*seq), Call::Live, turn);
                 }
                 seqs
             }
@@ -276,7 +280,8 @@ impl Pipeline {
                 for message in inputs {
                     let (tx, rx) = oneshot::channel();
                     seq_senders.push(tx);
-                    self.spawn_continuation(message, InputSeq::Pending(rx), Call::Live);
+                    let turn = self.order.take(&message.key);
+                    self.spawn_continuation(message, InputSeq::Pending(rx), Call::Live, turn);
                 }
                 let seqs = write.await.map_err(|_| JournalError::Closed)??;
                 for (tx, seq) in seq_senders.into_iter().zip(&seqs) {
@@ -288,7 +293,8 @@ impl Pipeline {
             (InputJournaling::None, true) => self.handle_and_record(inputs).await?,
             (InputJournaling::None, false) => {
                 for message in inputs {
-                    self.spawn_continuation(message, InputSeq::Unjournaled, Call::Live);
+                    let turn = self.order.take(&message.key);
+                    self.spawn_continuation(message, InputSeq::Unjournaled, Call::Live, turn);
                 }
                 vec![Seq(0); fresh.len()]
             }
@@ -316,6 +322,7 @@ impl Pipeline {
         self: &Arc<Self>,
         inputs: Vec<Message>,
     ) -> Result<Vec<Seq>, IngestError> {
+        let turns: Vec<Option<Turn>> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
         let calls: Vec<_> = inputs
             .iter()
             .map(|m| {
@@ -352,7 +359,10 @@ impl Pipeline {
         let acks = recorded.iter().map(|r| r.ack_seq).collect();
         let pipeline = self.clone();
         crate::runtime::spawn(async move {
-            for (group, rec) in groups.into_iter().zip(recorded) {
+            for ((group, rec), turn) in groups.into_iter().zip(recorded).zip(turns) {
+                if let Some(turn) = &turn {
+                    turn.ready().await;
+                }
                 for (message, seq) in group.outputs.into_iter().zip(rec.output_seqs) {
                     let out = Outgoing {
                         output_seq: Some(seq),
@@ -365,13 +375,14 @@ impl Pipeline {
         Ok(acks)
     }
 
-    /// After the ack (or in replay): call the handler, record outputs if the plan says so, and
-    /// queue them for delivery.
+    /// After the ack (or in replay): call the handler, then, once `turn` comes (order per key),
+    /// record outputs if the plan says so and queue them for delivery.
     pub fn spawn_continuation(
         self: &Arc<Self>,
         input: Message,
         input_seq: InputSeq,
         call: Call,
+        turn: Option<Turn>,
     ) -> tokio::task::JoinHandle<()> {
         let pipeline = self.clone();
         crate::runtime::spawn(async move {
@@ -395,9 +406,13 @@ impl Pipeline {
             };
             match outcome {
                 HandleOutcome::Outputs(outputs) => {
+                    if let Some(turn) = &turn {
+                        turn.ready().await;
+                    }
                     pipeline
                         .dispatch(outputs, input_seq, input_bytes, None)
                         .await;
+                    drop(turn);
                 }
                 HandleOutcome::Dead { reason, attempts } => {
                     pipeline.completion.release_memory(input_bytes);

@@ -381,9 +381,12 @@ impl Replayer<'_> {
             .acquire_owned()
             .await
             .expect("the replay semaphore is never closed");
-        let task =
-            self.pipeline
-                .spawn_continuation(message, InputSeq::Known(stored.seq), Call::Replay);
+        let task = self.pipeline.spawn_continuation(
+            message,
+            InputSeq::Known(stored.seq),
+            Call::Replay,
+            None,
+        );
         crate::runtime::spawn(async move {
             drop(task.await);
             drop(permit);

@@ -20,6 +20,7 @@ use crate::sink::sequence_of;
 #[derive(Debug, Clone)]
 pub struct Arrival {
     pub id: String,
+    pub key: String,
     pub payload: Vec<u8>,
     pub seq: Option<u64>,
     pub at: Instant,
@@ -70,6 +71,7 @@ impl Sink for TestSink {
                 arrivals.push(Arrival {
                     seq: sequence_of(&m),
                     id: m.id,
+                    key: m.key,
                     payload: m.payload.to_vec(),
                     at: now,
                 });

@@ -213,6 +213,17 @@ impl Sidelog {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process log contains `needle`; panics with the log's tail after
+    /// `timeout`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        poll_until(
+            timeout,
+            || format!("the log never said {needle:?}; log:\n{}", self.log_tail()),
+            || async { self.log().contains(needle).then_some(()) },
+        )
+        .await
+    }
+
     pub fn log_tail(&self) -> String {
         let text = self.log();
         let lines: Vec<&str> = text.lines().collect();

@@ -245,6 +245,10 @@ async fn publish_batch(
                     tracing::warn!(error = %status, "giving up on a batch");
                     return None;
                 }
+                if delay_ms == 50 {
+                    tracing::warn!(error = %status, retry_for_ms = retry_for.as_millis() as u64,
+                        "batch not acked; retrying with the same ids");
+                }
                 summary.lock().expect("no panics under this lock").retries += 1;
                 tokio::time::sleep(Duration::from_millis(
                     entropy.below(delay_ms) + delay_ms / 2,
