@@ -10,12 +10,15 @@
 //!
 //! `run.rs` runs one seed; `world.rs` holds its world and starts sidelog in it; `disk.rs`,
 //! `net.rs` and `hops.rs` are the simulated disk, links, handler and sink; `check.rs` the
-//! checkers; `trace.rs` the clock and the trace; `settings.rs` and `report.rs` what goes in and
+//! checkers; `model.rs` a model-based test of the journal through crashes; `trace.rs` the clock
+//! and the trace; `settings.rs` and `report.rs` what goes in and
 //! what comes out.
 
 mod check;
 pub mod disk;
 mod hops;
+#[cfg(test)]
+mod model;
 mod net;
 mod report;
 mod run;
