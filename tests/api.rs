@@ -718,14 +718,44 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     body
 }
 
-/// The value of one series (`name{labels}`), 0 when absent.
-fn series(text: &str, name: &str) -> f64 {
+/// The value of one series (`name{labels}`), if the endpoint shows it.
+fn try_series(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
-/// The Prometheus endpoint counts intake, journal, delivery, retries and replays.
+/// The value of one series; a missing series fails the test (it is not read as 0).
+fn series(text: &str, name: &str) -> f64 {
+    try_series(text, name).unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+}
+
+/// The metric families the README's metrics table lists.
+fn readme_metric_families() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("## Metrics")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the README has a Metrics section");
+    let mut names: Vec<String> = table
+        .lines()
+        .filter(|l| l.starts_with("| `sidelog_"))
+        .flat_map(|l| {
+            let first_cell = l.split('|').nth(1).unwrap_or_default();
+            first_cell
+                .split('`')
+                .filter(|w| w.starts_with("sidelog_"))
+                .map(|w| w.split('{').next().unwrap_or(w).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The Prometheus endpoint shows every family the README lists, and counts intake, journal,
+/// handler calls, delivery, retries, dead letters, operator actions and replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_intake_delivery_retries_and_replays() {
     let dir = tempfile::tempdir().unwrap();
@@ -733,6 +763,8 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     sink.failing
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sink_server = sink.start(free_port()).await;
+    let handler = TestHandler::default();
+    let mut handler_server = handler.start(free_port()).await;
     let metrics = free_port();
     let mut sidelog = Sidelog::new(
         &dir.path().join("data"),
@@ -741,6 +773,8 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
             "rbml",
             "--sink",
             &sink_server.url(),
+            "--handler",
+            &handler_server.url(),
             "--metrics-listen",
             &metrics.to_string(),
             "--delivery-backoff-max-ms",
@@ -754,19 +788,32 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     publish(&sidelog, batch.clone()).await.unwrap();
     publish(&sidelog, batch[..5].to_vec()).await.unwrap(); // 5 duplicates
     publish(&sidelog, vec![msg("bad id", b"x")]).await.unwrap();
+    // The test handler refuses a poison message: dead-lettered at once.
+    publish(&sidelog, vec![msg("poison-1", b"x")])
+        .await
+        .unwrap();
+    let empty = publish(&sidelog, vec![]).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
     // Undelivered for a while: the age of the oldest backlog entry shows it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = scrape(metrics).await;
-        if series(&text, "sidelog_backlog_oldest_age_seconds") >= 0.5 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(
+        Duration::from_secs(10),
+        || "the oldest backlog entry never aged".into(),
+        || async {
+            let text = scrape(metrics).await;
+            (try_series(&text, "sidelog_backlog_oldest_age_seconds")? >= 0.5).then_some(())
+        },
+    )
+    .await;
+    let text = scrape(metrics).await;
+    assert!(series(&text, "sidelog_backlog_bytes") > 0.0, "{text}");
+    assert!(series(&text, "sidelog_backlog_entries") > 0.0, "{text}");
     sink.failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let want: HashSet<String> = batch.iter().map(|m| m.id.clone()).collect();
+    let want: HashSet<String> = batch
+        .iter()
+        .flat_map(|m| expected_outputs(&m.id, &m.payload))
+        .map(|(id, _)| id)
+        .collect();
     assert!(
         wait_for_ids(&sink, &want, Duration::from_secs(20))
             .await
@@ -775,16 +822,16 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     // The sink has them; the delivered counter follows its ack.
     let text = poll_until(
         Duration::from_secs(10),
-        || "sidelog_delivered_total never reached 20".into(),
+        || format!("sidelog_delivered_total never reached {}", want.len()),
         || async {
             let text = scrape(metrics).await;
-            (series(&text, "sidelog_delivered_total") >= 20.0).then_some(text)
+            (try_series(&text, "sidelog_delivered_total")? >= want.len() as f64).then_some(text)
         },
     )
     .await;
     assert_eq!(
         series(&text, "sidelog_messages_total{outcome=\"accepted\"}"),
-        20.0,
+        21.0,
         "{text}"
     );
     assert_eq!(
@@ -799,9 +846,20 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         1.0,
         "{text}"
     );
-    assert!(series(&text, "sidelog_delivered_total") >= 20.0);
+    assert_eq!(
+        series(
+            &text,
+            "sidelog_requests_refused_total{code=\"invalid_argument\"}"
+        ),
+        1.0,
+        "{text}"
+    );
     assert!(
         series(&text, "sidelog_resent_messages_total{cause=\"retry\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "sidelog_delivery_retries_total") > 0.0,
         "{text}"
     );
     assert!(
@@ -811,17 +869,72 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         ) > 0.0
     );
     assert!(series(&text, "sidelog_sink_deliver_seconds_count{outcome=\"ok\"}") > 0.0);
+    assert!(
+        series(&text, "sidelog_handler_call_seconds_count{outcome=\"ok\"}") >= 20.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "sidelog_handler_call_seconds_count{outcome=\"refused\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "sidelog_dead_lettered_total"), 1.0, "{text}");
     assert!(series(&text, "sidelog_journal_commits_total{durability=\"fsync\"}") > 0.0);
     assert!(
-        text.contains("sidelog_journal_commit_seconds_bucket"),
+        series(&text, "sidelog_journal_records_total") >= 21.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "sidelog_journal_record_bytes_total") > 0.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "sidelog_journal_records_per_commit_count") > 0.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "sidelog_journal_commit_seconds_count") > 0.0,
         "{text}"
     );
     assert!(
         series(&text, "sidelog_journal_fsync_seconds_count") > 0.0,
         "{text}"
     );
-
     assert!(!text.contains("m1"), "no message ids in labels");
+
+    // An operator re-queues the dead letter (refused again by the handler).
+    let listing = sidelog.inspect(&["dead-letters"]).await.unwrap();
+    let seq = listing
+        .lines()
+        .find(|l| l.contains("poison-1"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("poison-1 not listed: {listing}"))
+        .to_string();
+    sidelog.inspect(&["requeue", &seq]).await.unwrap();
+    let before_kill = poll_until(
+        Duration::from_secs(10),
+        || "the re-queue was not counted".into(),
+        || async {
+            let text = scrape(metrics).await;
+            try_series(
+                &text,
+                "sidelog_dead_letters_handled_total{action=\"requeue\"}",
+            )
+            .is_some()
+            .then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        series(
+            &before_kill,
+            "sidelog_dead_letters_handled_total{action=\"requeue\"}"
+        ),
+        1.0
+    );
 
     // A backlog left by a SIGKILL is counted as replayed after the restart.
     sink.failing
@@ -832,19 +945,44 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     sink.failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
     sidelog.start().await;
-    let text = scrape(metrics).await;
+    let after_restart = scrape(metrics).await;
     assert_eq!(
-        series(&text, "sidelog_resent_messages_total{cause=\"replay\"}"),
+        series(
+            &after_restart,
+            "sidelog_replayed_entries_total{kind=\"input\"}"
+        ),
         10.0,
-        "{text}"
+        "{after_restart}"
+    );
+    assert!(
+        series(
+            &after_restart,
+            "sidelog_resent_messages_total{cause=\"replay\"}"
+        ) >= 10.0,
+        "{after_restart}"
     );
     assert_eq!(
-        series(&text, "sidelog_replayed_entries_total{kind=\"input\"}"),
-        10.0,
-        "{text}"
+        series(&after_restart, "sidelog_backlog_entries"),
+        0.0,
+        "{after_restart}"
     );
-    assert_eq!(series(&text, "sidelog_backlog_entries"), 0.0, "{text}");
+
+    // Every family the README lists was shown by one of the two processes.
+    let families = readme_metric_families();
+    assert_eq!(
+        families.len(),
+        19,
+        "the README's table changed: {families:?}"
+    );
+    for family in &families {
+        let declared = format!("# TYPE {family} ");
+        assert!(
+            before_kill.contains(&declared) || after_restart.contains(&declared),
+            "{family} is in the README but was never shown:\n{before_kill}\n{after_restart}"
+        );
+    }
     sidelog.kill9().await;
+    handler_server.stop().await;
     sink_server.stop().await;
 }
 

@@ -206,3 +206,43 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
     sidelog.terminate().await;
     sink_server.stop().await;
 }
+
+/// Mode `none` holds what it accepted in memory only: a stop that cannot deliver it says in
+/// the log how much is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_none_says_how_much_a_stop_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sink, mut sink_server) = common::failing_sink().await;
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "none",
+            "--sink",
+            &sink_server.url(),
+            "--shutdown-timeout-ms",
+            "300",
+        ],
+    );
+    sidelog.start().await;
+    let messages: Vec<Message> = (0..50)
+        .map(|i| Message {
+            id: format!("held-{i}"),
+            payload: vec![b'x'; 100].into(),
+            ..Default::default()
+        })
+        .collect();
+    let acks = common::publish(&sidelog, messages).await.unwrap();
+    assert_eq!(acks.len(), 50);
+    sidelog.signal("TERM");
+    let status = sidelog.wait_exit().await;
+    assert!(status.success(), "log:\n{}", sidelog.log_tail());
+    let log = sidelog.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("held only in memory (mode none): they are lost"))
+        .unwrap_or_else(|| panic!("no loss report; log:\n{}", sidelog.log_tail()));
+    assert!(line.contains("entries=0"), "{line}");
+    assert!(line.contains("memory_bytes=5000"), "50 payloads of 100 bytes: {line}");
+    sink_server.stop().await;
+}
