@@ -243,6 +243,9 @@ async fn mode_none_says_how_much_a_stop_loses() {
         .find(|l| l.contains("held only in memory (mode none): they are lost"))
         .unwrap_or_else(|| panic!("no loss report; log:\n{}", sidelog.log_tail()));
     assert!(line.contains("entries=0"), "{line}");
-    assert!(line.contains("memory_bytes=5000"), "50 payloads of 100 bytes: {line}");
+    assert!(
+        line.contains("memory_bytes=5000"),
+        "50 payloads of 100 bytes: {line}"
+    );
     sink_server.stop().await;
 }

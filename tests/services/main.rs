@@ -13,6 +13,7 @@ mod disk_full;
 mod nats;
 mod object;
 mod power_loss;
+mod s3_proxy;
 
 use std::future::Future;
 
@@ -59,6 +60,14 @@ fn main() {
         trial(
             "object::sigkills_during_uploads_lose_nothing_and_every_object_is_whole",
             object::sigkills_during_uploads_lose_nothing_and_every_object_is_whole,
+        ),
+        trial(
+            "object::a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twice",
+            object::a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twice,
+        ),
+        trial(
+            "object::a_failed_part_aborts_the_multipart_upload",
+            object::a_failed_part_aborts_the_multipart_upload,
         ),
         trial(
             "object::a_large_chunk_is_uploaded_in_parts_and_read_back_whole",

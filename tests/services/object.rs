@@ -2,12 +2,12 @@
 //! `moto[server]`), started here on loopback. `.ci/run` installs it into `target/moto-venv`;
 //! `SIDELOG_TEST_MOTO` may name another `moto_server`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Missing, Outcome};
+use super::{Missing, Outcome, s3_proxy};
 use crate::common::{self, Sidelog, free_port, poll_until, produce};
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -369,12 +369,21 @@ pub async fn parquet_objects_hold_every_acked_message_across_a_sigkill() -> Outc
         10,
         Duration::from_millis(10),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed once uploads are under way: the first object is in the bucket.
+    let store = moto.client("columns");
+    common::poll_until(
+        Duration::from_secs(30),
+        || "no Parquet object was ever uploaded".into(),
+        || async {
+            let listed: Vec<_> = store.list(Some(&ObjectPath::from("raw"))).collect().await;
+            (!listed.is_empty()).then_some(())
+        },
+    )
+    .await;
     sidelog.kill9().await;
     sidelog.start().await;
     let acked: HashSet<String> = producers.await.unwrap().acked.into_keys().collect();
 
-    let store = moto.client("columns");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut rows = Vec::new();
@@ -412,6 +421,15 @@ pub async fn parquet_objects_hold_every_acked_message_across_a_sigkill() -> Outc
             "every row has its sequence"
         );
         if ids == acked {
+            // Exactly once: the replay read back what the bucket held before re-sending.
+            let mut copies: HashMap<&str, u32> = HashMap::new();
+            let mut seqs: HashSet<u64> = HashSet::new();
+            for (id, seq) in &rows {
+                *copies.entry(id.as_str()).or_default() += 1;
+                assert!(seqs.insert(*seq), "sequence {seq} in two rows");
+            }
+            let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+            assert!(twice.is_empty(), "rows stored twice: {twice:?}");
             break;
         }
         assert!(
@@ -422,5 +440,157 @@ pub async fn parquet_objects_hold_every_acked_message_across_a_sigkill() -> Outc
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(())
+}
+
+/// An upload whose answer is lost after the object was stored (a timeout, a dropped
+/// connection) is checked with HEAD: the object is there, whole, so the batch is not uploaded
+/// again and no message is stored twice.
+pub async fn a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twice() -> Outcome {
+    let moto = moto().await?;
+    moto.create_bucket("lossy").await;
+    let faults = std::sync::Arc::new(s3_proxy::Faults::default());
+    // The first attempt and the client's two quick retries all lose their answers.
+    faults
+        .lose_put_answers
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let proxy = s3_proxy::start(moto.addr, faults.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = with_moto_credentials(Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &format!("s3://lossy/raw?endpoint={proxy}"),
+            "--file-sink-chunk-max-age-ms",
+            "100",
+        ],
+    ));
+    sidelog.start().await;
+    let batch: Vec<Message> = (0..50)
+        .map(|i| common::msg(&format!("lost-answer-{i}"), b"payload"))
+        .collect();
+    let ids: HashSet<String> = batch.iter().map(|m| m.id.clone()).collect();
+    common::publish(&sidelog, batch).await.unwrap();
+    let store = moto.client("lossy");
+    let objects = poll_until(
+        Duration::from_secs(30),
+        || format!("the messages never arrived; log:\n{}", sidelog.log_tail()),
+        || async {
+            let objects = read_back(&store, "raw").await;
+            (copies(&objects).len() == ids.len()).then_some(objects)
+        },
+    )
+    .await;
+    sidelog
+        .wait_log(
+            "the upload's answer was lost but the object is stored",
+            Duration::from_secs(10),
+        )
+        .await;
+    let seen = faults.seen();
+    assert!(
+        seen.iter().any(|l| l.contains("answer lost")),
+        "the proxy lost no answer: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with("HEAD ")),
+        "sidelog never asked: {seen:?}"
+    );
+    check_names(&objects);
+    let twice: Vec<_> = copies(&objects)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    sidelog.kill9().await;
+    Ok(())
+}
+
+/// A multipart upload whose part fails is aborted (no parts left behind in the bucket), and
+/// the chunk is uploaded again, whole.
+pub async fn a_failed_part_aborts_the_multipart_upload() -> Outcome {
+    let moto = moto().await?;
+    moto.create_bucket("parts").await;
+    let faults = std::sync::Arc::new(s3_proxy::Faults::default());
+    // Part 1 fails on its first attempt and the client's two quick retries.
+    faults
+        .fail_parts
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let proxy = s3_proxy::start(moto.addr, faults.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = with_moto_credentials(Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &format!("s3://parts/raw?endpoint={proxy}"),
+            "--file-sink-chunk-max-age-ms",
+            "3000",
+        ],
+    ));
+    sidelog.start().await;
+    let mut client = sidelog.client().await;
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let id = format!("part-{i}");
+        let request = sidelog::proto::PublishRequest {
+            messages: vec![Message {
+                id: id.clone(),
+                payload: vec![7u8; 1_000_000].into(),
+                ..Default::default()
+            }],
+        };
+        client.publish(request).await.unwrap();
+        ids.insert(id);
+    }
+    let store = moto.client("parts");
+    let objects = poll_until(
+        Duration::from_secs(60),
+        || format!("the chunk never arrived; log:\n{}", sidelog.log_tail()),
+        || async {
+            let objects = read_back(&store, "raw").await;
+            (copies(&objects).len() == ids.len()).then_some(objects)
+        },
+    )
+    .await;
+    let seen = faults.seen();
+    assert!(
+        seen.iter().any(|l| l.contains("failed by the proxy")),
+        "no part failed: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("DELETE ") && l.contains("uploadId=")),
+        "the failed upload was never aborted: {seen:?}"
+    );
+    // Nothing in progress is left in the bucket.
+    let mut conn = tokio::net::TcpStream::connect(moto.addr).await.unwrap();
+    let request = format!(
+        "GET /parts?uploads HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        moto.addr
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut listing = String::new();
+    conn.read_to_string(&mut listing).await.unwrap();
+    assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
+    assert!(
+        !listing.contains("<Upload>"),
+        "a multipart upload was left in progress: {listing}"
+    );
+    check_names(&objects);
+    let twice: Vec<_> = copies(&objects)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert!(
+        objects
+            .iter()
+            .all(|(_, _, messages)| messages.iter().all(|m| m.payload.len() == 1_000_000))
+    );
+    sidelog.kill9().await;
     Ok(())
 }
