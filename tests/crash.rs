@@ -635,3 +635,133 @@ async fn poison_and_undeliverable_messages_go_to_the_dead_letter_table() {
         rig.stop().await;
     }
 }
+
+/// The file sink writes a chunk to `.tmp-<name>`, fsyncs, renames: a SIGKILL while a chunk is
+/// being written (its `.tmp-` file is seen) leaves no partial chunk under a chunk's name; the
+/// restart removes the `.tmp-` file and re-sends its messages, and every acked message ends up
+/// in a whole chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_killed_mid_write_is_never_visible_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = data.join("out");
+    let mut sidelog = Sidelog::new(
+        &data,
+        &[
+            "--mode",
+            "rbml",
+            "--file-sink-chunk-max-bytes",
+            "4194304",
+            "--file-sink-chunk-max-age-ms",
+            "50",
+        ],
+    );
+    sidelog.start().await;
+    let url = sidelog.url();
+    let producers = tokio::spawn(async move {
+        let mut acked = HashSet::new();
+        let mut client = None;
+        for i in 0..400 {
+            let id = format!("big-{i}");
+            let request = sidelog::proto::PublishRequest {
+                messages: vec![msg(&id, &vec![b'x'; 64 * 1024])],
+            };
+            // Retry with the same id until acked (sidelog is being killed).
+            loop {
+                let c = match &mut client {
+                    Some(c) => c,
+                    None => {
+                        match sidelog::proto::ingest_client::IngestClient::connect(url.clone())
+                            .await
+                        {
+                            Ok(c) => client.insert(c),
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match c.publish(request.clone()).await {
+                    Ok(_) => break,
+                    Err(_) => {
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            acked.insert(id);
+        }
+        acked
+    });
+    let is_tmp = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().starts_with(".tmp-");
+    let mut caught = 0;
+    for _ in 0..3 {
+        // Wait until a chunk is being written, then kill.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !producers.is_finished() {
+            let writing = std::fs::read_dir(&out)
+                .map(|d| d.flatten().any(|e| is_tmp(&e)))
+                .unwrap_or(false);
+            if writing {
+                sidelog.kill9().await;
+                caught += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if sidelog.pid().is_some() {
+            continue; // not caught this time; the producers may be done
+        }
+        let half_written: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| is_tmp(e))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(!half_written.is_empty(), "the kill left no .tmp- file");
+        sidelog.start().await;
+    }
+    assert!(caught > 0, "no kill landed while a chunk was being written");
+    let acked = producers.await.unwrap();
+    assert_eq!(acked.len(), 400);
+    eventually(Duration::from_secs(30), || {
+        acked.is_subset(
+            &sidelog::sink::list_chunks(&out)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|p| sidelog::sink::read_chunk(p).unwrap_or_default())
+                .map(|m| m.id)
+                .collect(),
+        )
+    })
+    .await;
+    // Every chunk under a chunk's name reads back whole; no .tmp- file is left after the
+    // restart.
+    let mut stored = HashSet::new();
+    for path in sidelog::sink::list_chunks(&out).unwrap() {
+        let messages = sidelog::sink::read_chunk(&path)
+            .unwrap_or_else(|e| panic!("{} is not a whole chunk: {e}", path.display()));
+        stored.extend(messages.into_iter().map(|m| m.id));
+    }
+    let missing: Vec<_> = acked.difference(&stored).collect();
+    assert!(missing.is_empty(), "acked but in no chunk: {missing:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| is_tmp(e))
+        .map(|e| e.file_name())
+        .collect();
+    eprintln!("{caught} kills landed while a chunk was being written");
+    sidelog.terminate().await;
+    let after: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| is_tmp(e))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        after.is_empty(),
+        "left behind: {after:?} (before the stop: {leftovers:?})"
+    );
+}

@@ -83,8 +83,8 @@ async fn forward(
         .map_or("/".to_string(), |p| p.to_string());
     let query = parts.uri.query().unwrap_or_default().to_string();
     let line = format!("{} {target}", parts.method);
-    let is_part = parts.method == hyper::Method::PUT
-        && query.split('&').any(|kv| kv == "partNumber=1");
+    let is_part =
+        parts.method == hyper::Method::PUT && query.split('&').any(|kv| kv == "partNumber=1");
     if is_part && take(&faults.fail_parts) {
         faults.note(format!("{line} -> failed by the proxy"));
         return Ok(Response::builder()
