@@ -296,4 +296,136 @@ mod tests {
         commit(&w, "b", 6);
         assert!(matches!(w.claim("a"), Claim::Duplicate(Seq(5))));
     }
+
+    /// One step of the dedup model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Claim an id; then commit, release or hold the claim.
+        Claim(u8, Then),
+        /// Settle the oldest held claim.
+        Settle(bool),
+        /// The clock moves on.
+        Advance(i64),
+        /// A restart: held claims are released, and a new window is loaded with what the
+        /// journal keeps (each id's latest acceptance, oldest first).
+        Restart,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Then {
+        Commit,
+        Release,
+        Hold,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let then = prop_oneof![Just(Then::Commit), Just(Then::Release), Just(Then::Hold)];
+        prop_oneof![
+            6 => (0u8..8, then).prop_map(|(id, t)| Op::Claim(id, t)),
+            2 => any::<bool>().prop_map(Op::Settle),
+            2 => (0i64..80).prop_map(Op::Advance),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// The model: every acceptance in order (id, sequence, time). An id is a duplicate when its
+    /// latest acceptance is among the last `count` acceptances and not older than `age`.
+    fn model_duplicate(
+        accepted: &[(String, u64, i64)],
+        id: &str,
+        count: usize,
+        age: i64,
+        now: i64,
+    ) -> Option<u64> {
+        let window = &accepted[accepted.len().saturating_sub(count)..];
+        let latest = accepted.iter().rposition(|(i, _, _)| i == id)?;
+        let (_, seq, at) = &accepted[latest];
+        let in_window = latest >= accepted.len() - window.len();
+        (in_window && *at >= now - age).then_some(*seq)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The window against the model, through claims held concurrently, releases, time
+        /// and restarts.
+        #[test]
+        fn the_dedup_window_matches_a_model(
+            count in 1u64..6,
+            age in 1i64..200,
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let (mut w, clock) = window(count, age);
+            let mut accepted: Vec<(String, u64, i64)> = Vec::new();
+            let mut held: Vec<(String, ClaimGuard)> = Vec::new();
+            let mut next_seq = 1u64;
+            for op in ops {
+                let now = clock.0.load(Ordering::SeqCst);
+                match op {
+                    Op::Claim(n, then) => {
+                        let id = format!("id-{n}");
+                        let pending = held.iter().any(|(h, _)| *h == id);
+                        let want = model_duplicate(&accepted, &id, count as usize, age, now);
+                        match w.claim(&id) {
+                            Claim::InFlight(_) => proptest::prop_assert!(pending, "{} in flight", id),
+                            Claim::Duplicate(Seq(seq)) => {
+                                proptest::prop_assert!(!pending);
+                                proptest::prop_assert_eq!(Some(seq), want, "{} duplicate", id);
+                            }
+                            Claim::Fresh(guard) => {
+                                proptest::prop_assert!(!pending, "{} fresh while held", id);
+                                proptest::prop_assert_eq!(want, None, "{} fresh", id);
+                                match then {
+                                    Then::Commit => {
+                                        guard.commit(Seq(next_seq));
+                                        accepted.push((id, next_seq, now));
+                                        next_seq += 1;
+                                    }
+                                    Then::Release => drop(guard),
+                                    Then::Hold => held.push((id, guard)),
+                                }
+                            }
+                        }
+                    }
+                    Op::Settle(commit) => {
+                        if held.is_empty() {
+                            continue;
+                        }
+                        let (id, guard) = held.remove(0);
+                        if commit {
+                            guard.commit(Seq(next_seq));
+                            accepted.push((id, next_seq, now));
+                            next_seq += 1;
+                        } else {
+                            drop(guard);
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        clock.0.fetch_add(ms, Ordering::SeqCst);
+                    }
+                    Op::Restart => {
+                        held.clear();
+                        // What the journal keeps: each id's latest acceptance in the window.
+                        let keep = accepted.len().saturating_sub(count as usize);
+                        let mut kept: Vec<(String, u64, i64)> = Vec::new();
+                        for (i, a) in accepted.iter().enumerate().skip(keep) {
+                            let latest = accepted.iter().rposition(|(x, _, _)| *x == a.0) == Some(i);
+                            if latest {
+                                kept.push(a.clone());
+                            }
+                        }
+                        accepted = kept.clone();
+                        let fresh = DedupWindow::new(count, age, clock.clone());
+                        fresh.load(kept.into_iter().map(|(id, seq, at)| DedupRecord {
+                            id,
+                            seq: Seq(seq),
+                            recorded_at_ms: at,
+                        }).collect());
+                        w = fresh;
+                    }
+                }
+            }
+        }
+    }
 }
