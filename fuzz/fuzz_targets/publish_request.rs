@@ -1,4 +1,6 @@
 //! Publish request decoding and validation on arbitrary bytes (a hostile producer).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sidelog::fuzz_checks::publish_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    sidelog::fuzz_checks::publish_request(data);
+});
