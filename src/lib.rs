@@ -38,7 +38,7 @@ pub use config::{
     read_token_file,
 };
 pub use mode::LoggingMode;
-pub use node::{Hops, Node, Opened, journal_config};
+pub use node::{Hops, Node, Opened, journal_config, replay_options};
 pub use pipeline::{
     Call, Claim, ClaimOutcome, DedupWindow, Handler, HandlerError, IngestError, PassThrough,
     Pipeline, ReplayOptions, ReplayStats, replay,

@@ -157,6 +157,17 @@ fn limits(config: &Config) -> Limits {
 }
 
 /// The delivery settings of `config`.
+/// The replay of `config`: `replay.max_age_ms`, and with the `interleave` policy a pace of
+/// `replay.interleave_in_flight` entries under way.
+pub fn replay_options(config: &Config) -> ReplayOptions {
+    let interleave = config.replay.policy == crate::config::ReplayPolicy::Interleave;
+    ReplayOptions {
+        max_age_ms: config.replay.max_age_ms,
+        pace: interleave
+            .then(|| crate::pipeline::Pace::new(config.replay.interleave_in_flight as usize)),
+    }
+}
+
 fn delivery_config(config: &Config, clock: SharedClock) -> DeliveryConfig {
     DeliveryConfig {
         lanes: config.delivery.lanes as usize,

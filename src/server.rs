@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, ReplayPolicy};
 use crate::journal::{FileStore, Journal, JournalError};
 use crate::node::{Hops, Node, Opened};
-use crate::pipeline::{GrpcHandler, Handler, Pace, Pipeline, ReplayOptions};
+use crate::pipeline::{GrpcHandler, Handler, Pipeline};
 use crate::proto::ingest_server::IngestServer;
 use crate::runtime::{Entropy, SharedClock, SystemClock};
 use crate::service::IngestService;
@@ -264,10 +264,7 @@ async fn replay(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> anyhow::Result<bool> {
     let interleave = config.replay.policy == ReplayPolicy::Interleave;
-    let options = ReplayOptions {
-        max_age_ms: config.replay.max_age_ms,
-        pace: interleave.then(|| Pace::new(config.replay.interleave_in_flight as usize)),
-    };
+    let options = crate::node::replay_options(config);
     let pipeline = node.pipeline.clone();
     let replay = async move {
         let result = crate::pipeline::replay(&pipeline, &options).await;

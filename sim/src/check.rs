@@ -39,12 +39,22 @@ pub(crate) async fn check(
     let copies = check_sink(world, sent, &stored);
     check_order(world, &stored);
     let acked = acked_ids(world, received);
+    check_reacceptance(world);
     let losses = losses(world, sent, &acked, &dead, &copies);
     report(world, &acked, &stored, &copies, dead.len(), losses)
 }
 
-/// The ids in the dead-letter table: what sidelog gave up on (kept, not lost).
+/// The ids in the dead-letter table: what sidelog gave up on (kept, not lost). A dead letter
+/// excuses a loss only for a reason the run's faults or settings cause: retries exhausted
+/// against a failing handler or sink, or `replay.max_age_ms`; any other reason (the simulated
+/// handler never refuses a message, and no entry is ever malformed) is a violation.
 async fn dead_letters(world: &World, node: &Node) -> BTreeSet<String> {
+    let handler_gave_up = format!(
+        "handler failed {} times",
+        world.config.handling.max_attempts
+    );
+    let sink_gave_up = format!("sink failed {} times", world.config.delivery.max_attempts);
+    let expired = "undelivered for longer than replay.max_age_ms";
     let mut dead: BTreeSet<String> = BTreeSet::new();
     let mut from = Seq(0);
     loop {
@@ -52,6 +62,21 @@ async fn dead_letters(world: &World, node: &Node) -> BTreeSet<String> {
             Ok(batch) if !batch.is_empty() => {
                 from = Seq(batch.last().expect("non-empty").seq.0 + 1);
                 for d in batch {
+                    let reason = &d.letter.reason;
+                    if reason.starts_with(expired) && world.cfg.replay_max_age_ms > 0 {
+                        world
+                            .coverage
+                            .lock()
+                            .expect("never held across a panic")
+                            .expired_dead_letters += 1;
+                    } else if !reason.starts_with(&handler_gave_up)
+                        && !reason.starts_with(&sink_gave_up)
+                    {
+                        world.violation(format!(
+                            "dead letter {} for a reason no fault explains: {reason}",
+                            d.seq.0
+                        ));
+                    }
                     if let Some(m) = d.letter.message {
                         dead.insert(m.id);
                     }
@@ -128,6 +153,37 @@ fn check_order(world: &World, stored: &[Stored]) {
     }
 }
 
+/// A retried id within the dedup window is a duplicate: an id accepted twice must have had at
+/// least `dedup.window_count` acceptances between its two (journaled modes; in mode `none` the
+/// window is in memory and a crash empties it). Counts the ids accepted again.
+fn check_reacceptance(world: &World) {
+    let produced = world.produced.lock().expect("never held across a panic");
+    let window = world.config.dedup.window_count as usize;
+    let mut last: HashMap<&str, (usize, u64)> = HashMap::new();
+    let mut reaccepted = 0;
+    for (i, a) in produced.iter().enumerate() {
+        if let Some((j, seq)) = last.get(a.id.as_str())
+            && *seq != a.seq
+        {
+            reaccepted += 1;
+            if world.cfg.mode != LoggingMode::None && i - j < window {
+                world.violation(format!(
+                    "{} accepted again (seq {} after {seq}) only {} acceptances later, within the window of {window}",
+                    a.id,
+                    a.seq,
+                    i - j
+                ));
+            }
+        }
+        last.insert(a.id.as_str(), (i, a.seq));
+    }
+    world
+        .coverage
+        .lock()
+        .expect("never held across a panic")
+        .reaccepted_ids += reaccepted;
+}
+
 /// Every id sidelog acked, whether or not the producer heard it.
 fn acked_ids(world: &World, received: &Received) -> BTreeSet<String> {
     let produced = world.produced.lock().expect("never held across a panic");
@@ -189,6 +245,11 @@ fn report(
     let (trace_hash, trace_tail) = world.trace.hash_and_tail(40);
     Report {
         config: world.cfg.clone(),
+        coverage: world
+            .coverage
+            .lock()
+            .expect("never held across a panic")
+            .clone(),
         inputs_acked: acked.len(),
         acks: world
             .produced

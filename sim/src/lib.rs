@@ -26,6 +26,6 @@ mod settings;
 mod trace;
 mod world;
 
-pub use report::{FaultCounts, Report};
+pub use report::{Coverage, FaultCounts, Report};
 pub use run::run;
 pub use settings::{Bug, SimConfig};

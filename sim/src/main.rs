@@ -175,14 +175,31 @@ fn sweep(args: &Args, mode: LoggingMode, bug: Option<Bug>, seeds: &[u64]) -> boo
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let coverage = total.coverage.kinds();
+    println!(
+        "{:<5} behaviours: {}",
+        mode.as_str(),
+        coverage
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Mode none writes nothing to the disk and has no journal to replay or to keep the
+    // dedup window in.
     let never: Vec<&str> = kinds
         .iter()
         .filter(|(name, n)| *n == 0 && (mode != LoggingMode::None || !name.starts_with("disk_")))
+        .chain(
+            coverage
+                .iter()
+                .filter(|(_, n)| *n == 0 && mode != LoggingMode::None),
+        )
         .map(|(name, _)| *name)
         .collect();
     if args.require_every_fault && !never.is_empty() {
         println!(
-            "{:<5} FAILED: these faults never fired: {}",
+            "{:<5} FAILED: these faults or behaviours never fired: {}",
             mode.as_str(),
             never.join(", ")
         );
@@ -194,6 +211,7 @@ fn sweep(args: &Args, mode: LoggingMode, bug: Option<Bug>, seeds: &[u64]) -> boo
 #[derive(Default)]
 struct Totals {
     by_kind: FaultCounts,
+    coverage: sidelog_sim::Coverage,
     messages: u64,
     acked: u64,
     crashes: u64,
@@ -209,6 +227,7 @@ impl Totals {
         self.messages += r.config.messages as u64;
         self.acked += r.inputs_acked as u64;
         self.by_kind.add(&r.faults);
+        self.coverage.add(&r.coverage);
         self.crashes += r.faults.crashes;
         self.faults += r.faults.total();
         self.duplicates += r.sink_duplicates as u64;

@@ -75,6 +75,34 @@ impl FaultCounts {
     }
 }
 
+/// Behaviours a run exercised beyond the faults: the configurations some seeds run with, seen
+/// to do something.
+#[derive(Debug, Default, Clone)]
+pub struct Coverage {
+    /// Starts with a backlog replayed beside fresh traffic (`replay.policy = interleave`).
+    pub interleaved_replays: u64,
+    /// Dead letters for staying undelivered longer than `replay.max_age_ms`.
+    pub expired_dead_letters: u64,
+    /// Ids accepted a second time after the dedup window (300 ids on some seeds) let them go.
+    pub reaccepted_ids: u64,
+}
+
+impl Coverage {
+    pub fn kinds(&self) -> [(&'static str, u64); 3] {
+        [
+            ("interleaved_replays", self.interleaved_replays),
+            ("expired_dead_letters", self.expired_dead_letters),
+            ("reaccepted_ids", self.reaccepted_ids),
+        ]
+    }
+
+    pub fn add(&mut self, o: &Coverage) {
+        self.interleaved_replays += o.interleaved_replays;
+        self.expired_dead_letters += o.expired_dead_letters;
+        self.reaccepted_ids += o.reaccepted_ids;
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -83,6 +111,7 @@ pub struct Report {
     pub acks: u64,
     pub restarts: u64,
     pub faults: FaultCounts,
+    pub coverage: Coverage,
     pub sink_messages: usize,
     pub sink_duplicates: usize,
     pub dead_letters: usize,

@@ -94,7 +94,7 @@ fn build_world(cfg: &SimConfig, master: &mut StdRng, start: Instant) -> Arc<Worl
         capacity: DISK_CAPACITY,
     };
     Arc::new(World {
-        config: sim_sidelog_config(cfg.mode),
+        config: sim_sidelog_config(cfg),
         clock: Arc::new(SimClock { start }),
         trace: Arc::new(Trace {
             start,
@@ -105,6 +105,7 @@ fn build_world(cfg: &SimConfig, master: &mut StdRng, start: Instant) -> Arc<Worl
         handler_link: Link::new("sidelog->handler", seed(), link_faults, counts.clone()),
         sink_link: Link::new("sidelog->sink", seed(), link_faults, counts.clone()),
         counts,
+        coverage: Mutex::default(),
         handler_hop: Arc::default(),
         sink_hop: Arc::default(),
         stored: Arc::default(),

@@ -1,6 +1,6 @@
 //! What one run is: its seed, its mode, its size, and a deliberate bug to plant.
 
-use sidelog::LoggingMode;
+use sidelog::{LoggingMode, ReplayPolicy};
 
 /// A deliberate bug, to show that the checkers catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,15 @@ pub struct SimConfig {
     /// No handler: each input is its own output (sidelog's default). Without the flag, a
     /// quarter of the seeds run this way.
     pub pass_through: bool,
+    /// How a start replays: a third of the seeds `interleave` (traffic at once, the backlog
+    /// paced beside it), the rest `first`.
+    pub replay_policy: ReplayPolicy,
+    /// `replay.max_age_ms` (0: none): a quarter of the seeds dead-letter what stayed
+    /// undelivered for 5 virtual seconds.
+    pub replay_max_age_ms: u64,
+    /// `dedup.window_count`: a fifth of the seeds keep only 300 ids, so that ids are evicted
+    /// while their producers may still retry them; the others keep every id of the run.
+    pub dedup_window_count: u64,
 }
 
 impl SimConfig {
@@ -45,6 +54,13 @@ impl SimConfig {
             sync_error_rate: 0.005,
             bug: None,
             pass_through: seed.is_multiple_of(4),
+            replay_policy: if seed % 3 == 1 {
+                ReplayPolicy::Interleave
+            } else {
+                ReplayPolicy::First
+            },
+            replay_max_age_ms: if seed % 4 == 2 { 5_000 } else { 0 },
+            dedup_window_count: if seed % 5 == 3 { 300 } else { 10_000_000 },
         }
     }
 

@@ -15,7 +15,7 @@ use sidelog::{Config, Handler, LoggingMode, Pipeline};
 use crate::disk::{CrashLoss, SimDisk};
 use crate::hops::{SimHandler, SimSink, Stored, outputs_of};
 use crate::net::{Hop, LOST_AFTER, Link};
-use crate::report::FaultCounts;
+use crate::report::{Coverage, FaultCounts};
 use crate::settings::{Bug, SimConfig};
 use crate::trace::{SimClock, Trace};
 
@@ -47,6 +47,8 @@ pub(crate) struct World {
     pub(crate) trace: Arc<Trace>,
     pub(crate) disk: SimDisk,
     pub(crate) counts: Arc<Mutex<FaultCounts>>,
+    /// Behaviours the run exercised beyond the faults (see [`Coverage`]).
+    pub(crate) coverage: Mutex<Coverage>,
     pub(crate) ingest_link: Arc<Link>,
     pub(crate) handler_link: Arc<Link>,
     pub(crate) sink_link: Arc<Link>,
@@ -130,8 +132,8 @@ impl World {
         );
         let skip_replay = self.cfg.bug == Some(Bug::SkipReplay);
         sidelog::runtime::spawn(replay_then_serve(
+            self.clone(),
             pipeline.clone(),
-            self.trace.clone(),
             incarnation,
             skip_replay,
         ));
@@ -194,14 +196,28 @@ impl World {
         }
         let on_disk: HashMap<&str, u64> =
             recovered.iter().map(|r| (r.id.as_str(), r.seq.0)).collect();
+        // A window bounded by count keeps the newest ids: an ack older than all of them, with
+        // the window full, was evicted, not lost.
+        let full = recovered.len() as u64 >= self.config.dedup.window_count;
+        let oldest_kept = recovered.iter().map(|r| r.seq.0).min().unwrap_or(0);
         let produced = self
             .produced
             .lock()
             .expect("never held across a panic")
             .clone();
+        // Each id's latest ack: an id accepted again after eviction has its new sequence.
+        let mut latest: HashMap<&str, &ProducedAck> = HashMap::new();
         for a in produced.iter().filter(|a| a.incarnation < incarnation) {
+            latest.insert(a.id.as_str(), a);
+        }
+        for a in produced
+            .iter()
+            .filter(|a| a.incarnation < incarnation)
+            .filter(|a| std::ptr::eq(latest[a.id.as_str()], *a))
+        {
             match on_disk.get(a.id.as_str()) {
                 Some(seq) if *seq == a.seq => {}
+                None if full && a.seq < oldest_kept => {}
                 other => {
                     self.violation(format!(
                         "ack for {} (seq {}) sent by sidelog #{} was not durable: after the crash the journal has {:?}",
@@ -295,15 +311,17 @@ impl World {
     }
 }
 
-pub(crate) fn sim_sidelog_config(mode: LoggingMode) -> Config {
+pub(crate) fn sim_sidelog_config(cfg: &SimConfig) -> Config {
     let mut c = Config {
-        mode,
+        mode: cfg.mode,
         handler: Some("http://simulated:1".into()),
         ..Config::default()
     };
-    // The window outlives the run, so the durability checker sees every acked id.
-    c.dedup.window_count = 10_000_000;
+    // By count only (most seeds keep every id of the run); never by age.
+    c.dedup.window_count = cfg.dedup_window_count;
     c.dedup.window_age_ms = 30 * 86_400_000;
+    c.replay.policy = cfg.replay_policy;
+    c.replay.max_age_ms = cfg.replay_max_age_ms;
     c.handling.timeout_ms = 2000;
     c.handling.backoff_initial_ms = 20;
     c.handling.backoff_max_ms = 1000;
@@ -320,28 +338,51 @@ pub(crate) fn sim_sidelog_config(mode: LoggingMode) -> Config {
     c
 }
 
-/// Replays the journal (unless the planted bug skips it), then takes traffic.
+/// Replays the journal (unless the planted bug skips it) as `replay.policy` says: `first`
+/// replays, then takes traffic; `interleave` takes traffic at once, the replay paced beside it.
 async fn replay_then_serve(
+    world: Arc<World>,
     p: Arc<Pipeline>,
-    trace: Arc<Trace>,
     incarnation: u64,
     skip_replay: bool,
 ) {
+    let options = sidelog::replay_options(&world.config);
+    let interleave = options.pace.is_some();
+    if skip_replay || interleave {
+        serve(&world, &p, incarnation).await;
+    }
     if !skip_replay {
-        match sidelog::replay(&p, &Default::default()).await {
-            Ok(stats) => trace.log(format!(
-                "sidelog #{incarnation} replayed {} outputs, {} inputs",
-                stats.outputs_resent, stats.inputs_rehandled
-            )),
+        let backlog = p.journal().backlog().entries();
+        match sidelog::replay(&p, &options).await {
+            Ok(stats) => {
+                world.trace.log(format!(
+                    "sidelog #{incarnation} replayed {} outputs, {} inputs, {} expired{}",
+                    stats.outputs_resent,
+                    stats.inputs_rehandled,
+                    stats.expired,
+                    if interleave { ", interleaved" } else { "" }
+                ));
+                let mut c = world.coverage.lock().expect("never held across a panic");
+                c.interleaved_replays += u64::from(interleave && backlog > 0);
+            }
             Err(e) => {
-                trace.log(format!("sidelog #{incarnation} replay failed: {e}"));
+                world
+                    .trace
+                    .log(format!("sidelog #{incarnation} replay failed: {e}"));
                 return;
             }
         }
     }
+    if !skip_replay && !interleave {
+        serve(&world, &p, incarnation).await;
+    }
+}
+
+/// Opens intake.
+async fn serve(world: &World, p: &Pipeline, incarnation: u64) {
     p.set_serving(true);
     let summary = p.journal().summary().await.ok();
-    trace.log(format!(
+    world.trace.log(format!(
         "sidelog #{incarnation} serving; backlog entries {}; journal {summary:?}",
         p.journal().backlog().entries()
     ));

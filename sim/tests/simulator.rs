@@ -116,7 +116,8 @@ fn failed_fsyncs_lose_nothing_acked() {
         LoggingMode::ReceiverBased,
         LoggingMode::SenderBased,
     ] {
-        for seed in 1..=3 {
+        let mut with_failures = 0;
+        for seed in 1..=6 {
             let r = run(SimConfig {
                 sync_error_rate: 0.05,
                 ..small(seed, mode)
@@ -127,11 +128,12 @@ fn failed_fsyncs_lose_nothing_acked() {
                 r.violations,
                 r.losses
             );
-            assert!(
-                r.faults.disk_sync_errors > 0,
-                "{mode} seed {seed}: no fsync failed"
-            );
+            with_failures += u32::from(r.faults.disk_sync_errors > 0);
         }
+        assert!(
+            with_failures >= 3,
+            "{mode}: only {with_failures} of 6 seeds had an fsync fail"
+        );
     }
 }
 
