@@ -1098,3 +1098,51 @@ async fn outputs_of_one_key_reach_the_sink_in_journal_order() {
         sink_server.stop().await;
     }
 }
+
+/// Group commit: requests arriving together share a commit and its fsync (one writer commits
+/// every waiting record in one transaction, then acks them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_commits_and_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &["--mode", "rbml", "--metrics-listen", &metrics.to_string()],
+    );
+    sidelog.start().await;
+    let before = scrape(metrics).await;
+    let fsyncs_before = try_series(
+        &before,
+        "sidelog_journal_commits_total{durability=\"fsync\"}",
+    )
+    .unwrap_or(0.0);
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let mut client = sidelog.client().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let acks = client
+                    .publish(PublishRequest {
+                        messages: vec![msg(&format!("g{t}-{i}"), b"x")],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .acks;
+                assert_eq!(status(&acks[0]), ack::Status::Accepted);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let text = scrape(metrics).await;
+    let fsyncs =
+        series(&text, "sidelog_journal_commits_total{durability=\"fsync\"}") - fsyncs_before;
+    eprintln!("640 single-message publishes from 32 clients: {fsyncs} durable commits");
+    assert!(
+        fsyncs <= 480.0,
+        "{fsyncs} durable commits for 640 publishes: they were not grouped"
+    );
+    sidelog.kill9().await;
+}

@@ -87,4 +87,23 @@ mod tests {
         assert!(!b.exhausted(4));
         assert!(b.exhausted(5));
     }
+
+    /// Full jitter: the delays spread over the whole of `[0, ceiling]`, so retries of many
+    /// clients do not fall into step.
+    #[test]
+    fn the_delay_is_spread_over_the_whole_range() {
+        let b = Backoff {
+            initial_ms: 10,
+            max_ms: 1000,
+            max_attempts: 5,
+        };
+        let e = Entropy::from_seed(11);
+        let delays: Vec<u64> = (0..2000)
+            .map(|_| b.delay(5, &e).as_millis() as u64)
+            .collect();
+        let mean = delays.iter().sum::<u64>() as f64 / delays.len() as f64;
+        assert!((70.0..=90.0).contains(&mean), "mean {mean}, ceiling 160");
+        assert!(delays.iter().any(|d| *d < 16), "none in the lowest tenth");
+        assert!(delays.iter().any(|d| *d > 144), "none in the highest tenth");
+    }
 }
