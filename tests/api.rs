@@ -1146,3 +1146,61 @@ async fn concurrent_publishes_share_commits_and_fsyncs() {
     );
     sidelog.kill9().await;
 }
+
+/// Mode `none` holds what it accepted in memory, bounded like the journal's backlog: with the
+/// sink down, intake answers RESOURCE_EXHAUSTED at `limits.max_backlog_bytes`, and takes
+/// traffic again once the sink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_none_holds_no_more_than_the_backlog_limit_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, mut sink_server) = failing_sink().await;
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "none",
+            "--sink",
+            &sink_server.url(),
+            "--limits-max-backlog-bytes",
+            "1048576",
+        ],
+    );
+    sidelog.start().await;
+    let mut accepted_bytes = 0usize;
+    let mut refused = None;
+    for i in 0..1000 {
+        let batch: Vec<Message> = (0..10)
+            .map(|j| msg(&format!("n{i}-{j}"), &[1u8; 10_000]))
+            .collect();
+        match publish(&sidelog, batch).await {
+            Ok(acks) => accepted_bytes += 10_000 * acks.len(),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("intake never refused with the sink down");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("max_backlog_bytes"), "{refused}");
+    // Admission is per request: at most one request beyond the limit.
+    assert!(
+        accepted_bytes <= 1_048_576 + 100_000,
+        "{accepted_bytes} bytes held in memory"
+    );
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    poll_until(
+        Duration::from_secs(20),
+        || "intake never resumed".into(),
+        || async {
+            publish(&sidelog, vec![msg("after", b"x")])
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    sidelog.kill9().await;
+    sink_server.stop().await;
+}

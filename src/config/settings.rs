@@ -159,8 +159,9 @@ settings! {
         batch_max_messages: u64 = 1024, Rule::range(1, 1_000_000);
         /// Bytes in one batch at most.
         batch_max_bytes: u64 = 4 * MIB, Rule::range(1, GIB);
-        /// How long a lane waits to fill a batch.
-        linger_ms: u64 = 2, Rule::range(0, 60_000);
+        /// Extra wait to fill a batch; 0 sends at once when the lane is idle (under load a
+        /// batch fills while the previous send is under way).
+        linger_ms: u64 = 0, Rule::range(0, 60_000);
         /// Per batch (plus the chunk age for the file and object sinks).
         timeout_ms: u64 = 10_000, Rule::range(1, HOUR_MS);
         /// Attempts of one batch in all; then its messages are dead-lettered.

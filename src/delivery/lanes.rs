@@ -1,6 +1,8 @@
-//! The lanes: outputs routed by key, gathered into batches bounded by count, bytes and linger
-//! time, sent to the sink with at most `Sink::pipeline_depth` batches awaiting their ack, and
-//! retried with backoff until they are delivered or dead-lettered.
+//! The lanes: outputs routed by key, gathered into batches bounded by count and bytes, sent to
+//! the sink with at most `Sink::pipeline_depth` batches awaiting their ack, and retried with
+//! backoff until they are delivered or dead-lettered. Batching comes from the load: an idle
+//! lane sends what it has at once, a lane at its depth fills the next batch while the oldest
+//! send is under way (`linger_ms` adds a wait of its own, 0 by default).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -97,8 +99,12 @@ async fn run_lane(
     while let Some(first) = rx.recv().await {
         let mut bytes = first.size();
         let mut items = vec![first];
+        let room = |items: &Vec<DeliveryItem>, bytes: usize| {
+            items.len() < config.batch_max_messages && bytes < config.batch_max_bytes
+        };
+        // What is queued already joins the batch; waiting for more is only for `linger`.
         let deadline = tokio::time::Instant::now() + linger;
-        while items.len() < config.batch_max_messages && bytes < config.batch_max_bytes {
+        while room(&items, bytes) {
             let next = match rx.try_recv() {
                 Ok(item) => Some(item),
                 Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
@@ -116,10 +122,31 @@ async fn run_lane(
         while in_flight.front().is_some_and(JoinHandle::is_finished) {
             in_flight.pop_front();
         }
-        if in_flight.len() >= depth {
-            let oldest = in_flight.pop_front().expect("non-empty");
-            if let Err(e) = oldest.await {
-                report_task_error(lane, &e);
+        // At the sink's depth: the batch goes on filling while the oldest send is under way,
+        // so batches grow with the load, and an idle lane sends at once.
+        while in_flight.len() >= depth {
+            let oldest = in_flight.front_mut().expect("at depth, so not empty");
+            tokio::select! {
+                biased;
+                done = oldest => {
+                    in_flight.pop_front();
+                    if let Err(e) = done {
+                        report_task_error(lane, &e);
+                    }
+                }
+                next = rx.recv(), if room(&items, bytes) => match next {
+                    Some(item) => {
+                        bytes += item.size();
+                        items.push(item);
+                    }
+                    // Closed: send what there is once the oldest is done.
+                    None => {
+                        let oldest = in_flight.pop_front().expect("at depth, so not empty");
+                        if let Err(e) = oldest.await {
+                            report_task_error(lane, &e);
+                        }
+                    }
+                },
             }
         }
         let batch: Arc<[Message]> = items.iter().map(|i| i.message.clone()).collect();

@@ -1,7 +1,8 @@
 //! Delivery: outputs to the sink, in batches, with retries, and completion back to the journal.
 //!
 //! Outputs are routed to one of `lanes` by key (by id when the key is empty). A lane gathers a
-//! batch, bounded by count, bytes and linger time, and hands it to the sink. A lane has at most
+//! batch, bounded by count and bytes, from what is queued and, at the sink's depth, from what
+//! arrives while the oldest send is under way, and hands it to the sink. A lane has at most
 //! [`Sink::pipeline_depth`] batches awaiting their ack (1 for a gRPC sink), so with one lane per
 //! key outputs of one key reach the sink in the order they were sent to the lane while nothing
 //! fails. A failed batch is retried with exponential backoff and jitter; after `max_attempts`
