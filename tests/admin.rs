@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    Sidelog, failing_sink, free_port, inspect, poll_until, produce, summary_field, wait_for_ids,
+    Sidelog, TestHandler, expected_outputs, failing_sink, free_port, inspect, msg, poll_until,
+    produce, publish, summary_field, wait_for_ids,
 };
 use sidelog::proto::{Message, PublishRequest};
 
@@ -363,4 +364,62 @@ async fn a_live_entry_over_the_max_age_is_dead_lettered_between_retries() {
     let acked: HashSet<String> = sent.acked.keys().cloned().collect();
     assert_eq!(dead, acked);
     assert!(sink.ids().is_empty(), "nothing was delivered");
+}
+
+/// One message, one sequence: a refused (poison) message's ack carries the sequence under which
+/// it is dead-lettered, `inspect show` finds it there, and an undeliverable output keeps the
+/// `sidelog-seq` it was sent with. In every journaled mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_the_sequence_its_ack_carried() {
+    for mode in ["sbml", "rbml", "hml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let handler = TestHandler::default();
+        let mut handler_server = handler.start(free_port()).await;
+        let (_sink, mut sink_server) = failing_sink().await;
+        let mut sidelog = Sidelog::new(
+            &dir.path().join("data"),
+            &[
+                "--mode",
+                mode,
+                "--handler",
+                &handler_server.url(),
+                "--sink",
+                &sink_server.url(),
+                "--delivery-max-attempts",
+                "2",
+                "--delivery-backoff-initial-ms",
+                "10",
+            ],
+        );
+        sidelog.start().await;
+        // "poison-1" is refused by the test handler; "ok-7" makes outputs the sink refuses.
+        let acks = publish(&sidelog, vec![msg("poison-1", b"x"), msg("ok-7", b"y")])
+            .await
+            .unwrap();
+        let poison_seq = acks[0].sequence;
+        let outputs = expected_outputs("ok-7", b"y").len() as u64;
+        sidelog.wait_summary("dead letters", 1 + outputs).await;
+        let listing = sidelog.inspect(&["dead-letters"]).await.unwrap();
+        let dead = listed(&listing);
+        assert!(
+            dead.contains(&(poison_seq, "poison-1".to_string())),
+            "{mode}: the ack said {poison_seq}; the dead letters: {listing}"
+        );
+        let shown = sidelog
+            .inspect(&["show", &poison_seq.to_string()])
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: show {poison_seq}: {e}"));
+        assert!(shown.contains("poison-1"), "{mode}: {shown}");
+        // In sbml the outputs were journaled under the ack's sequence and the next ones; each
+        // undeliverable one is dead-lettered under its own (the sidelog-seq it was sent with).
+        if mode == "sbml" {
+            for (i, (id, _)) in expected_outputs("ok-7", b"y").iter().enumerate() {
+                let want = (acks[1].sequence + i as u64, id.clone());
+                assert!(dead.contains(&want), "{mode}: want {want:?} in {listing}");
+            }
+        }
+        sidelog.kill9().await;
+        handler_server.stop().await;
+        sink_server.stop().await;
+    }
 }

@@ -162,6 +162,7 @@ async fn run_case(case: u64, bug_ack_before_fsync: bool) -> Result<(), String> {
                     input_seq: Some(Seq(s)),
                     dedup_id: None,
                     outputs: outs.clone(),
+                    dead: None,
                 };
                 let rec = j
                     .record_outputs(vec![group], durable)

@@ -100,6 +100,29 @@ impl Completion {
         }
     }
 
+    /// The dead letter of an input the handler gave up on, logged and counted; the caller
+    /// writes it ([`Completion::input_dead`], or sbml with the input's record).
+    pub fn dead_input_letter(
+        &self,
+        input: Message,
+        input_seq: Option<Seq>,
+        reason: String,
+        attempts: u32,
+    ) -> NewDeadLetter {
+        warn!(id = %input.id, attempts, reason = %reason, "input moved to the dead-letter table");
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
+        NewDeadLetter {
+            kind: dead_letter::Kind::Input,
+            message: input,
+            reason,
+            attempts,
+            input_seq,
+            remove: input_seq.map(EntryRef::Input),
+            complete_input: None,
+        }
+    }
+
     /// An input whose handler never succeeded: moved to the dead-letter table.
     pub async fn input_dead(
         &self,
@@ -108,18 +131,7 @@ impl Completion {
         reason: String,
         attempts: u32,
     ) {
-        warn!(id = %input.id, attempts, reason = %reason, "input moved to the dead-letter table");
-        let letter = NewDeadLetter {
-            kind: dead_letter::Kind::Input,
-            message: input,
-            reason,
-            attempts,
-            input_seq,
-            remove: input_seq.map(EntryRef::Input),
-            complete_input: None,
-        };
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
+        let letter = self.dead_input_letter(input, input_seq, reason, attempts);
         if let Err(e) = self.write_dead_letters(vec![letter]).await {
             error!(error = %e, "cannot write a dead letter; the input stays in the journal and is retried after a restart");
         }

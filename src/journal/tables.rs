@@ -226,9 +226,10 @@ impl Tables<'_> {
                         .insert(input.0, (first, group.outputs.len() as u32))?;
                 }
             }
-            let ack_seq = match output_seqs.first() {
-                Some(first) => *first,
-                None => self.take_seq(),
+            let ack_seq = match (&group.dead, output_seqs.first()) {
+                (Some(letter), _) => self.dead_letter(std::slice::from_ref(letter))?[0],
+                (None, Some(first)) => *first,
+                (None, None) => self.take_seq(),
             };
             if let Some(id) = &group.dedup_id {
                 self.remember_id(id, ack_seq)?;
@@ -252,7 +253,17 @@ impl Tables<'_> {
             if let Some(input) = letter.complete_input {
                 self.remove_input(input)?;
             }
-            let seq = self.take_seq();
+            // One message, one sequence: a letter that replaces an entry keeps its sequence (the
+            // one its ack or its `sidelog-seq` carried); a letter for an entry never journaled
+            // (sbml's refused input), or one dead-lettered twice, takes a new one.
+            let seq = match letter.remove {
+                Some(EntryRef::Input(seq) | EntryRef::Output(seq))
+                    if self.dead.get(seq.0)?.is_none() =>
+                {
+                    seq
+                }
+                _ => self.take_seq(),
+            };
             let record = encode_record(&DeadLetter {
                 kind: letter.kind as i32,
                 message: Some(letter.message.clone()),

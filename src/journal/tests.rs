@@ -63,11 +63,13 @@ async fn entries_survive_reopen_and_finished_ones_are_removed() {
                     input_seq: Some(seqs[0]),
                     dedup_id: None,
                     outputs: vec![msg("a/0"), msg("a/1")],
+                    dead: None,
                 },
                 OutputGroup {
                     input_seq: Some(seqs[1]),
                     dedup_id: None,
                     outputs: vec![],
+                    dead: None,
                 },
             ],
             false,
@@ -331,7 +333,7 @@ proptest! {
                         if unrecorded.is_empty() { continue; }
                         let s = unrecorded[input % unrecorded.len()];
                         let outs: Vec<Message> = (0..k).map(|i| msg(&format!("{}/{i}", inputs[&s]))).collect();
-                        let rec = j.record_outputs(vec![OutputGroup { input_seq: Some(Seq(s)), dedup_id: None, outputs: outs.clone() }], durable).await.unwrap();
+                        let rec = j.record_outputs(vec![OutputGroup { input_seq: Some(Seq(s)), dedup_id: None, outputs: outs.clone(), dead: None }], durable).await.unwrap();
                         if outs.is_empty() {
                             inputs.remove(&s);
                         } else {
@@ -346,7 +348,7 @@ proptest! {
                     Op::RecordAlone(k) => {
                         n += 1;
                         let outs: Vec<Message> = (0..k).map(|i| msg(&format!("s{n}/{i}"))).collect();
-                        let rec = j.record_outputs(vec![OutputGroup { input_seq: None, dedup_id: Some(format!("s{n}")), outputs: outs.clone() }], true).await.unwrap();
+                        let rec = j.record_outputs(vec![OutputGroup { input_seq: None, dedup_id: Some(format!("s{n}")), outputs: outs.clone(), dead: None }], true).await.unwrap();
                         prop_assert!(rec[0].ack_seq.0 > last_seq);
                         last_seq = rec[0].ack_seq.0.max(rec[0].output_seqs.last().map_or(0, |s| s.0));
                         for (m, o) in outs.iter().zip(&rec[0].output_seqs) {

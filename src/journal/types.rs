@@ -39,6 +39,9 @@ pub struct OutputGroup {
     /// The input's message id, entered into the dedup window in the same transaction (sbml).
     pub dedup_id: Option<String>,
     pub outputs: Vec<Message>,
+    /// sbml: the handler gave up on the input, so there are no outputs but this dead letter,
+    /// written in the same transaction; the ack and the dedup window carry its sequence.
+    pub dead: Option<NewDeadLetter>,
 }
 
 /// What the journal assigned to one [`OutputGroup`].

@@ -331,29 +331,28 @@ impl Pipeline {
             })
             .collect();
         let mut groups = Vec::with_capacity(inputs.len());
-        let mut dead = Vec::new();
         for (input, call) in inputs.iter().zip(calls) {
             let outcome = call
                 .await
                 .map_err(|e| IngestError::Internal(format!("handler task failed: {e}")))?;
-            let outputs = match outcome {
-                HandleOutcome::Outputs(outputs) => outputs,
-                HandleOutcome::Dead { reason, attempts } => {
-                    dead.push((input.clone(), reason, attempts));
-                    Vec::new()
-                }
+            // A dead input's letter is written with the group: one transaction, and the ack
+            // carries the dead letter's sequence.
+            let (outputs, dead) = match outcome {
+                HandleOutcome::Outputs(outputs) => (outputs, None),
+                HandleOutcome::Dead { reason, attempts } => (
+                    Vec::new(),
+                    Some(
+                        self.completion
+                            .dead_input_letter(input.clone(), None, reason, attempts),
+                    ),
+                ),
             };
             groups.push(OutputGroup {
                 input_seq: None,
                 dedup_id: Some(input.id.clone()),
                 outputs,
+                dead,
             });
-        }
-        // Dead inputs are journaled as dead letters before their (empty) groups are acked.
-        for (input, reason, attempts) in dead {
-            self.completion
-                .input_dead(input, None, reason, attempts)
-                .await;
         }
         let recorded = self.journal.record_outputs(groups.clone(), true).await?;
         let acks = recorded.iter().map(|r| r.ack_seq).collect();
@@ -463,6 +462,7 @@ impl Pipeline {
                 input_seq,
                 dedup_id: None,
                 outputs: outputs.clone(),
+                dead: None,
             };
             match self.journal.record_outputs(vec![group], false).await {
                 Ok(mut recorded) => {
