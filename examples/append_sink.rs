@@ -3,7 +3,7 @@
 //! what sidelog takes it to mean: the batch is durable here.
 //!
 //! ```sh
-//! cargo run --example append_sink -- 127.0.0.1:50053 received.tsv
+//! cargo run --example append_sink -- 127.0.0.1:50062 received.tsv
 //! ```
 
 use std::io::Write;
@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let addr = args
         .next()
-        .unwrap_or_else(|| "127.0.0.1:50053".into())
+        .unwrap_or_else(|| "127.0.0.1:50062".into())
         .parse()?;
     let path = args.next().unwrap_or_else(|| "received.tsv".into());
     let file = std::fs::OpenOptions::new()

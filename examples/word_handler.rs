@@ -2,7 +2,7 @@
 //! (zero outputs for a blank line). Deterministic, as replay in rbml and hml requires.
 //!
 //! ```sh
-//! cargo run --example word_handler -- 127.0.0.1:50052
+//! cargo run --example word_handler -- 127.0.0.1:50061
 //! ```
 
 use sidelog::proto::handler_server::{Handler, HandlerServer};
@@ -40,7 +40,7 @@ impl Handler for Words {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:50052".into())
+        .unwrap_or_else(|| "127.0.0.1:50061".into())
         .parse()?;
     eprintln!("word handler listening on {addr}");
     tonic::transport::Server::builder()
