@@ -118,10 +118,23 @@ async fn open_journal(config: &Config, clock: SharedClock) -> anyhow::Result<Ope
         let path = store.path.clone();
         Node::open(Box::new(store), path, journal, clock).await
     };
-    open.await.with_context(|| {
-        format!(
-            "cannot open the journal in {} (--data-dir); if the file is damaged, move it aside \
-             and restore it from a backup: sidelog will not start on an empty journal in its place",
+    open.await.map_err(|e| {
+        // Advice for the cause at hand: a damaged file and a file in use call for different
+        // things.
+        let advice = match &e {
+            JournalError::Corrupted { .. } | JournalError::Decode { .. } => {
+                "; move the damaged file aside and restore it from a backup (sidelog will not \
+                 start on an empty journal in its place)"
+            }
+            JournalError::Format { .. } => "; it was written by another version of sidelog",
+            JournalError::InUse { .. } => {
+                "; another sidelog is running on this data directory: stop it, or give this one \
+                 another --data-dir"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!(
+            "cannot open the journal in {} (--data-dir): {e}{advice}",
             config.data_dir.display()
         )
     })

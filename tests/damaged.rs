@@ -152,3 +152,34 @@ async fn garbage_in_the_middle_is_refused_or_harmless() {
     sidelog.kill9().await;
     sink_server.stop().await;
 }
+
+/// A journal in use by a running sidelog is not a damaged one: the second start says another
+/// sidelog holds the data directory, without the damaged-file advice, and the first one is
+/// unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_in_use_is_refused_with_the_right_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = Sidelog::new(&data, &["--mode", "rbml"]);
+    first.start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--admin-listen", "off", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &free_port().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another sidelog is running on this data directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("damaged"), "wrong advice: {stderr}");
+    assert_eq!(
+        first.health().await,
+        Some(true),
+        "the first one still serves"
+    );
+    first.kill9().await;
+}

@@ -29,10 +29,11 @@ pub use settings::{Config, ReplayPolicy};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file named by `--config` cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        // Not `source`: the message says it, and a chain would print it twice.
+        error: std::io::Error,
     },
     /// The file is not TOML, or has an unknown key or a value of the wrong type.
     #[error("config file {path}: {message}")]
