@@ -65,5 +65,102 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
             ],
         )?
         .install()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))?;
+    describe_and_zero();
+    Ok(())
+}
+
+/// Gives every family its `# HELP` line, and creates the series that dashboards and alerts
+/// watch at zero, so that they exist before the first event.
+fn describe_and_zero() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        MESSAGES,
+        "Messages received, by outcome (accepted, duplicate, rejected) and, for rejected, the limit broken."
+    );
+    describe_counter!(
+        REQUESTS_REFUSED,
+        "Whole Publish requests refused, by gRPC code."
+    );
+    describe_counter!(
+        JOURNAL_COMMITS,
+        "Journal group commits, by durability (fsync or none)."
+    );
+    describe_counter!(JOURNAL_RECORDS, "Records written to the journal.");
+    describe_counter!(
+        JOURNAL_RECORD_BYTES,
+        "Encoded bytes of the records written to the journal."
+    );
+    describe_histogram!(JOURNAL_RECORDS_PER_COMMIT, "Records per journal commit.");
+    describe_histogram!(
+        JOURNAL_COMMIT_SECONDS,
+        "Seconds a journal commit took, fsync included."
+    );
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        "Seconds an fsync of the journal took."
+    );
+    describe_gauge!(BACKLOG_ENTRIES, "Undelivered entries in the journal.");
+    describe_gauge!(BACKLOG_BYTES, "Undelivered bytes in the journal.");
+    describe_gauge!(
+        BACKLOG_OLDEST_AGE_SECONDS,
+        "Age of the oldest undelivered entry in seconds (0: none)."
+    );
+    describe_counter!(
+        REPLAYED,
+        "Journal entries a replay dispatched again, by kind (input, output)."
+    );
+    describe_counter!(DELIVERED, "Messages acked by the sink.");
+    describe_histogram!(
+        SINK_DELIVER_SECONDS,
+        "Seconds per sink delivery attempt, by outcome (ok, error)."
+    );
+    describe_histogram!(
+        HANDLER_CALL_SECONDS,
+        "Seconds per handler call, by outcome (ok, refused, error)."
+    );
+    describe_counter!(DELIVERY_RETRIES, "Delivery batches retried.");
+    describe_counter!(
+        RESENT,
+        "Messages the next tier may see twice, by cause (retry, replay)."
+    );
+    describe_counter!(DEAD_LETTERED, "Entries moved to the dead-letter table.");
+    describe_counter!(
+        DEAD_LETTERS_HANDLED,
+        "Dead letters an operator re-queued or purged, by action."
+    );
+
+    for outcome in ["accepted", "duplicate"] {
+        metrics::counter!(MESSAGES, "outcome" => outcome).absolute(0);
+    }
+    for code in [
+        "invalid_argument",
+        "resource_exhausted",
+        "unavailable",
+        "internal",
+    ] {
+        metrics::counter!(REQUESTS_REFUSED, "code" => code).absolute(0);
+    }
+    for durability in ["fsync", "none"] {
+        metrics::counter!(JOURNAL_COMMITS, "durability" => durability).absolute(0);
+    }
+    for kind in ["input", "output"] {
+        metrics::counter!(REPLAYED, "kind" => kind).absolute(0);
+    }
+    for cause in ["retry", "replay"] {
+        metrics::counter!(RESENT, "cause" => cause).absolute(0);
+    }
+    for action in ["requeue", "purge"] {
+        metrics::counter!(DEAD_LETTERS_HANDLED, "action" => action).absolute(0);
+    }
+    for name in [
+        JOURNAL_RECORDS,
+        JOURNAL_RECORD_BYTES,
+        DELIVERED,
+        DELIVERY_RETRIES,
+        DEAD_LETTERED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    // The backlog gauges are set when the journal opens (and its age within a second).
 }

@@ -784,6 +784,21 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         ],
     );
     sidelog.start().await;
+    // Before any traffic, the series alerts watch exist at zero, with their help text.
+    let at_start = scrape(metrics).await;
+    for zero in [
+        "sidelog_messages_total{outcome=\"accepted\"}",
+        "sidelog_requests_refused_total{code=\"resource_exhausted\"}",
+        "sidelog_delivered_total",
+        "sidelog_dead_lettered_total",
+        "sidelog_backlog_entries",
+    ] {
+        assert_eq!(series(&at_start, zero), 0.0, "{zero}:\n{at_start}");
+    }
+    assert!(
+        at_start.contains("# HELP sidelog_delivered_total Messages acked by the sink."),
+        "{at_start}"
+    );
     let batch: Vec<Message> = (0..20).map(|i| msg(&format!("m{i}"), b"x")).collect();
     publish(&sidelog, batch.clone()).await.unwrap();
     publish(&sidelog, batch[..5].to_vec()).await.unwrap(); // 5 duplicates
@@ -979,6 +994,11 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         assert!(
             before_kill.contains(&declared) || after_restart.contains(&declared),
             "{family} is in the README but was never shown:\n{before_kill}\n{after_restart}"
+        );
+        let help = format!("# HELP {family} ");
+        assert!(
+            before_kill.contains(&help) || after_restart.contains(&help),
+            "{family} has no help text"
         );
     }
     sidelog.kill9().await;

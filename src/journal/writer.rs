@@ -328,6 +328,8 @@ impl Writer {
         self.durable_floor = state.seq_floor;
         self.dedup_len = state.dedup_len;
         self.backlog.set(state.backlog_bytes, state.backlog_entries);
+        metrics::gauge!(crate::metrics::BACKLOG_ENTRIES).set(state.backlog_entries as f64);
+        metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(state.backlog_bytes as f64);
         self.dirty = false;
         self.last_durable_ms = self.clock.now_ms();
         Ok(())
