@@ -21,7 +21,11 @@ impl Config {
             ));
         }
         if let Some(url) = &self.handler {
-            check_http_url("handler", url)?;
+            check_http_url(
+                "handler",
+                url,
+                "expected http://HOST:PORT of the Handler service",
+            )?;
         }
         if let Some(addr) = self.admin_addr()?
             && !addr.ip().is_loopback()
@@ -148,7 +152,12 @@ impl Config {
                     reason,
                 }),
             Some(s) => {
-                check_http_url("sink", s)?;
+                check_http_url(
+                    "sink",
+                    s,
+                    "expected http://HOST:PORT (a gRPC Sink), file:DIR, nats://HOST:PORT?… \
+                     (JetStream) or s3://BUCKET/PREFIX?… (object storage)",
+                )?;
                 Ok(SinkTarget::Grpc(s.to_owned()))
             }
         }
@@ -171,7 +180,7 @@ impl Config {
     }
 }
 
-fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+fn check_http_url(key: &'static str, url: &str, expected: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
@@ -180,7 +189,7 @@ fn check_http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
         _ => Err(ConfigError::Invalid {
             key,
             value: url.to_owned(),
-            reason: "expected http://host:port".into(),
+            reason: expected.into(),
         }),
     }
 }

@@ -185,10 +185,24 @@ macro_rules! text_setting {
 }
 
 text_setting!(String, "TEXT");
-text_setting!(SocketAddr, "ADDR");
 text_setting!(LoggingMode, "MODE");
 text_setting!(super::settings::ReplayPolicy, "POLICY");
 text_setting!(ChunkFormat, "FORMAT");
+
+impl SettingValue for SocketAddr {
+    const VALUE_NAME: &'static str = "ADDR";
+    fn show(&self) -> String {
+        self.to_string()
+    }
+    fn parse(raw: &str) -> Result<toml::Value, String> {
+        raw.parse::<SocketAddr>().map_err(|_| {
+            "expected IP:PORT, e.g. 127.0.0.1:50051 or [::1]:50051 (host names are not \
+             resolved: for localhost write 127.0.0.1)"
+                .to_string()
+        })?;
+        Ok(toml::Value::String(raw.to_owned()))
+    }
+}
 
 impl SettingValue for PathBuf {
     const VALUE_NAME: &'static str = "PATH";

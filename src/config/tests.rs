@@ -67,6 +67,22 @@ fn errors_name_the_key_and_its_flag() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("sink"), "{err}");
+    for scheme in ["http://", "file:", "nats://", "s3://"] {
+        assert!(err.contains(scheme), "a bad sink lists every kind: {err}");
+    }
+    let err = Config::load(ServeArgs::default().set("listen", "localhost:50071"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--listen") && err.contains("for localhost write 127.0.0.1"),
+        "{err}"
+    );
+    let missing = dir_missing_config();
+    assert_eq!(
+        missing.matches("No such file").count(),
+        1,
+        "the OS error once: {missing}"
+    );
     let err = Config::load(ServeArgs::default().set("sink", "s3://Bad_Bucket/x"))
         .unwrap_err()
         .to_string();
@@ -120,4 +136,11 @@ fn the_readme_lists_every_setting_as_declared() {
         table == want,
         "README.md's configuration table differs from src/config/settings.rs; it should read:\n{want}"
     );
+}
+
+/// The error of a `--config` file that does not exist, with its causes, as the CLI prints it.
+fn dir_missing_config() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::from_file(&dir.path().join("nope.toml")).unwrap_err();
+    format!("{:#}", anyhow::Error::from(err))
 }
