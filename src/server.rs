@@ -72,6 +72,7 @@ pub async fn serve(
     };
     crate::runtime::spawn(report_backlog_age(journal.clone(), clock.clone()));
     info!(addr = %local, mode = %config.mode, "listening");
+    info!(config = %config.summary_line(), "running with");
     on_listening(local);
 
     if let Some(chunks) = &readback {

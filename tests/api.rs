@@ -1224,3 +1224,36 @@ async fn mode_none_holds_no_more_than_the_backlog_limit_in_memory() {
     sidelog.kill9().await;
     sink_server.stop().await;
 }
+
+/// `serve --check-config` validates without starting: it prints the effective configuration
+/// with secrets redacted and exits 0, or names the bad setting and exits 1.
+#[test]
+fn check_config_prints_the_effective_configuration_or_the_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args([
+            "serve",
+            "--check-config",
+            "--mode",
+            "sbml",
+            "--sink",
+            "nats://127.0.0.1:4222?stream=S&token=sekrit-token",
+        ])
+        .env("SIDELOG_DELIVERY_LANES", "3")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("mode = sbml"), "{stdout}");
+    assert!(
+        stdout.contains("delivery.lanes = 3"),
+        "the variable: {stdout}"
+    );
+    assert!(stdout.contains("token=<redacted>"), "{stdout}");
+    assert!(!stdout.contains("sekrit"), "a secret printed: {stdout}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--check-config", "--delivery-lanes", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--delivery-lanes"));
+}

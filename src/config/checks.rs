@@ -10,6 +10,39 @@ use crate::runtime::Backoff;
 use crate::sink::SinkTarget;
 
 impl Config {
+    /// [`Config::effective`] with secrets hidden: the values of a sink URL's `token=` and
+    /// `password=` options. (Token and key settings name files; their contents are never read
+    /// into it.)
+    pub fn effective_redacted(&self) -> Vec<(&'static str, String)> {
+        self.effective()
+            .into_iter()
+            .map(|(key, value)| match key {
+                "sink" => (key, redact_url(&value)),
+                _ => (key, value),
+            })
+            .collect()
+    }
+
+    /// One line for the start-up log: what this sidelog runs with (secrets redacted).
+    pub fn summary_line(&self) -> String {
+        let wanted = [
+            "mode",
+            "handler",
+            "sink",
+            "listen",
+            "admin_listen",
+            "metrics_listen",
+            "data_dir",
+        ];
+        let effective = self.effective_redacted();
+        wanted
+            .iter()
+            .filter_map(|k| effective.iter().find(|(key, _)| key == k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Checks every setting against its rule, then the rules between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_rules()?;
@@ -205,4 +238,19 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
         return Err("the token must be one line of printable ASCII without spaces".into());
     }
     Ok(token.to_owned())
+}
+
+/// A URL with the values of its `token=` and `password=` options replaced by `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == "token" || k == "password" => format!("{k}=<redacted>"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }

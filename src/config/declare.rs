@@ -323,6 +323,19 @@ macro_rules! settings {
         }
 
         impl $root {
+            /// Every setting's key and value as this configuration has it, in declaration
+            /// order (secrets not redacted: see `Config::effective_redacted`).
+            pub fn effective(&self) -> Vec<(&'static str, String)> {
+                use $crate::config::declare::SettingValue;
+                vec![
+                    $( (stringify!($field), self.$field.show()), )*
+                    $($( (
+                        concat!(stringify!($section), ".", stringify!($sfield)),
+                        self.$section.$sfield.show(),
+                    ), )*)*
+                ]
+            }
+
             /// Checks every number against its rule; the error names the setting.
             pub fn check_rules(&self) -> Result<(), $crate::config::ConfigError> {
                 use $crate::config::declare::SettingValue;

@@ -36,10 +36,21 @@ struct Cli {
     command: Command,
 }
 
+/// `serve`'s own flags beside the configuration's.
+#[derive(Debug, clap::Args)]
+struct ServeCommand {
+    /// Check the configuration (file, variables, flags), print it as sidelog would run with it
+    /// (secrets redacted) and exit: 0 when it is valid, 1 with the reason when it is not.
+    #[arg(long)]
+    check_config: bool,
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sidecar (embedded defaults: mode hml, ./sidelog-data, pass-through, file sink).
-    Serve(Box<ServeArgs>),
+    Serve(Box<ServeCommand>),
     /// Send messages to a running sidelog and print a summary of the acks.
     Publish(PublishArgs),
     /// Benchmark the logging modes side by side on the real pipeline.
@@ -93,8 +104,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => {
-                let config = Config::load(*args)?;
+            Command::Serve(command) => {
+                let ServeCommand { check_config, args } = *command;
+                let config = Config::load(args)?;
+                if check_config {
+                    println!("# the configuration is valid; as sidelog would run with it:");
+                    for (key, value) in config.effective_redacted() {
+                        println!("{key} = {value}");
+                    }
+                    return Ok(());
+                }
                 sidelog::serve(config, shutdown_signal(), |_| {}).await
             }
             Command::Publish(args) => {
