@@ -105,6 +105,18 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The walkthrough's long-running processes, killed when the test ends, passing or not.
+struct Terminals(Vec<Child>);
+
+impl Drop for Terminals {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn serving(addr: &str) -> bool {
     std::net::TcpStream::connect(addr).is_ok()
 }
@@ -137,18 +149,18 @@ fn the_readme_walkthrough_runs_as_written() {
             "{port} is taken on this machine: the walkthrough needs it"
         );
     }
-    let mut children = Vec::new();
+    let mut children = Terminals(Vec::new());
 
     // Block 1: handler, sink and sidelog in terminals of their own, then a producer.
     let first: Vec<(String, String)> = blocks[0].iter().map(|l| translate(l)).collect();
     assert_eq!(first.len(), 5, "{first:?}");
-    children.push(background(dir, &first[0].0, "handler.log"));
-    children.push(background(dir, &first[1].0, "sink.log"));
+    children.0.push(background(dir, &first[0].0, "handler.log"));
+    children.0.push(background(dir, &first[1].0, "sink.log"));
     wait_for("the handler and the sink", Duration::from_secs(30), || {
         serving("127.0.0.1:50061") && serving("127.0.0.1:50062")
     });
     let serve = first[2].0.clone();
-    children.push(background(dir, &serve, "serve.log"));
+    children.0.push(background(dir, &serve, "serve.log"));
     wait_for("sidelog", Duration::from_secs(30), || {
         serving("127.0.0.1:50051")
     });
@@ -165,8 +177,23 @@ fn the_readme_walkthrough_runs_as_written() {
     });
     let cat = run(dir, &first[4].0);
     assert_eq!(cat.lines().count(), lines, "received.tsv:\n{cat}");
-    let words: Vec<String> = received(dir).into_iter().map(|(_, _, w)| w).collect();
-    assert_eq!(words, ["the", "quick", "brown", "fox", "jumps", "over"]);
+    // The two lines are two messages (of two keys, so in either order); each line's words in
+    // order, under ids <input>/<i>.
+    let mut words: Vec<(String, String)> = received(dir)
+        .into_iter()
+        .map(|(_, id, w)| (id, w))
+        .collect();
+    words.sort();
+    let want = [
+        ("line-0/0", "the"),
+        ("line-0/1", "quick"),
+        ("line-0/2", "brown"),
+        ("line-0/3", "fox"),
+        ("line-1/0", "jumps"),
+        ("line-1/1", "over"),
+    ]
+    .map(|(id, w)| (id.to_string(), w.to_string()));
+    assert_eq!(words, want);
 
     // Block 2: crash it under load, look at the journal, start it again.
     let second: Vec<(String, String)> = blocks[1].iter().map(|l| translate(l)).collect();
@@ -183,7 +210,7 @@ fn the_readme_walkthrough_runs_as_written() {
         received(dir).len() > lines + 3000
     });
     run(dir, &second[1].0); // kill -9
-    let mut killed = children.pop().expect("sidelog");
+    let mut killed = children.0.pop().expect("sidelog");
     let status = killed.wait().expect("the killed sidelog is reaped");
     assert!(!status.success(), "sidelog was killed: {status:?}");
     wait_for("sidelog to be gone", Duration::from_secs(10), || {
@@ -192,7 +219,9 @@ fn the_readme_walkthrough_runs_as_written() {
     let inspected = run(dir, &second[2].0);
     assert!(inspected.contains("backlog"), "{inspected}");
     assert_eq!(second[3].0, serve, "the restart is the same command");
-    children.push(background(dir, &second[3].0, "serve-again.log"));
+    children
+        .0
+        .push(background(dir, &second[3].0, "serve-again.log"));
     let out = producer.wait_with_output().expect("the producer ends");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -214,8 +243,5 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     let log = std::fs::read_to_string(dir.join("serve-again.log")).unwrap_or_default();
     assert!(log.contains("replaying the journal"), "{log}");
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
 }

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +45,8 @@ pub struct PublishArgs {
     /// Read payloads from standard input, one message a line.
     #[arg(long)]
     pub stdin: bool,
-    /// Give up on a batch that got no acks for this long.
+    /// Give up on what is left once sidelog has acked nothing for this long (the clock restarts
+    /// with every ack, so a long run is not cut short by one outage).
     #[arg(long, default_value_t = 60_000)]
     pub retry_for_ms: u64,
     /// File holding the bearer token, if sidelog asks for one (`serve --auth-token-file`).
@@ -152,11 +154,17 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         sent: total,
         ..Default::default()
     }));
+    let progress = Arc::new(Progress {
+        target: args.target.clone(),
+        retry_for: Duration::from_millis(args.retry_for_ms),
+        last_ack: Mutex::new(tokio::time::Instant::now()),
+        warned: AtomicBool::new(false),
+    });
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (queue, summary, channel) = (queue.clone(), summary.clone(), channel.clone());
         let authorization = authorization.clone();
-        let retry_for = Duration::from_millis(args.retry_for_ms);
+        let progress = progress.clone();
         let entropy = entropy.clone();
         workers.push(tokio::spawn(async move {
             let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -169,7 +177,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
                     &mut client,
                     batch,
                     authorization.as_ref(),
-                    retry_for,
+                    &progress,
                     &entropy,
                     &summary,
                 )
@@ -181,11 +189,58 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
             Ok(())
         }));
     }
-    for w in workers {
-        w.await.context("publish worker failed")??;
+    // Ctrl-C ends the run with a summary of what was acked so far.
+    let all = async {
+        for w in workers {
+            w.await.context("publish worker failed")??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        done = all => done?,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::warn!("interrupted; what was not acked is counted as unacked");
+        }
     }
-    let summary = summary.lock().expect("no panics under this lock").clone();
+    let mut summary = summary.lock().expect("no panics under this lock").clone();
+    summary.unacked = summary.sent - summary.accepted - summary.duplicate - summary.rejected;
     Ok(summary)
+}
+
+/// The run's progress, shared by the workers: when sidelog last acked anything, and whether
+/// the current outage was reported.
+struct Progress {
+    target: String,
+    retry_for: Duration,
+    last_ack: Mutex<tokio::time::Instant>,
+    warned: AtomicBool,
+}
+
+impl Progress {
+    fn acked(&self) {
+        *self.last_ack.lock().expect("no panics under this lock") = tokio::time::Instant::now();
+        if self.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!(target = %self.target, "sidelog answers again");
+        }
+    }
+
+    fn given_up(&self) -> bool {
+        let last = *self.last_ack.lock().expect("no panics under this lock");
+        last.elapsed() >= self.retry_for
+    }
+
+    /// Says once per outage that sidelog does not answer.
+    fn failed(&self, status: &tonic::Status) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target = %self.target,
+                error = %status,
+                retry_for_ms = self.retry_for.as_millis() as u64,
+                "cannot get acks from sidelog; retrying with the same ids until it answers or \
+                 nothing was acked for --retry-for-ms"
+            );
+        }
+    }
 }
 
 /// Publishes one batch, retrying with backoff; an error only for what retrying cannot fix.
@@ -193,11 +248,10 @@ async fn publish_batch(
     client: &mut IngestClient<Channel>,
     batch: Vec<Message>,
     authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    retry_for: Duration,
+    progress: &Progress,
     entropy: &Entropy,
     summary: &Mutex<PublishSummary>,
 ) -> Option<anyhow::Error> {
-    let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay_ms = 50u64;
     loop {
         let mut request = tonic::Request::new(PublishRequest {
@@ -210,6 +264,7 @@ async fn publish_batch(
         }
         match client.publish(request).await {
             Ok(response) => {
+                progress.acked();
                 let mut s = summary.lock().expect("no panics under this lock");
                 for a in response.into_inner().acks {
                     match ack::Status::try_from(a.status) {
@@ -239,16 +294,13 @@ async fn publish_batch(
                 ));
             }
             Err(status) => {
-                if tokio::time::Instant::now() >= deadline {
+                if progress.given_up() {
                     summary.lock().expect("no panics under this lock").unacked +=
                         batch.len() as u64;
-                    tracing::warn!(error = %status, "giving up on a batch");
+                    tracing::debug!(error = %status, "giving up on a batch");
                     return None;
                 }
-                if delay_ms == 50 {
-                    tracing::warn!(error = %status, retry_for_ms = retry_for.as_millis() as u64,
-                        "batch not acked; retrying with the same ids");
-                }
+                progress.failed(&status);
                 summary.lock().expect("no panics under this lock").retries += 1;
                 tokio::time::sleep(Duration::from_millis(
                     entropy.below(delay_ms) + delay_ms / 2,
