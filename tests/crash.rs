@@ -179,6 +179,25 @@ impl Rig {
         }
     }
 
+    /// Waits for `more` further arrivals at the sink, or for the producers to be done.
+    async fn sink_progress<T>(&self, more: usize, producers: &tokio::task::JoinHandle<T>) {
+        let want = self.sink.arrivals().len() + more;
+        eventually(Duration::from_secs(60), || {
+            self.sink.arrivals().len() >= want || producers.is_finished()
+        })
+        .await;
+    }
+
+    /// Waits until sidelog logs `needle` once more (it felt a hop go down), or for the
+    /// producers to be done (then nothing may call the hop any more).
+    async fn felt<T>(&self, needle: &str, producers: &tokio::task::JoinHandle<T>) {
+        let seen = self.sidelog.log().matches(needle).count();
+        eventually(Duration::from_secs(60), || {
+            self.sidelog.log().matches(needle).count() > seen || producers.is_finished()
+        })
+        .await;
+    }
+
     async fn stop(mut self) {
         self.sidelog.kill9().await;
         self.sink_srv.stop().await;
@@ -420,14 +439,18 @@ async fn handler_and_sink_crashes_lose_nothing() {
             10,
             Duration::from_millis(3),
         ));
+        // Each hop goes down after some progress at the sink, and comes back once sidelog has
+        // felt the outage (a failed call in its log), not after a fixed time.
         for _ in 0..2 {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            rig.sink_progress(rng.random_range(100..400), &producers)
+                .await;
             rig.handler_srv.stop().await;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            rig.felt("handler call failed", &producers).await;
             rig.handler_srv = rig.handler.start(rig.handler_srv.addr).await;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            rig.sink_progress(rng.random_range(100..400), &producers)
+                .await;
             rig.sink_srv.stop().await;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            rig.felt("delivery failed", &producers).await;
             rig.sink_srv = rig.sink.start(rig.sink_srv.addr).await;
         }
         let log = producers.await.expect("producers");

@@ -100,8 +100,16 @@ pub async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_on
         10,
         Duration::from_millis(2),
     ));
-    for pause in [300u64, 500] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+    // Killed twice while the stream fills: after 300, then 800 messages are in it.
+    for at in [300usize, 800] {
+        crate::common::poll_until(
+            Duration::from_secs(60),
+            || format!("the stream never held {at} messages"),
+            || async {
+                (read_back(&js, &stream).await.len() >= at || producer.is_finished()).then_some(())
+            },
+        )
+        .await;
         sidelog.kill9().await;
         sidelog.start().await;
     }

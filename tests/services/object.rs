@@ -199,8 +199,22 @@ pub async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() ->
         10,
         Duration::from_millis(20),
     ));
-    for pause in [400, 700] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+    // Killed twice while uploads go on: once the bucket holds 300, then 1,200 messages.
+    let store = moto.client("logs");
+    for at in [300usize, 1200] {
+        poll_until(
+            Duration::from_secs(60),
+            || format!("the bucket never held {at} messages"),
+            || async {
+                let held: usize = read_back(&store, "raw")
+                    .await
+                    .iter()
+                    .map(|(_, _, m)| m.len())
+                    .sum();
+                (held >= at || producers.is_finished()).then_some(())
+            },
+        )
+        .await;
         sidelog.kill9().await;
         sidelog.start().await;
     }
@@ -208,7 +222,6 @@ pub async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() ->
     let acked: HashSet<String> = log.acked.keys().cloned().collect();
     assert_eq!(acked.len(), 3000);
 
-    let store = moto.client("logs");
     poll_until(
         Duration::from_secs(60),
         || {
