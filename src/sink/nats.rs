@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Sink, SinkError, SinkSetupError};
 use crate::proto::Message;
@@ -232,12 +232,41 @@ impl NatsSink {
                     )));
                 }
             }
+        } else {
+            // Not refused (the stream may be made later, NATS may come up later), but said at
+            // once: otherwise every delivery fails with "no stream found".
+            crate::runtime::spawn(check_stream(js.clone(), config.clone()));
         }
         Ok(NatsSink {
             js,
             config: Arc::new(config),
             timeout,
         })
+    }
+}
+
+/// Says whether a stream captures the sink's subjects (and is the one named, if one is).
+async fn check_stream(js: jetstream::Context, config: NatsSinkConfig) {
+    let probe = config.subject.replace("{key}", "k");
+    let found = tokio::time::timeout(Duration::from_secs(10), js.stream_by_subject(probe.clone()));
+    match (found.await, &config.stream) {
+        (Ok(Ok(name)), Some(want)) if name != *want => warn!(
+            subject = %probe,
+            stream = %name,
+            expected = %want,
+            "the NATS sink's subject is captured by another stream than the one named"
+        ),
+        (Ok(Ok(name)), _) => info!(stream = %name, subject = %probe, "JetStream stream found"),
+        (Ok(Err(e)), _) => warn!(
+            subject = %probe,
+            error = %e,
+            "no JetStream stream captures the NATS sink's subject; deliveries fail until one \
+             does (create it, or add stream=NAME&create=true to the sink URL)"
+        ),
+        (Err(_), _) => warn!(
+            servers = %config.servers,
+            "NATS did not answer within 10 s; deliveries are retried until it does"
+        ),
     }
 }
 

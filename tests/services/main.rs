@@ -70,6 +70,14 @@ fn main() {
             object::a_failed_part_aborts_the_multipart_upload,
         ),
         trial(
+            "object::a_missing_bucket_is_reported_at_start",
+            object::a_missing_bucket_is_reported_at_start,
+        ),
+        trial(
+            "nats::a_subject_without_a_stream_is_reported_at_start",
+            nats::a_subject_without_a_stream_is_reported_at_start,
+        ),
+        trial(
             "object::a_large_chunk_is_uploaded_in_parts_and_read_back_whole",
             object::a_large_chunk_is_uploaded_in_parts_and_read_back_whole,
         ),

@@ -166,3 +166,42 @@ pub async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_on
     );
     Ok(())
 }
+
+/// A NATS sink whose subject no stream captures is not refused (the stream may be made later)
+/// but said at start, naming the subject; once a stream captures it, it is found.
+pub async fn a_subject_without_a_stream_is_reported_at_start() -> Outcome {
+    let js = jetstream().await?;
+    let tag = format!("{}_{}", std::process::id(), line!());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("nats://{NATS}?subject=sidelognostream{tag}.{{key}}");
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--sink", &sink]);
+    sidelog.start().await;
+    sidelog
+        .wait_log(
+            "no JetStream stream captures the NATS sink's subject",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        sidelog.log().contains(&format!("sidelognostream{tag}.k")),
+        "the subject is named: {}",
+        sidelog.log_tail()
+    );
+    sidelog.kill9().await;
+    // With a stream for it, the next start finds it.
+    let name = format!("SIDELOG_TEST_FOUND_{tag}");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("sidelognostream{tag}.*")],
+        ..Default::default()
+    })
+    .await
+    .expect("a stream");
+    sidelog.start().await;
+    sidelog
+        .wait_log("JetStream stream found", Duration::from_secs(20))
+        .await;
+    sidelog.kill9().await;
+    drop(js.delete_stream(&name).await);
+    Ok(())
+}

@@ -607,3 +607,42 @@ pub async fn a_failed_part_aborts_the_multipart_upload() -> Outcome {
     sidelog.kill9().await;
     Ok(())
 }
+
+/// An object sink whose bucket is missing is not refused (it may be made later) but said at
+/// start; an existing bucket is confirmed.
+pub async fn a_missing_bucket_is_reported_at_start() -> Outcome {
+    let moto = moto().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = with_moto_credentials(Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--sink",
+            &format!("s3://no-such-bucket/raw?endpoint={}", moto.endpoint()),
+        ],
+    ));
+    sidelog.start().await;
+    sidelog
+        .wait_log("cannot reach the bucket", Duration::from_secs(20))
+        .await;
+    assert!(
+        !sidelog.log().contains("<?xml"),
+        "S3's XML is not logged whole: {}",
+        sidelog.log_tail()
+    );
+    sidelog.kill9().await;
+    moto.create_bucket("there").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = with_moto_credentials(Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--sink",
+            &format!("s3://there/raw?endpoint={}", moto.endpoint()),
+        ],
+    ));
+    sidelog.start().await;
+    sidelog
+        .wait_log("the bucket answers", Duration::from_secs(20))
+        .await;
+    sidelog.kill9().await;
+    Ok(())
+}

@@ -275,12 +275,26 @@ impl ObjectSink {
         entropy: &Entropy,
     ) -> Result<Arc<ChunkSink>, SinkSetupError> {
         let store = Arc::new(config.client(timeout).map_err(SinkSetupError)?);
-        info!(
-            bucket = %config.bucket,
-            prefix = %config.prefix,
-            endpoint = config.endpoint.as_deref().unwrap_or("AWS"),
-            "object sink ready"
-        );
+        // Checked at once, not refused: a bucket that is missing, credentials that are wrong
+        // or an endpoint that is down are said in the log now rather than at the first chunk,
+        // and deliveries are retried until they are fixed.
+        let (check, bucket, prefix) = (store.clone(), config.bucket.clone(), config.prefix.clone());
+        let endpoint = config.endpoint.clone().unwrap_or_else(|| "AWS".into());
+        crate::runtime::spawn(async move {
+            let path = ObjectPath::from(prefix.as_str());
+            match check.list_with_delimiter(Some(&path)).await {
+                Ok(_) => {
+                    info!(%bucket, %prefix, %endpoint, "object sink ready: the bucket answers")
+                }
+                Err(e) => warn!(
+                    %bucket,
+                    %endpoint,
+                    error = %brief(&e),
+                    "cannot reach the bucket (missing bucket, credentials or endpoint down); \
+                     uploads are retried until it answers"
+                ),
+            }
+        });
         let settings = ChunkSettings {
             format: config.format.unwrap_or(settings.format),
             ..settings
@@ -296,7 +310,8 @@ impl ObjectSink {
 /// Uploads `bytes` as the object `path`: one PUT, or a multipart upload past the threshold
 /// (aborted if a part fails, so nothing partial is ever visible or kept).
 async fn upload(store: &AmazonS3, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), SinkError> {
-    let err = |what: &str, e: object_store::Error| SinkError(format!("{what} {path}: {e}"));
+    let err =
+        |what: &str, e: object_store::Error| SinkError(format!("{what} {path}: {}", brief(&e)));
     let bytes = bytes::Bytes::from(bytes);
     if bytes.len() <= MULTIPART_THRESHOLD {
         store
@@ -346,9 +361,44 @@ fn chrono_hour(ms: i64) -> String {
         .to_string()
 }
 
+/// An S3 error in one line: what precedes the XML document the server answered, then its
+/// `Code` and `Message` (the whole document, several lines, is no use in a log).
+fn brief(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let Some(at) = text.find("<?xml") else {
+        return text.lines().collect::<Vec<_>>().join(" ");
+    };
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_owned())
+    };
+    let head = text[..at].trim_end().trim_end_matches(':');
+    match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => format!("{head}: {code}: {message}"),
+        (Some(code), None) => format!("{head}: {code}"),
+        _ => head.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_s3_error_is_one_line_with_its_code_and_message() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://x/b 404 Not Found: <?xml version=\"1.0\"?>\n<Error>\n  <Code>NoSuchBucket</Code>\n  <Message>The specified bucket does not exist</Message>\n</Error>".into(),
+        };
+        let b = brief(&e);
+        assert!(!b.contains('\n') && !b.contains("<?xml"), "{b}");
+        assert!(
+            b.ends_with("404 Not Found: NoSuchBucket: The specified bucket does not exist"),
+            "{b}"
+        );
+    }
 
     #[test]
     fn urls_parse_and_bad_ones_say_why() {
