@@ -423,3 +423,39 @@ async fn a_dead_letter_keeps_the_sequence_its_ack_carried() {
         sink_server.stop().await;
     }
 }
+
+/// `inspect` on a running pass-through sidelog labels an undelivered input as such (there is
+/// no handler for it to wait for), and `show` gives times as RFC 3339.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_labels_pass_through_entries_and_shows_rfc3339_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sink, mut sink_server) = failing_sink().await;
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &["--mode", "rbml", "--sink", &sink_server.url()],
+    );
+    sidelog.start().await;
+    let acks = publish(&sidelog, vec![msg("waiting-1", b"x")])
+        .await
+        .unwrap();
+    let backlog = sidelog.inspect(&["backlog"]).await.unwrap();
+    assert!(
+        backlog.contains("id=waiting-1") && backlog.contains("undelivered (pass-through)"),
+        "{backlog}"
+    );
+    let shown = sidelog
+        .inspect(&["show", &acks[0].sequence.to_string()])
+        .await
+        .unwrap();
+    let written = shown
+        .lines()
+        .find(|l| l.starts_with("written at"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    // e.g. "written at    2026-11-26T18:50:01.123Z (1795… unix ms)"
+    assert!(
+        written.contains('T') && written.contains("Z (") && written.contains("unix ms)"),
+        "{written}"
+    );
+    sidelog.kill9().await;
+    sink_server.stop().await;
+}

@@ -46,6 +46,13 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// Whether the running sidelog has no handler (unknown when `inspect` reads a file).
+    fn pass_through(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.pipeline.is_pass_through())
+    }
+
     pub fn new(journal: Journal, clock: SharedClock, live: Option<Live>) -> Self {
         AdminService {
             journal,
@@ -94,7 +101,9 @@ fn without_payload(mut entry: Entry) -> Entry {
     entry
 }
 
-fn input_entry(input: crate::journal::StoredInput) -> Entry {
+/// An input as `inspect` shows it. `pass_through`: sidelog runs without a handler (known only
+/// when it runs), so an input with nothing recorded is waiting for delivery, not for a handler.
+fn input_entry(input: crate::journal::StoredInput, pass_through: bool) -> Entry {
     let message = input.entry.message.unwrap_or_default();
     Entry {
         sequence: input.seq.0,
@@ -103,6 +112,7 @@ fn input_entry(input: crate::journal::StoredInput) -> Entry {
         message: Some(message),
         written_at_ms: input.entry.received_at_ms,
         state: match input.state {
+            InputState::Unhandled if pass_through => "undelivered (pass-through)",
             InputState::Unhandled => "unhandled",
             InputState::OutputsPending => "outputs_pending",
             InputState::Finished => "finished",
@@ -205,7 +215,7 @@ impl Admin for AdminService {
             .map_err(status)?;
         let mut entries: Vec<Entry> = inputs
             .into_iter()
-            .map(input_entry)
+            .map(|i| input_entry(i, self.pass_through()))
             .chain(outputs.into_iter().map(output_entry))
             .collect();
         entries.sort_by_key(|e| e.sequence);
@@ -241,7 +251,7 @@ impl Admin for AdminService {
             .into_iter()
             .find(|i| i.seq == seq)
         {
-            return Ok(Response::new(input_entry(i)));
+            return Ok(Response::new(input_entry(i, self.pass_through())));
         }
         if let Some(o) = self
             .journal

@@ -413,9 +413,9 @@ fn print_entry(e: &Entry) {
     println!("table         {}", table(e));
     println!("id            {}", m.id);
     println!("key           {:?}", m.key);
-    println!("written at    {} (unix ms)", e.written_at_ms);
+    println!("written at    {}", rfc3339(e.written_at_ms));
     if m.event_time_ms != 0 {
-        println!("event time    {} (unix ms)", m.event_time_ms);
+        println!("event time    {}", rfc3339(m.event_time_ms));
     }
     if !e.state.is_empty() {
         println!("state         {}", e.state);
@@ -448,5 +448,16 @@ fn print_entry(e: &Entry) {
                 if m.payload.len() > 256 { "…" } else { "" }
             );
         }
+    }
+}
+
+/// A unix time in ms as RFC 3339 (UTC, milliseconds), with the raw number beside it.
+fn rfc3339(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => format!(
+            "{} ({ms} unix ms)",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        None => format!("{ms} (unix ms)"),
     }
 }
