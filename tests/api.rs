@@ -1257,3 +1257,28 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--delivery-lanes"));
 }
+
+/// `sidelog health` for container health checks: 0 and SERVING from a serving sidelog, 2 when
+/// nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_answers_with_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
+    sidelog.start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["health", "--target", &sidelog.url()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let nobody = free_port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["health", "--target", &nobody.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
+    sidelog.kill9().await;
+}

@@ -1,6 +1,7 @@
 //! The `sidelog` command line: `serve`, `publish`, `inspect`.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -36,6 +37,56 @@ struct Cli {
     command: Command,
 }
 
+/// `sidelog health`'s flags.
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// The ingest address whose health service to ask.
+    #[arg(long, env = "SIDELOG_LISTEN", default_value = "127.0.0.1:50051")]
+    target: String,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+/// Asks the health service once; the exit code says what it answered.
+async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let url = if args.target.contains("://") {
+        args.target.clone()
+    } else {
+        format!("http://{}", args.target)
+    };
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect()
+            .await?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await?;
+        anyhow::Ok(answer.into_inner().status)
+    };
+    match tokio::time::timeout(Duration::from_millis(args.timeout_ms), ask).await {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(status)) => {
+            let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
+            println!("{name}");
+            Ok(ExitCode::from(1))
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: no answer from {url}: {e:#}");
+            Ok(ExitCode::from(2))
+        }
+        Err(_) => {
+            eprintln!("error: no answer from {url} within {} ms", args.timeout_ms);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
 /// `serve`'s own flags beside the configuration's.
 #[derive(Debug, clap::Args)]
 struct ServeCommand {
@@ -58,6 +109,10 @@ enum Command {
     /// What the journal holds, and its dead letters (list, show, re-queue, purge): through a
     /// running sidelog's admin service, or from the file when none runs.
     Inspect(inspect::InspectArgs),
+    /// Ask a sidelog's gRPC health service (for container health checks and exec probes):
+    /// exit 0 when it is SERVING, 1 when it answers otherwise (replaying, shutting down),
+    /// 2 when it does not answer.
+    Health(HealthArgs),
 }
 
 fn init_logs(format: &str, default_filter: &str) -> Result<(), String> {
@@ -84,7 +139,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // inspect's output is its answer; the journal's INFO lines would bury it.
-        Command::Inspect(_) => "warn",
+        Command::Inspect(_) | Command::Health(_) => "warn",
         // The NATS client (bench --peer) logs every connection event at INFO.
         _ => "info,async_nats=warn",
     };
@@ -112,9 +167,11 @@ fn main() -> ExitCode {
                     for (key, value) in config.effective_redacted() {
                         println!("{key} = {value}");
                     }
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
-                sidelog::serve(config, shutdown_signal(), |_| {}).await
+                sidelog::serve(config, shutdown_signal(), |_| {})
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::Publish(args) => {
                 let s = publish::run(args).await?;
@@ -130,14 +187,15 @@ fn main() -> ExitCode {
                     "{} messages were never acknowledged",
                     s.unacked
                 );
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
-            Command::Bench(args) => bench::run(*args).await.map(|_| ()),
-            Command::Inspect(args) => inspect::run(args).await,
+            Command::Bench(args) => bench::run(*args).await.map(|_| ExitCode::SUCCESS),
+            Command::Inspect(args) => inspect::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Health(args) => health(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
