@@ -192,6 +192,37 @@ async fn set_health(health: &HealthReporter, serving: bool) {
     health.set_service_status("", status).await;
 }
 
+/// Server reflection advertising `services` (those a port serves) and itself, in both versions
+/// clients use: v1 (grpcurl) and v1alpha (Python's grpcio-reflection, older tools).
+fn reflection(
+    services: &[&str],
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok((
+        builder().build_v1().context("reflection service")?,
+        builder()
+            .build_v1alpha()
+            .context("reflection service (v1alpha)")?,
+    ))
+}
+
 /// Binds `--listen` and serves ingest, health (`NOT_SERVING` until the replay is done) and
 /// reflection on it.
 async fn start_ingest(
@@ -204,11 +235,8 @@ async fn start_ingest(
     let local = listener.local_addr().context("listener address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, false).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
+    let (reflection, reflection_v1alpha) =
+        reflection(&["sidelog.v1.Ingest", "grpc.health.v1.Health"])?;
     let max_request = config.limits.max_request_bytes as usize;
     let token = crate::service::TokenCheck::new(config.auth_token()?);
     let ingest = tonic::service::interceptor::InterceptedService::new(
@@ -232,6 +260,7 @@ async fn start_ingest(
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ingest);
     let (stop, stop_rx) = oneshot::channel::<()>();
     // Nagle off on every accepted connection: Server::tcp_nodelay applies only to listeners
@@ -368,7 +397,12 @@ async fn serve_admin(
             .context("cannot use the TLS certificate and key (tls_cert_file, tls_key_file)")?;
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(builder.add_service(admin).serve_with_incoming_shutdown(
+    let (reflection, reflection_v1alpha) = reflection(&["sidelog.v1.Admin"])?;
+    let router = builder
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(admin);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             drop(stop_rx.await);

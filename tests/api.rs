@@ -445,40 +445,87 @@ async fn a_full_journal_resumes_by_itself_when_the_sink_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_describe_the_services() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let dir = tempfile::tempdir().unwrap();
     let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
     sidelog.start().await;
     assert_eq!(sidelog.health().await, Some(true));
 
-    let channel = tonic::transport::Channel::from_shared(sidelog.url())
+    // Each port advertises what it serves, and only that, to both reflection versions.
+    let admin = format!("http://{}", sidelog.admin.expect("admin on"));
+    for url in [sidelog.url(), admin.clone()] {
+        let v1 = reflected_services(&url, false).await;
+        let v1alpha = reflected_services(&url, true).await;
+        assert_eq!(v1, v1alpha, "{url}: v1 and v1alpha differ");
+        let (want, not): (&[&str], &[&str]) = if url == admin {
+            (
+                &["sidelog.v1.Admin"],
+                &["sidelog.v1.Ingest", "sidelog.v1.Handler", "sidelog.v1.Sink"],
+            )
+        } else {
+            (
+                &["sidelog.v1.Ingest", "grpc.health.v1.Health"],
+                &["sidelog.v1.Admin", "sidelog.v1.Handler", "sidelog.v1.Sink"],
+            )
+        };
+        for w in want {
+            assert!(v1.contains(*w), "{url}: {w} missing from {v1:?}");
+        }
+        for n in not {
+            assert!(
+                !v1.contains(*n),
+                "{url}: {n} advertised but not served: {v1:?}"
+            );
+        }
+    }
+    sidelog.kill9().await;
+}
+
+/// The services a reflection service at `url` lists (v1, or v1alpha).
+async fn reflected_services(url: &str, v1alpha: bool) -> HashSet<String> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("not a list of services: {response:?}");
-    };
-    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["sidelog.v1.Ingest", "grpc.health.v1.Health"] {
-        assert!(names.contains(want), "{want} missing from {names:?}");
+    if v1alpha {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: no v1alpha reflection: {e}"))
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a list of services: {response:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect()
+    } else {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: no v1 reflection: {e}"))
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a list of services: {response:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect()
     }
-    sidelog.kill9().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
