@@ -480,6 +480,30 @@ async fn health_and_reflection_describe_the_services() {
     sidelog.kill9().await;
 }
 
+/// Asks the reflection service of one version (`v1`, `v1alpha`) on `channel` for its services.
+macro_rules! list_services {
+    ($version:ident, $channel:expr, $url:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no {} reflection: {e}", $url, stringify!($version)))
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a list of services: {response:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect()
+    }};
+}
+
 /// The services a reflection service at `url` lists (v1, or v1alpha).
 async fn reflected_services(url: &str, v1alpha: bool) -> HashSet<String> {
     let channel = tonic::transport::Channel::from_shared(url.to_owned())
@@ -488,43 +512,9 @@ async fn reflected_services(url: &str, v1alpha: bool) -> HashSet<String> {
         .await
         .unwrap();
     if v1alpha {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel)
-            .server_reflection_info(tokio_stream::iter(vec![request]))
-            .await
-            .unwrap_or_else(|e| panic!("{url}: no v1alpha reflection: {e}"))
-            .into_inner();
-        let response = responses.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("not a list of services: {response:?}");
-        };
-        list.service.into_iter().map(|s| s.name).collect()
+        list_services!(v1alpha, channel, url)
     } else {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel)
-            .server_reflection_info(tokio_stream::iter(vec![request]))
-            .await
-            .unwrap_or_else(|e| panic!("{url}: no v1 reflection: {e}"))
-            .into_inner();
-        let response = responses.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("not a list of services: {response:?}");
-        };
-        list.service.into_iter().map(|s| s.name).collect()
+        list_services!(v1, channel, url)
     }
 }
 
@@ -997,6 +987,19 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         ),
         1.0
     );
+
+    // The re-queued poison message is refused again before the kill, so that the replay
+    // below holds exactly the next ten.
+    poll_until(
+        Duration::from_secs(10),
+        || "the re-queued poison message was not dead-lettered again".into(),
+        || async {
+            let text = scrape(metrics).await;
+            (try_series(&text, "sidelog_dead_lettered_total")? >= 2.0).then_some(())
+        },
+    )
+    .await;
+    sidelog.wait_summary("backlog inputs", 0).await;
 
     // A backlog left by a SIGKILL is counted as replayed after the restart.
     sink.failing

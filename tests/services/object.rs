@@ -456,18 +456,16 @@ pub async fn parquet_objects_hold_every_acked_message_across_a_sigkill() -> Outc
     Ok(())
 }
 
-/// An upload whose answer is lost after the object was stored (a timeout, a dropped
-/// connection) is checked with HEAD: the object is there, whole, so the batch is not uploaded
-/// again and no message is stored twice.
-pub async fn a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twice() -> Outcome {
-    let moto = moto().await?;
-    moto.create_bucket("lossy").await;
-    let faults = std::sync::Arc::new(s3_proxy::Faults::default());
-    // The first attempt and the client's two quick retries all lose their answers.
-    faults
-        .lose_put_answers
-        .store(3, std::sync::atomic::Ordering::SeqCst);
-    let proxy = s3_proxy::start(moto.addr, faults.clone()).await;
+/// A bucket behind the fault proxy, and a started rbml sidelog whose object sink goes through
+/// it, rolling chunks after `chunk_age_ms`. The temporary directory lives as long as sidelog.
+async fn behind_the_proxy(
+    moto: &Moto,
+    bucket: &str,
+    chunk_age_ms: &str,
+    faults: std::sync::Arc<s3_proxy::Faults>,
+) -> (Sidelog, tempfile::TempDir) {
+    moto.create_bucket(bucket).await;
+    let proxy = s3_proxy::start(moto.addr, faults).await;
     let dir = tempfile::tempdir().unwrap();
     let mut sidelog = with_moto_credentials(Sidelog::new(
         &dir.path().join("data"),
@@ -475,12 +473,26 @@ pub async fn a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twi
             "--mode",
             "rbml",
             "--sink",
-            &format!("s3://lossy/raw?endpoint={proxy}"),
+            &format!("s3://{bucket}/raw?endpoint={proxy}"),
             "--file-sink-chunk-max-age-ms",
-            "100",
+            chunk_age_ms,
         ],
     ));
     sidelog.start().await;
+    (sidelog, dir)
+}
+
+/// An upload whose answer is lost after the object was stored (a timeout, a dropped
+/// connection) is checked with HEAD: the object is there, whole, so the batch is not uploaded
+/// again and no message is stored twice.
+pub async fn a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twice() -> Outcome {
+    let moto = moto().await?;
+    let faults = std::sync::Arc::new(s3_proxy::Faults::default());
+    // The first attempt and the client's two quick retries all lose their answers.
+    faults
+        .lose_put_answers
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let (mut sidelog, _dir) = behind_the_proxy(&moto, "lossy", "100", faults.clone()).await;
     let batch: Vec<Message> = (0..50)
         .map(|i| common::msg(&format!("lost-answer-{i}"), b"payload"))
         .collect();
@@ -525,26 +537,12 @@ pub async fn a_lost_upload_answer_is_checked_with_head_and_nothing_is_stored_twi
 /// the chunk is uploaded again, whole.
 pub async fn a_failed_part_aborts_the_multipart_upload() -> Outcome {
     let moto = moto().await?;
-    moto.create_bucket("parts").await;
     let faults = std::sync::Arc::new(s3_proxy::Faults::default());
     // Part 1 fails on its first attempt and the client's two quick retries.
     faults
         .fail_parts
         .store(3, std::sync::atomic::Ordering::SeqCst);
-    let proxy = s3_proxy::start(moto.addr, faults.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut sidelog = with_moto_credentials(Sidelog::new(
-        &dir.path().join("data"),
-        &[
-            "--mode",
-            "rbml",
-            "--sink",
-            &format!("s3://parts/raw?endpoint={proxy}"),
-            "--file-sink-chunk-max-age-ms",
-            "3000",
-        ],
-    ));
-    sidelog.start().await;
+    let (mut sidelog, _dir) = behind_the_proxy(&moto, "parts", "3000", faults.clone()).await;
     let mut client = sidelog.client().await;
     let mut ids = HashSet::new();
     for i in 0..20 {
