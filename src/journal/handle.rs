@@ -154,6 +154,26 @@ impl Journal {
         .await
     }
 
+    /// Like [`Journal::record_outputs`], but only queues the write and returns a receiver for
+    /// its outcome: records are sequenced in the order they are queued, so a caller that must
+    /// keep an order holds it only while queuing, not while the journal works.
+    pub async fn start_record_outputs(
+        &self,
+        groups: Vec<OutputGroup>,
+        durable: bool,
+    ) -> Result<oneshot::Receiver<Result<Vec<RecordedOutputs>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Write(Write::RecordOutputs {
+                groups,
+                durable,
+                answer: Answer::to(reply),
+            }))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        Ok(rx)
+    }
+
     /// Removes delivered outputs and completed inputs. **Not durable**: losing it only re-sends,
     /// and deterministic ids make that a harmless duplicate. Waits only for queue space.
     pub async fn complete(&self, outputs: Vec<Seq>, inputs: Vec<Seq>) -> Result<()> {

@@ -56,14 +56,19 @@ impl KeyOrder {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         let shard = (hasher.finish() % SHARDS as u64) as usize;
+        Some(self.take_in(shard))
+    }
+
+    /// Takes the next turn in `shard` (see [`Turn::then`]).
+    fn take_in(self: &Arc<Self>, shard: usize) -> Turn {
         let mut s = self.lock(shard);
         let number = s.issued;
         s.issued += 1;
-        Some(Turn {
+        Turn {
             order: self.clone(),
             shard,
             number,
-        })
+        }
     }
 
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -96,6 +101,14 @@ impl Turn {
         // The sender is dropped only after it is sent on, or with the whole `KeyOrder`, which
         // this turn keeps alive: an error cannot happen, and would only mean "go".
         let _ = rx.await;
+    }
+
+    /// A turn in `next` for the same key, taken now: taken while this turn is held, the turns
+    /// of `next` follow the same order. A two-step path (queue a journal write, then queue for
+    /// delivery) holds each step's turn only for that step, so one key's writes are not waited
+    /// for one by one.
+    pub fn then(&self, next: &Arc<KeyOrder>) -> Turn {
+        next.take_in(self.shard)
     }
 }
 

@@ -63,7 +63,10 @@ pub struct Pipeline {
     clock: SharedClock,
     entropy: Entropy,
     serving: AtomicBool,
+    /// Order per key: handler results to the journal (or straight to delivery) ...
     order: Arc<KeyOrder>,
+    /// ... and recorded outputs on to delivery (see [`Turn::then`]).
+    delivery_order: Arc<KeyOrder>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -107,6 +110,7 @@ impl Pipeline {
             entropy,
             serving: AtomicBool::new(false),
             order: Arc::new(KeyOrder::default()),
+            delivery_order: Arc::new(KeyOrder::default()),
         })
     }
 
@@ -405,13 +409,9 @@ impl Pipeline {
             };
             match outcome {
                 HandleOutcome::Outputs(outputs) => {
-                    if let Some(turn) = &turn {
-                        turn.ready().await;
-                    }
                     pipeline
-                        .dispatch(outputs, input_seq, input_bytes, None)
+                        .dispatch(outputs, input_seq, input_bytes, None, turn)
                         .await;
-                    drop(turn);
                 }
                 HandleOutcome::Dead { reason, attempts } => {
                     pipeline.completion.release_memory(input_bytes);
@@ -429,7 +429,7 @@ impl Pipeline {
     /// [`Pipeline::spawn_continuation`] would have put it. Waits for room in delivery's queue.
     pub async fn replay_pass_through(&self, input: Message, input_seq: Seq, replayed: Replayed) {
         debug_assert!(self.handler.is_pass_through());
-        self.dispatch(vec![input], Some(input_seq), 0, Some(replayed))
+        self.dispatch(vec![input], Some(input_seq), 0, Some(replayed), None)
             .await;
     }
 
@@ -443,14 +443,20 @@ impl Pipeline {
         self.handler.is_pass_through()
     }
 
-    /// Queues an input's outputs for delivery, recording them first if the plan says so.
+    /// Queues an input's outputs for delivery, recording them first if the plan says so, in
+    /// `turn`'s order (order per key): the record is queued in turn, and the outputs are queued
+    /// for delivery in turn, but the key is not held while the journal writes.
     async fn dispatch(
         &self,
         outputs: Vec<Message>,
         input_seq: Option<Seq>,
         input_memory_bytes: u64,
         replayed: Option<Replayed>,
+        mut turn: Option<Turn>,
     ) {
+        if let Some(t) = &turn {
+            t.ready().await;
+        }
         // With pass-through the output is the input itself, already journaled: recording it
         // again would double the bytes written for nothing, since replaying the input yields
         // the same output.
@@ -464,7 +470,14 @@ impl Pipeline {
                 outputs: outputs.clone(),
                 dead: None,
             };
-            match self.journal.record_outputs(vec![group], false).await {
+            let queued = self.journal.start_record_outputs(vec![group], false).await;
+            // Sequenced in queue order: the key's next input may queue its record now.
+            turn = turn.map(|t| t.then(&self.delivery_order));
+            let written = match queued {
+                Ok(rx) => rx.await.unwrap_or(Err(JournalError::Closed)),
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(mut recorded) => {
                     Some(recorded.pop().expect("one group in, one out").output_seqs)
                 }
@@ -479,6 +492,9 @@ impl Pipeline {
         } else {
             None
         };
+        if let Some(t) = &turn {
+            t.ready().await;
+        }
         let output_seqs: Vec<Option<Seq>> = match &recorded {
             Some(seqs) => seqs.iter().copied().map(Some).collect(),
             None => vec![None; outputs.len()],
