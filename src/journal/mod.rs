@@ -16,24 +16,33 @@
 //!
 //! # Tables and key encodings
 //! ```text
-//! inputs        u64 input seq   -> [1][InputEntry protobuf]    rbml, hml: awaiting completion
-//! outputs       u64 output seq  -> [1][OutputEntry protobuf]   sbml, hml: awaiting the sink's ack
-//! recorded      u64 input seq   -> (u64 first output seq, u32 count)  hml: where this input's outputs are
-//! dead_letters  u64 letter seq  -> [1][DeadLetter protobuf]    kept until re-queued or purged
-//! dedup         &str message id -> (u64 seq, i64 recorded_at_ms)
-//! dedup_order   u64 seq         -> &str message id             eviction order of the dedup window
-//! meta          &str            -> u64                         format, seq_floor, backlog_bytes, backlog_entries
+//! blocks        u64 first seq  -> every input and output a commit added, one value (block.rs)
+//! heads         u64 first seq  -> which entries of that block are still live (block.rs)
+//! recorded      u64 input seq  -> (u64 first output seq, u32 count)  hml: where this input's outputs are
+//! dead_letters  u64 letter seq -> [1][DeadLetter protobuf]    kept until re-queued or purged
+//! dedup_log     u64 last seq   -> the message ids a commit remembered (idlog.rs)
+//! meta          &str           -> u64                         format, seq_floor, backlog_bytes, backlog_entries
 //! ```
-//! The leading byte of every protobuf value is the record format version ([`RECORD_FORMAT`],
-//! `record.rs`).
+//! A commit's new inputs (rbml, hml) and outputs (sbml, hml) go into **one block**: two B-tree
+//! inserts per commit, whatever its size. Completing entries rewrites the heads of the blocks
+//! they are in, once per commit; a block whose entries are all complete is removed with its
+//! head. Every record inside a block is one format byte ([`RECORD_FORMAT`], `record.rs`) and a
+//! protobuf of `proto/sidelog/journal/v1`. The dedup window is persisted the same way, one
+//! value per commit, evicted from the oldest; the writer keeps which ids each value holds the
+//! latest entry of, so the window's count is of distinct ids (`idlog.rs`).
+//!
+//! The backlog's bytes are those of the blocks still held: a block's space is freed when its
+//! last entry completes, so that is what the disk holds and what `max_backlog_bytes` limits.
 //!
 //! # Invariants
 //! - Sequences are unique for the life of the file, also across crashes: every `Immediate`
 //!   commit persists `seq_floor = next_seq + SEQ_RESERVE`, a commit that would hand out a
 //!   sequence at or past the durable floor is made `Immediate`, and on open `next_seq` starts at
 //!   the floor. Sequences handed out by a lost non-durable commit are therefore never reused.
-//! - `backlog_bytes`/`backlog_entries` in `meta` count exactly the entries of `inputs` and
-//!   `outputs` (the sum of their encoded sizes); they are updated in the same transaction.
+//! - `backlog_entries` in `meta` counts exactly the live entries of all heads, `backlog_bytes`
+//!   the sizes of the blocks held; both are updated in the same transaction.
+//! - Blocks do not overlap: a commit takes its sequences in one run, so a sequence is in at
+//!   most one block, the one whose first sequence is the greatest at or below it.
 //! - A reply `Ok` to a durable command is sent only after the `Immediate` commit returned.
 //!
 //! The file is `journal.redb`, created atomically (`store.rs`); redb's own checksums and two
@@ -43,13 +52,16 @@
 //! # Files
 //! `handle.rs` the [`Journal`] handle and its verbs · `command.rs` what a handle asks the writer ·
 //! `writer.rs` group commit, reopening after I/O errors, a full disk · `tables.rs` the tables and
-//! what each command does to them · `record.rs` the record codec · `store.rs` where the file
+//! what each command does to them · `block.rs` blocks and heads · `idlog.rs` the dedup log ·
+//! `record.rs` the record codec · `store.rs` where the file
 //! lives · `salvage.rs` reading a damaged file · `error.rs` · `config.rs`.
 
+mod block;
 mod command;
 mod config;
 mod error;
 mod handle;
+mod idlog;
 mod record;
 mod salvage;
 mod store;

@@ -5,7 +5,7 @@ use super::error::{JournalError, Result};
 use crate::proto::Message;
 
 /// The journal file's layout version; a file with another one is refused.
-pub const FILE_FORMAT: u64 = 1;
+pub const FILE_FORMAT: u64 = 2;
 /// The leading byte of every encoded record.
 pub const RECORD_FORMAT: u8 = 1;
 
@@ -22,29 +22,46 @@ pub fn encode_record(message: &impl prost::Message) -> Vec<u8> {
 /// Encodes an `InputEntry` from a borrowed message: the same bytes as [`encode_record`] of
 /// the entry, without cloning the message (ids, keys, headers) on the writer's hot path.
 pub fn encode_input(message: &Message, received_at_ms: i64) -> Vec<u8> {
-    use prost::encoding::{int64, message as embedded};
-    let mut buf = Vec::with_capacity(1 + embedded::encoded_len(1, message) + 11);
-    buf.push(RECORD_FORMAT);
-    embedded::encode(1, message, &mut buf);
-    if received_at_ms != 0 {
-        int64::encode(2, &received_at_ms, &mut buf);
-    }
+    let mut buf = Vec::new();
+    encode_input_into(message, received_at_ms, &mut buf);
     buf
+}
+
+/// [`encode_input`], appended to `buf` (a block being built).
+pub(super) fn encode_input_into(message: &Message, received_at_ms: i64, buf: &mut Vec<u8>) {
+    use prost::encoding::{int64, message as embedded};
+    buf.reserve(1 + embedded::encoded_len(1, message) + 11);
+    buf.push(RECORD_FORMAT);
+    embedded::encode(1, message, buf);
+    if received_at_ms != 0 {
+        int64::encode(2, &received_at_ms, buf);
+    }
 }
 
 /// Encodes an `OutputEntry` from a borrowed message (see [`encode_input`]).
 pub fn encode_output(message: &Message, input_seq: u64, recorded_at_ms: i64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_output_into(message, input_seq, recorded_at_ms, &mut buf);
+    buf
+}
+
+/// [`encode_output`], appended to `buf` (a block being built).
+pub(super) fn encode_output_into(
+    message: &Message,
+    input_seq: u64,
+    recorded_at_ms: i64,
+    buf: &mut Vec<u8>,
+) {
     use prost::encoding::{int64, message as embedded, uint64};
-    let mut buf = Vec::with_capacity(1 + embedded::encoded_len(1, message) + 22);
+    buf.reserve(1 + embedded::encoded_len(1, message) + 22);
     buf.push(RECORD_FORMAT);
-    embedded::encode(1, message, &mut buf);
+    embedded::encode(1, message, buf);
     if input_seq != 0 {
-        uint64::encode(2, &input_seq, &mut buf);
+        uint64::encode(2, &input_seq, buf);
     }
     if recorded_at_ms != 0 {
-        int64::encode(3, &recorded_at_ms, &mut buf);
+        int64::encode(3, &recorded_at_ms, buf);
     }
-    buf
 }
 
 /// Decodes a record written by [`encode_record`].

@@ -2,17 +2,20 @@
 //! applied inside the writer's transaction ([`Tables`]), the reads answered from a read
 //! transaction ([`answer`]), and the counters read at open ([`load_state`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
     ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 
+use super::block::{self, BlockBuilder, Head, Kind};
 use super::command::{Read, Write};
 use super::config::JournalConfig;
 use super::error::Failure;
-use super::record::{FILE_FORMAT, decode_record, encode_input, encode_output, encode_record};
+use super::idlog::{self, IdLogBuilder, IdWindow};
+use super::record::{FILE_FORMAT, decode_record, encode_record};
 use super::types::{
     DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
     RecordedOutputs, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
@@ -20,12 +23,11 @@ use super::types::{
 use crate::proto::Message;
 use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
 
-pub(super) const INPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
-pub(super) const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+pub(super) const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+pub(super) const HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("heads");
 const RECORDED: TableDefinition<u64, (u64, u32)> = TableDefinition::new("recorded");
 pub(super) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-pub(super) const DEDUP: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
-const DEDUP_ORDER: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
+pub(super) const DEDUP_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup_log");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(super) const META_FORMAT: &str = "format";
@@ -33,9 +35,9 @@ const META_SEQ_FLOOR: &str = "seq_floor";
 const META_BACKLOG_BYTES: &str = "backlog_bytes";
 const META_BACKLOG_ENTRIES: &str = "backlog_entries";
 
-/// Dedup entries evicted per commit beyond the ones the commit inserted, so that age-based
+/// Dedup log values (one per past commit) evicted at most per commit, so that age-based
 /// eviction catches up without making one transaction unboundedly large.
-const EVICT_EXTRA_PER_COMMIT: usize = 1024;
+const EVICT_MAX_PER_COMMIT: usize = 256;
 
 type Step<T = ()> = std::result::Result<T, Failure>;
 
@@ -44,9 +46,10 @@ pub(super) struct FileState {
     pub seq_floor: u64,
     pub backlog_bytes: u64,
     pub backlog_entries: u64,
-    /// The highest key in any table.
+    /// The highest sequence anywhere in the file.
     pub max_key: u64,
-    pub dedup_len: u64,
+    /// The dedup log's ids, per value.
+    pub ids: IdWindow,
 }
 
 /// Reads the counters from `meta`, creating the tables on a new file. A file of another format
@@ -55,12 +58,6 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
     let txn = db.begin_write()?;
     let state = {
         let mut meta = txn.open_table(META)?;
-        let inputs = txn.open_table(INPUTS)?;
-        let outputs = txn.open_table(OUTPUTS)?;
-        let dead = txn.open_table(DEAD_LETTERS)?;
-        let order = txn.open_table(DEDUP_ORDER)?;
-        txn.open_table(RECORDED)?;
-        txn.open_table(DEDUP)?;
         let stored_format = meta.get(META_FORMAT)?.map(|v| v.value());
         let format = match stored_format {
             Some(f) => f,
@@ -75,47 +72,72 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
                 found: format,
             }));
         }
+        let heads = txn.open_table(HEADS)?;
+        let dead = txn.open_table(DEAD_LETTERS)?;
+        let ids = txn.open_table(DEDUP_LOG)?;
+        txn.open_table(BLOCKS)?;
+        txn.open_table(RECORDED)?;
+        let last_head = match heads.last()? {
+            Some((k, v)) => Some(Head::decode(k.value(), v.value())?.last),
+            None => None,
+        };
         let last_keys = [
-            inputs.last()?.map(|(k, _)| k.value()),
-            outputs.last()?.map(|(k, _)| k.value()),
+            last_head,
             dead.last()?.map(|(k, _)| k.value()),
-            order.last()?.map(|(k, _)| k.value()),
+            ids.last()?.map(|(k, _)| k.value()),
         ];
+        let window = load_window(&ids)?;
         let get = |k: &str| -> Step<Option<u64>> { Ok(meta.get(k)?.map(|v| v.value())) };
         FileState {
             seq_floor: get(META_SEQ_FLOOR)?.unwrap_or(1),
             backlog_bytes: get(META_BACKLOG_BYTES)?.unwrap_or(0),
             backlog_entries: get(META_BACKLOG_ENTRIES)?.unwrap_or(0),
             max_key: last_keys.into_iter().flatten().max().unwrap_or(0),
-            dedup_len: order.len()?,
+            ids: window,
         }
     };
     txn.commit()?;
     Ok(state)
 }
 
-/// Which table a new record goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NewRecord {
-    Input,
-    Output,
-    DeadLetter,
+/// Reads the dedup log's ids into a fresh [`IdWindow`].
+fn load_window(ids: &impl redb::ReadableTable<u64, &'static [u8]>) -> Step<IdWindow> {
+    let mut window = IdWindow::default();
+    for row in ids.iter()? {
+        let (k, v) = row?;
+        window.load(k.value(), v.value())?;
+    }
+    Ok(window)
+}
+
+/// Reads the window again from the file when a failed commit left it behind the file.
+pub(super) fn refresh_window(db: &Database, window: &mut IdWindow) -> Step {
+    if window.stale {
+        let txn = db.begin_read()?;
+        *window = load_window(&txn.open_table(DEDUP_LOG)?)?;
+    }
+    Ok(())
 }
 
 /// The open tables of one write transaction, and what it changed.
 pub(super) struct Tables<'txn> {
-    inputs: redb::Table<'txn, u64, &'static [u8]>,
-    outputs: redb::Table<'txn, u64, &'static [u8]>,
+    blocks: redb::Table<'txn, u64, &'static [u8]>,
+    heads: redb::Table<'txn, u64, &'static [u8]>,
     recorded: redb::Table<'txn, u64, (u64, u32)>,
     dead: redb::Table<'txn, u64, &'static [u8]>,
-    dedup: redb::Table<'txn, &'static str, (u64, i64)>,
-    dedup_order: redb::Table<'txn, u64, &'static str>,
+    ids: redb::Table<'txn, u64, &'static [u8]>,
     meta: redb::Table<'txn, &'static str, u64>,
     pub next_seq: &'txn mut u64,
-    dedup_len: &'txn mut u64,
+    window: &'txn mut IdWindow,
     pub bytes_delta: i64,
     pub entries_delta: i64,
-    dedup_inserted: usize,
+    /// The entries this commit adds, written as one block by [`Tables::finish`].
+    block: BlockBuilder,
+    /// Heads of earlier blocks whose entries this commit completed, written back (or removed
+    /// with their block) by [`Tables::finish`].
+    touched: BTreeMap<u64, Head>,
+    /// The ids this commit remembers, written as one dedup log value by [`Tables::finish`].
+    remembered: IdLogBuilder,
     /// Records and their encoded bytes written by this transaction (metrics).
     pub written_records: u64,
     pub written_bytes: u64,
@@ -126,22 +148,23 @@ impl<'txn> Tables<'txn> {
     pub(super) fn open(
         txn: &'txn WriteTransaction,
         next_seq: &'txn mut u64,
-        dedup_len: &'txn mut u64,
+        window: &'txn mut IdWindow,
         now: i64,
     ) -> Step<Self> {
         Ok(Tables {
-            inputs: txn.open_table(INPUTS)?,
-            outputs: txn.open_table(OUTPUTS)?,
+            blocks: txn.open_table(BLOCKS)?,
+            heads: txn.open_table(HEADS)?,
             recorded: txn.open_table(RECORDED)?,
             dead: txn.open_table(DEAD_LETTERS)?,
-            dedup: txn.open_table(DEDUP)?,
-            dedup_order: txn.open_table(DEDUP_ORDER)?,
+            ids: txn.open_table(DEDUP_LOG)?,
             meta: txn.open_table(META)?,
             next_seq,
-            dedup_len,
+            window,
             bytes_delta: 0,
             entries_delta: 0,
-            dedup_inserted: 0,
+            block: BlockBuilder::default(),
+            touched: BTreeMap::new(),
+            remembered: IdLogBuilder::default(),
             written_records: 0,
             written_bytes: 0,
             now,
@@ -199,9 +222,9 @@ impl Tables<'_> {
         let mut seqs = Vec::with_capacity(inputs.len());
         for message in inputs {
             let seq = self.take_seq();
-            let record = encode_input(message, received_at_ms);
-            self.insert_new(NewRecord::Input, seq, &record)?;
-            self.remember_id(&message.id, seq)?;
+            let len = self.block.push_input(seq.0, message, received_at_ms);
+            self.count_new(len);
+            self.remember_id(&message.id, seq);
             seqs.push(seq);
         }
         Ok(seqs)
@@ -213,8 +236,9 @@ impl Tables<'_> {
             let mut output_seqs = Vec::with_capacity(group.outputs.len());
             for message in &group.outputs {
                 let seq = self.take_seq();
-                let record = encode_output(message, group.input_seq.map_or(0, |s| s.0), self.now);
-                self.insert_new(NewRecord::Output, seq, &record)?;
+                let input_seq = group.input_seq.map_or(0, |s| s.0);
+                let len = self.block.push_output(seq.0, message, input_seq, self.now);
+                self.count_new(len);
                 output_seqs.push(seq);
             }
             if let Some(input) = group.input_seq {
@@ -232,7 +256,7 @@ impl Tables<'_> {
                 (None, None) => self.take_seq(),
             };
             if let Some(id) = &group.dedup_id {
-                self.remember_id(id, ack_seq)?;
+                self.remember_id(id, ack_seq);
             }
             recorded.push(RecordedOutputs {
                 output_seqs,
@@ -272,7 +296,7 @@ impl Tables<'_> {
                 dead_at_ms: self.now,
                 input_seq: letter.input_seq.map_or(0, |s| s.0),
             });
-            self.insert_new(NewRecord::DeadLetter, seq, &record)?;
+            self.insert_dead(seq, &record)?;
             seqs.push(seq);
         }
         Ok(seqs)
@@ -288,14 +312,13 @@ impl Tables<'_> {
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             let message = letter.message.unwrap_or_default();
             let seq = self.take_seq();
-            if letter.kind == dead_letter::Kind::Input as i32 {
-                let record = encode_input(&message, self.now);
-                self.insert_new(NewRecord::Input, seq, &record)?;
+            let len = if letter.kind == dead_letter::Kind::Input as i32 {
+                self.block.push_input(seq.0, &message, self.now)
             } else {
                 // On its own: the input it came from may be long completed.
-                let record = encode_output(&message, 0, self.now);
-                self.insert_new(NewRecord::Output, seq, &record)?;
-            }
+                self.block.push_output(seq.0, &message, 0, self.now)
+            };
+            self.count_new(len);
             seqs.push(seq);
         }
         Ok(seqs)
@@ -311,27 +334,24 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Writes a record under a sequence just taken, counting it. Sequences are never reused:
-    /// finding one taken is a bug that would overwrite an entry, so it crashes here.
-    fn insert_new(&mut self, kind: NewRecord, seq: Seq, record: &[u8]) -> Step {
-        let (table, name) = match kind {
-            NewRecord::Input => (&mut self.inputs, "input"),
-            NewRecord::Output => (&mut self.outputs, "output"),
-            NewRecord::DeadLetter => (&mut self.dead, "dead-letter"),
-        };
-        let reused = table.insert(seq.0, record)?.is_some();
+    /// Counts a record just added to this commit's block.
+    fn count_new(&mut self, len: usize) {
+        self.written_records += 1;
+        self.written_bytes += len as u64;
+        self.entries_delta += 1;
+    }
+
+    /// Writes a dead letter under its sequence. Dead letters are kept apart from the backlog,
+    /// one row each: they are few, and an operator acts on them one by one.
+    fn insert_dead(&mut self, seq: Seq, record: &[u8]) -> Step {
+        let reused = self.dead.insert(seq.0, record)?.is_some();
         assert!(
             !reused,
-            "journal invariant: {name} sequence {} reused",
+            "journal invariant: dead-letter sequence {} reused",
             seq.0
         );
         self.written_records += 1;
         self.written_bytes += record.len() as u64;
-        if kind != NewRecord::DeadLetter {
-            // Inputs and outputs are the backlog; dead letters are kept apart from it.
-            self.bytes_delta += record.len() as i64;
-            self.entries_delta += 1;
-        }
         Ok(())
     }
 
@@ -355,66 +375,119 @@ impl Tables<'_> {
     }
 
     fn remove_input(&mut self, seq: Seq) -> Step {
-        if let Some(old) = self.inputs.remove(seq.0)? {
-            self.bytes_delta -= old.value().len() as i64;
-            self.entries_delta -= 1;
-        }
+        self.mark_gone(seq, Kind::Input)?;
         self.recorded.remove(seq.0)?;
         Ok(())
     }
 
     fn remove_output(&mut self, seq: Seq) -> Step {
-        if let Some(old) = self.outputs.remove(seq.0)? {
-            self.bytes_delta -= old.value().len() as i64;
+        self.mark_gone(seq, Kind::Output)
+    }
+
+    /// Completes a live entry of `kind` (a no-op for one already completed, or never there:
+    /// completion marks are applied again after a failed commit).
+    fn mark_gone(&mut self, seq: Seq, kind: Kind) -> Step {
+        let seq = seq.0;
+        let head = match self.block.head_mut() {
+            Some(head) if seq >= head.first => Some(head),
+            _ => self.touched_head(seq)?,
+        };
+        if head.is_some_and(|h| h.mark_gone(seq, kind)) {
             self.entries_delta -= 1;
         }
         Ok(())
     }
 
-    fn remember_id(&mut self, id: &str, seq: Seq) -> Step {
-        if let Some(old) = self.dedup.insert(id, (seq.0, self.now))? {
-            // The id was in the window already (its entry had expired in memory): drop the
-            // old position so the window counts it once.
-            let (old_seq, _) = old.value();
-            drop(old);
-            if self.dedup_order.remove(old_seq)?.is_some() {
-                *self.dedup_len -= 1;
+    /// The head of the earlier block holding `seq`, read into `touched` once per commit.
+    fn touched_head(&mut self, seq: u64) -> Step<Option<&mut Head>> {
+        let cached = self
+            .touched
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, h)| seq <= h.last);
+        if !cached {
+            let Some((first, head)) = (match self.heads.range(..=seq)?.next_back() {
+                Some(row) => {
+                    let (k, v) = row?;
+                    Some((k.value(), Head::decode(k.value(), v.value())?))
+                }
+                None => None,
+            }) else {
+                return Ok(None);
+            };
+            if seq > head.last {
+                return Ok(None);
+            }
+            self.touched.insert(first, head);
+        }
+        Ok(self
+            .touched
+            .range_mut(..=seq)
+            .next_back()
+            .map(|(_, head)| head))
+    }
+
+    fn remember_id(&mut self, id: &str, seq: Seq) {
+        let hash = self.window.hash(id);
+        self.remembered.push(id, hash, seq.0, self.now);
+    }
+
+    /// Writes what the commit built: its block and head, the heads it changed (removing the
+    /// blocks left with no live entry), and the ids it remembered.
+    pub(super) fn finish(&mut self) -> Step {
+        for (first, head) in std::mem::take(&mut self.touched) {
+            if head.is_empty() {
+                self.blocks.remove(first)?;
+                self.heads.remove(first)?;
+                self.bytes_delta -= head.block_bytes as i64;
+            } else {
+                self.heads.insert(first, head.encode().as_slice())?;
             }
         }
-        let reused = self.dedup_order.insert(seq.0, id)?.is_some();
-        assert!(
-            !reused,
-            "journal invariant: dedup sequence {} reused",
-            seq.0
-        );
-        *self.dedup_len += 1;
-        self.dedup_inserted += 1;
+        if let Some((bytes, head)) = std::mem::take(&mut self.block).finish() {
+            // Completed within its own commit (possible, not expected): nothing to keep.
+            if !head.is_empty() {
+                let reused = self.blocks.insert(head.first, bytes.as_slice())?.is_some();
+                assert!(
+                    !reused,
+                    "journal invariant: block sequence {} reused",
+                    head.first
+                );
+                self.heads.insert(head.first, head.encode().as_slice())?;
+                self.bytes_delta += head.block_bytes as i64;
+            }
+        }
+        if let Some((bytes, hashes)) = std::mem::take(&mut self.remembered).finish() {
+            // Keyed by the commit's last sequence: every id it remembers carries a sequence
+            // it took, so the key is new and the log stays in commit order.
+            let key = *self.next_seq - 1;
+            let reused = self.ids.insert(key, bytes.as_slice())?.is_some();
+            assert!(!reused, "journal invariant: dedup log key {key} reused");
+            self.window.add(key, &hashes);
+        }
         Ok(())
     }
 
-    /// Evicts the oldest ids while the window is over its count or they are over its age.
+    /// Evicts the oldest commits' ids while the window holds at least its count of ids
+    /// without them, or they are over its age.
     pub(super) fn evict_dedup(&mut self, config: &JournalConfig) -> Step {
-        let budget = self.dedup_inserted + EVICT_EXTRA_PER_COMMIT;
         let oldest_allowed = self.now.saturating_sub(config.dedup_window_age_ms);
-        for _ in 0..budget {
-            let Some((seq, id)) = self
-                .dedup_order
-                .first()?
-                .map(|(k, v)| (k.value(), v.value().to_owned()))
-            else {
+        for _ in 0..EVICT_MAX_PER_COMMIT {
+            let Some((key, at)) = (match self.ids.first()? {
+                Some((k, v)) => Some((k.value(), idlog::header(k.value(), v.value())?.0)),
+                None => None,
+            }) else {
                 break;
             };
-            let recorded_at = self.dedup.get(id.as_str())?.map(|v| v.value());
-            let over_count = *self.dedup_len > config.dedup_window_count;
-            let too_old = recorded_at.is_none_or(|(_, at)| at < oldest_allowed);
-            if !over_count && !too_old {
+            let live = u64::from(self.window.live(key));
+            let over_count = self.window.len().saturating_sub(live) >= config.dedup_window_count;
+            if !over_count && at >= oldest_allowed {
                 break;
             }
-            self.dedup_order.remove(seq)?;
-            *self.dedup_len -= 1;
-            if recorded_at.is_some_and(|(s, _)| s == seq) {
-                self.dedup.remove(id.as_str())?;
-            }
+            let Some(value) = self.ids.remove(key)? else {
+                break;
+            };
+            self.window.remove(key, value.value())?;
         }
         Ok(())
     }
@@ -448,19 +521,16 @@ pub(super) fn answer(db: &Database, read: Read, next_seq: u64, backlog_bytes: u6
 }
 
 fn scan_inputs(txn: &ReadTransaction, from: Seq, limit: usize) -> Step<Vec<StoredInput>> {
-    let inputs = txn.open_table(INPUTS)?;
     let recorded = txn.open_table(RECORDED)?;
-    let outputs = txn.open_table(OUTPUTS)?;
+    let heads = txn.open_table(HEADS)?;
     let mut out = Vec::with_capacity(limit.min(4096));
-    for row in inputs.range(from.0..)?.take(limit) {
-        let (k, v) = row?;
-        let key = k.value();
-        let entry = decode_record::<InputEntry>("inputs", key, v.value())?;
-        let state = match recorded.get(key)?.map(|r| r.value()) {
+    scan_live(txn, from, limit, Kind::Input, |seq, record| {
+        let entry = decode_record::<InputEntry>("blocks", seq, record)?;
+        let state = match recorded.get(seq)?.map(|r| r.value()) {
             None => InputState::Unhandled,
             Some((first, count)) => {
                 let end = first + u64::from(count);
-                if outputs.range(first..end)?.next().is_some() {
+                if any_live(&heads, first, end, Kind::Output)? {
                     InputState::OutputsPending
                 } else {
                     InputState::Finished
@@ -468,27 +538,96 @@ fn scan_inputs(txn: &ReadTransaction, from: Seq, limit: usize) -> Step<Vec<Store
             }
         };
         out.push(StoredInput {
-            seq: Seq(key),
+            seq: Seq(seq),
             entry,
             state,
         });
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
 fn scan_outputs(txn: &ReadTransaction, from: Seq, limit: usize) -> Step<Vec<StoredOutput>> {
-    let outputs = txn.open_table(OUTPUTS)?;
     let mut out = Vec::with_capacity(limit.min(4096));
-    for row in outputs.range(from.0..)?.take(limit) {
-        let (k, v) = row?;
-        let key = k.value();
-        let entry = decode_record::<OutputEntry>("outputs", key, v.value())?;
+    scan_live(txn, from, limit, Kind::Output, |seq, record| {
+        let entry = decode_record::<OutputEntry>("blocks", seq, record)?;
         out.push(StoredOutput {
-            seq: Seq(key),
+            seq: Seq(seq),
             entry,
         });
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Calls `each` with the live entries of `kind` from `from` on, in sequence order, at most
+/// `limit` of them. Blocks with no such entry are not read.
+fn scan_live(
+    txn: &ReadTransaction,
+    from: Seq,
+    limit: usize,
+    kind: Kind,
+    mut each: impl FnMut(u64, &[u8]) -> Step,
+) -> Step {
+    let heads = txn.open_table(HEADS)?;
+    let blocks = txn.open_table(BLOCKS)?;
+    // The block holding `from`, if any, starts before it.
+    let start = match heads.range(..=from.0)?.next_back() {
+        Some(row) => row?.0.value(),
+        None => from.0,
+    };
+    let mut taken = 0;
+    for row in heads.range(start..)? {
+        if taken >= limit {
+            break;
+        }
+        let (k, v) = row?;
+        let first = k.value();
+        let head = Head::decode(first, v.value())?;
+        if !head.has_live_from(kind, from.0) {
+            continue;
+        }
+        let Some(value) = blocks.get(first)? else {
+            return Err(
+                redb::Error::Corrupted(format!("the block of head {first} is missing")).into(),
+            );
+        };
+        for entry in block::entries(first, value.value()) {
+            let entry = entry?;
+            if entry.seq < from.0 || head.kind(entry.seq) != kind {
+                continue;
+            }
+            if entry.kind != kind {
+                let reason = format!(
+                    "entry {} is {:?} in its block, {kind:?} in its head",
+                    entry.seq, entry.kind
+                );
+                return Err(redb::Error::Corrupted(reason).into());
+            }
+            each(entry.seq, entry.record)?;
+            taken += 1;
+            if taken >= limit {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether any sequence in `from..to` is a live entry of `kind`.
+fn any_live(heads: &ReadOnlyTable<u64, &[u8]>, from: u64, to: u64, kind: Kind) -> Step<bool> {
+    let start = match heads.range(..=from)?.next_back() {
+        Some(row) => row?.0.value(),
+        None => from,
+    };
+    for row in heads.range(start..to)? {
+        let (k, v) = row?;
+        let head = Head::decode(k.value(), v.value())?;
+        if (from.max(head.first)..to.min(head.last + 1)).any(|seq| head.kind(seq) == kind) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn scan_dead_letters(
@@ -510,60 +649,54 @@ fn scan_dead_letters(
     Ok(out)
 }
 
-/// The persisted dedup window, oldest first.
+/// The persisted dedup window, oldest first; an id remembered twice is given once, at its
+/// later place.
 fn load_dedup(txn: &ReadTransaction) -> Step<Vec<DedupRecord>> {
-    let order = txn.open_table(DEDUP_ORDER)?;
-    let dedup = txn.open_table(DEDUP)?;
-    let mut out = Vec::new();
-    for row in order.iter()? {
+    let ids = txn.open_table(DEDUP_LOG)?;
+    let mut all = Vec::new();
+    for row in ids.iter()? {
         let (k, v) = row?;
-        let id = v.value();
-        if let Some(entry) = dedup.get(id)? {
-            let (seq, recorded_at_ms) = entry.value();
-            if seq == k.value() {
-                out.push(DedupRecord {
-                    id: id.to_owned(),
-                    seq: Seq(seq),
-                    recorded_at_ms,
-                });
-            }
-        }
+        idlog::read(k.value(), v.value(), &mut all)?;
     }
-    Ok(out)
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(all.len());
+    for (i, r) in all.iter().enumerate() {
+        last.insert(r.id.as_str(), i);
+    }
+    let keep: Vec<bool> = (0..all.len())
+        .map(|i| last.get(all[i].id.as_str()) == Some(&i))
+        .collect();
+    drop(last);
+    let mut keep = keep.into_iter();
+    all.retain(|_| keep.next().unwrap_or(false));
+    Ok(all)
 }
 
 fn summary(txn: &ReadTransaction, next_seq: u64, backlog_bytes: u64) -> Step<Summary> {
-    let len = |def: TableDefinition<u64, &[u8]>| -> Step<u64> { Ok(txn.open_table(def)?.len()?) };
+    let heads = txn.open_table(HEADS)?;
+    let (mut inputs, mut outputs) = (0, 0);
+    for row in heads.iter()? {
+        let (k, v) = row?;
+        let head = Head::decode(k.value(), v.value())?;
+        inputs += head.count(Kind::Input);
+        outputs += head.count(Kind::Output);
+    }
     Ok(Summary {
-        inputs: len(INPUTS)?,
-        outputs: len(OUTPUTS)?,
-        dead_letters: len(DEAD_LETTERS)?,
-        dedup_ids: txn.open_table(DEDUP)?.len()?,
+        inputs,
+        outputs,
+        dead_letters: txn.open_table(DEAD_LETTERS)?.len()?,
+        dedup_ids: load_dedup(txn)?.len() as u64,
         backlog_bytes,
         next_seq,
         oldest_backlog_ms: oldest_backlog(txn)?,
     })
 }
 
-/// When the oldest backlog entry was written: the first (lowest-sequence) entry of `inputs` and
-/// of `outputs`, whichever is older. Two lookups, whatever the backlog's size.
+/// When the oldest backlog entry was written: the earliest time in the first block still
+/// held. One lookup, whatever the backlog's size.
 fn oldest_backlog(txn: &ReadTransaction) -> Step<Option<i64>> {
-    let inputs = txn.open_table(INPUTS)?;
-    let outputs = txn.open_table(OUTPUTS)?;
-    let input = match inputs.first()? {
-        Some((k, v)) => decode_record::<InputEntry>("inputs", k.value(), v.value())
-            .ok()
-            .map(|e| e.received_at_ms),
+    let heads = txn.open_table(HEADS)?;
+    Ok(match heads.first()? {
+        Some((k, v)) => Some(Head::decode(k.value(), v.value())?.oldest_ms),
         None => None,
-    };
-    let output = match outputs.first()? {
-        Some((k, v)) => decode_record::<OutputEntry>("outputs", k.value(), v.value())
-            .ok()
-            .map(|e| e.recorded_at_ms),
-        None => None,
-    };
-    Ok(match (input, output) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     })
 }

@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::command::{Answer, Command, Read, Write};
 use super::config::{JournalConfig, WriterRuntime};
 use super::error::{Failure, JournalError, Result};
+use super::idlog::IdWindow;
 use super::store::{Fsync, FsyncFailure, JournalStore, Rewrite, open_database};
 use super::tables::{self, FileState, Tables};
 use super::types::{Backlog, Seq, SeqRange};
@@ -34,7 +35,8 @@ pub(super) struct Writer {
     next_seq: u64,
     /// Sequences below this are covered by a durable `seq_floor`.
     durable_floor: u64,
-    dedup_len: u64,
+    /// The persisted dedup window's ids (see `idlog.rs`).
+    ids: IdWindow,
     /// Non-durable commits happened since the last durable one.
     dirty: bool,
     /// Completion marks whose commit failed: idempotent, so kept and applied again with the
@@ -64,7 +66,6 @@ struct Committed {
     durable: bool,
     fsync: bool,
     next_seq: u64,
-    dedup_len: u64,
     bytes: u64,
     entries: u64,
     written_records: u64,
@@ -94,7 +95,7 @@ impl Writer {
             backlog: Arc::new(Backlog::default()),
             next_seq: 0,
             durable_floor: 0,
-            dedup_len: 0,
+            ids: IdWindow::default(),
             dirty: false,
             retry_marks: Vec::new(),
             last_durable_ms: 0,
@@ -111,7 +112,7 @@ impl Writer {
             next_seq = writer.next_seq,
             backlog_entries = writer.backlog.entries(),
             backlog_bytes = writer.backlog.bytes(),
-            dedup_ids = writer.dedup_len,
+            dedup_ids = writer.ids.len(),
             "journal opened"
         );
         Ok(writer)
@@ -326,7 +327,7 @@ impl Writer {
         self.next_seq = state.seq_floor.max(state.max_key + 1);
         self.max_key = state.max_key;
         self.durable_floor = state.seq_floor;
-        self.dedup_len = state.dedup_len;
+        self.ids = state.ids;
         self.backlog.set(state.backlog_bytes, state.backlog_entries);
         metrics::gauge!(crate::metrics::BACKLOG_ENTRIES).set(state.backlog_entries as f64);
         metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(state.backlog_bytes as f64);
@@ -442,7 +443,7 @@ impl Writer {
 
     /// Applies `cmds` in one write transaction and commits it.
     fn write_transaction(
-        &self,
+        &mut self,
         cmds: &mut [Write],
         now: i64,
         durable: bool,
@@ -456,13 +457,16 @@ impl Writer {
             redb::Durability::None
         })
         .map_err(|e| JournalError::Io(e.to_string()))?;
+        tables::refresh_window(db, &mut self.ids)?;
+        // Changed in the transaction: if the commit fails, read from the file again.
+        self.ids.stale = true;
         let mut next_seq = self.next_seq;
-        let mut dedup_len = self.dedup_len;
         let (bytes, entries, written_records, written_bytes) = {
-            let mut t = Tables::open(&txn, &mut next_seq, &mut dedup_len, now)?;
+            let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
             for cmd in cmds.iter_mut() {
                 t.apply(cmd)?;
             }
+            t.finish()?;
             t.evict_dedup(&self.config)?;
             let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
             let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
@@ -471,11 +475,11 @@ impl Writer {
             (bytes, entries, t.written_records, t.written_bytes)
         };
         txn.commit()?;
+        self.ids.stale = false;
         Ok(Committed {
             durable,
             fsync,
             next_seq,
-            dedup_len,
             bytes,
             entries,
             written_records,
@@ -513,7 +517,6 @@ impl Writer {
             }
         }
         self.next_seq = c.next_seq;
-        self.dedup_len = c.dedup_len;
         self.backlog.set(c.bytes, c.entries);
     }
 
