@@ -101,7 +101,10 @@ fn describe_and_zero() {
         "Seconds an fsync of the journal took."
     );
     describe_gauge!(BACKLOG_ENTRIES, "Undelivered entries in the journal.");
-    describe_gauge!(BACKLOG_BYTES, "Undelivered bytes in the journal.");
+    describe_gauge!(
+        BACKLOG_BYTES,
+        "Bytes of journal blocks holding undelivered entries."
+    );
     describe_gauge!(
         BACKLOG_OLDEST_AGE_SECONDS,
         "Age of the oldest undelivered entry in seconds (0: none)."

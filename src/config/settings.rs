@@ -103,7 +103,7 @@ settings! {
         max_header_bytes: u64 = 8 * KIB, Rule::range(1, MIB);
         /// HTTP/2 requests under way per producer connection (the client queues the rest).
         max_concurrent_streams: u64 = 256, Rule::range(1, 65_536);
-        /// Undelivered bytes before intake answers `RESOURCE_EXHAUSTED`.
+        /// Undelivered bytes (journal blocks still held; in `none`, queued in memory) before intake answers `RESOURCE_EXHAUSTED`.
         max_backlog_bytes: u64 = GIB, Rule::range(KIB, u64::MAX);
         /// The journal file's size limit; 0: only the disk's.
         max_journal_bytes: u64 = 0, Rule::off_or(MIB, u64::MAX);

@@ -154,6 +154,20 @@ impl BlockBuilder {
         self.end(at)
     }
 
+    /// Adds a record encoded already (a file of the previous format being rewritten).
+    pub fn push_record(&mut self, seq: u64, kind: Kind, record: &[u8], at_ms: i64) -> usize {
+        let at = self.start(seq, kind, at_ms);
+        self.buf.extend_from_slice(record);
+        self.end(at)
+    }
+
+    /// Entries added so far.
+    pub fn len(&self) -> usize {
+        self.head
+            .as_ref()
+            .map_or(0, |h| h.count(Kind::Input) + h.count(Kind::Output)) as usize
+    }
+
     /// Writes the frame of a new entry (its length patched by `end`); returns where the
     /// record starts.
     fn start(&mut self, seq: u64, kind: Kind, at_ms: i64) -> usize {

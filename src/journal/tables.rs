@@ -66,7 +66,12 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
                 FILE_FORMAT
             }
         };
-        if format != FILE_FORMAT {
+        if format == 1 {
+            drop(meta);
+            migrate_from_1(&txn)?;
+            meta = txn.open_table(META)?;
+            meta.insert(META_FORMAT, FILE_FORMAT)?;
+        } else if format != FILE_FORMAT {
             return Err(Failure::Journal(super::JournalError::Format {
                 path: path.to_owned(),
                 found: format,
@@ -98,6 +103,97 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
     };
     txn.commit()?;
     Ok(state)
+}
+
+/// Rewrites a file of format 1 (one row per record, a string-keyed dedup index) into this
+/// layout, in the transaction that opens it: upgrading sidelog keeps the backlog, the dead
+/// letters and the dedup window. Format 1 tables, for this alone:
+/// `inputs`/`outputs` u64 seq → record, `dedup` id → (seq, recorded_at_ms), `dedup_order`
+/// seq → id; `recorded`, `dead_letters` and `meta` are unchanged.
+fn migrate_from_1(txn: &WriteTransaction) -> Step {
+    const INPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
+    const OUTPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+    const DEDUP_1: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
+    const DEDUP_ORDER_1: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
+    /// Entries per block written by the migration.
+    const PER_BLOCK: usize = 8192;
+
+    let mut blocks = txn.open_table(BLOCKS)?;
+    let mut heads = txn.open_table(HEADS)?;
+    let mut ids = txn.open_table(DEDUP_LOG)?;
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    {
+        let inputs = txn.open_table(INPUTS_1)?;
+        let outputs = txn.open_table(OUTPUTS_1)?;
+        let mut all = Vec::new();
+        for row in inputs.iter()? {
+            let (k, v) = row?;
+            let at = decode_record::<InputEntry>("inputs", k.value(), v.value())?.received_at_ms;
+            all.push((k.value(), Kind::Input, v.value().to_vec(), at));
+        }
+        for row in outputs.iter()? {
+            let (k, v) = row?;
+            let at = decode_record::<OutputEntry>("outputs", k.value(), v.value())?.recorded_at_ms;
+            all.push((k.value(), Kind::Output, v.value().to_vec(), at));
+        }
+        all.sort_unstable_by_key(|e| e.0);
+        for chunk in all.chunks(PER_BLOCK) {
+            let mut block = BlockBuilder::default();
+            for (seq, kind, record, at) in chunk {
+                block.push_record(*seq, *kind, record, *at);
+            }
+            entries += block.len() as u64;
+            if let Some((value, head)) = block.finish() {
+                blocks.insert(head.first, value.as_slice())?;
+                heads.insert(head.first, head.encode().as_slice())?;
+                bytes += head.block_bytes;
+            }
+        }
+    }
+    {
+        let dedup = txn.open_table(DEDUP_1)?;
+        let order = txn.open_table(DEDUP_ORDER_1)?;
+        // One log value per run of ids recorded at the same time, keyed by its last sequence.
+        let mut run: Option<(i64, u64, IdLogBuilder)> = None;
+        for row in order.iter()? {
+            let (k, v) = row?;
+            let (seq, id) = (k.value(), v.value());
+            let Some((latest, at)) = dedup.get(id)?.map(|e| e.value()) else {
+                continue;
+            };
+            if latest != seq {
+                continue;
+            }
+            if run.as_ref().is_some_and(|(run_at, _, _)| *run_at != at) {
+                let (_, last, value) = run.take().expect("checked just above");
+                if let Some((value, _)) = value.finish() {
+                    ids.insert(last, value.as_slice())?;
+                }
+            }
+            let (_, last, value) = run.get_or_insert_with(|| (at, seq, IdLogBuilder::default()));
+            value.push(id, 0, seq, at);
+            *last = seq;
+        }
+        if let Some((_, last, value)) = run
+            && let Some((value, _)) = value.finish()
+        {
+            ids.insert(last, value.as_slice())?;
+        }
+    }
+    for name in [INPUTS_1, OUTPUTS_1] {
+        txn.delete_table(name)?;
+    }
+    txn.delete_table(DEDUP_1)?;
+    txn.delete_table(DEDUP_ORDER_1)?;
+    let mut meta = txn.open_table(META)?;
+    meta.insert(META_BACKLOG_BYTES, bytes)?;
+    meta.insert(META_BACKLOG_ENTRIES, entries)?;
+    tracing::info!(
+        entries,
+        bytes,
+        "journal rewritten from format 1 to format {FILE_FORMAT}"
+    );
+    Ok(())
 }
 
 /// Reads the dedup log's ids into a fresh [`IdWindow`].

@@ -407,3 +407,109 @@ proptest! {
         })?;
     }
 }
+
+/// A file written by a sidelog of format 1 (one row per record) is rewritten when it is
+/// opened: its backlog, dead letters and dedup window come through, and it is format 2 after.
+#[tokio::test]
+async fn a_format_1_file_is_rewritten_keeping_everything() {
+    use redb::{ReadableDatabase as _, TableDefinition};
+    const INPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
+    const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+    const RECORDED: TableDefinition<u64, (u64, u32)> = TableDefinition::new("recorded");
+    const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+    const DEDUP: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
+    const ORDER: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 1).unwrap();
+            meta.insert("seq_floor", 100).unwrap();
+            let mut inputs = txn.open_table(INPUTS).unwrap();
+            inputs
+                .insert(3, encode_input(&msg("a"), 11).as_slice())
+                .unwrap();
+            inputs
+                .insert(5, encode_input(&msg("b"), 12).as_slice())
+                .unwrap();
+            txn.open_table(RECORDED).unwrap().insert(5, (6, 1)).unwrap();
+            let mut outputs = txn.open_table(OUTPUTS).unwrap();
+            outputs
+                .insert(6, encode_output(&msg("b/0"), 5, 13).as_slice())
+                .unwrap();
+            let letter = crate::proto::journal::DeadLetter {
+                kind: dead_letter::Kind::Output as i32,
+                message: Some(msg("z/0")),
+                reason: "refused".into(),
+                ..Default::default()
+            };
+            txn.open_table(DEAD)
+                .unwrap()
+                .insert(4, encode_record(&letter).as_slice())
+                .unwrap();
+            let mut dedup = txn.open_table(DEDUP).unwrap();
+            let mut order = txn.open_table(ORDER).unwrap();
+            for (id, seq, at) in [("a", 3, 11), ("b", 5, 12), ("old", 1, 10)] {
+                dedup.insert(id, (seq, at)).unwrap();
+                order.insert(seq, id).unwrap();
+            }
+            // A stale position: "b" was remembered again later.
+            order.insert(2, "b").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let j = open(dir.path());
+    let inputs = all_inputs(&j).await;
+    let got: Vec<_> = inputs.iter().map(|i| (i.seq.0, i.state)).collect();
+    assert_eq!(
+        got,
+        [(3, InputState::Unhandled), (5, InputState::OutputsPending)]
+    );
+    assert_eq!(inputs[0].entry.message.as_ref().unwrap().id, "a");
+    let outputs = all_outputs(&j).await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!((outputs[0].seq, outputs[0].entry.input_seq), (Seq(6), 5));
+    assert_eq!(j.scan_dead_letters(Seq(0), 10).await.unwrap().len(), 1);
+    let ids: Vec<_> = j
+        .load_dedup()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.seq.0, d.recorded_at_ms))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("old".to_string(), 1, 10),
+            ("a".into(), 3, 11),
+            ("b".into(), 5, 12)
+        ]
+    );
+    let summary = j.summary().await.unwrap();
+    assert_eq!((summary.inputs, summary.outputs), (2, 1));
+    // New records take sequences above the old floor, and completing works on the old entries.
+    let new = j.append_inputs(vec![msg("c")], 14).await.unwrap();
+    assert!(new[0].0 >= 100, "{new:?}");
+    j.complete(vec![Seq(6)], vec![Seq(5)]).await.unwrap();
+    j.close().await.unwrap();
+    let j = open(dir.path());
+    let left: Vec<_> = all_inputs(&j).await.iter().map(|i| i.seq.0).collect();
+    assert_eq!(left, [3, new[0].0]);
+    assert!(all_outputs(&j).await.is_empty());
+    j.close().await.unwrap();
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn
+        .open_table(META)
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(format, FILE_FORMAT);
+}
