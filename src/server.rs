@@ -239,12 +239,13 @@ async fn start_ingest(
         reflection(&["sidelog.v1.Ingest", "grpc.health.v1.Health"])?;
     let max_request = config.limits.max_request_bytes as usize;
     let token = crate::service::TokenCheck::new(config.auth_token()?);
-    let ingest = tonic::service::interceptor::InterceptedService::new(
-        IngestServer::new(IngestService::new(pipeline))
-            .max_decoding_message_size(max_request)
-            .max_encoding_message_size(usize::MAX),
-        move |request| token.check(request),
-    );
+    let ingest =
+        crate::service::OversizeRefusals(tonic::service::interceptor::InterceptedService::new(
+            IngestServer::new(IngestService::new(pipeline))
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(usize::MAX),
+            move |request| token.check(request),
+        ));
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32));

@@ -254,12 +254,34 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
     );
     sidelog.start().await;
 
-    // A request over max_request_bytes is refused by gRPC before it is read.
+    // A request over max_request_bytes is refused before it is read, as every limit is.
     let err = publish(&sidelog, vec![msg("huge", &[0u8; 5000])])
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("too large"), "{err}");
+    assert!(err.message().contains("max_request_bytes"), "{err}");
+
+    // The same on a stream: the requests before it are answered, then the stream ends with it.
+    let requests = vec![
+        PublishRequest {
+            messages: vec![msg("small", b"x")],
+        },
+        PublishRequest {
+            messages: vec![msg("huge", &[0u8; 5000])],
+        },
+    ];
+    let mut client = sidelog.client().await;
+    let mut responses = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().expect("the small one");
+    assert_eq!(status(&first.acks[0]), ack::Status::Accepted);
+    let err = responses.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("max_request_bytes"), "{err}");
 
     let err = publish(&sidelog, vec![]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -348,10 +370,15 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
 
     // Only the accepted ones reach the sink.
     let out = dir.path().join("data/out");
-    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 3).await;
+    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 4).await;
     assert_eq!(
         chunk_ids(&out),
-        HashSet::from(["ok-1".to_string(), assigned.clone(), "h-ok".to_string()])
+        HashSet::from([
+            "small".to_string(),
+            "ok-1".to_string(),
+            assigned.clone(),
+            "h-ok".to_string()
+        ])
     );
     sidelog.kill9().await;
 }
@@ -818,6 +845,10 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
             "100",
             "--delivery-max-attempts",
             "1000",
+            "--limits-max-request-bytes",
+            "4096",
+            "--limits-max-message-bytes",
+            "1024",
         ],
     );
     sidelog.start().await;
@@ -846,6 +877,11 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         .unwrap();
     let empty = publish(&sidelog, vec![]).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
+    // Refused by the decoder before the service sees it; counted all the same.
+    let huge = publish(&sidelog, vec![msg("huge", &[0u8; 5000])])
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge}");
     // Undelivered for a while: the age of the oldest backlog entry shows it.
     poll_until(
         Duration::from_secs(10),
@@ -902,6 +938,14 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         series(
             &text,
             "sidelog_requests_refused_total{code=\"invalid_argument\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "sidelog_requests_refused_total{code=\"resource_exhausted\"}"
         ),
         1.0,
         "{text}"

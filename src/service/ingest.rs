@@ -21,15 +21,18 @@ use crate::proto::{PublishRequest, PublishResponse};
 /// Requests of one `PublishStream` in process at once.
 pub const STREAM_PIPELINE: usize = 64;
 
+fn count_refused(code: &'static str) {
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+}
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
-        let code = match &e {
+        count_refused(match &e {
             IngestError::InvalidArgument(_) => "invalid_argument",
             IngestError::ResourceExhausted(_) => "resource_exhausted",
             IngestError::Unavailable(_) => "unavailable",
             IngestError::Internal(_) => "internal",
-        };
-        metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+        });
         match e {
             IngestError::InvalidArgument(m) => Status::invalid_argument(m),
             IngestError::ResourceExhausted(m) => Status::resource_exhausted(m),
@@ -83,7 +86,7 @@ impl Ingest for IngestService {
                         }))
                     }
                     Ok(None) => break,
-                    Err(status) => Err(status),
+                    Err(status) => Err(oversize_is_exhausted(status)),
                 };
                 let failed = next.is_err();
                 if order_tx.send(next).await.is_err() || failed {
@@ -112,5 +115,70 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// tonic's decoder refuses a message over `max_request_bytes` with OUT_OF_RANGE, before the
+/// service sees it. sidelog answers RESOURCE_EXHAUSTED for it, as for every limit (grpc-go's
+/// code for the same case), and counts it with the other refusals.
+fn oversize_is_exhausted(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains(TONIC_TOO_LARGE) {
+        count_refused("resource_exhausted");
+        Status::resource_exhausted(format!("{} (max_request_bytes)", status.message()))
+    } else {
+        status
+    }
+}
+
+/// The start of the message of tonic's decoder when a request is over its size limit.
+const TONIC_TOO_LARGE: &str = "decoded message length too large";
+
+/// The ingest service behind tonic's decoder, turning a unary request refused for its size
+/// into RESOURCE_EXHAUSTED and counting it (see [`oversize_is_exhausted`]): tonic answers it
+/// in the response headers without calling the service.
+#[derive(Debug, Clone)]
+pub struct OversizeRefusals<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OversizeRefusals<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for OversizeRefusals<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<R>,
+        >,
+    R: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Some(status) = Status::from_header_map(response.headers()) {
+                let mapped = oversize_is_exhausted(status.clone());
+                if mapped.code() != status.code() {
+                    let headers = response.headers_mut();
+                    headers.remove("grpc-status");
+                    headers.remove("grpc-message");
+                    // Writing a status's headers fails only for a message that cannot be
+                    // percent-encoded, which this one (ASCII) can.
+                    let _ = mapped.add_header(headers);
+                }
+            }
+            Ok(response)
+        })
     }
 }

@@ -8,4 +8,4 @@ mod ingest;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
 pub use auth::TokenCheck;
-pub use ingest::IngestService;
+pub use ingest::{IngestService, OversizeRefusals};
