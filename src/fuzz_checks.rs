@@ -11,7 +11,8 @@ use crate::pipeline::Limits;
 use crate::proto::PublishRequest;
 use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry};
 
-/// A journal record read from a damaged or hostile file: decoding fails cleanly or yields a
+/// A journal record (and a block, head or dedup log value) read from a damaged or hostile file:
+/// decoding fails cleanly or yields a
 /// record that encodes back to bytes decoding to the same record.
 pub fn journal_record(data: &[u8]) {
     if let Ok(input) = decode_record::<InputEntry>("inputs", 1, data) {
@@ -38,6 +39,7 @@ pub fn journal_record(data: &[u8]) {
             "a dead letter round-trips"
         );
     }
+    crate::journal::read_hostile_values(data);
 }
 
 /// Limits small enough for a fuzzer to cross every one of them.

@@ -78,6 +78,51 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
         "{shown}"
     );
     assert!(shown.contains("payload       payload "), "{shown}");
+    // The same for scripts, as JSON.
+    let listing: serde_json::Value =
+        serde_json::from_str(&sidelog.inspect(&["--json", "dead-letters"]).await.unwrap())
+            .expect("inspect --json prints JSON");
+    let from_json: Vec<(u64, String)> = listing["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["sequence"].as_u64().unwrap(),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(from_json, dead, "{listing}");
+    assert_eq!(listing["next_from_sequence"], serde_json::Value::Null);
+    let shown: serde_json::Value = serde_json::from_str(
+        &sidelog
+            .inspect(&["show", &first_seq.to_string(), "--json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown["id"], first_id.as_str(), "{shown}");
+    assert_eq!(shown["table"], "dead", "{shown}");
+    assert_eq!(shown["attempts"], 2, "{shown}");
+    assert!(
+        shown["payload_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("payload "),
+        "{shown}"
+    );
+    assert!(
+        shown["written_at"].as_str().unwrap().ends_with('Z'),
+        "{shown}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&sidelog.inspect(&["--json"]).await.unwrap()).unwrap();
+    assert_eq!(
+        (summary["mode"].as_str(), summary["dead_letters"].as_u64()),
+        (Some("hml"), Some(10)),
+        "{summary}"
+    );
     let missing = sidelog.inspect(&["show", "999999999"]).await.unwrap_err();
     assert!(
         missing.contains("no entry with sequence 999999999"),

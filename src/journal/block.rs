@@ -111,7 +111,7 @@ impl Head {
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let last = u64_at(1);
         let kinds = bytes[HEAD_FIXED..].to_vec();
-        if last < first || (last - first + 1) != kinds.len() as u64 {
+        if last < first || kinds.is_empty() || last - first != (kinds.len() - 1) as u64 {
             return Err(bad("its sequences do not match its length"));
         }
         if kinds.iter().any(|&b| Kind::from_byte(b).is_none()) {
@@ -283,9 +283,12 @@ impl<'a> Iterator for Entries<'a> {
         if rest.len() - FRAME < len {
             return Some(Err(self.bad("a record is cut short".into())));
         }
+        let Some(seq) = self.first.checked_add(u64::from(offset)) else {
+            return Some(Err(self.bad("a sequence past the last one".into())));
+        };
         self.rest = &rest[FRAME + len..];
         Some(Ok(Entry {
-            seq: self.first + u64::from(offset),
+            seq,
             kind,
             record: &rest[FRAME..FRAME + len],
         }))
@@ -342,5 +345,15 @@ mod tests {
             assert!(Head::decode(1, &head[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Head::decode(2, &head).is_err(), "wrong key");
+        // Sequences at the top of the range are an error too, not an overflow.
+        let mut top = vec![HEAD_FORMAT];
+        top.extend_from_slice(&u64::MAX.to_le_bytes());
+        top.extend_from_slice(&[0; 16]);
+        assert!(Head::decode(0, &top).is_err());
+        let mut far = vec![BLOCK_FORMAT];
+        far.extend_from_slice(&u32::MAX.to_le_bytes());
+        far.push(Kind::Input as u8);
+        far.extend_from_slice(&0u32.to_le_bytes());
+        assert!(entries(u64::MAX, &far).next().unwrap().is_err());
     }
 }

@@ -42,6 +42,10 @@ pub struct InspectArgs {
     /// PEM CA certificate(s) to verify the admin service's TLS certificate with.
     #[arg(long, env = "SIDELOG_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+    /// Print one JSON document instead of text, for scripts (payloads as base64, and as text
+    /// when they are UTF-8; times as unix ms and RFC 3339).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Option<InspectCommand>,
 }
@@ -128,25 +132,43 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     match args.command.clone().unwrap_or(InspectCommand::Summary) {
         InspectCommand::Summary => {
             let s = call!(backend, summary, SummaryRequest {}).map_err(status("summary"))?;
+            if args.json {
+                return print_json(&json::summary(&s));
+            }
             print_summary(&s);
         }
         InspectCommand::Backlog(list) => {
             let page =
                 call!(backend, list_backlog, list_request(&list)?).map_err(status("backlog"))?;
+            if args.json {
+                return print_json(&json::page(&page));
+            }
             print_page(&page);
         }
         InspectCommand::DeadLetters(list) => {
             let page = call!(backend, list_dead_letters, list_request(&list)?)
                 .map_err(status("dead letters"))?;
+            if args.json {
+                return print_json(&json::page(&page));
+            }
             print_page(&page);
         }
         InspectCommand::Show { sequence } => {
             let e =
                 call!(backend, get_entry, GetEntryRequest { sequence }).map_err(status("show"))?;
+            if args.json {
+                return print_json(&json::entry(&e));
+            }
             print_entry(&e);
         }
         InspectCommand::Requeue(sel) => {
             let r = call!(backend, requeue, select(&sel)?).map_err(status("requeue"))?;
+            if args.json {
+                return print_json(&serde_json::json!({
+                    "requeued": r.requeued,
+                    "new_sequences": r.new_sequences,
+                }));
+            }
             let when = if matches!(backend, Backend::Local(_)) {
                 "; they are sent when sidelog next starts"
             } else {
@@ -159,6 +181,9 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         }
         InspectCommand::Purge(sel) => {
             let r = call!(backend, purge, select(&sel)?).map_err(status("purge"))?;
+            if args.json {
+                return print_json(&serde_json::json!({ "purged": r.purged }));
+            }
             println!("purged {} dead letters", r.purged);
         }
     }
@@ -459,5 +484,68 @@ fn rfc3339(ms: i64) -> String {
             t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         ),
         None => format!("{ms} (unix ms)"),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `inspect --json`: the same fields as the text, named as in `sidelog.v1.Admin`'s messages.
+mod json {
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+    use sidelog::proto::{Entry, ListResponse, SummaryResponse};
+
+    pub fn summary(s: &SummaryResponse) -> Value {
+        json!({
+            "journal_path": s.journal_path,
+            "journal_file_bytes": s.journal_file_bytes,
+            "running": !s.mode.is_empty(),
+            "mode": (!s.mode.is_empty()).then_some(&s.mode),
+            "serving": s.serving,
+            "backlog_inputs": s.backlog_inputs,
+            "backlog_outputs": s.backlog_outputs,
+            "backlog_bytes": s.backlog_bytes,
+            "oldest_backlog_age_ms": s.oldest_backlog_age_ms,
+            "dead_letters": s.dead_letters,
+            "dedup_ids": s.dedup_ids,
+            "next_sequence": s.next_sequence,
+        })
+    }
+
+    pub fn page(p: &ListResponse) -> Value {
+        json!({
+            "entries": p.entries.iter().map(entry).collect::<Vec<_>>(),
+            "next_from_sequence": (p.next_from_sequence != 0).then_some(p.next_from_sequence),
+        })
+    }
+
+    pub fn entry(e: &Entry) -> Value {
+        let m = e.message.clone().unwrap_or_default();
+        let time = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let dead = !e.reason.is_empty();
+        json!({
+            "sequence": e.sequence,
+            "table": super::table(e),
+            "id": m.id,
+            "key": m.key,
+            "headers": m.headers,
+            "payload_bytes": m.payload.len(),
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            "payload_text": std::str::from_utf8(&m.payload).ok(),
+            "written_at_ms": e.written_at_ms,
+            "written_at": time(e.written_at_ms),
+            "event_time_ms": (m.event_time_ms != 0).then_some(m.event_time_ms),
+            "state": (!e.state.is_empty()).then_some(&e.state),
+            "input_sequence": (e.input_sequence != 0).then_some(e.input_sequence),
+            "dead_kind": dead.then_some(&e.dead_kind),
+            "attempts": dead.then_some(e.attempts),
+            "reason": dead.then_some(&e.reason),
+        })
     }
 }
