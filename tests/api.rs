@@ -1376,3 +1376,39 @@ async fn the_health_command_answers_with_its_exit_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
     sidelog.kill9().await;
 }
+
+/// `sidelog completions SHELL` prints a script the shell accepts; `sidelog man` a man page
+/// naming every subcommand.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("inspect") && bash.contains("--data-dir"),
+        "{bash}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sidelog.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(checked.success(), "bash -n refused the completion script");
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("serve"), "{shell}");
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH sidelog 1"), "{man}");
+    for sub in ["serve", "publish", "bench", "inspect", "health"] {
+        assert!(man.contains(sub), "{sub} missing from the man page");
+    }
+}

@@ -113,6 +113,14 @@ enum Command {
     /// exit 0 when it is SERVING, 1 when it answers otherwise (replaying, shutting down),
     /// 2 when it does not answer.
     Health(HealthArgs),
+    /// Print a shell completion script: `sidelog completions bash > /etc/bash_completion.d/sidelog`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `sidelog man > /usr/local/share/man/man1/sidelog.1`.
+    Man,
 }
 
 fn init_logs(format: &str, default_filter: &str) -> Result<(), String> {
@@ -139,7 +147,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // inspect's output is its answer; the journal's INFO lines would bury it.
-        Command::Inspect(_) | Command::Health(_) => "warn",
+        Command::Inspect(_) | Command::Health(_) | Command::Completions { .. } | Command::Man => {
+            "warn"
+        }
         // The NATS client (bench --peer) logs every connection event at INFO.
         _ => "info,async_nats=warn",
     };
@@ -192,6 +202,17 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(*args).await.map(|_| ExitCode::SUCCESS),
             Command::Inspect(args) => inspect::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Health(args) => health(args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                let mut command = Cli::command();
+                clap_complete::generate(shell, &mut command, "sidelog", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                use clap::CommandFactory as _;
+                clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
