@@ -22,6 +22,7 @@ use crate::sink::Sink;
 #[derive(Clone)]
 pub struct Delivery {
     lanes: Arc<[mpsc::Sender<DeliveryItem>]>,
+    sink: Arc<dyn Sink>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -63,9 +64,15 @@ impl Delivery {
         (
             Delivery {
                 lanes: senders.into(),
+                sink,
             },
             tasks,
         )
+    }
+
+    /// Asks the sink to send what it holds back for batching now ([`Sink::flush`]).
+    pub fn flush_sink(&self) {
+        self.sink.flush();
     }
 
     /// Queues an output for delivery; waits while its lane is full (backpressure).

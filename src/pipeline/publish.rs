@@ -135,6 +135,11 @@ impl Pipeline {
         self.serving.load(Ordering::SeqCst)
     }
 
+    /// Has the sink send what it holds back for batching (a replay waits for it).
+    pub fn flush_sink(&self) {
+        self.delivery.flush_sink();
+    }
+
     /// Undelivered bytes: in the journal, plus what mode `none` holds in memory.
     pub fn backlog_bytes(&self) -> u64 {
         self.journal.backlog().bytes() + self.completion.memory_bytes()

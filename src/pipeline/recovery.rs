@@ -111,8 +111,16 @@ pub async fn replay(
         Some(pace) => !pace.idle(),
         None => journal.backlog().entries() > 0,
     };
+    let mut last_entries = u64::MAX;
     while pending() {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        // No progress since the last look: what is left may sit in a sink that batches by age
+        // (a chunk of the file or object sink). Intake waits for it, so it goes now.
+        let entries = journal.backlog().entries();
+        if entries == last_entries {
+            pipeline.flush_sink();
+        }
+        last_entries = entries;
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = tokio::time::Instant::now();
             info!(

@@ -66,4 +66,8 @@ pub trait Sink: Send + Sync + 'static {
     fn ack_delay_max(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// Sends what the sink holds back to batch it (an open chunk) now rather than when its
+    /// size or age says: a replay under `replay.policy = first` is waiting for it.
+    fn flush(&self) {}
 }

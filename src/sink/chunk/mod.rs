@@ -390,6 +390,13 @@ impl Sink for Arc<ChunkSink> {
     fn ack_delay_max(&self) -> Duration {
         self.settings.max_age
     }
+
+    fn flush(&self) {
+        let chunk = self.lock().0.take();
+        if let Some(chunk) = chunk {
+            self.seal(chunk);
+        }
+    }
 }
 
 #[cfg(test)]
