@@ -954,6 +954,15 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         series(&text, "sidelog_resent_messages_total{cause=\"retry\"}") > 0.0,
         "{text}"
     );
+    // Every lane's batches failed while the sink was down; the log warned once per 10 s.
+    let log = sidelog.log();
+    let warned = log
+        .matches("delivery failed; retrying with backoff")
+        .count();
+    assert!(
+        (1..=2).contains(&warned),
+        "{warned} delivery warnings:\n{log}"
+    );
     assert!(
         series(&text, "sidelog_delivery_retries_total") > 0.0,
         "{text}"

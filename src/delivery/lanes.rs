@@ -253,7 +253,11 @@ async fn deliver_with_retries(
         metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
         let delay = config.backoff.delay(attempt, &entropy);
         if attempt == 1 {
-            warn!(messages = items.len(), error = %error, "delivery failed; retrying with backoff");
+            static WARN: crate::runtime::WarnLimit =
+                crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
+            if let Some(suppressed) = WARN.check() {
+                warn!(messages = items.len(), error = %error, suppressed, "delivery failed; retrying with backoff (suppressed: like warnings held back since the last one)");
+            }
         } else {
             debug!(messages = items.len(), attempt, error = %error, ?delay, "delivery failed; retrying");
         }

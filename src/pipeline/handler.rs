@@ -226,7 +226,11 @@ impl HandlerRunner {
             let delay = self.backoff.delay(attempt, &self.entropy);
             debug!(id = %input.id, attempt, error = %error, ?delay, "handler call failed; retrying");
             if attempt == 1 {
-                warn!(error = %error, "handler call failed; retrying with backoff");
+                static WARN: crate::runtime::WarnLimit =
+                    crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
+                if let Some(suppressed) = WARN.check() {
+                    warn!(error = %error, suppressed, "handler call failed; retrying with backoff (suppressed: like warnings held back since the last one)");
+                }
             }
             tokio::time::sleep(delay).await;
             attempt += 1;

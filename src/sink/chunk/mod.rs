@@ -361,7 +361,11 @@ impl ChunkSink {
                     debug!(chunk = %name, bytes = size, records = info.records, "chunk stored")
                 }
                 Err(e) => {
-                    warn!(chunk = %name, error = %e, "cannot store a chunk; its messages will be re-sent")
+                    static WARN: crate::runtime::WarnLimit =
+                        crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
+                    if let Some(suppressed) = WARN.check() {
+                        warn!(chunk = %name, error = %e, suppressed, "cannot store a chunk; its messages will be re-sent (suppressed: like warnings held back since the last one)")
+                    }
                 }
             }
             for w in waiters {
