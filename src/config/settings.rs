@@ -88,7 +88,7 @@ settings! {
     [limits] pub struct LimitsConfig {
         /// Larger messages are `REJECTED`.
         max_message_bytes: u64 = MIB, Rule::range(64, GIB);
-        /// Larger requests fail as a whole (`OUT_OF_RANGE`).
+        /// Larger requests fail as a whole (`RESOURCE_EXHAUSTED`), unread.
         max_request_bytes: u64 = 16 * MIB, Rule::range(64, 4 * GIB - 1);
         /// More messages in one request fail it (`INVALID_ARGUMENT`).
         max_messages_per_request: u64 = 10_000, Rule::range(1, 1_000_000);
