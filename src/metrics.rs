@@ -31,6 +31,8 @@ pub const REQUESTS_REFUSED: &str = "sidelog_requests_refused_total";
 /// Undelivered entries and bytes in the journal.
 pub const BACKLOG_ENTRIES: &str = "sidelog_backlog_entries";
 pub const BACKLOG_BYTES: &str = "sidelog_backlog_bytes";
+/// 1 while the sink's last delivery (or the check at start) succeeded, 0 once one failed.
+pub const SINK_UP: &str = "sidelog_sink_up";
 /// Messages delivered to the sink (acked by it).
 pub const DELIVERED: &str = "sidelog_delivered_total";
 /// Delivery batches retried.
@@ -114,6 +116,10 @@ fn describe_and_zero() {
         "Journal entries a replay dispatched again, by kind (input, output)."
     );
     describe_counter!(DELIVERED, "Messages acked by the sink.");
+    describe_gauge!(
+        SINK_UP,
+        "1 while the sink's last delivery or start-up check succeeded, 0 once one failed."
+    );
     describe_histogram!(
         SINK_DELIVER_SECONDS,
         "Seconds per sink delivery attempt, by outcome (ok, error)."
@@ -165,5 +171,7 @@ fn describe_and_zero() {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    // Up until a check or a delivery says otherwise.
+    metrics::gauge!(SINK_UP).set(1.0);
     // The backlog gauges are set when the journal opens (and its age within a second).
 }

@@ -769,19 +769,6 @@ async fn a_bearer_token_guards_ingest() {
     );
 }
 
-/// GETs `/metrics` from `addr`.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
 /// The value of one series (`name{labels}`), if the endpoint shows it.
 fn try_series(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -894,6 +881,12 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     .await;
     let text = scrape(metrics).await;
     assert!(series(&text, "sidelog_backlog_bytes") > 0.0, "{text}");
+    assert_eq!(series(&at_start, "sidelog_sink_up"), 1.0, "{at_start}");
+    assert_eq!(
+        series(&text, "sidelog_sink_up"),
+        0.0,
+        "the sink is failing:\n{text}"
+    );
     assert!(series(&text, "sidelog_backlog_entries") > 0.0, "{text}");
     sink.failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -921,6 +914,11 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         series(&text, "sidelog_messages_total{outcome=\"accepted\"}"),
         21.0,
         "{text}"
+    );
+    assert_eq!(
+        series(&text, "sidelog_sink_up"),
+        1.0,
+        "delivering again:\n{text}"
     );
     assert_eq!(
         series(&text, "sidelog_messages_total{outcome=\"duplicate\"}"),
@@ -1089,7 +1087,7 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     let families = readme_metric_families();
     assert_eq!(
         families.len(),
-        19,
+        20,
         "the README's table changed: {families:?}"
     );
     for family in &families {

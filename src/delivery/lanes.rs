@@ -210,6 +210,7 @@ async fn deliver_with_retries(
         };
         metrics::histogram!(crate::metrics::SINK_DELIVER_SECONDS, "outcome" => label)
             .record(started.elapsed().as_secs_f64());
+        metrics::gauge!(crate::metrics::SINK_UP).set(if label == "ok" { 1.0 } else { 0.0 });
         let error = match outcome {
             Ok(Ok(())) => {
                 completion.stats.batches.fetch_add(1, Ordering::Relaxed);

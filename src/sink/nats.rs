@@ -249,7 +249,10 @@ impl NatsSink {
 async fn check_stream(js: jetstream::Context, config: NatsSinkConfig) {
     let probe = config.subject.replace("{key}", "k");
     let found = tokio::time::timeout(Duration::from_secs(10), js.stream_by_subject(probe.clone()));
-    match (found.await, &config.stream) {
+    let found = found.await;
+    let up = matches!(found, Ok(Ok(_)));
+    metrics::gauge!(crate::metrics::SINK_UP).set(if up { 1.0 } else { 0.0 });
+    match (found, &config.stream) {
         (Ok(Ok(name)), Some(want)) if name != *want => warn!(
             subject = %probe,
             stream = %name,

@@ -287,3 +287,17 @@ pub async fn fill_then_resume(mut sidelog: Sidelog, limit: &[&str]) {
     sidelog.kill9().await;
     sink_server.stop().await;
 }
+
+/// GETs `/metrics` from `addr` (a sidelog started with `--metrics-listen`).
+#[allow(dead_code)] // not every test binary scrapes
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}

@@ -611,17 +611,23 @@ pub async fn a_failed_part_aborts_the_multipart_upload() -> Outcome {
 pub async fn a_missing_bucket_is_reported_at_start() -> Outcome {
     let moto = moto().await?;
     let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
     let mut sidelog = with_moto_credentials(Sidelog::new(
         &dir.path().join("data"),
         &[
             "--sink",
             &format!("s3://no-such-bucket/raw?endpoint={}", moto.endpoint()),
+            "--metrics-listen",
+            &metrics.to_string(),
         ],
     ));
     sidelog.start().await;
     sidelog
         .wait_log("cannot reach the bucket", Duration::from_secs(20))
         .await;
+    // And a metric an alert can watch.
+    let text = common::scrape(metrics).await;
+    assert!(text.contains("\nsidelog_sink_up 0"), "{text}");
     assert!(
         !sidelog.log().contains("<?xml"),
         "S3's XML is not logged whole: {}",

@@ -282,7 +282,10 @@ impl ObjectSink {
         let endpoint = config.endpoint.clone().unwrap_or_else(|| "AWS".into());
         crate::runtime::spawn(async move {
             let path = ObjectPath::from(prefix.as_str());
-            match check.list_with_delimiter(Some(&path)).await {
+            let listed = check.list_with_delimiter(Some(&path)).await;
+            let up = if listed.is_ok() { 1.0 } else { 0.0 };
+            metrics::gauge!(crate::metrics::SINK_UP).set(up);
+            match listed {
                 Ok(_) => {
                     info!(%bucket, %prefix, %endpoint, "object sink ready: the bucket answers")
                 }
