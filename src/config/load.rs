@@ -64,6 +64,7 @@ impl clap::Args for ServeArgs {
                 .env(s.env())
                 .value_name(s.value_name)
                 .help(help)
+                .hide(super::settings::NOT_IN_HELP.contains(&s.key))
         }))
     }
 

@@ -50,6 +50,10 @@ impl std::str::FromStr for ReplayPolicy {
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 86_400_000;
 
+/// Settable like any other, and in the README's table, but kept out of `--help` (and so out of
+/// the man page and completions): knobs for benchmarks, not for running sidelog.
+pub(super) const NOT_IN_HELP: &[&str] = &["journal.simulated_fsync_latency_us"];
+
 settings! {
     /// The complete configuration of `sidelog serve`.
     pub struct Config {
@@ -133,7 +137,7 @@ settings! {
         commit_max_records: u64 = 8192, Rule::range(1, 1_000_000);
         /// Longest a completion mark stays un-fsynced.
         sync_interval_ms: u64 = 1000, Rule::range(1, HOUR_MS);
-        /// Added to every fsync, to benchmark the modes as on a slow disk; 0 in production.
+        /// Added to every fsync, to benchmark the modes as on a slow disk (`bench --fsync-latency`); 0 in production; not in `--help`.
         simulated_fsync_latency_us: u64 = 0, Rule::range(0, 1_000_000);
     }
 
