@@ -62,6 +62,13 @@ pub async fn serve(
     } = &node;
 
     let ((ingest, local), health) = start_ingest(&config, pipeline.clone()).await?;
+    let http = match start_http(&config, pipeline.clone()).await {
+        Ok(http) => http,
+        Err(e) => {
+            let _ = ingest.stop.send(());
+            return Err(e);
+        }
+    };
     let replay_done = Arc::new(AtomicBool::new(false));
     let admin = match start_admin(&config, &node, &clock, &replay_done).await {
         Ok(admin) => admin,
@@ -85,6 +92,9 @@ pub async fn serve(
         if let Some(admin) = admin {
             let _ = admin.stop.send(());
         }
+        if let Some(http) = http {
+            let _ = http.stop.send(());
+        }
         crate::journal::flush(journal, FLUSH_TIMEOUT)
             .await
             .context("final journal sync")?;
@@ -95,7 +105,49 @@ pub async fn serve(
     info!(mode = %config.mode, "serving");
 
     shutdown.await;
-    stop(&config, &node, &health, ingest, admin).await
+    stop(&config, &node, &health, ingest, http, admin).await
+}
+
+/// The HTTP door, running until its stop is sent.
+struct HttpRunning {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `http_listen`, if set, and serves the HTTP door (`service/http.rs`) on it. Intake
+/// answers 503 until the replay is done, as gRPC answers `UNAVAILABLE`.
+async fn start_http(
+    config: &Config,
+    pipeline: Arc<Pipeline>,
+) -> anyhow::Result<Option<HttpRunning>> {
+    let Some(addr) = config.http_listen else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        config.tls_cert_file.is_none(),
+        "http_listen (--http-listen) does not serve TLS yet: with tls_cert_file set, put the \
+         HTTP door behind a TLS proxy on loopback, or leave it off"
+    );
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
+    let door = crate::service::http::HttpDoor {
+        pipeline,
+        token: crate::service::TokenCheck::new(config.auth_token()?),
+        max_request_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
+        key_field: config.http_ndjson_key_field.clone(),
+    };
+    let router = crate::service::http::router(Arc::new(door));
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                drop(stop_rx.await);
+            })
+            .await
+    });
+    info!(addr = %addr, "HTTP door listening");
+    Ok(Some(HttpRunning { stop, task }))
 }
 
 /// The variable that plants the skipped-fsync bug in a real `serve`: the journal's fsync returns
@@ -341,6 +393,7 @@ async fn stop(
     node: &Node,
     health: &HealthReporter,
     ingest: Running,
+    http: Option<HttpRunning>,
     admin: Option<Running>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
@@ -359,6 +412,15 @@ async fn stop(
         Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
         Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
         Err(_) => warn!("requests still open at the shutdown deadline; closing them"),
+    }
+    if let Some(http) = http {
+        let _ = http.stop.send(());
+        match tokio::time::timeout_at(deadline, http.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "HTTP door ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "HTTP door task failed"),
+            Err(_) => warn!("HTTP requests still open at the shutdown deadline; closing them"),
+        }
     }
     drain(&node.pipeline, deadline).await;
     if let Some(admin) = admin {

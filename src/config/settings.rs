@@ -71,6 +71,11 @@ settings! {
         sink: Option<String> = None, Rule::any().shown("`file:<data_dir>/out`");
         /// Serve Prometheus text at `http://ADDR/metrics`.
         metrics_listen: Option<SocketAddr> = None, Rule::any().shown("off");
+        /// The HTTP door: `POST /v1/publish` with JSON (a `PublishRequest`) or NDJSON (one
+        /// record a line, as log shippers send), with the same ack contract as gRPC.
+        http_listen: Option<SocketAddr> = None, Rule::any().shown("off");
+        /// NDJSON on the HTTP door: the top-level field whose value becomes the message key.
+        http_ndjson_key_field: Option<String> = None, Rule::any().shown("none");
         /// The `sidelog.v1.Admin` service (`inspect`); `off` disables it; a non-loopback
         /// address needs TLS and a token.
         admin_listen: String = "127.0.0.1:50052".into(), Rule::any();

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+pub mod http;
 mod ingest;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};

@@ -1,0 +1,318 @@
+//! The HTTP door (`http_listen`): `POST /v1/publish` into the same pipeline as gRPC (limits,
+//! dedup, journal, mode, backpressure), with the same ack contract: `"ACCEPTED"` only once the
+//! message is as durable as the mode promises.
+//!
+//! Two bodies:
+//! - `application/json`: the proto3 JSON mapping of `PublishRequest` (`payload` in base64,
+//!   `eventTimeMs` or `event_time_ms`, 64-bit numbers as strings or numbers);
+//! - `application/x-ndjson`: one JSON record a line, as Vector's and Fluent Bit's `http`
+//!   outputs send. Each line becomes one message whose payload is the line as sent; its id is
+//!   the record's top-level `"id"` (so a shipper's retry is a `DUPLICATE`), else assigned; its
+//!   key the field `http_ndjson_key_field` names, if any.
+//!
+//! The answer is the JSON of `PublishResponse`, one ack per message in order. Statuses are the
+//! ones HTTP clients retry correctly: 400 malformed (with the reason), 401 without the bearer
+//! token, 413 over `max_request_bytes`, 429 + `Retry-After` when the backlog or disk is full,
+//! 503 + `Retry-After` while replaying or stopping.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::TokenCheck;
+use crate::pipeline::{IngestError, Pipeline};
+use crate::proto::{Ack, Message, ack};
+
+/// Seconds a client is told to wait before retrying a 429 or 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// What the HTTP door needs.
+#[derive(Debug)]
+pub struct HttpDoor {
+    pub pipeline: Arc<Pipeline>,
+    pub token: TokenCheck,
+    pub max_request_bytes: usize,
+    /// NDJSON: the top-level field whose value becomes the message key.
+    pub key_field: Option<String>,
+}
+
+/// The door's routes.
+pub fn router(door: Arc<HttpDoor>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/publish", axum::routing::post(publish))
+        .with_state(door)
+}
+
+async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(reason) = door.token.check_header(auth) {
+        return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", reason);
+    }
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "resource_exhausted",
+            &format!(
+                "the body is over {} bytes (max_request_bytes)",
+                door.max_request_bytes
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > door.max_request_bytes) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, door.max_request_bytes).await {
+        Ok(body) => body,
+        // The limit is the only error a body that arrived whole can give.
+        Err(e) if declared.is_none() || is_length_limit(&e) => return too_large(),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let messages = match media {
+        "application/x-ndjson" | "application/jsonl" | "application/json-lines" => {
+            ndjson(&body, door.key_field.as_deref())
+        }
+        "application/json" | "" => json(&body),
+        other => Err(format!(
+            "Content-Type {other} is not taken: send application/json (a PublishRequest) or \
+             application/x-ndjson (one record a line)"
+        )),
+    };
+    let messages = match messages {
+        Ok(m) => m,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
+    };
+    match door.pipeline.publish(messages).await {
+        Ok(acks) => {
+            let acks: Vec<_> = acks.iter().map(ack_json).collect();
+            json_response(StatusCode::OK, serde_json::json!({ "acks": acks }))
+        }
+        Err(e) => ingest_error(e),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A refusal of the whole request, counted like gRPC's.
+fn refuse(status: StatusCode, code: &'static str, reason: &str) -> Response {
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+    let mut response = json_response(status, serde_json::json!({ "error": reason }));
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn ingest_error(e: IngestError) -> Response {
+    match e {
+        IngestError::InvalidArgument(m) => refuse(StatusCode::BAD_REQUEST, "invalid_argument", &m),
+        IngestError::ResourceExhausted(m) => {
+            refuse(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", &m)
+        }
+        IngestError::Unavailable(m) => refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
+        IngestError::Internal(m) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m),
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// An ack in the proto3 JSON mapping (the status by name, the 64-bit sequence as a string).
+fn ack_json(a: &Ack) -> serde_json::Value {
+    let status = ack::Status::try_from(a.status)
+        .unwrap_or(ack::Status::Unspecified)
+        .as_str_name();
+    let mut out = serde_json::json!({
+        "id": a.id,
+        "status": status,
+        "sequence": a.sequence.to_string(),
+    });
+    if !a.reason.is_empty() {
+        out["reason"] = a.reason.clone().into();
+    }
+    out
+}
+
+/// The proto3 JSON mapping of `PublishRequest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRequest {
+    #[serde(default)]
+    messages: Vec<JsonMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    key: String,
+    /// Base64 (standard or URL-safe, padded or not), as proto3 JSON writes `bytes`.
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default, rename = "eventTimeMs", alias = "event_time_ms")]
+    event_time_ms: Option<Int64>,
+}
+
+/// proto3 JSON writes 64-bit integers as strings, and takes numbers too.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Int64 {
+    Number(i64),
+    Text(String),
+}
+
+fn json(body: &[u8]) -> Result<Vec<Message>, String> {
+    let request: JsonRequest = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not a PublishRequest in JSON: {e}"))?;
+    request
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let payload = decode_base64(&m.payload)
+                .map_err(|e| format!("messages[{i}].payload is not base64: {e}"))?;
+            let event_time_ms = match m.event_time_ms {
+                None => 0,
+                Some(Int64::Number(n)) => n,
+                Some(Int64::Text(t)) => t
+                    .parse()
+                    .map_err(|_| format!("messages[{i}].eventTimeMs is not an integer: {t:?}"))?,
+            };
+            Ok(Message {
+                id: m.id,
+                key: m.key,
+                payload: payload.into(),
+                headers: m.headers.into_iter().collect(),
+                event_time_ms,
+            })
+        })
+        .collect()
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim_end_matches('=');
+    if text.contains(['-', '_']) {
+        URL_SAFE_NO_PAD.decode(trimmed)
+    } else {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| STANDARD.decode(text))
+    }
+}
+
+/// One message per non-empty line; the line itself is the payload.
+fn ndjson(body: &[u8], key_field: Option<&str>) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
+        let field = |name: &str| match record.get(name) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(x)) => Some(x.to_string()),
+            _ => None,
+        };
+        messages.push(Message {
+            id: field("id").unwrap_or_default(),
+            key: key_field.and_then(field).unwrap_or_default(),
+            payload: bytes::Bytes::copy_from_slice(line),
+            ..Default::default()
+        });
+    }
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines_become_messages_with_their_id_and_key() {
+        let body = b"{\"id\":\"a\",\"host\":\"h1\",\"msg\":\"x\"}\r\n\n{\"msg\":\"y\",\"id\":7}\n  \n{\"msg\":\"z\"}";
+        let m = ndjson(body, Some("host")).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].id.as_str(), m[0].key.as_str()), ("a", "h1"));
+        assert_eq!(&m[0].payload[..], br#"{"id":"a","host":"h1","msg":"x"}"#);
+        assert_eq!((m[1].id.as_str(), m[1].key.as_str()), ("7", ""));
+        assert_eq!(m[2].id, "");
+        let err = ndjson(b"{\"a\":1}\nnot json\n", None).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_json_mapping_takes_base64_and_both_field_spellings() {
+        let body =
+            br#"{"messages":[{"id":"a","payload":"aGk=","eventTimeMs":"5","headers":{"h":"v"}},
+                                   {"payload":"aGk","event_time_ms":6},{"payload":"_-8"}]}"#;
+        let m = json(body).unwrap();
+        assert_eq!(&m[0].payload[..], b"hi");
+        assert_eq!((m[0].event_time_ms, m[1].event_time_ms), (5, 6));
+        assert_eq!(&m[1].payload[..], b"hi");
+        assert_eq!(&m[2].payload[..], [0xff, 0xef]);
+        assert_eq!(m[0].headers.get("h").map(String::as_str), Some("v"));
+        for bad in [
+            &br#"{"messages":[{"payload":"***"}]}"#[..],
+            br#"{"messages":[{"nope":1}]}"#,
+            br#"{"messages":[{"eventTimeMs":"x"}]}"#,
+            b"[",
+        ] {
+            assert!(json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The HTTP door (`--http-listen`) against the real binary: NDJSON as log shippers send it and
+//! the JSON of `PublishRequest`, the statuses HTTP clients retry on, and acks that survive a
+//! SIGKILL like gRPC's.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Every message id read back from the file sink's chunks in `dir`.
+fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
+    sidelog::sink::list_chunks(dir)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
+        .map(|m| m.id)
+        .collect()
+}
+
+/// POSTs `body` to `/v1/publish`; the status, the `Retry-After` header and the JSON answer.
+async fn post(
+    port: std::net::SocketAddr,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    token: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{port}/v1/publish"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.expect("the HTTP door answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, retry_after, json)
+}
+
+fn statuses(answer: &Value) -> Vec<String> {
+    answer["acks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("acks in {answer}"))
+        .iter()
+        .map(|a| a["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A log shipper's NDJSON and a browser's JSON are acked after the journal's fsync, retried
+/// records are `DUPLICATE`, a full backlog is 429 with `Retry-After`, and everything acked
+/// reaches the sink after a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_acks_survive_sigkill_and_retries_are_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let port_text = port.to_string();
+    // The sink is down: what is acked stays in the journal until the restart.
+    let args = [
+        "--mode",
+        "hml",
+        "--http-listen",
+        &port_text,
+        "--http-ndjson-key-field",
+        "host",
+        "--limits-max-backlog-bytes",
+        "8192",
+    ];
+    let down = [&args[..], &["--sink", "http://127.0.0.1:1"]].concat();
+    let mut sidelog = Sidelog::new(&data, &down);
+    sidelog.start().await;
+
+    // As Vector's and Fluent Bit's `http` outputs send: one record a line.
+    let ndjson = "{\"id\":\"log-1\",\"host\":\"a\",\"msg\":\"one\"}\n\
+                  {\"id\":\"log-2\",\"host\":\"b\",\"msg\":\"two\"}\n\
+                  {\"host\":\"a\",\"msg\":\"no id\"}\n";
+    let (code, _, answer) = post(port, "application/x-ndjson", ndjson, None).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["ACCEPTED"; 3], "{answer}");
+    let acks = answer["acks"].as_array().unwrap();
+    assert_eq!(acks[0]["id"], "log-1");
+    let assigned = acks[2]["id"].as_str().unwrap().to_owned();
+    assert!(!assigned.is_empty());
+    let seq: u64 = acks[0]["sequence"].as_str().unwrap().parse().unwrap();
+    assert!(seq > 0, "{answer}");
+
+    // The shipper retries the whole request: the records with ids are duplicates.
+    let (code, _, again) = post(port, "application/x-ndjson", ndjson, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(statuses(&again)[..2], ["DUPLICATE", "DUPLICATE"], "{again}");
+    assert_eq!(again["acks"][0]["sequence"], acks[0]["sequence"]);
+
+    // The JSON of a PublishRequest, payload in base64; big enough to fill the backlog.
+    let big = base64_of(&vec![b'x'; 9000]);
+    let json = format!(r#"{{"messages":[{{"id":"json-1","key":"k","payload":"{big}"}}]}}"#);
+    let (code, _, answer) = post(port, "application/json", json, None).await;
+    assert_eq!(
+        (code, statuses(&answer)),
+        (200, vec!["ACCEPTED".to_string()])
+    );
+    let full = r#"{"messages":[{"id":"json-2","payload":"eA=="}]}"#;
+    let (code, retry_after, answer) = post(port, "application/json", full, None).await;
+    assert_eq!(code, 429, "{answer}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_backlog_bytes"),
+        "{answer}"
+    );
+
+    sidelog.kill9().await;
+    // Started again with the sink still down, the replay cannot finish (policy `first`): intake
+    // is closed, 503 with Retry-After.
+    let mut sidelog = Sidelog::new(&data, &down);
+    sidelog.spawn();
+    let mut answer = None;
+    for _ in 0..200 {
+        if sidelog.health().await == Some(false) {
+            answer = Some(post(port, "application/json", full, None).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (code, retry_after, body) = answer.expect("health answered NOT_SERVING");
+    assert_eq!((code, retry_after.as_deref()), (503, Some("1")), "{body}");
+    sidelog.kill9().await;
+    let mut sidelog = Sidelog::new(&data, &args);
+    sidelog.start().await;
+    let want: HashSet<String> = ["log-1", "log-2", "json-1", assigned.as_str()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let out = data.join("out");
+    eventually(Duration::from_secs(20), || {
+        chunk_ids(&out).is_superset(&want)
+    })
+    .await;
+    assert!(!chunk_ids(&out).contains("json-2"), "refused, never stored");
+    sidelog.kill9().await;
+}
+
+/// Bad requests get a status and a reason, never a hang or a half-taken batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_requests_get_a_status_and_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--http-listen",
+            &port_text,
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+            "--limits-max-request-bytes",
+            "4096",
+            "--limits-max-message-bytes",
+            "1024",
+        ],
+    );
+    sidelog.start().await;
+    let token = Some("0123456789abcdef0123");
+    let one = "{\"id\":\"a\"}\n";
+
+    let (code, _, answer) = post(port, "application/x-ndjson", one, None).await;
+    assert_eq!(code, 401, "{answer}");
+    let (code, _, _) = post(port, "application/x-ndjson", one, Some("wrong-token-xxxxx")).await;
+    assert_eq!(code, 401);
+    let (code, _, answer) = post(port, "application/x-ndjson", one, token).await;
+    assert_eq!(
+        (code, statuses(&answer)),
+        (200, vec!["ACCEPTED".to_string()])
+    );
+
+    let (code, _, answer) = post(
+        port,
+        "application/x-ndjson",
+        "{\"ok\":1}\nnot json\n",
+        token,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("line 2"),
+        "{answer}"
+    );
+    let (code, _, answer) = post(
+        port,
+        "application/json",
+        "{\"messages\":[{\"payload\":\"***\"}]}",
+        token,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("base64"),
+        "{answer}"
+    );
+    let (code, _, answer) = post(port, "text/csv", "a,b", token).await;
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson"),
+        "{answer}"
+    );
+    let (code, _, answer) = post(port, "application/json", "{\"messages\":[]}", token).await;
+    assert_eq!(code, 400, "{answer}");
+
+    // Over max_request_bytes: 413, whether the length is declared or the body is streamed.
+    let big = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(5000));
+    let (code, _, answer) = post(port, "application/x-ndjson", big.clone(), token).await;
+    assert_eq!(code, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_request_bytes"),
+        "{answer}"
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .into_bytes()
+        .chunks(1000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let (code, _, _) = post(port, "application/x-ndjson", streamed, token).await;
+    assert_eq!(code, 413);
+
+    // A message over max_message_bytes is REJECTED by its ack, the others taken.
+    let lines = format!(
+        "{{\"id\":\"small\"}}\n{{\"id\":\"large\",\"pad\":\"{}\"}}\n",
+        "y".repeat(2000)
+    );
+    let (code, _, answer) = post(port, "application/x-ndjson", lines, token).await;
+    assert_eq!(code, 200);
+    assert_eq!(statuses(&answer), ["ACCEPTED", "REJECTED"], "{answer}");
+    assert!(
+        answer["acks"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes"),
+        "{answer}"
+    );
+    sidelog.kill9().await;
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
