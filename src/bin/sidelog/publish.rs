@@ -6,7 +6,6 @@
 //! a lost response comes back as `DUPLICATE`, not as a second copy.
 
 use std::collections::VecDeque;
-use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,7 +41,8 @@ pub struct PublishArgs {
     /// Spread messages over this many keys (0: no key).
     #[arg(long, default_value_t = 16)]
     pub keys: u64,
-    /// Read payloads from standard input, one message a line.
+    /// Read payloads from standard input, one message a line (split on newlines only: any
+    /// other bytes, binary too, are kept).
     #[arg(long)]
     pub stdin: bool,
     /// Give up on what is left once sidelog has acked nothing for this long (the clock restarts
@@ -77,12 +77,10 @@ fn batches(
     clock: &SystemClock,
 ) -> anyhow::Result<VecDeque<Vec<Message>>> {
     let payloads: Vec<Vec<u8>> = if args.stdin {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .map(|l| l.map(String::into_bytes))
-            .collect::<Result<_, _>>()
-            .context("reading standard input")?
+        let mut input = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
+            .context("reading standard input")?;
+        stdin_lines(&input)
     } else {
         Vec::new()
     };
@@ -116,6 +114,16 @@ fn batches(
         n = end;
     }
     Ok(batches)
+}
+
+/// One payload per line of `input`, any bytes but `\n` (binary-safe: not read as UTF-8); a
+/// last line without its newline counts, an empty input is no message.
+fn stdin_lines(input: &[u8]) -> Vec<Vec<u8>> {
+    let input = input.strip_suffix(b"\n").unwrap_or(input);
+    if input.is_empty() {
+        return Vec::new();
+    }
+    input.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
 }
 
 /// The `authorization` header from `--auth-token-file`, if given.
@@ -154,11 +162,21 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         sent: total,
         ..Default::default()
     }));
+    // A progress bar on a terminal (nothing when stderr is a file or a pipe).
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} acked ({per_sec}, eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
     let progress = Arc::new(Progress {
         target: args.target.clone(),
         retry_for: Duration::from_millis(args.retry_for_ms),
         last_ack: Mutex::new(tokio::time::Instant::now()),
         warned: AtomicBool::new(false),
+        bar: bar.clone(),
     });
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -202,6 +220,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
             tracing::warn!("interrupted; what was not acked is counted as unacked");
         }
     }
+    bar.finish_and_clear();
     let mut summary = summary.lock().expect("no panics under this lock").clone();
     summary.unacked = summary.sent - summary.accepted - summary.duplicate - summary.rejected;
     Ok(summary)
@@ -214,6 +233,7 @@ struct Progress {
     retry_for: Duration,
     last_ack: Mutex<tokio::time::Instant>,
     warned: AtomicBool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
@@ -265,6 +285,7 @@ async fn publish_batch(
         match client.publish(request).await {
             Ok(response) => {
                 progress.acked();
+                progress.bar.inc(batch.len() as u64);
                 let mut s = summary.lock().expect("no panics under this lock");
                 for a in response.into_inner().acks {
                     match ack::Status::try_from(a.status) {
@@ -318,4 +339,20 @@ fn generated_payload(i: u64, size: usize) -> Vec<u8> {
     p.resize(size.max(1), b'.');
     p.truncate(size);
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stdin_lines;
+
+    #[test]
+    fn stdin_is_split_on_newlines_only_whatever_the_bytes() {
+        let input = b"a\xff\x00b\r\n\nlast";
+        assert_eq!(
+            stdin_lines(input),
+            [b"a\xff\x00b\r".to_vec(), Vec::new(), b"last".to_vec()]
+        );
+        assert_eq!(stdin_lines(b"one\n"), [b"one".to_vec()]);
+        assert!(stdin_lines(b"").is_empty());
+    }
 }
