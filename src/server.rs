@@ -136,8 +136,9 @@ async fn start_http(
         token: crate::service::TokenCheck::new(config.auth_token()?),
         max_request_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
         key_field: config.http_ndjson_key_field.clone(),
+        cors_origins: config.http_cors_origins.clone(),
     };
-    let router = crate::service::http::router(Arc::new(door));
+    let router = crate::service::http::router(Arc::new(door)).map_err(anyhow::Error::msg)?;
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -262,3 +262,71 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// Browsers: CORS for the origins configured (preflight and response), none for others; a
+/// `sendBeacon` body (`text/plain`, one event a line) is taken on `/v1/beacon` and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_get_cors_and_beacons_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut sidelog = Sidelog::new(
+        &data,
+        &[
+            "--http-listen",
+            &port_text,
+            "--http-cors-origins",
+            "https://app.example, https://other.example",
+        ],
+    );
+    sidelog.start().await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{port}/v1/publish"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert!(allowed.status().is_success(), "{allowed:?}");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(
+        !other.headers().contains_key("access-control-allow-origin"),
+        "{other:?}"
+    );
+
+    let events =
+        "{\"id\":\"beacon-1\",\"event\":\"unload\"}\n{\"id\":\"beacon-2\",\"event\":\"unload\"}";
+    let response = client
+        .post(format!("http://{port}/v1/beacon"))
+        .header("origin", "https://app.example")
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(statuses(&answer), ["ACCEPTED", "ACCEPTED"], "{answer}");
+    let want: HashSet<String> = ["beacon-1".to_string(), "beacon-2".to_string()].into();
+    let out = data.join("out");
+    eventually(Duration::from_secs(20), || {
+        chunk_ids(&out).is_superset(&want)
+    })
+    .await;
+    sidelog.kill9().await;
+}

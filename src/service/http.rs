@@ -40,13 +40,62 @@ pub struct HttpDoor {
     pub max_request_bytes: usize,
     /// NDJSON: the top-level field whose value becomes the message key.
     pub key_field: Option<String>,
+    /// Origins allowed by CORS (`http_cors_origins`): none, any (`*`), or these.
+    pub cors_origins: Option<String>,
 }
 
-/// The door's routes.
-pub fn router(door: Arc<HttpDoor>) -> axum::Router {
-    axum::Router::new()
+/// The door's routes: `/v1/publish`, and `/v1/beacon` for `navigator.sendBeacon`, whose body
+/// comes as `text/plain` (NDJSON, one event a line) and whose answer no page reads.
+pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
+    let cors = cors(door.cors_origins.as_deref())?;
+    let router = axum::Router::new()
         .route("/v1/publish", axum::routing::post(publish))
-        .with_state(door)
+        .route("/v1/beacon", axum::routing::post(beacon))
+        .with_state(door);
+    Ok(match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
+}
+
+/// The CORS layer `http_cors_origins` asks for: preflights answered, the content type and
+/// the bearer token allowed as request headers.
+fn cors(origins: Option<&str>) -> Result<Option<tower_http::cors::CorsLayer>, String> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else {
+        return Ok(None);
+    };
+    let allow = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .split(',')
+            .map(|o| {
+                HeaderValue::from_str(o.trim())
+                    .map_err(|_| format!("http_cors_origins: {o:?} is not a valid origin"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
+/// `navigator.sendBeacon` posts a string as `text/plain` and cannot set headers: the body is
+/// read as NDJSON whatever its type says. The answer is the same JSON, for tools and tests.
+async fn beacon(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
+    let mut headers = headers;
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    publish(State(door), headers, body).await
 }
 
 async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
