@@ -183,6 +183,15 @@ async fn bad_http_requests_get_a_status_and_a_reason() {
         (code, statuses(&answer)),
         (200, vec!["ACCEPTED".to_string()])
     );
+    // A beacon cannot carry the token: refused like any call without it.
+    let beacon = reqwest::Client::new()
+        .post(format!("http://{port}/v1/beacon"))
+        .header("content-type", "text/plain")
+        .body(one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beacon.status(), 401);
 
     let (code, _, answer) = post(
         port,
