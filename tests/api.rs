@@ -16,16 +16,6 @@ fn status(a: &Ack) -> ack::Status {
     ack::Status::try_from(a.status).expect("a known status")
 }
 
-/// Every message read back from the file sink's chunks in `dir`.
-fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
-    sidelog::sink::list_chunks(dir)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
-        .map(|m| m.id)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_id_is_a_duplicate_with_its_original_sequence_across_sigkill() {
     for mode in ["hml", "rbml", "sbml"] {

@@ -10,16 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Every message id read back from the file sink's chunks in `dir`.
-fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
-    sidelog::sink::list_chunks(dir)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
-        .map(|m| m.id)
-        .collect()
-}
-
 /// POSTs `body` to `/v1/publish`; the status, the `Retry-After` header and the JSON answer.
 async fn post(
     port: std::net::SocketAddr,

@@ -167,9 +167,12 @@ where
         let response = self.0.call(request);
         Box::pin(async move {
             let mut response = response.await?;
-            if let Some(status) = Status::from_header_map(response.headers()) {
-                let mapped = oversize_is_exhausted(status.clone());
-                if mapped.code() != status.code() {
+            // Only a status tonic put in the headers (a refusal before the service) is looked at.
+            if let Some(status) = Status::from_header_map(response.headers())
+                .filter(|s| s.code() == tonic::Code::OutOfRange)
+            {
+                let mapped = oversize_is_exhausted(status);
+                if mapped.code() != tonic::Code::OutOfRange {
                     let headers = response.headers_mut();
                     headers.remove("grpc-status");
                     headers.remove("grpc-message");

@@ -301,3 +301,13 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     stream.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// Every message id read back from the file sink's chunks in `dir`.
+pub fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
+    sidelog::sink::list_chunks(dir)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
+        .map(|m| m.id)
+        .collect()
+}
