@@ -56,6 +56,12 @@ fn translate(line: &str) -> (String, String) {
         let name = rest.split_whitespace().next().expect("an example name");
         let tail = rest[name.len()..].trim_start();
         let tail = tail.strip_prefix("--").unwrap_or(tail);
+        assert!(
+            examples.join(name).exists(),
+            "no example binary {}: `cargo test --workspace` builds the examples, a run of only \
+             this test does not (`cargo build --examples` first)",
+            examples.join(name).display()
+        );
         command = format!(
             "{}{}{}",
             &command[..at],
@@ -97,12 +103,33 @@ fn run(dir: &Path, command: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+/// Waits until `done`; on a timeout the panic shows the end of every terminal's log in `dir`,
+/// so a failure on a machine nobody can log in to still says why.
+fn wait_for(dir: &Path, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", terminal_logs(dir));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last lines of each `*.log` in `dir`.
+fn terminal_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        out.push_str(&format!("--- {} ---\n{tail}\n", log.display()));
+    }
+    out
 }
 
 /// The walkthrough's long-running processes, killed when the test ends, passing or not.
@@ -156,12 +183,15 @@ fn the_readme_walkthrough_runs_as_written() {
     assert_eq!(first.len(), 5, "{first:?}");
     children.0.push(background(dir, &first[0].0, "handler.log"));
     children.0.push(background(dir, &first[1].0, "sink.log"));
-    wait_for("the handler and the sink", Duration::from_secs(30), || {
-        serving("127.0.0.1:50061") && serving("127.0.0.1:50062")
-    });
+    wait_for(
+        dir,
+        "the handler and the sink",
+        Duration::from_secs(120),
+        || serving("127.0.0.1:50061") && serving("127.0.0.1:50062"),
+    );
     let serve = first[2].0.clone();
     children.0.push(background(dir, &serve, "serve.log"));
-    wait_for("sidelog", Duration::from_secs(30), || {
+    wait_for(dir, "sidelog", Duration::from_secs(120), || {
         serving("127.0.0.1:50051")
     });
     let published = run(dir, &first[3].0);
@@ -172,7 +202,7 @@ fn the_readme_walkthrough_runs_as_written() {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("the README says how many lines");
-    wait_for("received.tsv", Duration::from_secs(30), || {
+    wait_for(dir, "received.tsv", Duration::from_secs(120), || {
         received(dir).len() >= lines
     });
     let cat = run(dir, &first[4].0);
@@ -206,14 +236,17 @@ fn the_readme_walkthrough_runs_as_written() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the producer starts");
-    wait_for("load to reach the sink", Duration::from_secs(60), || {
-        received(dir).len() > lines + 3000
-    });
+    wait_for(
+        dir,
+        "load to reach the sink",
+        Duration::from_secs(120),
+        || received(dir).len() > lines + 3000,
+    );
     run(dir, &second[1].0); // kill -9
     let mut killed = children.0.pop().expect("sidelog");
     let status = killed.wait().expect("the killed sidelog is reaped");
     assert!(!status.success(), "sidelog was killed: {status:?}");
-    wait_for("sidelog to be gone", Duration::from_secs(10), || {
+    wait_for(dir, "sidelog to be gone", Duration::from_secs(30), || {
         !serving("127.0.0.1:50051")
     });
     let inspected = run(dir, &second[2].0);
@@ -230,6 +263,7 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     // Every message's words reach received.tsv (three each: "message", its number, the dots).
     wait_for(
+        dir,
         "every message at the sink",
         Duration::from_secs(120),
         || {
