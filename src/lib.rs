@@ -40,7 +40,7 @@ pub use config::{
 pub use mode::LoggingMode;
 pub use node::{Hops, Node, Opened, journal_config, replay_options};
 pub use pipeline::{
-    Call, Claim, ClaimOutcome, DedupWindow, Handler, HandlerError, IngestError, PassThrough,
+    Call, Claim, ClaimOutcome, DedupWindow, Door, Handler, HandlerError, IngestError, PassThrough,
     Pipeline, ReplayOptions, ReplayStats, replay,
 };
 pub use server::serve;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-/// Messages received by Publish/PublishStream, by outcome: accepted, duplicate, rejected.
+/// Messages received, by door (grpc, http, mqtt) and outcome: accepted, duplicate, rejected.
 pub const MESSAGES: &str = "sidelog_messages_total";
 /// Journal commits, by durability: fsync or none.
 pub const JOURNAL_COMMITS: &str = "sidelog_journal_commits_total";
@@ -74,15 +74,32 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Gives every family its `# HELP` line, and creates the series that dashboards and alerts
 /// watch at zero, so that they exist before the first event.
+/// Puts a door's intake counters at zero, so that an alert on them has a series from the start.
+/// The gRPC door's at install; the HTTP and MQTT doors' when they open.
+pub fn zero_intake(door: crate::pipeline::Door) {
+    let door = door.label();
+    for outcome in ["accepted", "duplicate"] {
+        metrics::counter!(MESSAGES, "door" => door, "outcome" => outcome).absolute(0);
+    }
+    for code in [
+        "invalid_argument",
+        "resource_exhausted",
+        "unavailable",
+        "internal",
+    ] {
+        metrics::counter!(REQUESTS_REFUSED, "door" => door, "code" => code).absolute(0);
+    }
+}
+
 fn describe_and_zero() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         MESSAGES,
-        "Messages received, by outcome (accepted, duplicate, rejected) and, for rejected, the limit broken."
+        "Messages received, by door (grpc, http, mqtt), outcome (accepted, duplicate, rejected) and, for rejected, the limit broken."
     );
     describe_counter!(
         REQUESTS_REFUSED,
-        "Whole Publish requests refused, by gRPC code."
+        "Whole Publish requests refused, by door and gRPC code."
     );
     describe_counter!(
         JOURNAL_COMMITS,
@@ -139,17 +156,7 @@ fn describe_and_zero() {
         "Dead letters an operator re-queued or purged, by action."
     );
 
-    for outcome in ["accepted", "duplicate"] {
-        metrics::counter!(MESSAGES, "outcome" => outcome).absolute(0);
-    }
-    for code in [
-        "invalid_argument",
-        "resource_exhausted",
-        "unavailable",
-        "internal",
-    ] {
-        metrics::counter!(REQUESTS_REFUSED, "code" => code).absolute(0);
-    }
+    zero_intake(crate::pipeline::Door::Grpc);
     for durability in ["fsync", "none"] {
         metrics::counter!(JOURNAL_COMMITS, "durability" => durability).absolute(0);
     }

@@ -139,6 +139,7 @@ async fn start_http(
         cors_origins: config.http_cors_origins.clone(),
     };
     let router = crate::service::http::router(Arc::new(door)).map_err(anyhow::Error::msg)?;
+    crate::metrics::zero_intake(crate::pipeline::Door::Http);
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -299,8 +300,20 @@ async fn start_ingest(
                 .max_encoding_message_size(usize::MAX),
             move |request| token.check(request),
         ));
+    // gRPC-Web (browsers' generated stubs) on the same listener: HTTP/1.1 accepted beside
+    // HTTP/2, requests translated by tonic-web, CORS per `http_cors_origins`.
+    let cors = crate::service::cors::layer(
+        config.http_cors_origins.as_deref(),
+        crate::service::cors::For::GrpcWeb,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let layers = tower::ServiceBuilder::new()
+        .option_layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .into_inner();
     let mut builder = Server::builder()
         .tcp_nodelay(true)
+        .accept_http1(true)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32));
     if let Some(tls) = config.tls()? {
         builder = builder
@@ -312,6 +325,7 @@ async fn start_ingest(
         );
     }
     let router = builder
+        .layer(layers)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -832,8 +832,8 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     // Before any traffic, the series alerts watch exist at zero, with their help text.
     let at_start = scrape(metrics).await;
     for zero in [
-        "sidelog_messages_total{outcome=\"accepted\"}",
-        "sidelog_requests_refused_total{code=\"resource_exhausted\"}",
+        "sidelog_messages_total{door=\"grpc\",outcome=\"accepted\"}",
+        "sidelog_requests_refused_total{door=\"grpc\",code=\"resource_exhausted\"}",
         "sidelog_delivered_total",
         "sidelog_dead_lettered_total",
         "sidelog_backlog_entries",
@@ -901,7 +901,10 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     )
     .await;
     assert_eq!(
-        series(&text, "sidelog_messages_total{outcome=\"accepted\"}"),
+        series(
+            &text,
+            "sidelog_messages_total{door=\"grpc\",outcome=\"accepted\"}"
+        ),
         21.0,
         "{text}"
     );
@@ -911,13 +914,16 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
         "delivering again:\n{text}"
     );
     assert_eq!(
-        series(&text, "sidelog_messages_total{outcome=\"duplicate\"}"),
+        series(
+            &text,
+            "sidelog_messages_total{door=\"grpc\",outcome=\"duplicate\"}"
+        ),
         5.0
     );
     assert_eq!(
         series(
             &text,
-            "sidelog_messages_total{outcome=\"rejected\",reason=\"invalid_id\"}"
+            "sidelog_messages_total{door=\"grpc\",outcome=\"rejected\",reason=\"invalid_id\"}"
         ),
         1.0,
         "{text}"
@@ -925,7 +931,7 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     assert_eq!(
         series(
             &text,
-            "sidelog_requests_refused_total{code=\"invalid_argument\"}"
+            "sidelog_requests_refused_total{door=\"grpc\",code=\"invalid_argument\"}"
         ),
         1.0,
         "{text}"
@@ -933,7 +939,7 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     assert_eq!(
         series(
             &text,
-            "sidelog_requests_refused_total{code=\"resource_exhausted\"}"
+            "sidelog_requests_refused_total{door=\"grpc\",code=\"resource_exhausted\"}"
         ),
         1.0,
         "{text}"

@@ -271,7 +271,7 @@ impl World {
             );
             let batch = batch.clone();
             let call = node.tracker.spawn(async move {
-                let result = pipeline.publish(batch).await;
+                let result = pipeline.publish(batch, sidelog::Door::Grpc).await;
                 if let Ok(acks) = &result {
                     let mut p = produced.lock().expect("never held across a panic");
                     for a in acks

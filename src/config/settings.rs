@@ -76,8 +76,8 @@ settings! {
         http_listen: Option<SocketAddr> = None, Rule::any().shown("off");
         /// NDJSON on the HTTP door: the top-level field whose value becomes the message key.
         http_ndjson_key_field: Option<String> = None, Rule::any().shown("none");
-        /// Browser origins allowed to call the HTTP door (CORS), comma-separated, e.g.
-        /// `https://app.example.com`; `*` allows any (without credentials).
+        /// Browser origins allowed to call the HTTP door and gRPC-Web (CORS), comma-separated,
+        /// e.g. `https://app.example.com`; `*` allows any (without credentials).
         http_cors_origins: Option<String> = None, Rule::any().shown("none (no CORS)");
         /// The `sidelog.v1.Admin` service (`inspect`); `off` disables it; a non-loopback
         /// address needs TLS and a token.

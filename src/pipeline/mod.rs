@@ -18,7 +18,7 @@ pub use handler::{
     Call, GrpcHandler, Handler, HandlerError, HandlerRunner, OutputIds, PassThrough,
 };
 pub use limits::Limits;
-pub use publish::{IngestError, Pipeline};
+pub use publish::{Door, IngestError, Pipeline};
 pub use recovery::{
     Pace, ReplayOptions, ReplayStats, backlog_span, replay, replay_ambiguous, replay_range,
 };

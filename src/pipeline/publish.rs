@@ -22,6 +22,25 @@ use crate::proto::{Ack, Message, ack};
 use crate::runtime::{Entropy, SharedClock};
 use crate::sink::SEQ_HEADER;
 
+/// The front door a request came in by, a label (`door`) on the intake metrics. gRPC-Web
+/// arrives through the gRPC service and counts as `grpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Grpc,
+    Http,
+    Mqtt,
+}
+
+impl Door {
+    pub fn label(self) -> &'static str {
+        match self {
+            Door::Grpc => "grpc",
+            Door::Http => "http",
+            Door::Mqtt => "mqtt",
+        }
+    }
+}
+
 /// Why a whole publish request failed. Each maps to one gRPC status in `service/ingest.rs`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
@@ -149,10 +168,11 @@ impl Pipeline {
     pub async fn publish(
         self: &Arc<Self>,
         messages: Vec<Message>,
+        door: Door,
     ) -> Result<Vec<Ack>, IngestError> {
         self.admit(&messages)?;
         let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
-        let claimed = self.validate_and_claim(messages, &mut acks);
+        let claimed = self.validate_and_claim(messages, door, &mut acks);
 
         // Accept what is new, per the plan. In a task of its own: if the client goes away
         // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
@@ -183,7 +203,7 @@ impl Pipeline {
             .into_iter()
             .map(|a| a.expect("every message got an ack above"))
             .collect();
-        count_acks(&acks);
+        count_acks(&acks, door);
         Ok(acks)
     }
 
@@ -219,7 +239,12 @@ impl Pipeline {
 
     /// Assigns missing ids, checks each message against the limits and claims its id: a
     /// refused or duplicate message gets its ack in `acks` here.
-    fn validate_and_claim(&self, messages: Vec<Message>, acks: &mut [Option<Ack>]) -> Claimed {
+    fn validate_and_claim(
+        &self,
+        messages: Vec<Message>,
+        door: Door,
+        acks: &mut [Option<Ack>],
+    ) -> Claimed {
         let mut claimed = Claimed {
             fresh: Vec::with_capacity(messages.len()),
             waiting: Vec::new(),
@@ -229,8 +254,9 @@ impl Pipeline {
                 message.id = self.assign_id();
             }
             if let Err((limit, reason)) = self.limits.check(&message) {
-                metrics::counter!(crate::metrics::MESSAGES, "outcome" => "rejected", "reason" => limit)
-                    .increment(1);
+                metrics::counter!(crate::metrics::MESSAGES, "door" => door.label(),
+                    "outcome" => "rejected", "reason" => limit)
+                .increment(1);
                 acks[index] = Some(rejected(message.id, reason));
                 continue;
             }
@@ -609,14 +635,15 @@ struct Claimed {
 }
 
 /// Counts accepted and duplicate messages (refusals were counted with their reason).
-fn count_acks(acks: &[Ack]) {
+fn count_acks(acks: &[Ack], door: Door) {
     for a in acks {
         let outcome = match ack::Status::try_from(a.status) {
             Ok(ack::Status::Accepted) => "accepted",
             Ok(ack::Status::Duplicate) => "duplicate",
             _ => continue,
         };
-        metrics::counter!(crate::metrics::MESSAGES, "outcome" => outcome).increment(1);
+        metrics::counter!(crate::metrics::MESSAGES, "door" => door.label(), "outcome" => outcome)
+            .increment(1);
     }
 }
 

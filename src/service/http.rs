@@ -26,7 +26,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::TokenCheck;
-use crate::pipeline::{IngestError, Pipeline};
+use crate::pipeline::{Door, IngestError, Pipeline};
 use crate::proto::{Ack, Message, ack};
 
 /// Seconds a client is told to wait before retrying a 429 or 503.
@@ -47,7 +47,7 @@ pub struct HttpDoor {
 /// The door's routes: `/v1/publish`, and `/v1/beacon` for `navigator.sendBeacon`, whose body
 /// comes as `text/plain` (NDJSON, one event a line) and whose answer no page reads.
 pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
-    let cors = cors(door.cors_origins.as_deref())?;
+    let cors = super::cors::layer(door.cors_origins.as_deref(), super::cors::For::Http)?;
     let router = axum::Router::new()
         .route("/v1/publish", axum::routing::post(publish))
         .route("/v1/beacon", axum::routing::post(beacon))
@@ -56,35 +56,6 @@ pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
         Some(cors) => router.layer(cors),
         None => router,
     })
-}
-
-/// The CORS layer `http_cors_origins` asks for: preflights answered, the content type and
-/// the bearer token allowed as request headers.
-fn cors(origins: Option<&str>) -> Result<Option<tower_http::cors::CorsLayer>, String> {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else {
-        return Ok(None);
-    };
-    let allow = if origins == "*" {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .split(',')
-            .map(|o| {
-                HeaderValue::from_str(o.trim())
-                    .map_err(|_| format!("http_cors_origins: {o:?} is not a valid origin"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([axum::http::Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
-            .expose_headers([header::RETRY_AFTER])
-            .max_age(std::time::Duration::from_secs(600)),
-    ))
 }
 
 /// `navigator.sendBeacon` posts a string as `text/plain` and cannot set headers: the body is
@@ -153,7 +124,7 @@ async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Bo
         Ok(m) => m,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
     };
-    match door.pipeline.publish(messages).await {
+    match door.pipeline.publish(messages, Door::Http).await {
         Ok(acks) => {
             let acks: Vec<_> = acks.iter().map(ack_json).collect();
             json_response(StatusCode::OK, serde_json::json!({ "acks": acks }))
@@ -175,7 +146,8 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 /// A refusal of the whole request, counted like gRPC's.
 fn refuse(status: StatusCode, code: &'static str, reason: &str) -> Response {
-    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "http", "code" => code)
+        .increment(1);
     let mut response = json_response(status, serde_json::json!({ "error": reason }));
     if matches!(
         status,

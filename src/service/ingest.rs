@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use crate::pipeline::{IngestError, Pipeline};
+use crate::pipeline::{Door, IngestError, Pipeline};
 use crate::proto::ingest_server::Ingest;
 use crate::proto::{PublishRequest, PublishResponse};
 
@@ -22,7 +22,8 @@ use crate::proto::{PublishRequest, PublishResponse};
 pub const STREAM_PIPELINE: usize = 64;
 
 fn count_refused(code: &'static str) {
-    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "code" => code).increment(1);
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "grpc", "code" => code)
+        .increment(1);
 }
 
 impl From<IngestError> for Status {
@@ -61,7 +62,10 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let acks = self.pipeline.publish(request.into_inner().messages).await?;
+        let acks = self
+            .pipeline
+            .publish(request.into_inner().messages, Door::Grpc)
+            .await?;
         Ok(Response::new(PublishResponse { acks }))
     }
 
@@ -82,7 +86,7 @@ impl Ingest for IngestService {
                     Ok(Some(req)) => {
                         let pipeline = pipeline.clone();
                         Ok(crate::runtime::spawn(async move {
-                            pipeline.publish(req.messages).await
+                            pipeline.publish(req.messages, Door::Grpc).await
                         }))
                     }
                     Ok(None) => break,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+pub mod cors;
 pub mod http;
 mod ingest;
 
