@@ -59,7 +59,7 @@ async fn a_retried_id_is_a_duplicate_with_its_original_sequence_across_sigkill()
         assert_eq!(status(&again[2]), ack::Status::Accepted, "{mode}");
         // Each id reached the sink once: duplicates were neither handled nor delivered again.
         let out = dir.path().join("data/out");
-        eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 3).await;
+        let _ = eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 3).await;
         let mut all: Vec<String> = sidelog::sink::list_chunks(&out)
             .unwrap()
             .iter()
@@ -360,7 +360,7 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
 
     // Only the accepted ones reach the sink.
     let out = dir.path().join("data/out");
-    eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 4).await;
+    let _ = eventually(Duration::from_secs(20), || chunk_ids(&out).len() >= 4).await;
     assert_eq!(
         chunk_ids(&out),
         HashSet::from([
@@ -426,7 +426,7 @@ async fn a_full_journal_never_acks_and_never_crashes() {
         "still running and serving after disk full"
     );
     let out = dir.path().join("data/out");
-    eventually(Duration::from_secs(20), || {
+    let _ = eventually(Duration::from_secs(20), || {
         accepted.is_subset(&chunk_ids(&out))
     })
     .await;

@@ -227,7 +227,11 @@ async fn grpc_web_acks_survive_sigkill_and_retries_are_duplicates() {
     sidelog.start().await;
     let out = data.join("out");
     let want: HashSet<String> = ["web-1", "web-2", "web-3"].map(String::from).into();
-    eventually(Duration::from_secs(20), || chunk_ids(&out) == want).await;
+    assert!(
+        eventually(Duration::from_secs(20), || chunk_ids(&out) == want).await,
+        "at the sink: {:?}",
+        chunk_ids(&out)
+    );
     sidelog.kill9().await;
 }
 

@@ -131,10 +131,13 @@ async fn http_acks_survive_sigkill_and_retries_are_duplicates() {
         .map(String::from)
         .collect();
     let out = data.join("out");
-    eventually(Duration::from_secs(20), || {
-        chunk_ids(&out).is_superset(&want)
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || chunk_ids(&out)
+            .is_superset(&want))
+        .await,
+        "acked messages missing at the sink: {:?}",
+        want.difference(&chunk_ids(&out)).collect::<Vec<_>>()
+    );
     assert!(!chunk_ids(&out).contains("json-2"), "refused, never stored");
     sidelog.kill9().await;
 }
@@ -323,9 +326,12 @@ async fn browsers_get_cors_and_beacons_are_delivered() {
     assert_eq!(statuses(&answer), ["ACCEPTED", "ACCEPTED"], "{answer}");
     let want: HashSet<String> = ["beacon-1".to_string(), "beacon-2".to_string()].into();
     let out = data.join("out");
-    eventually(Duration::from_secs(20), || {
-        chunk_ids(&out).is_superset(&want)
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || chunk_ids(&out)
+            .is_superset(&want))
+        .await,
+        "beacons missing at the sink: {:?}",
+        chunk_ids(&out)
+    );
     sidelog.kill9().await;
 }

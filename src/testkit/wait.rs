@@ -5,6 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+/// Must be used: a wait whose outcome nobody checks lets a test pass without its condition.
+#[must_use = "assert it, or say with `let _ =` that a check follows"]
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

@@ -265,7 +265,8 @@ pub async fn fill_then_resume(mut sidelog: Sidelog, limit: &[&str]) {
     let mut sink_server = sink.start(sink_addr).await;
     let missing = wait_for_ids(&sink, &accepted, Duration::from_secs(60)).await;
     // Intake resumes by itself.
-    eventually(Duration::from_secs(30), || {
+    // Asserted below, with the log.
+    let _ = eventually(Duration::from_secs(30), || {
         resumed.load(std::sync::atomic::Ordering::Relaxed) >= 50
     })
     .await;
