@@ -69,6 +69,17 @@ pub async fn serve(
             return Err(e);
         }
     };
+    let mqtt = match &config.mqtt_source {
+        Some(url) => {
+            let source = crate::service::mqtt::MqttSource::parse(url)
+                .map_err(|e| anyhow::anyhow!("mqtt_source (--mqtt-source): {e}"))?;
+            Some(crate::service::mqtt::MqttDoor::start(
+                &source,
+                pipeline.clone(),
+            )?)
+        }
+        None => None,
+    };
     let replay_done = Arc::new(AtomicBool::new(false));
     let admin = match start_admin(&config, &node, &clock, &replay_done).await {
         Ok(admin) => admin,
@@ -95,6 +106,9 @@ pub async fn serve(
         if let Some(http) = http {
             let _ = http.stop.send(());
         }
+        if let Some(mqtt) = mqtt {
+            mqtt.stop().await;
+        }
         crate::journal::flush(journal, FLUSH_TIMEOUT)
             .await
             .context("final journal sync")?;
@@ -105,7 +119,7 @@ pub async fn serve(
     info!(mode = %config.mode, "serving");
 
     shutdown.await;
-    stop(&config, &node, &health, ingest, http, admin).await
+    stop(&config, &node, &health, ingest, (http, mqtt), admin).await
 }
 
 /// The HTTP door, running until its stop is sent.
@@ -408,7 +422,7 @@ async fn stop(
     node: &Node,
     health: &HealthReporter,
     ingest: Running,
-    http: Option<HttpRunning>,
+    (http, mqtt): (Option<HttpRunning>, Option<crate::service::mqtt::MqttDoor>),
     admin: Option<Running>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
@@ -436,6 +450,10 @@ async fn stop(
             Ok(Err(e)) => warn!(error = %e, "HTTP door task failed"),
             Err(_) => warn!("HTTP requests still open at the shutdown deadline; closing them"),
         }
+    }
+    if let Some(mqtt) = mqtt {
+        // What it took and had accepted is acknowledged; the rest stays with the broker.
+        mqtt.stop().await;
     }
     drain(&node.pipeline, deadline).await;
     if let Some(admin) = admin {

@@ -17,7 +17,7 @@ impl Config {
         self.effective()
             .into_iter()
             .map(|(key, value)| match key {
-                "sink" => (key, redact_url(&value)),
+                "sink" | "mqtt_source" => (key, redact_url(&value)),
                 _ => (key, value),
             })
             .collect()
@@ -52,6 +52,15 @@ impl Config {
                 self.limits.max_message_bytes.to_string(),
                 "must not exceed limits.max_request_bytes",
             ));
+        }
+        if let Some(url) = &self.mqtt_source {
+            crate::service::mqtt::MqttSource::parse(url).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "mqtt_source",
+                    value: redact_url(url),
+                    reason,
+                }
+            })?;
         }
         if let Some(url) = &self.handler {
             check_http_url(
@@ -240,7 +249,8 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
-/// A URL with the values of its `token=` and `password=` options replaced by `<redacted>`.
+/// A URL with the values of its `token=` and `password=` options replaced by `<redacted>`
+/// (sink URLs, `mqtt_source`).
 pub fn redact_url(url: &str) -> String {
     let Some((base, query)) = url.split_once('?') else {
         return url.to_owned();

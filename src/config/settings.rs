@@ -79,6 +79,10 @@ settings! {
         /// Browser origins allowed to call the HTTP door and gRPC-Web (CORS), comma-separated,
         /// e.g. `https://app.example.com`; `*` allows any (without credentials).
         http_cors_origins: Option<String> = None, Rule::any().shown("none (no CORS)");
+        /// The MQTT door: subscribe to a broker, `mqtt://HOST:PORT?topics=devices/%23&client_id=ID`
+        /// (QoS 1, persistent session, PUBACK only once accepted); options `user`, `password`,
+        /// `tls`, `ca`, `session_expiry_s`, `receive_maximum`, `keep_alive_s`; `mqtts://` for TLS.
+        mqtt_source: Option<String> = None, Rule::any().shown("off");
         /// The `sidelog.v1.Admin` service (`inspect`); `off` disables it; a non-loopback
         /// address needs TLS and a token.
         admin_listen: String = "127.0.0.1:50052".into(), Rule::any();

@@ -7,6 +7,7 @@ mod auth;
 pub mod cors;
 pub mod http;
 mod ingest;
+pub mod mqtt;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
 pub use auth::TokenCheck;

@@ -1,5 +1,6 @@
 //! Tests that need more than a Rust toolchain: a NATS server with JetStream, `moto_server` (an
-//! S3-compatible server from PyPI), a small tmpfs, and FUSE (for the power-loss test). `.ci/run`
+//! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), a small tmpfs,
+//! and FUSE (for the power-loss test). `.ci/run`
 //! provides all of them.
 //!
 //! Each test says what it misses by returning [`Missing`]. On a machine without the service the
@@ -10,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod disk_full;
+mod mqtt;
 mod nats;
 mod object;
 mod power_loss;
@@ -84,6 +86,14 @@ fn main() {
         trial(
             "object::parquet_objects_hold_every_acked_message_across_a_sigkill",
             object::parquet_objects_hold_every_acked_message_across_a_sigkill,
+        ),
+        trial(
+            "mqtt::mqtt_messages_survive_sigkills_of_sidelog",
+            mqtt::mqtt_messages_survive_sigkills_of_sidelog,
+        ),
+        trial(
+            "mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered",
+            mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered,
         ),
         trial(
             "disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns",

@@ -1,0 +1,634 @@
+//! The MQTT door (`mqtt_source`): devices publish to an MQTT broker and sidelog subscribes, as
+//! the ingest tier of the seeds does. MQTT 5, QoS 1, a persistent session (clean start off,
+//! a session expiry) and **manual acknowledgement**: a message's PUBACK goes to the broker only
+//! once the pipeline has accepted it per its mode (journaled and fsynced in rbml/sbml/hml), or
+//! answered it `DUPLICATE`. A crash before the PUBACK leaves the message with the broker, which
+//! sends it again when sidelog's session resumes.
+//!
+//! The topic becomes the key; MQTT 5 user properties become headers, and a user property `id`
+//! the message id, so a device's own retry is de-duplicated. Without one an id is assigned and
+//! delivery is at-least-once: a message taken but not yet acknowledged at a crash comes again
+//! under a new id.
+//!
+//! Backpressure reaches the broker: while the pipeline refuses (backlog full, replaying) the
+//! batch waits and is retried, nothing is acknowledged, and the broker stops at the receive
+//! maximum (the in-flight window) instead of sidelog buffering without bound. A message the
+//! limits refuse (oversize, a bad `id`) is dead-lettered with the reason, then acknowledged:
+//! kept for an operator, never acked and lost, never redelivered forever.
+//!
+//! Two tasks: the connection (it owns rumqttc's event loop, which must be polled without pause
+//! for keep-alives, and every PUBACK) and the intake (batches, the pipeline, dead letters).
+//! PUBACKs are sent only for a publish of the *current* connection whose packet id has not been
+//! reused since: after a reconnect the broker sends the unacknowledged messages again under
+//! their packet ids, and an old copy's PUBACK could otherwise acknowledge a newer message that
+//! reuses the id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::journal::NewDeadLetter;
+use crate::pipeline::{Door, IngestError, Pipeline};
+use crate::proto::journal::dead_letter;
+use crate::proto::{Message, ack};
+use crate::runtime::{WARN_EVERY, WarnLimit};
+
+/// How long a stop waits for the batch under way to be answered and acknowledged.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// The user property whose value becomes the message id.
+pub const ID_PROPERTY: &str = "id";
+
+/// What `mqtt_source` says, parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttSource {
+    pub host: String,
+    pub port: u16,
+    /// Topic filters (`#` and `+` wildcards), at least one.
+    pub topics: Vec<String>,
+    pub client_id: String,
+    pub user: Option<(String, String)>,
+    pub tls: bool,
+    /// PEM file of the CA that signs the broker's certificate (else the system's roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// How long the broker keeps the session (and the messages for it) while sidelog is away.
+    pub session_expiry_s: u32,
+    /// The in-flight window: unacknowledged messages the broker may send at once.
+    pub receive_maximum: u16,
+    pub keep_alive_s: u16,
+}
+
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("topics", &self.topics)
+            .field("client_id", &self.client_id)
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, "<redacted>")))
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("session_expiry_s", &self.session_expiry_s)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish()
+    }
+}
+
+const OPTIONS: &str = "topics, client_id, qos, user, password, tls, ca, session_expiry_s, \
+                       receive_maximum, keep_alive_s";
+
+impl MqttSource {
+    /// `mqtt://HOST:PORT?topics=devices/%23&client_id=ID[&qos=1][&user=U&password=P]
+    /// [&tls=true&ca=FILE][&session_expiry_s=N][&receive_maximum=N][&keep_alive_s=N]`;
+    /// `mqtts://` is `tls=true`. `topics` may repeat, or list filters separated by commas.
+    pub fn parse(url: &str) -> Result<MqttSource, String> {
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, true)
+        } else {
+            return Err(format!(
+                "expected mqtt://HOST:PORT?topics=…&client_id=… or mqtts://… ({OPTIONS})"
+            ));
+        };
+        let (server, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (host, port) = server
+            .rsplit_once(':')
+            .ok_or_else(|| "give the broker as HOST:PORT".to_owned())?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+        if host.is_empty() || port == 0 {
+            return Err("give the broker as HOST:PORT".into());
+        }
+        let mut source = MqttSource {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            topics: Vec::new(),
+            client_id: String::new(),
+            user: None,
+            tls,
+            ca: None,
+            session_expiry_s: 86_400,
+            receive_maximum: 256,
+            keep_alive_s: 30,
+        };
+        let (mut user, mut password) = (None, None);
+        let number = |k: &str, v: &str, min: u64, max: u64| -> Result<u64, String> {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| format!("{k}={v:?}: expected a number from {min} to {max}"))
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("option {pair:?} has no value"))?;
+            let v = percent_decode(v).map_err(|e| format!("option {k}: {e}"))?;
+            if v.is_empty() {
+                return Err(format!("option {k} is empty"));
+            }
+            match k {
+                "topics" | "topic" => source
+                    .topics
+                    .extend(v.split(',').map(|t| t.trim().to_owned())),
+                "client_id" => source.client_id = v,
+                "qos" if v == "1" => {}
+                "qos" => {
+                    return Err(format!(
+                        "qos={v}: only 1 is taken (0 can lose messages before sidelog has them; \
+                         1 with manual acknowledgement cannot)"
+                    ));
+                }
+                "user" => user = Some(v),
+                "password" => password = Some(v),
+                "tls" => {
+                    source.tls = match v.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(format!("tls={v:?}: expected true or false")),
+                    }
+                }
+                "ca" => source.ca = Some(v.into()),
+                "session_expiry_s" => {
+                    source.session_expiry_s = number(k, &v, 1, u64::from(u32::MAX))? as u32;
+                }
+                "receive_maximum" => source.receive_maximum = number(k, &v, 1, 65_535)? as u16,
+                "keep_alive_s" => source.keep_alive_s = number(k, &v, 5, 65_535)? as u16,
+                _ => return Err(format!("unknown option {k:?} ({OPTIONS})")),
+            }
+        }
+        if source.topics.is_empty() || source.topics.iter().any(|t| !valid_filter(t)) {
+            return Err(format!(
+                "topics={:?}: give one or more topic filters, e.g. topics=devices/%23 (# is %23 \
+                 in a URL; + and # only as whole levels, # last)",
+                source.topics
+            ));
+        }
+        if source.client_id.is_empty() {
+            return Err(
+                "client_id is needed: the broker keeps sidelog's session (and the messages not \
+                 yet acknowledged) under it across restarts"
+                    .into(),
+            );
+        }
+        source.user = match (user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(u), None) => Some((u, String::new())),
+            (None, None) => None,
+            (None, Some(_)) => return Err("password needs user".into()),
+        };
+        if source.ca.is_some() && !source.tls {
+            return Err("ca is for TLS: use mqtts:// or tls=true".into());
+        }
+        Ok(source)
+    }
+}
+
+/// A topic filter MQTT accepts: `+` and `#` only as whole levels, `#` only last.
+fn valid_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    !filter.is_empty()
+        && levels.iter().enumerate().all(|(i, level)| {
+            (!level.contains('+') || *level == "+")
+                && (!level.contains('#') || (*level == "#" && i == levels.len() - 1))
+        })
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
+}
+
+/// A publish taken from the broker, tagged with the connection it came on.
+struct Taken {
+    /// Which connection (counted from 1 at each CONNACK).
+    connection: u64,
+    /// The number this packet id was given when it arrived (see [`Connection::inflight`]).
+    generation: u64,
+    publish: Publish,
+}
+
+/// The running door.
+pub struct MqttDoor {
+    stop: oneshot::Sender<()>,
+    connection: JoinHandle<()>,
+    intake: JoinHandle<()>,
+}
+
+impl MqttDoor {
+    /// Connects (in the background: a broker that is down is retried, with a warning) and
+    /// starts taking messages. Intake waits while the pipeline is not serving.
+    pub fn start(source: &MqttSource, pipeline: Arc<Pipeline>) -> anyhow::Result<MqttDoor> {
+        let options = options(source)?;
+        // Room for every PUBACK the window allows and the subscriptions: the connection task
+        // never waits to queue a request (it must keep polling).
+        let (client, eventloop) =
+            AsyncClient::new(options, usize::from(source.receive_maximum) + 64);
+        let (taken_tx, taken_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = oneshot::channel();
+        crate::metrics::zero_intake(Door::Mqtt);
+        let connection = Connection {
+            client,
+            topics: source.topics.clone(),
+            number: 0,
+            inflight: HashMap::new(),
+            generation: 0,
+            taken: taken_tx,
+        };
+        let max_batch = pipeline_batch(source);
+        let connection = tokio::spawn(connection.run(eventloop, done_rx, stop_rx));
+        let intake = tokio::spawn(intake(pipeline, taken_rx, done_tx, max_batch));
+        info!(broker = %format!("{}:{}", source.host, source.port), topics = ?source.topics,
+            client_id = %source.client_id, "MQTT door subscribing");
+        Ok(MqttDoor {
+            stop,
+            connection,
+            intake,
+        })
+    }
+
+    /// Disconnects; what was taken and not acknowledged stays with the broker.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.connection.await;
+        self.intake.abort();
+        let _ = self.intake.await;
+    }
+}
+
+fn pipeline_batch(source: &MqttSource) -> usize {
+    usize::from(source.receive_maximum).max(1)
+}
+
+fn options(source: &MqttSource) -> anyhow::Result<MqttOptions> {
+    use anyhow::Context as _;
+    let mut options = MqttOptions::new(&source.client_id, &source.host, source.port);
+    options
+        .set_keep_alive(Duration::from_secs(u64::from(source.keep_alive_s)))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(source.session_expiry_s))
+        .set_receive_maximum(Some(source.receive_maximum))
+        .set_manual_acks(true);
+    if let Some((user, password)) = &source.user {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if source.tls {
+        let transport = match &source.ca {
+            Some(ca) => {
+                let ca = std::fs::read(ca)
+                    .with_context(|| format!("mqtt_source: cannot read ca {}", ca.display()))?;
+                rumqttc::Transport::tls(ca, None, None)
+            }
+            None => rumqttc::Transport::tls_with_default_config(),
+        };
+        options.set_transport(transport);
+    }
+    Ok(options)
+}
+
+/// The connection task's state.
+struct Connection {
+    client: AsyncClient,
+    topics: Vec<String>,
+    /// The current connection's number; 0 before the first CONNACK.
+    number: u64,
+    /// Packet ids taken on this connection and not yet acknowledged, with the generation each
+    /// was given on arrival: a PUBACK is sent only for the copy that holds it now.
+    inflight: HashMap<u16, u64>,
+    generation: u64,
+    taken: mpsc::UnboundedSender<Taken>,
+}
+
+static BROKER_DOWN: WarnLimit = WarnLimit::new(WARN_EVERY);
+
+impl Connection {
+    async fn run(
+        mut self,
+        mut eventloop: EventLoop,
+        mut done: mpsc::UnboundedReceiver<Vec<Taken>>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut failures: u32 = 0;
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(event) => {
+                        failures = 0;
+                        self.on_event(event);
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        if let Some(held) = BROKER_DOWN.check() {
+                            warn!(error = %e, held_back = held,
+                                "MQTT broker unreachable or the connection failed; retrying");
+                        }
+                        // Capped exponential pause, then poll again (rumqttc reconnects).
+                        let pause = 100u64.saturating_mul(1 << failures.min(5)).min(3_000);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                            _ = &mut stop => break,
+                        }
+                    }
+                },
+                Some(batch) = done.recv() => self.acknowledge(batch),
+                _ = &mut stop => break,
+            }
+        }
+        // A batch the pipeline is answering now gets its PUBACKs if it is done soon (else
+        // its messages come again: DUPLICATE with an id, a second copy without).
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => if let Ok(event) = event { self.on_event(event) } else { break },
+                Some(batch) = done.recv() => self.acknowledge(batch),
+                _ = &mut grace => break,
+            }
+        }
+        // The session stays (clean start off): its messages wait for the next start.
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let Event::Incoming(packet) = event else {
+            return;
+        };
+        match packet {
+            Packet::ConnAck(connack) => {
+                self.number += 1;
+                self.inflight.clear();
+                info!(
+                    session_present = connack.session_present,
+                    connection = self.number,
+                    "MQTT connected"
+                );
+                if !connack.session_present {
+                    let filters: Vec<Filter> = self
+                        .topics
+                        .iter()
+                        .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce))
+                        .collect();
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        warn!(error = %e, "cannot queue the MQTT subscription");
+                    }
+                }
+            }
+            Packet::SubAck(suback) => {
+                for (topic, code) in self.topics.iter().zip(&suback.return_codes) {
+                    let granted = matches!(
+                        code,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    );
+                    if granted {
+                        debug!(topic, "MQTT subscribed");
+                    } else {
+                        warn!(topic, code = ?code, "the MQTT broker refused the subscription");
+                    }
+                }
+            }
+            Packet::Publish(publish) => {
+                self.generation += 1;
+                self.inflight.insert(publish.pkid, self.generation);
+                let taken = Taken {
+                    connection: self.number,
+                    generation: self.generation,
+                    publish,
+                };
+                // The intake task lives as long as this one.
+                let _ = self.taken.send(taken);
+            }
+            Packet::Disconnect(disconnect) => {
+                warn!(reason = ?disconnect.reason_code, "the MQTT broker disconnected sidelog");
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the PUBACKs of a batch the pipeline has answered, for the copies that still hold
+    /// their packet id on this connection.
+    fn acknowledge(&mut self, batch: Vec<Taken>) {
+        for taken in batch {
+            // A QoS 0 publish (the device's choice: the broker downgrades to it) has nothing
+            // to acknowledge.
+            if taken.publish.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let current = taken.connection == self.number
+                && self.inflight.get(&taken.publish.pkid) == Some(&taken.generation);
+            if !current {
+                // From an earlier connection: the broker sent it again, and that copy is
+                // acknowledged when its own turn comes.
+                continue;
+            }
+            self.inflight.remove(&taken.publish.pkid);
+            if let Err(e) = self.client.try_ack(&taken.publish) {
+                warn!(error = %e, "cannot queue a PUBACK; the broker will send the message again");
+            }
+        }
+    }
+}
+
+static INTAKE_REFUSED: WarnLimit = WarnLimit::new(WARN_EVERY);
+
+/// Takes what the connection received, in batches (whatever arrived while the previous batch
+/// was being accepted), through the pipeline; answered batches go back to be acknowledged.
+async fn intake(
+    pipeline: Arc<Pipeline>,
+    mut taken: mpsc::UnboundedReceiver<Taken>,
+    done: mpsc::UnboundedSender<Vec<Taken>>,
+    max_batch: usize,
+) {
+    let mut failures: u32 = 0;
+    while let Some(first) = taken.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match taken.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // Retried until answered: nothing is acknowledged before, so the broker's window fills
+        // and it stops sending (backpressure), and nothing is lost.
+        loop {
+            match accept(&pipeline, &batch).await {
+                Ok(()) => {
+                    failures = 0;
+                    break;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if let Some(held) = INTAKE_REFUSED.check() {
+                        warn!(error = %e, messages = batch.len(), held_back = held,
+                            "MQTT messages not accepted yet; not acknowledged, retrying");
+                    }
+                    let pause = 50u64.saturating_mul(1 << failures.min(6)).min(2_000);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+        if done.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// One batch through the pipeline; messages the limits refuse go to the dead-letter table.
+async fn accept(pipeline: &Arc<Pipeline>, batch: &[Taken]) -> Result<(), IngestError> {
+    let messages: Vec<Message> = batch.iter().map(|t| message(&t.publish)).collect();
+    let acks = pipeline.publish(messages.clone(), Door::Mqtt).await?;
+    let mut letters = Vec::new();
+    for (ack, mut message) in acks.into_iter().zip(messages) {
+        if ack.status == ack::Status::Rejected as i32 {
+            message.id = ack.id;
+            letters.push(NewDeadLetter {
+                kind: dead_letter::Kind::Input,
+                message,
+                reason: format!("refused at the MQTT door: {}", ack.reason),
+                attempts: 0,
+                input_seq: None,
+                remove: None,
+                complete_input: None,
+            });
+        }
+    }
+    if !letters.is_empty() {
+        warn!(
+            count = letters.len(),
+            "MQTT messages refused by the limits: dead-lettered, then acknowledged"
+        );
+        pipeline.journal().dead_letter(letters).await?;
+    }
+    Ok(())
+}
+
+/// The message an MQTT publish becomes: topic → key, user properties → headers, the `id`
+/// property → id (empty: assigned by the pipeline).
+fn message(publish: &Publish) -> Message {
+    let mut message = Message {
+        key: String::from_utf8_lossy(&publish.topic).into_owned(),
+        payload: publish.payload.clone(),
+        ..Default::default()
+    };
+    if let Some(properties) = &publish.properties {
+        for (name, value) in &properties.user_properties {
+            if name == ID_PROPERTY {
+                message.id = value.clone();
+            } else {
+                message.headers.insert(name.clone(), value.clone());
+            }
+        }
+        if let Some(content_type) = &properties.content_type {
+            message
+                .headers
+                .entry("content-type".into())
+                .or_insert_with(|| content_type.clone());
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_names_what_is_wrong() {
+        let s = MqttSource::parse(
+            "mqtt://127.0.0.1:1883?topics=devices/%23&topics=a/+/b&client_id=side-1&qos=1\
+             &user=u&password=p&receive_maximum=16",
+        )
+        .unwrap();
+        assert_eq!(s.host, "127.0.0.1");
+        assert_eq!(s.port, 1883);
+        assert_eq!(s.topics, ["devices/#", "a/+/b"]);
+        assert_eq!(s.client_id, "side-1");
+        assert_eq!(s.user, Some(("u".into(), "p".into())));
+        assert_eq!(s.receive_maximum, 16);
+        assert!(!s.tls);
+        assert!(
+            !format!("{s:?}").contains("\"p\""),
+            "the password is not shown"
+        );
+        assert!(
+            MqttSource::parse("mqtts://b:8883?topics=x&client_id=c")
+                .unwrap()
+                .tls
+        );
+        let bad = [
+            ("http://b:1?topics=x&client_id=c", "mqtt://"),
+            ("mqtt://b?topics=x&client_id=c", "HOST:PORT"),
+            ("mqtt://b:1?client_id=c", "topics"),
+            ("mqtt://b:1?topics=a/%23/b&client_id=c", "topics"),
+            ("mqtt://b:1?topics=a+&client_id=c", "topics"),
+            ("mqtt://b:1?topics=x", "client_id"),
+            ("mqtt://b:1?topics=x&client_id=c&qos=0", "qos=0"),
+            (
+                "mqtt://b:1?topics=x&client_id=c&password=p",
+                "password needs user",
+            ),
+            (
+                "mqtt://b:1?topics=x&client_id=c&receive_maximum=0",
+                "receive_maximum",
+            ),
+            (
+                "mqtt://b:1?topics=x&client_id=c&colour=red",
+                "unknown option",
+            ),
+            ("mqtt://b:1?topics=x&client_id=c&ca=f", "ca is for TLS"),
+        ];
+        for (url, says) in bad {
+            let e = MqttSource::parse(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_publish_becomes_a_message() {
+        let mut publish = Publish::new("devices/7/temp", QoS::AtLeastOnce, "21.5", None);
+        publish.properties = Some(rumqttc::v5::mqttbytes::v5::PublishProperties {
+            user_properties: vec![("id".into(), "dev7-42".into()), ("unit".into(), "C".into())],
+            ..Default::default()
+        });
+        let m = message(&publish);
+        assert_eq!(m.id, "dev7-42");
+        assert_eq!(m.key, "devices/7/temp");
+        assert_eq!(&m.payload[..], b"21.5");
+        assert_eq!(m.headers.get("unit").map(String::as_str), Some("C"));
+        assert!(!m.headers.contains_key("id"));
+        let plain = Publish::new("t", QoS::AtLeastOnce, "x", None);
+        assert!(message(&plain).id.is_empty());
+    }
+}

@@ -1,0 +1,371 @@
+//! The MQTT door against a real broker: Mosquitto (Debian's `mosquitto`), started by the test
+//! on a free loopback port with persistence, so that it can be restarted; devices are played by
+//! `mosquitto_pub` (Debian's `mosquitto-clients`), MQTT 5, QoS 1.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{Missing, Outcome};
+use crate::common::{Sidelog, eventually, free_port};
+
+fn find(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A Mosquitto of the test's own, its state in `dir`, on one port across restarts.
+struct Broker {
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Result<Broker, Missing> {
+        let binary = find("mosquitto").ok_or_else(|| {
+            Missing("no mosquitto (Debian: apt-get install mosquitto mosquitto-clients)".into())
+        })?;
+        if find("mosquitto_pub").is_none() {
+            return Err(Missing(
+                "no mosquitto_pub (Debian: apt-get install mosquitto-clients)".into(),
+            ));
+        }
+        let port = free_port().port();
+        // Started as root, mosquitto drops to its own user: its state directory must let it
+        // write (else it cannot save the sessions a restart is to keep).
+        let dir = dir.join("broker");
+        std::fs::create_dir_all(&dir).expect("the broker's directory");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("a directory the broker can write");
+        let dir = dir.as_path();
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 100000\n",
+                dir.display()
+            ),
+        )
+        .expect("the broker's configuration");
+        let mut broker = Broker {
+            binary,
+            dir: dir.to_owned(),
+            port,
+            child: None,
+        };
+        broker.run()?;
+        Ok(broker)
+    }
+
+    fn run(&mut self) -> Result<(), Missing> {
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("a log file");
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(log.try_clone().expect("a second handle"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Missing(format!("cannot start mosquitto: {e}")))?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "mosquitto did not listen on {}: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops it as an operator would (SIGTERM: it saves its state) and starts it again.
+    fn restart(&mut self) {
+        self.stop();
+        self.run().expect("mosquitto starts again");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn source(&self, client_id: &str) -> String {
+        format!(
+            "mqtt://127.0.0.1:{}?topics=devices/%23&client_id={client_id}&receive_maximum=32",
+            self.port
+        )
+    }
+
+    /// A device's publish: QoS 1, MQTT 5, with an `id` user property when given. Retried (as
+    /// a device does) until the broker has it.
+    fn publish(&self, topic: &str, payload: &str, id: Option<&str>) {
+        for _ in 0..50 {
+            let mut pub_ = Command::new("mosquitto_pub");
+            pub_.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-V", "5", "-q", "1", "-t", topic, "-m", payload])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(id) = id {
+                pub_.args(["-D", "publish", "user-property", "id", id]);
+            }
+            if pub_.status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mosquitto_pub could not publish {topic} {payload}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until the log (appended to across starts) says `needle` at least `times` times.
+async fn wait_said(sidelog: &Sidelog, needle: &str, times: usize) {
+    crate::common::poll_until(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "the log never said {needle:?} {times} times:\n{}",
+                sidelog.log_tail()
+            )
+        },
+        || async { (sidelog.log().matches(needle).count() >= times).then_some(()) },
+    )
+    .await
+}
+
+/// (id, key, payload, headers) of every message in the file sink's chunks, duplicates kept.
+fn delivered(out: &Path) -> Vec<(String, String, String, HashMap<String, String>)> {
+    sidelog::sink::list_chunks(out)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| sidelog::sink::read_chunk(p).expect("a readable chunk"))
+        .map(|m| {
+            (
+                m.id,
+                m.key,
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                m.headers.into_iter().collect(),
+            )
+        })
+        .collect()
+}
+
+/// QoS 1 messages published while sidelog refuses (sink down, backlog full), is SIGKILLed, is
+/// down, and is started again all reach the sink: nothing is acknowledged to the broker before
+/// it is accepted, and the broker keeps the rest for sidelog's session. The topic is the key,
+/// an `id` property the id.
+pub async fn mqtt_messages_survive_sigkills_of_sidelog() -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path())?;
+    let data = dir.path().join("data");
+    let source = broker.source("sidelog-kill");
+    let args = ["--mode", "hml", "--mqtt-source", &source];
+    // First the sink is down and the backlog small: the pipeline soon refuses, and what the
+    // door took meanwhile must stay unacknowledged (backpressure reaches the broker) so that a
+    // SIGKILL loses none of it. An early PUBACK fails here deterministically.
+    let full = [
+        &args[..],
+        &[
+            "--sink",
+            "http://127.0.0.1:1",
+            "--limits-max-backlog-bytes",
+            "20000",
+        ],
+    ]
+    .concat();
+    let mut sidelog = Sidelog::new(&data, &full);
+    sidelog.start().await;
+    wait_said(&sidelog, "MQTT connected", 1).await;
+
+    // Two devices: one streams 3,000 readings as fast as the broker takes them (no ids:
+    // at-least-once, checked by payload), one publishes 100 with `id` properties.
+    let total = 3000;
+    let lines: String = (0..total).map(|i| format!("reading {i}\n")).collect();
+    let mut stream = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-V", "5", "-q", "1", "-t", "devices/stream", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub starts");
+    let mut stdin = stream.stdin.take().expect("its stdin");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write as _;
+        // ~1,000 a second, so that the kills below fall in the middle of the stream.
+        for chunk in lines.lines().collect::<Vec<_>>().chunks(20) {
+            stdin
+                .write_all(format!("{}\n", chunk.join("\n")).as_bytes())
+                .expect("mosquitto_pub reads");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let with_ids = {
+        let port = broker.port;
+        let dir = broker.dir.clone();
+        let binary = broker.binary.clone();
+        std::thread::spawn(move || {
+            let device = Broker {
+                binary,
+                dir,
+                port,
+                child: None,
+            };
+            for i in 0..100 {
+                device.publish(
+                    &format!("devices/d{}", i % 3),
+                    &format!("id'd {i}"),
+                    Some(&format!("m-{i}")),
+                );
+            }
+        })
+    };
+    let out = data.join("out");
+    let payloads = |out: &Path| -> HashSet<String> {
+        delivered(out).into_iter().map(|(_, _, p, _)| p).collect()
+    };
+    wait_said(&sidelog, "MQTT messages not accepted yet", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidelog.kill9().await;
+    // Then with its sink, killed under load twice; the second time it stays down a while.
+    let mut sidelog = Sidelog::new(&data, &args);
+    sidelog.start().await;
+    assert!(eventually(Duration::from_secs(60), || payloads(&out).len() >= 500).await);
+    sidelog.kill9().await;
+    sidelog.start().await;
+    assert!(eventually(Duration::from_secs(60), || payloads(&out).len() >= 1500).await);
+    sidelog.kill9().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sidelog.start().await;
+    feeder.join().expect("the lines were fed");
+    let _ = stream.wait();
+    with_ids.join().expect("the devices published");
+    let want: HashSet<String> = (0..total)
+        .map(|i| format!("reading {i}"))
+        .chain((0..100).map(|i| format!("id'd {i}")))
+        .collect();
+    let complete = eventually(Duration::from_secs(60), || {
+        payloads(&out).is_superset(&want)
+    })
+    .await;
+    assert!(
+        complete,
+        "{} readings acknowledged to the broker never reached the sink",
+        want.difference(&payloads(&out)).count()
+    );
+    for (id, key, payload, _) in delivered(&out) {
+        if let Some(i) = payload.strip_prefix("id'd ") {
+            let i: usize = i.parse().unwrap();
+            assert_eq!((id, key), (format!("m-{i}"), format!("devices/d{}", i % 3)));
+        } else {
+            assert_eq!(key, "devices/stream");
+        }
+    }
+    sidelog.kill9().await;
+    drop(broker.child.take());
+    Ok(())
+}
+
+/// A device's retry (same `id` property) is delivered once; other user properties become
+/// headers; a message without an id gets one; a broker restart is survived; a message the
+/// limits refuse is dead-lettered with its reason and acknowledged (not redelivered forever).
+pub async fn mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered() -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path())?;
+    let data = dir.path().join("data");
+    let source = broker.source("sidelog-props");
+    let args = [
+        "--mqtt-source",
+        &source,
+        "--limits-max-message-bytes",
+        "1024",
+    ];
+    let mut sidelog = Sidelog::new(&data, &args);
+    sidelog.start().await;
+    wait_said(&sidelog, "MQTT connected", 1).await;
+    let out = data.join("out");
+
+    broker.publish("devices/a", "first", Some("dev-a-1"));
+    broker.publish("devices/a", "first", Some("dev-a-1")); // the device retries
+    let mut with_header = Command::new("mosquitto_pub");
+    with_header
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-V", "5", "-q", "1", "-t", "devices/b", "-m", "no id"])
+        .args(["-D", "publish", "user-property", "unit", "celsius"]);
+    assert!(with_header.status().unwrap().success());
+    assert!(eventually(Duration::from_secs(20), || delivered(&out).len() >= 2).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = delivered(&out);
+    assert_eq!(
+        got.iter().filter(|(id, ..)| id == "dev-a-1").count(),
+        1,
+        "{got:?}"
+    );
+    let no_id = got
+        .iter()
+        .find(|(_, key, ..)| key == "devices/b")
+        .expect("the message without an id");
+    assert!(!no_id.0.is_empty(), "an id was assigned");
+    assert_eq!(
+        no_id.3.get("unit").map(String::as_str),
+        Some("celsius"),
+        "{no_id:?}"
+    );
+
+    // The broker restarts; sidelog reconnects to its session and takes what comes next.
+    broker.restart();
+    wait_said(&sidelog, "session_present=true", 1).await;
+    broker.publish("devices/a", "after restart", Some("dev-a-2"));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            delivered(&out).iter().any(|(id, ..)| id == "dev-a-2")
+        })
+        .await,
+        "nothing taken after the broker's restart"
+    );
+
+    // Over max_message_bytes: dead-lettered with the reason, and acknowledged: after a
+    // restart of sidelog it is not taken (and dead-lettered) a second time.
+    broker.publish("devices/c", &"x".repeat(2000), Some("too-big"));
+    broker.publish("devices/c", "small", Some("dev-c-1"));
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            delivered(&out).iter().any(|(id, ..)| id == "dev-c-1")
+        })
+        .await
+    );
+    let letters = sidelog.inspect(&["dead-letters"]).await.expect("inspect");
+    assert!(
+        letters.contains("too-big") && letters.contains("max_message_bytes"),
+        "{letters}"
+    );
+    sidelog.terminate().await;
+    sidelog.start().await;
+    wait_said(&sidelog, "MQTT connected", 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let letters = sidelog.inspect(&["dead-letters"]).await.expect("inspect");
+    assert_eq!(letters.matches("too-big").count(), 1, "{letters}");
+    sidelog.kill9().await;
+    Ok(())
+}
