@@ -155,13 +155,13 @@ async fn start_http(
     let router = crate::service::http::router(Arc::new(door)).map_err(anyhow::Error::msg)?;
     crate::metrics::zero_intake(crate::pipeline::Door::Http);
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                drop(stop_rx.await);
-            })
-            .await
-    });
+    let limits = crate::service::http::ConnectionLimits {
+        max_connections: config.http_max_connections as usize,
+        read_timeout: Duration::from_millis(config.http_read_timeout_ms),
+    };
+    let task = tokio::spawn(crate::service::http::serve(
+        listener, router, limits, stop_rx,
+    ));
     info!(addr = %addr, "HTTP door listening");
     Ok(Some(HttpRunning { stop, task }))
 }

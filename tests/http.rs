@@ -335,3 +335,85 @@ async fn browsers_get_cors_and_beacons_are_delivered() {
     );
     sidelog.kill9().await;
 }
+
+/// Hostile clients: headers sent too slowly close the connection, a body sent too slowly is
+/// 408, too many headers 431, and a connection over `http_max_connections` is 503 with
+/// `Retry-After`; the door keeps serving others throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_too_many_connections_are_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--http-listen",
+            &port_text,
+            "--http-max-connections",
+            "2",
+            "--http-read-timeout-ms",
+            "700",
+        ],
+    );
+    sidelog.start().await;
+    /// What the server sends before it closes, within `limit`.
+    async fn answer(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(limit, stream.read_to_end(&mut got)).await;
+        read.ok()
+            .map(|_| String::from_utf8_lossy(&got).into_owned())
+    }
+
+    // Headers that never end: the connection is closed after the read timeout.
+    let mut slow_headers = tokio::net::TcpStream::connect(port).await.unwrap();
+    slow_headers
+        .write_all(b"POST /v1/publish HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // A second connection holds the other slot: a third one is over the cap.
+    let mut slow_body = tokio::net::TcpStream::connect(port).await.unwrap();
+    slow_body
+        .write_all(
+            b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+              content-length: 100\r\n\r\n{\"id\":",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(port).await.unwrap();
+    let over = answer(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the third connection is answered and closed at once");
+    assert!(over.starts_with("HTTP/1.1 503"), "{over}");
+    assert!(over.contains("retry-after: 1"), "{over}");
+    assert!(over.contains("http_max_connections"), "{over}");
+
+    let closed = answer(&mut slow_headers, Duration::from_secs(5))
+        .await
+        .expect("slow headers: the connection is closed");
+    assert!(!closed.contains(" 200 "), "{closed}");
+    let timed_out = answer(&mut slow_body, Duration::from_secs(5))
+        .await
+        .expect("slow body: answered and closed");
+    assert!(timed_out.starts_with("HTTP/1.1 408"), "{timed_out}");
+    assert!(timed_out.contains("http_read_timeout_ms"), "{timed_out}");
+
+    // The slots are free again: a normal request is served; too many headers are 431.
+    let (code, _, answer_json) =
+        post(port, "application/x-ndjson", "{\"id\":\"ok\"}\n", None).await;
+    assert_eq!(
+        (code, statuses(&answer_json)),
+        (200, vec!["ACCEPTED".to_string()])
+    );
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{port}/v1/publish"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":\"many\"}\n");
+    for i in 0..100 {
+        request = request.header(format!("x-padding-{i}"), "x");
+    }
+    let many = request.send().await.unwrap();
+    assert_eq!(many.status(), 431);
+    sidelog.kill9().await;
+}

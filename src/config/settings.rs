@@ -79,6 +79,11 @@ settings! {
         /// Browser origins allowed to call the HTTP door and gRPC-Web (CORS), comma-separated,
         /// e.g. `https://app.example.com`; `*` allows any (without credentials).
         http_cors_origins: Option<String> = None, Rule::any().shown("none (no CORS)");
+        /// HTTP door connections open at once; one more is answered 503 and closed.
+        http_max_connections: u64 = 1024, Rule::range(1, 1_000_000);
+        /// How long an HTTP client may take to send a request's headers (else the connection
+        /// is closed) and its body (else 408).
+        http_read_timeout_ms: u64 = 10_000, Rule::range(100, 3_600_000);
         /// The MQTT door: subscribe to a broker, `mqtt://HOST:PORT?topics=devices/%23&client_id=ID`
         /// (QoS 1, persistent session, PUBACK only once accepted); options `user`, `password`,
         /// `tls`, `ca`, `session_expiry_s`, `receive_maximum`, `keep_alive_s`; `mqtts://` for TLS.

@@ -29,6 +29,99 @@ use super::TokenCheck;
 use crate::pipeline::{Door, IngestError, Pipeline};
 use crate::proto::{Ack, Message, ack};
 
+/// Headers a request may carry (hyper answers 431 over it).
+pub const MAX_HEADERS: usize = 64;
+
+/// What the door allows one connection: how many may be open, how long a client may take to
+/// send a request's headers and its body (slow clients hold a connection and a buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub read_timeout: std::time::Duration,
+}
+
+/// Serves `router` on `listener` until `stop`, then lets open requests finish (the caller
+/// bounds that with its shutdown deadline). Over `max_connections` a connection is answered
+/// 503 with `Retry-After` and closed; headers slower than `read_timeout` close the connection,
+/// a body slower than that is 408.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.read_timeout);
+    let service = hyper_util::service::TowerToHyperService::new(router.layer(
+        tower_http::timeout::RequestBodyTimeoutLayer::new(limits.read_timeout),
+    ));
+    tokio::pin!(stop);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "HTTP door cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            crate::runtime::spawn(refuse_connection(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        crate::runtime::spawn(async move {
+            let _permit = permit;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The answer to a connection over the cap: 503, `Retry-After`, closed.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "http", "code" => "unavailable")
+        .increment(1);
+    let body = serde_json::json!({
+        "error": format!("{max} HTTP connections are open (http_max_connections); retry shortly")
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {RETRY_AFTER_SECONDS}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
 /// Seconds a client is told to wait before retrying a 429 or 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
@@ -95,8 +188,17 @@ async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Bo
     }
     let body = match axum::body::to_bytes(body, door.max_request_bytes).await {
         Ok(body) => body,
-        // The limit is the only error a body that arrived whole can give.
-        Err(e) if declared.is_none() || is_length_limit(&e) => return too_large(),
+        Err(e) if has_source::<tower_http::timeout::TimeoutError>(&e) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_argument",
+                "the body did not arrive within http_read_timeout_ms",
+            );
+        }
+        // The limit is the only other error a body that arrived whole can give.
+        Err(e) if declared.is_none() || has_source::<http_body_util::LengthLimitError>(&e) => {
+            return too_large();
+        }
         Err(e) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -133,10 +235,11 @@ async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Bo
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+/// Whether `E` is among the causes of `e`.
+fn has_source<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();
