@@ -1,6 +1,7 @@
 //! Tests that need more than a Rust toolchain: a NATS server with JetStream, `moto_server` (an
-//! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), a small tmpfs,
-//! and FUSE (for the power-loss test). `.ci/run`
+//! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), `curl` and
+//! `python3` (the HTTP door as shippers and scripts reach it), a small tmpfs, and FUSE (for the
+//! power-loss test). `.ci/run`
 //! provides all of them.
 //!
 //! Each test says what it misses by returning [`Missing`]. On a machine without the service the
@@ -16,6 +17,7 @@ mod nats;
 mod object;
 mod power_loss;
 mod s3_proxy;
+mod shippers;
 
 use std::future::Future;
 
@@ -94,6 +96,14 @@ fn main() {
         trial(
             "mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered",
             mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered,
+        ),
+        trial(
+            "shippers::a_100k_line_ndjson_file_from_curl_is_acked_and_delivered",
+            shippers::a_100k_line_ndjson_file_from_curl_is_acked_and_delivered,
+        ),
+        trial(
+            "shippers::a_python_client_gets_every_status_it_should",
+            shippers::a_python_client_gets_every_status_it_should,
         ),
         trial(
             "disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns",
