@@ -98,6 +98,10 @@ fn main() {
             mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered,
         ),
         trial(
+            "mqtt::mqtt_over_tls_with_a_password",
+            mqtt::mqtt_over_tls_with_a_password,
+        ),
+        trial(
             "shippers::a_100k_line_ndjson_file_from_curl_is_acked_and_delivered",
             shippers::a_100k_line_ndjson_file_from_curl_is_acked_and_delivered,
         ),

@@ -28,6 +28,11 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path) -> Result<Broker, Missing> {
+        Broker::start_with(dir, |_| "allow_anonymous true\n".to_owned())
+    }
+
+    /// A broker whose listener is configured by `settings(its directory)` (TLS, passwords).
+    fn start_with(dir: &Path, settings: impl FnOnce(&Path) -> String) -> Result<Broker, Missing> {
         let binary = find("mosquitto").ok_or_else(|| {
             Missing("no mosquitto (Debian: apt-get install mosquitto mosquitto-clients)".into())
         })?;
@@ -44,11 +49,13 @@ impl Broker {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .expect("a directory the broker can write");
         let dir = dir.as_path();
+        let settings = settings(dir);
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\n",
+                "per_listener_settings true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 100000\n\
+                 listener {port} 127.0.0.1\n{settings}",
                 dir.display()
             ),
         )
@@ -367,5 +374,125 @@ pub async fn mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered()
     let letters = sidelog.inspect(&["dead-letters"]).await.expect("inspect");
     assert_eq!(letters.matches("too-big").count(), 1, "{letters}");
     sidelog.kill9().await;
+    Ok(())
+}
+
+/// TLS with a private CA and a username/password, as brokers in production take them: with the
+/// right password sidelog connects and takes messages; with a wrong one it retries and says
+/// so; the password never appears in the printed configuration.
+pub async fn mqtt_over_tls_with_a_password() -> Outcome {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    if find("mosquitto_passwd").is_none() {
+        return Err(Missing(
+            "no mosquitto_passwd (Debian: apt-get install mosquitto)".into(),
+        ));
+    }
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let device_port = free_port().port();
+    let broker = Broker::start_with(dir.path(), |dir| {
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        let passwd = dir.join("passwd");
+        let made = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args(["sidelog", "s3cret-pass"])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        // The devices' side: a plain listener of its own (the test is of sidelog's TLS).
+        format!(
+            "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n\
+             allow_anonymous false\npassword_file {0}/passwd\n\
+             listener {1} 127.0.0.1\nallow_anonymous true\n",
+            dir.display(),
+            device_port
+        )
+    })?;
+    let ca = broker.dir.join("ca.pem");
+    let url = |client: &str, password: &str| {
+        format!(
+            "mqtts://127.0.0.1:{}?topics=devices/%23&client_id={client}&user=sidelog\
+             &password={password}&ca={}",
+            broker.port,
+            ca.display()
+        )
+    };
+
+    // The printed configuration hides the password.
+    let good = url("tls-good", "s3cret-pass");
+    let checked = Command::new(sidelog::testkit::binary())
+        .args(["serve", "--check-config", "--mqtt-source", &good])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{printed}");
+    assert!(printed.contains("password=<redacted>"), "{printed}");
+    assert!(!printed.contains("s3cret-pass"), "{printed}");
+
+    let data = dir.path().join("data");
+    let mut sidelog = Sidelog::new(&data, &["--mqtt-source", &good]);
+    sidelog.start().await;
+    wait_said(&sidelog, "MQTT connected", 1).await;
+    let published = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &device_port.to_string()])
+        .args([
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            "devices/secure",
+            "-m",
+            "over tls",
+        ])
+        .args(["-D", "publish", "user-property", "id", "tls-1"])
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let out = data.join("out");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            delivered(&out).iter().any(|(id, ..)| id == "tls-1")
+        })
+        .await,
+        "the message over TLS never reached the sink"
+    );
+    sidelog.kill9().await;
+
+    let mut refused = Sidelog::new(
+        &dir.path().join("wrong"),
+        &["--mqtt-source", &url("tls-wrong", "wrong-pass")],
+    );
+    refused.start().await;
+    wait_said(
+        &refused,
+        "MQTT broker unreachable or the connection failed",
+        1,
+    )
+    .await;
+    assert!(
+        !refused.log().contains("MQTT connected"),
+        "{}",
+        refused.log_tail()
+    );
+    refused.kill9().await;
     Ok(())
 }
