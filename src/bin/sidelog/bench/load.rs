@@ -31,6 +31,8 @@ pub(super) enum Target {
     Sidelog(SocketAddr),
     /// A JetStream subject (each producer opens its own connection).
     Nats { addr: String, subject: String },
+    /// A sidelog HTTP door (`POST /v1/publish`).
+    Http(SocketAddr),
 }
 
 /// Runs the producers against `target` for `duration` (or until `messages` are sent).
@@ -83,6 +85,14 @@ pub(super) async fn load(
                     (None, false) => tokio::spawn(ctx.closed_loop(IngestClient::new(channel))),
                 }
             }
+            Target::Http(addr) => {
+                anyhow::ensure!(!args.stream, "--stream is gRPC's: not with --door http");
+                let publisher = HttpPublisher::new(*addr);
+                match per_producer {
+                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
+                    None => tokio::spawn(ctx.closed_loop(publisher)),
+                }
+            }
             Target::Nats { addr, subject } => {
                 let publisher = nats::Publisher::connect(addr, subject).await?;
                 match per_producer {
@@ -126,6 +136,59 @@ impl Send1 for IngestClient<Channel> {
             .into_inner()
             .acks;
         Ok(acks.iter().filter(|a| is_ok(a)).count())
+    }
+}
+
+/// A producer on the HTTP door: the proto3 JSON of a `PublishRequest` per request, as a
+/// browser or a script sends it; the acks read from the JSON answer.
+#[derive(Clone)]
+pub(super) struct HttpPublisher {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl HttpPublisher {
+    fn new(addr: SocketAddr) -> Self {
+        HttpPublisher {
+            client: reqwest::Client::new(),
+            url: format!("http://{addr}/v1/publish"),
+        }
+    }
+}
+
+impl Send1 for HttpPublisher {
+    async fn send(&mut self, messages: Vec<Message>) -> Result<usize, ()> {
+        use base64::Engine as _;
+        let messages: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id,
+                    "key": m.key,
+                    "payload": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                    "headers": m.headers,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "messages": messages }).to_string();
+        let answer = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| ())?;
+        if !answer.status().is_success() {
+            return Err(());
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.bytes().await.map_err(|_| ())?).map_err(|_| ())?;
+        let acks = answer["acks"].as_array().ok_or(())?;
+        Ok(acks
+            .iter()
+            .filter(|a| a["status"] == "ACCEPTED" || a["status"] == "DUPLICATE")
+            .count())
     }
 }
 

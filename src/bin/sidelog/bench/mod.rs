@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Use PublishStream (pipelined) instead of unary Publish.
     #[arg(long)]
     pub stream: bool,
+    /// Which front door the producers use: `grpc` (Ingest/Publish) or `http` (the HTTP door,
+    /// the JSON of a PublishRequest per request), so the doors compare in one table.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub door: Door,
     /// How long each mode is loaded, e.g. 10s, 500ms.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
@@ -99,6 +103,13 @@ pub struct BenchArgs {
     /// --modes) with an idle sink, and measures the replay: entries/s and peak RSS.
     #[arg(long)]
     pub recovery: Option<u64>,
+}
+
+/// A front door the bench can load (`--door`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Door {
+    Grpc,
+    Http,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -213,12 +224,23 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
         rig.handler_url.as_deref(),
         args.fsync_latency,
     )?;
+    let http = match args.door {
+        Door::Grpc => None,
+        Door::Http => {
+            let addr = sidelog::testkit::free_port().context("binding a loopback port")?;
+            child.add_args(&["--http-listen", &addr.to_string()]);
+            Some(addr)
+        }
+    };
     child.spawn();
     child
         .try_wait_serving(Duration::from_secs(30))
         .await
         .map_err(anyhow::Error::msg)?;
-    let target = Target::Sidelog(child.addr);
+    let target = match http {
+        Some(addr) => Target::Http(addr),
+        None => Target::Sidelog(child.addr),
+    };
     let label = mode.as_str();
 
     // Warm up (connections to the handler and the sink open lazily, caches fill), let the

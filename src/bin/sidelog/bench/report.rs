@@ -32,10 +32,10 @@ pub(super) fn workload(args: &BenchArgs) -> String {
         args.producers,
         args.size,
         args.batch,
-        if args.stream {
-            "PublishStream"
-        } else {
-            "unary Publish"
+        match (args.door, args.stream) {
+            (super::Door::Http, _) => "HTTP door (JSON)",
+            (_, true) => "PublishStream",
+            _ => "unary Publish",
         },
         args.rate
             .map(|r| format!(", open loop at {r} msg/s"))
