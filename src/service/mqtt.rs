@@ -347,6 +347,10 @@ impl Connection {
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
+                        // Nothing taken on the lost connection is acknowledged from now on:
+                        // the broker sends it again when the session resumes, and that copy
+                        // is acknowledged (a queued PUBACK would reach the next connection).
+                        self.inflight.clear();
                         if let Some(held) = BROKER_DOWN.check() {
                             warn!(error = %e, held_back = held,
                                 "MQTT broker unreachable or the connection failed; retrying");
