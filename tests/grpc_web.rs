@@ -115,7 +115,10 @@ async fn web_publish(
         rest = &rest[5 + len..];
     }
     assert!(rest.is_empty(), "a torn frame at the end: {body:?}");
-    let grpc_message = percent_decoded(&grpc_message);
+    // `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
+    let grpc_message = percent_encoding::percent_decode_str(&grpc_message)
+        .decode_utf8_lossy()
+        .into_owned();
     WebAnswer {
         http,
         response,
@@ -124,29 +127,6 @@ async fn web_publish(
         allow_origin,
         expose_headers,
     }
-}
-
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn request(ids: &[&str]) -> PublishRequest {

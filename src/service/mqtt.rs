@@ -207,24 +207,10 @@ fn valid_filter(filter: &str) -> bool {
 }
 
 fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let byte = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|t| t.into_owned())
+        .map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
 }
 
 /// A publish taken from the broker, tagged with the connection it came on.
@@ -264,7 +250,8 @@ impl MqttDoor {
             generation: 0,
             taken: taken_tx,
         };
-        let max_batch = pipeline_batch(source);
+        // A batch is at most what the broker may have in flight.
+        let max_batch = usize::from(source.receive_maximum);
         let connection = tokio::spawn(connection.run(eventloop, done_rx, stop_rx));
         let intake = tokio::spawn(intake(pipeline, taken_rx, done_tx, max_batch));
         info!(broker = %format!("{}:{}", source.host, source.port), topics = ?source.topics,
@@ -283,10 +270,6 @@ impl MqttDoor {
         self.intake.abort();
         let _ = self.intake.await;
     }
-}
-
-fn pipeline_batch(source: &MqttSource) -> usize {
-    usize::from(source.receive_maximum).max(1)
 }
 
 fn options(source: &MqttSource) -> anyhow::Result<MqttOptions> {
