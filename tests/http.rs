@@ -17,8 +17,18 @@ async fn post(
     body: impl Into<reqwest::Body>,
     token: Option<&str>,
 ) -> (u16, Option<String>, Value) {
+    post_to(port, "/v1/publish", content_type, body, token).await
+}
+
+async fn post_to(
+    port: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    token: Option<&str>,
+) -> (u16, Option<String>, Value) {
     let mut request = reqwest::Client::new()
-        .post(format!("http://{port}/v1/publish"))
+        .post(format!("http://{port}{path}"))
         .header("content-type", content_type)
         .body(body);
     if let Some(token) = token {
@@ -175,6 +185,24 @@ async fn bad_http_requests_get_a_status_and_a_reason() {
     assert_eq!(
         (code, statuses(&answer)),
         (200, vec!["ACCEPTED".to_string()])
+    );
+    // Fluent Bit before 3.0 labels its `json_lines` `application/json`: `?format=ndjson` says
+    // what the body is; an unknown format is named in the 400.
+    let lines = "{\"id\":\"fb-1\"}\n{\"id\":\"fb-2\"}\n";
+    let (code, _, answer) = post(port, "application/json", lines, token).await;
+    assert_eq!(code, 400, "NDJSON labelled JSON, without ?format: {answer}");
+    let path = "/v1/publish?format=ndjson";
+    let (code, _, answer) = post_to(port, path, "application/json", lines, token).await;
+    assert_eq!(
+        (code, statuses(&answer)),
+        (200, vec!["ACCEPTED".to_string(); 2])
+    );
+    let path = "/v1/publish?format=xml";
+    let (code, _, answer) = post_to(port, path, "application/json", lines, token).await;
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("format=xml"),
+        "{answer}"
     );
     // A beacon cannot carry the token: refused like any call without it.
     let beacon = reqwest::Client::new()

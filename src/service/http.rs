@@ -10,6 +10,9 @@
 //!   the record's top-level `"id"` (so a shipper's retry is a `DUPLICATE`), else assigned; its
 //!   key the field `http_ndjson_key_field` names, if any.
 //!
+//! `?format=json|ndjson` on the path overrides the `Content-Type` (for shippers that label
+//! NDJSON `application/json`).
+//!
 //! The answer is the JSON of `PublishResponse`, one ack per message in order. Statuses are the
 //! ones HTTP clients retry correctly: 400 malformed (with the reason), 401 without the bearer
 //! token, 413 over `max_request_bytes`, 429 + `Retry-After` when the backlog or disk is full,
@@ -19,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -154,15 +157,60 @@ pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
 /// `navigator.sendBeacon` posts a string as `text/plain` and cannot set headers: the body is
 /// read as NDJSON whatever its type says. The answer is the same JSON, for tools and tests.
 async fn beacon(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
-    let mut headers = headers;
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    publish(State(door), headers, body).await
+    accept(&door, headers, body, Some(Format::Ndjson)).await
 }
 
-async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
+/// How a body is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    /// The JSON of a `PublishRequest`.
+    Json,
+    /// One JSON record a line.
+    Ndjson,
+}
+
+/// `POST /v1/publish`: the body's format is `?format=json|ndjson` when given (for shippers
+/// that label NDJSON `application/json`, as Fluent Bit's `json_lines` did before 3.0), else
+/// its `Content-Type`.
+async fn publish(
+    State(door): State<Arc<HttpDoor>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let format = match query.as_deref().map(format_of_query).transpose() {
+        Ok(format) => format.flatten(),
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
+    };
+    accept(&door, headers, body, format).await
+}
+
+/// The `format` a query names, if it names one.
+fn format_of_query(query: &str) -> Result<Option<Format>, String> {
+    let mut format = None;
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if name == "format" {
+            format = Some(match value {
+                "json" => Format::Json,
+                "ndjson" | "jsonl" | "json_lines" => Format::Ndjson,
+                other => {
+                    return Err(format!(
+                        "format={other} is not taken: format=json (a PublishRequest) or \
+                         format=ndjson (one record a line)"
+                    ));
+                }
+            });
+        }
+    }
+    Ok(format)
+}
+
+async fn accept(
+    door: &HttpDoor,
+    headers: HeaderMap,
+    body: Body,
+    format: Option<Format>,
+) -> Response {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -212,16 +260,21 @@ async fn publish(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Bo
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    let messages = match media {
-        "application/x-ndjson" | "application/jsonl" | "application/json-lines" => {
-            ndjson(&body, door.key_field.as_deref())
+    let format = match (format, media) {
+        (Some(format), _) => Ok(format),
+        (None, "application/x-ndjson" | "application/jsonl" | "application/json-lines") => {
+            Ok(Format::Ndjson)
         }
-        "application/json" | "" => json(&body),
-        other => Err(format!(
+        (None, "application/json" | "") => Ok(Format::Json),
+        (None, other) => Err(format!(
             "Content-Type {other} is not taken: send application/json (a PublishRequest) or \
-             application/x-ndjson (one record a line)"
+             application/x-ndjson (one record a line), or say ?format=json|ndjson"
         )),
     };
+    let messages = format.and_then(|format| match format {
+        Format::Ndjson => ndjson(&body, door.key_field.as_deref()),
+        Format::Json => json(&body),
+    });
     let messages = match messages {
         Ok(m) => m,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),

@@ -1,14 +1,14 @@
 //! Tests that need more than a Rust toolchain: a NATS server with JetStream, `moto_server` (an
-//! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), `curl` and
-//! `python3` (the HTTP door as shippers and scripts reach it), a small tmpfs, and FUSE (for the
-//! power-loss test). `.ci/run`
-//! provides all of them.
+//! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), Chromium and
+//! chromedriver (the browser demo), `curl` and `python3` (the HTTP door as shippers and scripts
+//! reach it), a small tmpfs, and FUSE (for the power-loss test). `.ci/run` provides all of them.
 //!
 //! Each test says what it misses by returning [`Missing`]. On a machine without the service the
 //! test is reported *ignored* with that reason, so `cargo test` shows every skip in its summary.
 //! With `SIDELOG_TEST_SERVICES=required` (set by `.ci/run`) a missing service fails the test
 //! instead: CI never passes a test that did not run.
 
+mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 mod disk_full;
@@ -108,6 +108,10 @@ fn main() {
         trial(
             "shippers::a_python_client_gets_every_status_it_should",
             shippers::a_python_client_gets_every_status_it_should,
+        ),
+        trial(
+            "browser::the_demo_page_loses_no_acked_event_across_sigkills",
+            browser::the_demo_page_loses_no_acked_event_across_sigkills,
         ),
         trial(
             "disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns",
