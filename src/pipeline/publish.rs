@@ -274,7 +274,7 @@ impl Pipeline {
     }
 
     /// A UUIDv7 from the injected clock and entropy.
-    fn assign_id(&self) -> String {
+    pub fn assign_id(&self) -> String {
         let ms = self.clock.now_ms().max(0) as u64;
         let random =
             (u128::from(self.entropy.next_u64()) << 64) | u128::from(self.entropy.next_u64());

@@ -13,7 +13,7 @@
 //! Backpressure reaches the broker: while the pipeline refuses (backlog full, replaying) the
 //! batch waits and is retried, nothing is acknowledged, and the broker stops at the receive
 //! maximum (the in-flight window) instead of sidelog buffering without bound. A message the
-//! limits refuse (oversize, a bad `id`) is dead-lettered with the reason, then acknowledged:
+//! limits refuse (oversize, a bad `id`), or a malformed one (flagged UTF-8 and not), is dead-lettered with the reason, then acknowledged:
 //! kept for an operator, never acked and lost, never redelivered forever.
 //!
 //! Two tasks: the connection (it owns rumqttc's event loop, which must be polled without pause
@@ -492,33 +492,68 @@ async fn intake(
     }
 }
 
-/// One batch through the pipeline; messages the limits refuse go to the dead-letter table.
+/// One batch through the pipeline; messages the limits refuse, and malformed ones, go to the
+/// dead-letter table.
 async fn accept(pipeline: &Arc<Pipeline>, batch: &[Taken]) -> Result<(), IngestError> {
-    let messages: Vec<Message> = batch.iter().map(|t| message(&t.publish)).collect();
-    let acks = pipeline.publish(messages.clone(), Door::Mqtt).await?;
     let mut letters = Vec::new();
+    let mut messages = Vec::with_capacity(batch.len());
+    for taken in batch {
+        let mut message = message(&taken.publish);
+        match malformed(&taken.publish) {
+            None => messages.push(message),
+            Some(reason) => {
+                if message.id.is_empty() {
+                    message.id = pipeline.assign_id();
+                }
+                letters.push(refused(message, reason));
+            }
+        }
+    }
+    let acks = if messages.is_empty() {
+        Vec::new()
+    } else {
+        pipeline.publish(messages.clone(), Door::Mqtt).await?
+    };
     for (ack, mut message) in acks.into_iter().zip(messages) {
         if ack.status == ack::Status::Rejected as i32 {
             message.id = ack.id;
-            letters.push(NewDeadLetter {
-                kind: dead_letter::Kind::Input,
-                message,
-                reason: format!("refused at the MQTT door: {}", ack.reason),
-                attempts: 0,
-                input_seq: None,
-                remove: None,
-                complete_input: None,
-            });
+            letters.push(refused(message, &ack.reason));
         }
     }
     if !letters.is_empty() {
         warn!(
             count = letters.len(),
-            "MQTT messages refused by the limits: dead-lettered, then acknowledged"
+            "MQTT messages refused (limits, malformed): dead-lettered, then acknowledged"
         );
         pipeline.journal().dead_letter(letters).await?;
     }
     Ok(())
+}
+
+/// A dead letter for a message the door refused, with why.
+fn refused(message: Message, reason: &str) -> NewDeadLetter {
+    NewDeadLetter {
+        kind: dead_letter::Kind::Input,
+        message,
+        reason: format!("refused at the MQTT door: {reason}"),
+        attempts: 0,
+        input_seq: None,
+        remove: None,
+        complete_input: None,
+    }
+}
+
+/// Why a publish is malformed, if it is: MQTT 5 (3.3.2.3.2) says a payload whose format
+/// indicator is 1 is UTF-8; a broker may pass one that is not (Mosquitto does).
+fn malformed(publish: &Publish) -> Option<&'static str> {
+    let utf8 = publish
+        .properties
+        .as_ref()
+        .and_then(|p| p.payload_format_indicator)
+        == Some(1);
+    (utf8 && std::str::from_utf8(&publish.payload).is_err()).then_some(
+        "payload_format_invalid: the payload format indicator says UTF-8, the payload is not",
+    )
 }
 
 /// The message an MQTT publish becomes: topic → key, user properties → headers, the `id`

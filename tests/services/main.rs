@@ -98,6 +98,10 @@ fn main() {
             mqtt::mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered,
         ),
         trial(
+            "mqtt::paho_devices_through_a_sigkill_and_a_malformed_payload",
+            mqtt::paho_devices_through_a_sigkill_and_a_malformed_payload,
+        ),
+        trial(
             "mqtt::mqtt_over_tls_with_a_password",
             mqtt::mqtt_over_tls_with_a_password,
         ),
