@@ -13,8 +13,9 @@
 //! Backpressure reaches the broker: while the pipeline refuses (backlog full, replaying) the
 //! batch waits and is retried, nothing is acknowledged, and the broker stops at the receive
 //! maximum (the in-flight window) instead of sidelog buffering without bound. A message the
-//! limits refuse (oversize, a bad `id`), or a malformed one (flagged UTF-8 and not), is dead-lettered with the reason, then acknowledged:
-//! kept for an operator, never acked and lost, never redelivered forever.
+//! limits refuse (oversize, a bad `id`), or a malformed one (flagged UTF-8 and not), is
+//! dead-lettered with the reason, then acknowledged: kept for an operator, never acked and
+//! lost, never redelivered forever.
 //!
 //! Two tasks: the connection (it owns rumqttc's event loop, which must be polled without pause
 //! for keep-alives, and every PUBACK) and the intake (batches, the pipeline, dead letters).
