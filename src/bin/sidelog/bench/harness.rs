@@ -31,7 +31,10 @@ pub(super) struct Rig {
     pub handler_url: Option<String>,
     /// Outputs the handler makes of each input (1 without a handler).
     pub outputs_per_input: u64,
+    /// `--door mqtt`: the broker's host and port (`--mqtt-broker`, or one the rig started).
+    pub mqtt_broker: Option<(String, u16)>,
     _servers: Vec<Restartable>,
+    _own_broker: Option<super::mqtt::OwnBroker>,
 }
 
 impl Rig {
@@ -58,6 +61,14 @@ impl Rig {
             }
             (None, None) => None,
         };
+        let (mqtt_broker, own_broker) = match (args.door, &args.mqtt_broker) {
+            (super::Door::Mqtt, Some(broker)) => (Some(broker.clone()), None),
+            (super::Door::Mqtt, None) => {
+                let own = super::mqtt::OwnBroker::start()?;
+                (Some(("127.0.0.1".to_owned(), own.port)), Some(own))
+            }
+            _ => (None, None),
+        };
         Ok(Rig {
             base,
             delivered,
@@ -65,7 +76,9 @@ impl Rig {
             sink_url,
             handler_url,
             outputs_per_input: u64::from(args.handler_outputs.unwrap_or(1)),
+            mqtt_broker,
             _servers: servers,
+            _own_broker: own_broker,
         })
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::harness::histogram;
-use super::{BenchArgs, OPEN_LOOP_IN_FLIGHT, SENT_HEADER, STREAM_WINDOW, nats};
+use super::{BenchArgs, OPEN_LOOP_IN_FLIGHT, SENT_HEADER, STREAM_WINDOW, mqtt, nats};
 
 /// What one load phase measured.
 pub(super) struct Load {
@@ -33,6 +33,8 @@ pub(super) enum Target {
     Nats { addr: String, subject: String },
     /// A sidelog HTTP door (`POST /v1/publish`).
     Http(SocketAddr),
+    /// MQTT devices publishing to a broker sidelog subscribes to.
+    Mqtt(mqtt::Devices),
 }
 
 /// Runs the producers against `target` for `duration` (or until `messages` are sent).
@@ -92,6 +94,15 @@ pub(super) async fn load(
                     Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
                     None => tokio::spawn(ctx.closed_loop(publisher)),
                 }
+            }
+            Target::Mqtt(devices) => {
+                anyhow::ensure!(
+                    !args.stream && args.rate.is_none(),
+                    "--stream and --rate are not with --door mqtt (devices publish through the \
+                     broker, each waiting for its PUBACKs)"
+                );
+                let publisher = mqtt::Publisher::connect(devices, &label, ctx.id).await?;
+                tokio::spawn(ctx.closed_loop(publisher))
             }
             Target::Nats { addr, subject } => {
                 let publisher = nats::Publisher::connect(addr, subject).await?;

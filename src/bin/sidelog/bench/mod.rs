@@ -22,6 +22,7 @@ use sidelog::LoggingMode;
 
 mod harness;
 mod load;
+mod mqtt;
 mod nats;
 mod plot;
 mod recovery;
@@ -56,10 +57,15 @@ pub struct BenchArgs {
     /// Use PublishStream (pipelined) instead of unary Publish.
     #[arg(long)]
     pub stream: bool,
-    /// Which front door the producers use: `grpc` (Ingest/Publish) or `http` (the HTTP door,
-    /// the JSON of a PublishRequest per request), so the doors compare in one table.
+    /// Which front door the producers use: `grpc` (Ingest/Publish), `http` (the HTTP door,
+    /// the JSON of a PublishRequest per request) or `mqtt` (MQTT 5 devices publishing QoS 1
+    /// to --mqtt-broker, which sidelog subscribes to), so the doors compare in one table.
     #[arg(long, value_enum, default_value = "grpc")]
     pub door: Door,
+    /// The broker `--door mqtt` publishes through: `mqtt://HOST:PORT`. Without it the bench
+    /// starts a Mosquitto of its own (Nagle off: see the README).
+    #[arg(long, value_parser = mqtt::parse_broker)]
+    pub mqtt_broker: Option<(String, u16)>,
     /// How long each mode is loaded, e.g. 10s, 500ms.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
@@ -110,6 +116,7 @@ pub struct BenchArgs {
 pub enum Door {
     Grpc,
     Http,
+    Mqtt,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -224,12 +231,36 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
         rig.handler_url.as_deref(),
         args.fsync_latency,
     )?;
-    let http = match args.door {
-        Door::Grpc => None,
+    let mut target = match args.door {
+        Door::Grpc => Target::Sidelog(child.addr),
         Door::Http => {
             let addr = sidelog::testkit::free_port().context("binding a loopback port")?;
             child.add_args(&["--http-listen", &addr.to_string()]);
-            Some(addr)
+            Target::Http(addr)
+        }
+        Door::Mqtt => {
+            let (host, port) = rig
+                .mqtt_broker
+                .clone()
+                .context("no MQTT broker (the rig starts one for --door mqtt)")?;
+            let prefix = format!("sidelog-bench/{}/{mode}", std::process::id());
+            // A session of its own per run and mode, gone a minute after the run.
+            child.add_args(&[
+                "--mqtt-source",
+                &format!(
+                    "mqtt://{host}:{port}?topics={prefix}/%23&client_id=sidelog-bench-{}-{mode}\
+                     &session_expiry_s=60",
+                    std::process::id()
+                ),
+            ]);
+            Target::Mqtt(mqtt::Devices {
+                host,
+                port,
+                prefix,
+                sent: Default::default(),
+                delivered: rig.delivered.clone(),
+                outputs: rig.outputs_per_input,
+            })
         }
     };
     child.spawn();
@@ -237,10 +268,9 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
         .try_wait_serving(Duration::from_secs(30))
         .await
         .map_err(anyhow::Error::msg)?;
-    let target = match http {
-        Some(addr) => Target::Http(addr),
-        None => Target::Sidelog(child.addr),
-    };
+    if let Target::Mqtt(devices) = &mut target {
+        mqtt::wait_subscribed(devices).await?;
+    }
     let label = mode.as_str();
 
     // Warm up (connections to the handler and the sink open lazily, caches fill), let the
@@ -258,6 +288,9 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
     .await?;
     wait_delivered(&rig.delivered, warm.acked * rig.outputs_per_input, mode).await;
     rig.reset();
+    if let Target::Mqtt(devices) = &target {
+        devices.sent.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
     let before = scrape(metrics).await.unwrap_or_default();
     let (cpu_before, _) = usage(&child);
     let journal = JournalSize::watch(dir.join("data").join(sidelog::journal::FILE_NAME));

@@ -34,6 +34,7 @@ pub(super) fn workload(args: &BenchArgs) -> String {
         args.batch,
         match (args.door, args.stream) {
             (super::Door::Http, _) => "HTTP door (JSON)",
+            (super::Door::Mqtt, _) => "MQTT 5 QoS 1 through the broker (ack: the broker's PUBACK)",
             (_, true) => "PublishStream",
             _ => "unary Publish",
         },
