@@ -76,6 +76,7 @@ pub async fn serve(
             Some(crate::service::mqtt::MqttDoor::start(
                 &source,
                 pipeline.clone(),
+                config.limits.max_message_bytes as usize,
             )?)
         }
         None => None,

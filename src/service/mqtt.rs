@@ -233,8 +233,12 @@ pub struct MqttDoor {
 impl MqttDoor {
     /// Connects (in the background: a broker that is down is retried, with a warning) and
     /// starts taking messages. Intake waits while the pipeline is not serving.
-    pub fn start(source: &MqttSource, pipeline: Arc<Pipeline>) -> anyhow::Result<MqttDoor> {
-        let options = options(source)?;
+    pub fn start(
+        source: &MqttSource,
+        pipeline: Arc<Pipeline>,
+        max_message_bytes: usize,
+    ) -> anyhow::Result<MqttDoor> {
+        let options = options(source, max_packet_bytes(max_message_bytes))?;
         // Room for every PUBACK the window allows and the subscriptions: the connection task
         // never waits to queue a request (it must keep polling).
         let (client, eventloop) =
@@ -273,7 +277,21 @@ impl MqttDoor {
     }
 }
 
-fn options(source: &MqttSource) -> anyhow::Result<MqttOptions> {
+/// The Maximum Packet Size sidelog announces in CONNECT, and the largest packet it reads:
+/// room for a message at `max_message_bytes` (and over it, up to twice, so that such a message
+/// is taken and dead-lettered with the reason) plus topic and properties. Left at the client's
+/// default (10 KiB, not announced), a larger message broke the connection each time the broker
+/// sent it again: the session stuck behind it. Larger packets the broker does not send (MQTT 5,
+/// 3.1.2.11.4: it discards them), which the README says.
+pub fn max_packet_bytes(max_message_bytes: usize) -> u32 {
+    const MQTT_MAX: usize = 268_435_455; // the largest remaining length MQTT can encode
+    max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .min(MQTT_MAX) as u32
+}
+
+fn options(source: &MqttSource, max_packet_bytes: u32) -> anyhow::Result<MqttOptions> {
     use anyhow::Context as _;
     let mut options = MqttOptions::new(&source.client_id, &source.host, source.port);
     options
@@ -281,7 +299,8 @@ fn options(source: &MqttSource) -> anyhow::Result<MqttOptions> {
         .set_clean_start(false)
         .set_session_expiry_interval(Some(source.session_expiry_s))
         .set_receive_maximum(Some(source.receive_maximum))
-        .set_manual_acks(true);
+        .set_manual_acks(true)
+        .set_max_packet_size(Some(max_packet_bytes));
     if let Some((user, password)) = &source.user {
         options.set_credentials(user.clone(), password.clone());
     }

@@ -525,7 +525,8 @@ fn paho_python() -> Result<PathBuf, Missing> {
 
 /// Devices written with paho-mqtt (the Eclipse client most device code uses), MQTT 5, QoS 1:
 /// three devices publish with `id`, a unit property and a content type while sidelog is
-/// SIGKILLed; every reading reaches the sink once per id with its headers. A reading whose
+/// SIGKILLed; every reading reaches the sink once per id with its headers, a 200 KB one too
+/// (over the MQTT client's default packet limit, under `max_message_bytes`). A reading whose
 /// payload format indicator says UTF-8 and whose bytes are not (Mosquitto passes it on) is
 /// dead-lettered with the reason, never delivered, never lost.
 pub async fn paho_devices_through_a_sigkill_and_a_malformed_payload() -> Outcome {
@@ -562,6 +563,13 @@ def device(name, malformed=False):
         payload = f'{{"device":"{name}","i":{i},"t":21.5}}'.encode()
         sent.append(client.publish(f"devices/{name}/temp", payload, qos=1, properties=props))
         time.sleep(0.003)
+    if name == "paho1":
+        # Over rumqttc's default packet limit (10 KiB), well under max_message_bytes (1 MiB).
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("id", f"{name}-big"), ("unit", "celsius")]
+        props.ContentType = "application/json"
+        big = '{"samples":"' + "7" * 200_000 + '"}'
+        sent.append(client.publish(f"devices/{name}/temp", big.encode(), qos=1, properties=props))
     if malformed:
         props = Properties(PacketTypes.PUBLISH)
         props.PayloadFormatIndicator = 1
@@ -607,6 +615,7 @@ print("published")
 
     let want: HashSet<String> = (0..3)
         .flat_map(|d| (0..per_device).map(move |i| format!("paho{d}-{i}")))
+        .chain(["paho1-big".to_owned()])
         .collect();
     let ids = |out: &Path| -> HashSet<String> { delivered(out).into_iter().map(|m| m.0).collect() };
     assert!(
