@@ -138,11 +138,13 @@ async fn start_http(
     let Some(addr) = config.http_listen else {
         return Ok(None);
     };
-    anyhow::ensure!(
-        config.tls_cert_file.is_none(),
-        "http_listen (--http-listen) does not serve TLS yet: with tls_cert_file set, put the \
-         HTTP door behind a TLS proxy on loopback, or leave it off"
-    );
+    let tls = match config.tls_pem()? {
+        Some(pem) => Some(
+            crate::service::http::tls_acceptor(&pem)
+                .map_err(|e| anyhow::anyhow!("http_listen (--http-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
@@ -160,10 +162,11 @@ async fn start_http(
         max_connections: config.http_max_connections as usize,
         read_timeout: Duration::from_millis(config.http_read_timeout_ms),
     };
+    let tls_on = tls.is_some();
     let task = tokio::spawn(crate::service::http::serve(
-        listener, router, limits, stop_rx,
+        listener, router, limits, tls, stop_rx,
     ));
-    info!(addr = %addr, "HTTP door listening");
+    info!(addr = %addr, tls = tls_on, "HTTP door listening");
     Ok(Some(HttpRunning { stop, task }))
 }
 

@@ -1,6 +1,7 @@
-//! TLS and mutual TLS on the ingest listener, against the real binary, with certificates made
-//! by the test (rcgen): a TLS client with the CA gets in; with `--tls-client-ca-file` only a
-//! client certificate signed by that CA does; plaintext never does.
+//! TLS and mutual TLS on the ingest listener and the HTTP door, against the real binary, with
+//! certificates made by the test (rcgen): a TLS client with the CA gets in; with
+//! `--tls-client-ca-file` only a client certificate signed by that CA does; plaintext never
+//! does.
 
 mod common;
 
@@ -90,6 +91,65 @@ async fn publish(
     Ok(ack::Status::try_from(acks[0].status).unwrap())
 }
 
+/// `POST /v1/publish` (one NDJSON line) to the HTTP door at `addr` over TLS (rustls, HTTP/1.1),
+/// with this client identity (if any): the status and the body.
+async fn https_post(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    identity: Option<&(String, String)>,
+    line: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        let request = format!(
+            "POST /v1/publish HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-ndjson\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{line}",
+            line.len()
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await?;
+        std::io::Result::Ok(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((status, body.unwrap_or_default()))
+}
+
 /// Polls with a TLS client until sidelog answers (the harness's own check is plaintext).
 async fn wait_tls(sidelog: &Sidelog, ca: &str, identity: Option<&(String, String)>) {
     for i in 0..300 {
@@ -115,16 +175,40 @@ async fn tls_and_mutual_tls_let_in_only_who_they_should() {
     let key = write(dir.path(), "server.key", &pki.server.1);
     let ca = write(dir.path(), "ca.pem", &pki.ca);
 
-    // TLS: any client that trusts the CA.
+    // TLS: any client that trusts the CA, on the gRPC listener and on the HTTP door.
+    let http = common::free_port();
+    let http_text = http.to_string();
     let mut tls = Sidelog::new(
         &dir.path().join("tls"),
-        &["--tls-cert-file", &cert, "--tls-key-file", &key],
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--http-listen",
+            &http_text,
+        ],
     );
     tls.spawn();
     wait_tls(&tls, &pki.ca, None).await;
     assert_eq!(
         publish(&tls, &pki.ca, None, "a").await,
         Ok(ack::Status::Accepted)
+    );
+    let (code, body) = https_post(http, &pki.ca, None, "{\"id\":\"h-a\"}")
+        .await
+        .expect("the HTTP door answers over TLS");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ACCEPTED\""), "{body}");
+    let plain = reqwest::Client::new()
+        .post(format!("http://{http}/v1/publish"))
+        .body("{}")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plaintext HTTP gets no answer from the door over TLS: {plain:?}"
     );
     assert_eq!(
         tls.health().await,
@@ -134,6 +218,8 @@ async fn tls_and_mutual_tls_let_in_only_who_they_should() {
     tls.kill9().await;
 
     // mTLS: only clients with a certificate from the CA.
+    let http = common::free_port();
+    let http_text = http.to_string();
     let mut mtls = Sidelog::new(
         &dir.path().join("mtls"),
         &[
@@ -143,6 +229,8 @@ async fn tls_and_mutual_tls_let_in_only_who_they_should() {
             &key,
             "--tls-client-ca-file",
             &ca,
+            "--http-listen",
+            &http_text,
         ],
     );
     mtls.spawn();
@@ -162,6 +250,18 @@ async fn tls_and_mutual_tls_let_in_only_who_they_should() {
         "a certificate from another CA got in: {stranger:?}"
     );
     assert_eq!(mtls.health().await, None);
+    let line = "{\"id\":\"h-b\"}";
+    let (code, body) = https_post(http, &pki.ca, Some(&pki.client), line)
+        .await
+        .expect("the HTTP door answers a client with a certificate");
+    assert_eq!(code, 200, "{body}");
+    for who in [None, Some(&pki.stranger)] {
+        let refused = https_post(http, &pki.ca, who, line).await;
+        assert!(
+            refused.is_err(),
+            "the HTTP door let in {who:?}: {refused:?}"
+        );
+    }
     assert!(
         !mtls.log().contains("PRIVATE KEY"),
         "no key material in the log"

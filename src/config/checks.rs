@@ -87,6 +87,18 @@ impl Config {
     /// The listener's TLS settings, if `tls_cert_file` is set.
     pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let Some(pem) = self.tls_pem()? else {
+            return Ok(None);
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(pem.cert, pem.key));
+        if let Some(ca) = pem.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(Some(tls))
+    }
+
+    /// The PEM files TLS is configured with, read, if `tls_cert_file` is set.
+    pub fn tls_pem(&self) -> Result<Option<TlsPem>, ConfigError> {
         let read = |key: &'static str, path: &PathBuf| {
             std::fs::read(path).map_err(|e| ConfigError::Invalid {
                 key,
@@ -119,11 +131,15 @@ impl Config {
                 });
             }
         };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &self.tls_client_ca_file {
-            tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?));
-        }
-        Ok(Some(tls))
+        let client_ca = match &self.tls_client_ca_file {
+            Some(ca) => Some(read("tls_client_ca_file", ca)?),
+            None => None,
+        };
+        Ok(Some(TlsPem {
+            cert,
+            key,
+            client_ca,
+        }))
     }
 
     /// The bearer token from `auth_token_file`, if one is set.
@@ -263,4 +279,13 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect();
     format!("{base}?{}", query.join("&"))
+}
+
+/// The contents of the TLS files (PEM).
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// `tls_client_ca_file`: clients must present a certificate it signed.
+    pub client_ca: Option<Vec<u8>>,
 }

@@ -19,7 +19,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use checks::read_token_file;
+pub use checks::{TlsPem, read_token_file};
 pub use load::ServeArgs;
 pub use reference::markdown_table;
 pub use settings::{Config, ReplayPolicy};

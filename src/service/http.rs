@@ -43,14 +43,55 @@ pub struct ConnectionLimits {
     pub read_timeout: std::time::Duration,
 }
 
+/// The door's TLS (`tls_cert_file`, `tls_key_file`; with `tls_client_ca_file`, clients must
+/// present a certificate it signed), HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(pem: &crate::config::TlsPem) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(&pem.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls_cert_file: not a PEM certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem.key)
+        .map_err(|e| format!("tls_key_file: not a PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &pem.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert = cert.map_err(|e| format!("tls_client_ca_file: not PEM: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls_client_ca_file: {e}"))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| format!("tls_client_ca_file: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls_cert_file, tls_key_file: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `router` on `listener` until `stop`, then lets open requests finish (the caller
-/// bounds that with its shutdown deadline). Over `max_connections` a connection is answered
-/// 503 with `Retry-After` and closed; headers slower than `read_timeout` close the connection,
-/// a body slower than that is 408.
+/// bounds that with its shutdown deadline); over TLS when `tls` is given (a handshake not done
+/// within `read_timeout` closes the connection). Over `max_connections` a connection is
+/// answered 503 with `Retry-After` and closed; headers slower than `read_timeout` close the
+/// connection, a body slower than that is 408.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -83,16 +124,29 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            crate::runtime::spawn(refuse_connection(stream, limits.max_connections));
-            continue;
-        };
         let _ = stream.set_nodelay(true);
+        let permit = permits.clone().try_acquire_owned();
         let builder = builder.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         crate::runtime::spawn(async move {
-            let _permit = permit;
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(limits.read_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "HTTP door: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            let Ok(_permit) = permit else {
+                return refuse_connection(stream, limits.max_connections).await;
+            };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
@@ -104,8 +158,60 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection, plain or TLS.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The answer to a connection over the cap: 503, `Retry-After`, closed.
-async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+async fn refuse_connection(mut stream: Stream, max: usize) {
     use tokio::io::AsyncWriteExt as _;
     metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "http", "code" => "unavailable")
         .increment(1);
