@@ -239,10 +239,13 @@ impl MqttDoor {
         max_message_bytes: usize,
     ) -> anyhow::Result<MqttDoor> {
         let options = options(source, max_packet_bytes(max_message_bytes))?;
-        // Room for every PUBACK the window allows and the subscriptions: the connection task
-        // never waits to queue a request (it must keep polling).
-        let (client, eventloop) =
-            AsyncClient::new(options, usize::from(source.receive_maximum) + 64);
+        // Room for a PUBACK for every packet id there is, and the subscriptions: queuing a
+        // PUBACK never fails (the connection task cannot wait: it must keep polling). Sized by
+        // the receive maximum instead, the queue overflowed under load: rumqttc takes requests
+        // only between the packets it read in a burst, and a PUBACK that could not be queued
+        // held its window slot until the next reconnect, until no slot was left and intake
+        // stopped. The queue holds only what is pending (it allocates as it fills).
+        let (client, eventloop) = AsyncClient::new(options, usize::from(u16::MAX) + 64);
         let (taken_tx, taken_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();

@@ -102,6 +102,10 @@ fn main() {
             mqtt::paho_devices_through_a_sigkill_and_a_malformed_payload,
         ),
         trial(
+            "mqtt::a_flood_of_devices_never_stalls_the_door",
+            mqtt::a_flood_of_devices_never_stalls_the_door,
+        ),
+        trial(
             "mqtt::mqtt_over_tls_with_a_password",
             mqtt::mqtt_over_tls_with_a_password,
         ),

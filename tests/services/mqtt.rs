@@ -646,3 +646,81 @@ print("published")
     sidelog.kill9().await;
     Ok(())
 }
+
+/// A flood from paho devices (4 × 5,000 QoS 1 messages of 1 KiB, 100 in flight each) reaches
+/// the sink whole, and every PUBACK is queued: one that cannot be holds its slot of the broker's
+/// window until a reconnect, and enough of them stop intake (they did, with a PUBACK queue
+/// sized by the receive maximum).
+pub async fn a_flood_of_devices_never_stalls_the_door() -> Outcome {
+    let python = paho_python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path())?;
+    let data = dir.path().join("data");
+    let source = format!(
+        "mqtt://127.0.0.1:{}?topics=flood/%23&client_id=sidelog-flood",
+        broker.port
+    );
+    let mut sidelog = Sidelog::new(&data, &["--mode", "hml", "--mqtt-source", &source]);
+    sidelog.start().await;
+    wait_said(&sidelog, "MQTT connected", 1).await;
+    let script = dir.path().join("flood.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+port, per_device, devices = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+
+def device(d):
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood{d}", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    sent = []
+    for i in range(per_device):
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("id", f"flood{d}-{i}")]
+        sent.append(client.publish(f"flood/{d}", b"x" * 1024, qos=1, properties=props))
+    for info in sent:
+        info.wait_for_publish(120)
+        assert info.is_published()
+    client.loop_stop()
+
+threads = [threading.Thread(target=device, args=(d,)) for d in range(devices)]
+for t in threads: t.start()
+for t in threads: t.join()
+"#,
+    )
+    .expect("the flood script");
+    let (per_device, devices) = (5000, 4);
+    let status = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            broker.port.to_string(),
+            per_device.to_string(),
+            devices.to_string(),
+        ])
+        .status()
+        .await
+        .expect("python runs");
+    assert!(status.success(), "the paho devices failed");
+    let out = data.join("out");
+    let want = per_device * devices;
+    let ids = |out: &Path| -> HashSet<String> { delivered(out).into_iter().map(|m| m.0).collect() };
+    assert!(
+        eventually(Duration::from_secs(60), || ids(&out).len() >= want).await,
+        "{} of {want} messages at the sink; log:\n{}",
+        ids(&out).len(),
+        sidelog.log_tail()
+    );
+    assert!(
+        !sidelog.log().contains("cannot queue a PUBACK"),
+        "a PUBACK could not be queued: {}",
+        sidelog.log_tail()
+    );
+    sidelog.kill9().await;
+    Ok(())
+}

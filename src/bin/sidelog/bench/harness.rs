@@ -217,8 +217,14 @@ pub(super) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// Waits (bounded) until the in-process sink has received `want` messages.
-pub(super) async fn wait_delivered(delivered: &AtomicU64, want: u64, mode: LoggingMode) {
+/// Waits until the in-process sink has received `want` messages; an error if it stops
+/// receiving (10 s without one) short of that: something acked was not delivered, and no
+/// figure of such a run is worth printing.
+pub(super) async fn wait_delivered(
+    delivered: &AtomicU64,
+    want: u64,
+    mode: LoggingMode,
+) -> anyhow::Result<()> {
     let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
     while delivered.load(Ordering::Relaxed) < want {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -226,8 +232,10 @@ pub(super) async fn wait_delivered(delivered: &AtomicU64, want: u64, mode: Loggi
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(10) {
-            eprintln!("bench: {mode}: the sink got {now} of {want} outputs; not waiting longer");
-            return;
+            anyhow::bail!(
+                "{mode}: the sink got {now} of the {want} outputs acked, and nothing more for 10 s"
+            );
         }
     }
+    Ok(())
 }

@@ -286,7 +286,7 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
         u64::MAX,
     )
     .await?;
-    wait_delivered(&rig.delivered, warm.acked * rig.outputs_per_input, mode).await;
+    wait_delivered(&rig.delivered, warm.acked * rig.outputs_per_input, mode).await?;
     rig.reset();
     if let Target::Mqtt(devices) = &target {
         devices.sent.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -298,9 +298,10 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
     let duration = args.messages.is_none().then_some(args.duration);
     let messages = args.messages.unwrap_or(u64::MAX);
     let run = load(args, &target, label, rig.base, 0, duration, messages).await?;
-    // Let the sink receive everything acked (bounded wait, for the end-to-end figures).
+    // Let the sink receive everything acked (for the end-to-end figures; an error if it stops
+    // short).
     if args.sink.is_none() {
-        wait_delivered(&rig.delivered, run.acked * rig.outputs_per_input, mode).await;
+        wait_delivered(&rig.delivered, run.acked * rig.outputs_per_input, mode).await?;
     }
     let after = scrape(metrics).await.unwrap_or_default();
     let (cpu_after, peak_rss) = usage(&child);
