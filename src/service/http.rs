@@ -132,10 +132,10 @@ pub async fn serve(
         let tls = tls.clone();
         crate::runtime::spawn(async move {
             let stream = match tls {
-                None => Stream::Plain(stream),
+                None => Stream::Left(stream),
                 Some(tls) => {
                     match tokio::time::timeout(limits.read_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+                        Ok(Ok(stream)) => Stream::Right(Box::new(stream)),
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "HTTP door: TLS handshake failed");
                             return;
@@ -159,56 +159,10 @@ pub async fn serve(
 }
 
 /// A connection, plain or TLS.
-enum Stream {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+type Stream = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+>;
 
 /// The answer to a connection over the cap: 503, `Retry-After`, closed.
 async fn refuse_connection(mut stream: Stream, max: usize) {
