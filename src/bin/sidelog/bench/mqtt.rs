@@ -169,14 +169,20 @@ impl Publisher {
         })
     }
 
-    /// Waits while the window is full.
-    async fn wait_for_room(&self, n: u64) {
+    /// Waits while the window is full; false if it stays full for 10 s (sidelog stopped
+    /// taking messages: the run ends with errors instead of hanging).
+    async fn wait_for_room(&self, n: u64) -> bool {
         let d = &self.devices;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while (d.sent.load(Ordering::Relaxed) + n) * d.outputs
             > d.delivered.load(Ordering::Relaxed) + WINDOW * d.outputs
         {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
+        true
     }
 }
 
@@ -185,7 +191,9 @@ impl Send1 for Publisher {
     /// broker's PUBACKs.
     async fn send(&mut self, messages: Vec<Message>) -> Result<usize, ()> {
         let n = messages.len();
-        self.wait_for_room(n as u64).await;
+        if !self.wait_for_room(n as u64).await {
+            return Err(());
+        }
         self.devices.sent.fetch_add(n as u64, Ordering::Relaxed);
         for m in messages {
             let mut user_properties = vec![("id".to_owned(), m.id)];
