@@ -64,7 +64,7 @@ impl Browser {
             format!("--user-data-dir={}", profile.display()),
         ];
         // Chromium's sandbox needs user namespaces a root process in a container may not have.
-        if nix_is_root() {
+        if is_root() {
             args.push("--no-sandbox".to_owned());
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
@@ -127,7 +127,7 @@ impl Browser {
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

@@ -64,7 +64,7 @@ impl Rig {
         let (mqtt_broker, own_broker) = match (args.door, &args.mqtt_broker) {
             (super::Door::Mqtt, Some(broker)) => (Some(broker.clone()), None),
             (super::Door::Mqtt, None) => {
-                let own = super::mqtt::OwnBroker::start()?;
+                let own = super::mqtt::OwnBroker::start().await?;
                 (Some(("127.0.0.1".to_owned(), own.port)), Some(own))
             }
             _ => (None, None),

@@ -48,7 +48,7 @@ pub(super) struct OwnBroker {
 }
 
 impl OwnBroker {
-    pub fn start() -> anyhow::Result<OwnBroker> {
+    pub async fn start() -> anyhow::Result<OwnBroker> {
         let binary = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
             .iter()
             .map(std::path::PathBuf::from)
@@ -83,10 +83,13 @@ impl OwnBroker {
             .with_context(|| format!("starting {}", binary.display()))?;
         let broker = OwnBroker { child, dir, port };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(broker);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("{} did not listen on {port} within 5 s", binary.display())
     }
