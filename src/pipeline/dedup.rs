@@ -42,7 +42,10 @@ pub enum Claim {
 }
 
 enum Slot {
-    Pending(watch::Sender<ClaimOutcome>),
+    /// A publish holds the id. The channel exists only once another publish of the same id
+    /// waits for the outcome (rare: a retry racing its original), so that the common claim
+    /// allocates none.
+    Pending(Option<watch::Sender<ClaimOutcome>>),
     Committed {
         seq: Seq,
         at_ms: i64,
@@ -50,9 +53,11 @@ enum Slot {
     },
 }
 
+/// The ids are shared between the map, the eviction order and the claim guard: one allocation
+/// per claimed id.
 struct Inner {
-    map: HashMap<String, Slot>,
-    order: VecDeque<(i64, u64, String)>,
+    map: HashMap<Arc<str>, Slot>,
+    order: VecDeque<(i64, u64, Arc<str>)>,
     next_generation: u64,
 }
 
@@ -99,15 +104,16 @@ impl DedupWindow {
         for r in records {
             let generation = inner.next_generation;
             inner.next_generation += 1;
+            let id: Arc<str> = r.id.into();
             inner.map.insert(
-                r.id.clone(),
+                id.clone(),
                 Slot::Committed {
                     seq: r.seq,
                     at_ms: r.recorded_at_ms,
                     generation,
                 },
             );
-            inner.order.push_back((r.recorded_at_ms, generation, r.id));
+            inner.order.push_back((r.recorded_at_ms, generation, id));
         }
         self.evict(&mut inner, now);
     }
@@ -117,18 +123,21 @@ impl DedupWindow {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         self.evict(&mut inner, now);
-        match inner.map.get(id) {
+        match inner.map.get_mut(id) {
             Some(Slot::Committed { seq, at_ms, .. }) if !self.expired(*at_ms, now) => {
                 return Claim::Duplicate(*seq);
             }
-            Some(Slot::Pending(tx)) => return Claim::InFlight(tx.subscribe()),
+            Some(Slot::Pending(waiters)) => {
+                let tx = waiters.get_or_insert_with(|| watch::channel(ClaimOutcome::Waiting).0);
+                return Claim::InFlight(tx.subscribe());
+            }
             _ => {}
         }
-        let (tx, _) = watch::channel(ClaimOutcome::Waiting);
-        inner.map.insert(id.to_owned(), Slot::Pending(tx));
+        let id: Arc<str> = id.into();
+        inner.map.insert(id.clone(), Slot::Pending(None));
         Claim::Fresh(ClaimGuard {
             window: self.clone(),
-            id: Some(id.to_owned()),
+            id: Some(id),
         })
     }
 
@@ -152,9 +161,9 @@ impl DedupWindow {
             }
             let generation = *generation;
             let (_, _, id) = inner.order.pop_front().expect("front exists");
-            if matches!(inner.map.get(&id), Some(Slot::Committed { generation: g, .. }) if *g == generation)
+            if matches!(inner.map.get(&*id), Some(Slot::Committed { generation: g, .. }) if *g == generation)
             {
-                inner.map.remove(&id);
+                inner.map.remove(&*id);
             }
         }
     }
@@ -162,22 +171,24 @@ impl DedupWindow {
     fn settle(&self, id: &str, outcome: ClaimOutcome) {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let Some(Slot::Pending(tx)) = inner.map.remove(id) else {
+        let Some((id, Slot::Pending(waiters))) = inner.map.remove_entry(id) else {
             unreachable!("a claim guard owns its pending slot until it settles");
         };
-        tx.send_replace(outcome);
+        if let Some(tx) = waiters {
+            tx.send_replace(outcome);
+        }
         if let ClaimOutcome::Committed(seq) = outcome {
             let generation = inner.next_generation;
             inner.next_generation += 1;
             inner.map.insert(
-                id.to_owned(),
+                id.clone(),
                 Slot::Committed {
                     seq,
                     at_ms: now,
                     generation,
                 },
             );
-            inner.order.push_back((now, generation, id.to_owned()));
+            inner.order.push_back((now, generation, id));
             self.evict(&mut inner, now);
         }
     }
@@ -187,7 +198,7 @@ impl DedupWindow {
 /// id (the message was not accepted) and wakes any publish waiting on it.
 pub struct ClaimGuard {
     window: Arc<DedupWindow>,
-    id: Option<String>,
+    id: Option<Arc<str>>,
 }
 
 impl ClaimGuard {
