@@ -13,5 +13,5 @@ mod wait;
 
 pub use hops::{Arrival, HandlerOutputs, TestHandler, TestSink, expected_outputs};
 pub use net::{Restartable, free_port, is_serving, serve_on};
-pub use process::{Sidelog, binary, inspect, proc_usage, summary_field};
+pub use process::{Sidelog, binary, find_program, inspect, proc_usage, summary_field};
 pub use wait::{eventually, poll_until};

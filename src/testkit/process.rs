@@ -300,3 +300,13 @@ pub fn proc_usage(pid: u32) -> (u64, u64) {
         .unwrap_or(0);
     (cpu, rss)
 }
+
+/// The first of `names` found as a file on `PATH` or in the sbin directories daemons are
+/// installed in (Debian puts `mosquitto` in `/usr/sbin`, outside a user's `PATH`).
+pub fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|p| p.is_file())
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,13 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Missing, Outcome};
 use crate::common::{Sidelog, chunk_ids, eventually, free_port, poll_until};
-
-fn find(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|p| p.is_file())
-}
+use sidelog::testkit::find_program;
 
 /// A WebDriver session of a headless Chromium, and the `chromedriver` serving it.
 struct Browser {
@@ -33,10 +27,10 @@ struct Browser {
 
 impl Browser {
     async fn start(profile: &Path) -> Result<Browser, Missing> {
-        let chromium = find(&["chromium", "chromium-browser"]).ok_or_else(|| {
+        let chromium = find_program(&["chromium", "chromium-browser"]).ok_or_else(|| {
             Missing("no chromium (Debian: apt-get install chromium chromium-driver)".into())
         })?;
-        let chromedriver = find(&["chromedriver"]).ok_or_else(|| {
+        let chromedriver = find_program(&["chromedriver"]).ok_or_else(|| {
             Missing("no chromedriver (Debian: apt-get install chromium-driver)".into())
         })?;
         let port = free_port().port();

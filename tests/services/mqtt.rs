@@ -12,11 +12,7 @@ use super::{Missing, Outcome};
 use crate::common::{Sidelog, eventually, free_port};
 
 fn find(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
+    sidelog::testkit::find_program(&[tool])
 }
 
 /// A Mosquitto of the test's own, its state in `dir`, on one port across restarts.

@@ -49,18 +49,10 @@ pub(super) struct OwnBroker {
 
 impl OwnBroker {
     pub async fn start() -> anyhow::Result<OwnBroker> {
-        let binary = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .iter()
-            .map(std::path::PathBuf::from)
-            .chain(
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                    .map(|d| d.join("mosquitto")),
-            )
-            .find(|p| p.is_file())
-            .context(
-                "--door mqtt without --mqtt-broker starts a Mosquitto, and there is none \
+        let binary = sidelog::testkit::find_program(&["mosquitto"]).context(
+            "--door mqtt without --mqtt-broker starts a Mosquitto, and there is none \
                  (Debian: apt-get install mosquitto), or name a broker with --mqtt-broker",
-            )?;
+        )?;
         let port = sidelog::testkit::free_port()
             .context("binding a loopback port")?
             .port();
