@@ -635,15 +635,22 @@ struct Claimed {
 }
 
 /// Counts accepted and duplicate messages (refusals were counted with their reason).
+/// Counts a request's acks: one counter update per outcome, not one per message (a lookup of
+/// the labelled series each).
 fn count_acks(acks: &[Ack], door: Door) {
+    let (mut accepted, mut duplicate) = (0u64, 0u64);
     for a in acks {
-        let outcome = match ack::Status::try_from(a.status) {
-            Ok(ack::Status::Accepted) => "accepted",
-            Ok(ack::Status::Duplicate) => "duplicate",
-            _ => continue,
-        };
-        metrics::counter!(crate::metrics::MESSAGES, "door" => door.label(), "outcome" => outcome)
-            .increment(1);
+        match ack::Status::try_from(a.status) {
+            Ok(ack::Status::Accepted) => accepted += 1,
+            Ok(ack::Status::Duplicate) => duplicate += 1,
+            _ => {}
+        }
+    }
+    for (outcome, n) in [("accepted", accepted), ("duplicate", duplicate)] {
+        if n > 0 {
+            metrics::counter!(crate::metrics::MESSAGES, "door" => door.label(), "outcome" => outcome)
+                .increment(n);
+        }
     }
 }
 
