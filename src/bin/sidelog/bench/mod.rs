@@ -144,6 +144,11 @@ pub struct ModeResult {
     pub mode: String,
     pub messages: u64,
     pub msgs_per_s: f64,
+    /// Messages acked in the run per second of the run *and* of the drain after it, until the
+    /// sink had every output: the rate sidelog sustains end to end. Below `msgs_per_s` when
+    /// intake outran delivery and the backlog grew. Absent where not measured (an external
+    /// sink, a peer).
+    pub sink_per_s: Option<f64>,
     pub mib_per_s: f64,
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
@@ -297,12 +302,16 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
 
     let duration = args.messages.is_none().then_some(args.duration);
     let messages = args.messages.unwrap_or(u64::MAX);
+    let started = tokio::time::Instant::now();
     let run = load(args, &target, label, rig.base, 0, duration, messages).await?;
     // Let the sink receive everything acked (for the end-to-end figures; an error if it stops
     // short).
-    if args.sink.is_none() {
+    let drained = if args.sink.is_none() {
         wait_delivered(&rig.delivered, run.acked * rig.outputs_per_input, mode).await?;
-    }
+        Some(started.elapsed())
+    } else {
+        None
+    };
     let after = scrape(metrics).await.unwrap_or_default();
     let (cpu_after, peak_rss) = usage(&child);
     let (journal_peak, journal_end) = journal.stop();
@@ -316,6 +325,7 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
             .collect(),
         cpu_us: cpu_after.saturating_sub(cpu_before),
+        drained,
         peak_rss,
         journal_peak,
         journal_end,
@@ -328,6 +338,8 @@ struct Measured {
     run: Load,
     scraped: BTreeMap<String, f64>,
     cpu_us: u64,
+    /// From the start of the load until the sink had everything acked.
+    drained: Option<std::time::Duration>,
     peak_rss: u64,
     journal_peak: u64,
     journal_end: u64,
@@ -352,6 +364,9 @@ impl Measured {
             mode: mode.to_string(),
             messages: acked,
             msgs_per_s: acked as f64 / secs,
+            sink_per_s: self
+                .drained
+                .map(|d| acked as f64 / d.as_secs_f64().max(secs)),
             mib_per_s: acked as f64 * args.size as f64 / secs / (1024.0 * 1024.0),
             ack_p50_us: ack.value_at_quantile(0.5),
             ack_p99_us: ack.value_at_quantile(0.99),

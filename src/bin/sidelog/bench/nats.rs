@@ -208,6 +208,7 @@ fn peer_result(
         mode: label.to_owned(),
         messages: run.acked,
         msgs_per_s: run.acked as f64 / secs,
+        sink_per_s: None,
         mib_per_s: run.acked as f64 * args.size as f64 / secs / (1024.0 * 1024.0),
         ack_p50_us: run.ack.value_at_quantile(0.5),
         ack_p99_us: run.ack.value_at_quantile(0.99),

@@ -142,6 +142,7 @@ mod tests {
             mode: mode.into(),
             messages: 1000,
             msgs_per_s,
+            sink_per_s: None,
             mib_per_s: 1.0,
             ack_p50_us: 100,
             ack_p99_us: 1000,

@@ -67,10 +67,11 @@ pub(super) fn print_table(args: &BenchArgs, results: &[ModeResult]) {
         .max(4);
     println!("workload: {}", workload(args));
     println!(
-        "{:<width$} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        "{:<width$} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>8} {:>6}",
         "mode",
         "messages",
         "msgs/s",
+        "sink/s",
         "MiB/s",
         "ack p50",
         "ack p99",
@@ -86,10 +87,13 @@ pub(super) fn print_table(args: &BenchArgs, results: &[ModeResult]) {
     );
     for r in results {
         println!(
-            "{:<width$} {:>10} {:>10.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9.0} {:>10} {:>8} {:>6}",
+            "{:<width$} {:>10} {:>10.0} {:>10} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9.0} {:>10} {:>8} {:>6}",
             r.mode,
             r.messages,
             r.msgs_per_s,
+            r.sink_per_s
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
             r.mib_per_s,
             r.ack_p50_us,
             r.ack_p99_us,
@@ -118,8 +122,19 @@ pub(super) fn print_table(args: &BenchArgs, results: &[ModeResult]) {
             );
         }
     }
+    for r in results {
+        if let Some(sink) = r.sink_per_s.filter(|s| *s < 0.9 * r.msgs_per_s) {
+            println!(
+                "{}: intake outran delivery (the backlog grew during the run): {:.0} msgs/s acked, \
+                 {sink:.0} msgs/s sustained to the sink",
+                r.mode, r.msgs_per_s
+            );
+        }
+    }
     println!(
-        "latencies in µs; ack = publish→ack, e2e = publish→sink; errors: {}",
+        "latencies in µs; ack = publish→ack, e2e = publish→sink; msgs/s = acks per second of the \
+         run, sink/s = the same messages per second of the run and the drain until the sink had \
+         them all; errors: {}",
         results
             .iter()
             .map(|r| format!("{} {}", r.mode, r.errors))
