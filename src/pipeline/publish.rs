@@ -177,12 +177,26 @@ impl Pipeline {
         // Accept what is new, per the plan. In a task of its own: if the client goes away
         // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
         // journaled records whose dedup claims were released and whose delivery never started.
+        // The same task then hands pass-through messages on to delivery, after the ack.
         if !claimed.fresh.is_empty() {
             let pipeline = self.clone();
             let fresh = claimed.fresh;
-            let accepted = crate::runtime::spawn(async move { pipeline.accept(fresh).await })
-                .await
-                .map_err(|e| IngestError::Internal(format!("publish task failed: {e}")))??;
+            let (answer, accepted) = oneshot::channel();
+            crate::runtime::spawn(async move {
+                match pipeline.accept(fresh).await {
+                    Ok((acks, after)) => {
+                        // A producer that went away needs no ack; the rest goes on regardless.
+                        let _ = answer.send(Ok(acks));
+                        pipeline.pass_on(after).await;
+                    }
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                    }
+                }
+            });
+            let accepted = accepted.await.map_err(|_| {
+                IngestError::Internal("the publish task ended without an answer".into())
+            })??;
             for (index, ack) in accepted {
                 acks[index] = Some(ack);
             }
@@ -286,16 +300,55 @@ impl Pipeline {
         .to_string()
     }
 
-    /// Journals and hands on the fresh messages as the plan says; returns their acks.
-    async fn accept(self: &Arc<Self>, fresh: Vec<Fresh>) -> Result<Vec<(usize, Ack)>, IngestError> {
+    /// Journals and hands on the fresh messages as the plan says; returns their acks, and, with
+    /// no handler before the ack, the messages to pass on to delivery once the acks are sent.
+    async fn accept(
+        self: &Arc<Self>,
+        fresh: Vec<Fresh>,
+    ) -> Result<(Vec<(usize, Ack)>, Vec<PassOn>), IngestError> {
         let now = self.clock.now_ms();
-        let inputs: Vec<Message> = fresh.iter().map(|f| f.message.clone()).collect();
+        let (acked, inputs): (Vec<(usize, String, ClaimGuard)>, Vec<Message>) = fresh
+            .into_iter()
+            .map(|f| ((f.index, f.message.id.clone(), f.claim), f.message))
+            .unzip();
         if !self.plan.journals_anything() {
             self.completion
                 .hold_memory(inputs.iter().map(|m| m.payload.len() as u64).sum());
         }
+        let mut after = Vec::new();
 
         let ack_seqs: Vec<Seq> = match (self.plan.inputs, self.plan.handle_before_ack()) {
+            // No handler: each input is its own output. Its continuation needs no task and no
+            // handler call; the publish task itself passes it on after the ack.
+            (InputJournaling::BeforeHandler | InputJournaling::ConcurrentWithHandler, _)
+                if self.handler.is_pass_through() =>
+            {
+                let turns: Vec<_> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
+                let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
+                after = inputs
+                    .into_iter()
+                    .zip(&seqs)
+                    .zip(turns)
+                    .map(|((message, seq), turn)| PassOn {
+                        message,
+                        input_seq: Some(*seq),
+                        turn,
+                    })
+                    .collect();
+                seqs
+            }
+            (InputJournaling::None, false) if self.handler.is_pass_through() => {
+                let seqs = vec![Seq(0); inputs.len()];
+                after = inputs
+                    .into_iter()
+                    .map(|message| PassOn {
+                        turn: self.order.take(&message.key),
+                        message,
+                        input_seq: None,
+                    })
+                    .collect();
+                seqs
+            }
             (InputJournaling::BeforeHandler, _) => {
                 let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
                 for (message, seq) in inputs.into_iter().zip(&seqs) {
@@ -327,28 +380,50 @@ impl Pipeline {
             }
             (InputJournaling::None, true) => self.handle_and_record(inputs).await?,
             (InputJournaling::None, false) => {
+                let seqs = vec![Seq(0); inputs.len()];
                 for message in inputs {
                     let turn = self.order.take(&message.key);
                     self.spawn_continuation(message, InputSeq::Unjournaled, Call::Live, turn);
                 }
-                vec![Seq(0); fresh.len()]
+                seqs
             }
         };
 
-        Ok(fresh
+        let acks = acked
             .into_iter()
             .zip(ack_seqs)
-            .map(|(f, seq)| {
+            .map(|((index, id, claim), seq)| {
+                claim.commit(seq);
                 let ack = Ack {
-                    id: f.message.id,
+                    id,
                     status: ack::Status::Accepted as i32,
                     sequence: seq.0,
                     reason: String::new(),
                 };
-                f.claim.commit(seq);
-                (f.index, ack)
+                (index, ack)
             })
-            .collect())
+            .collect();
+        Ok((acks, after))
+    }
+
+    /// Hands accepted pass-through inputs on to delivery, each in its key's turn: what
+    /// [`Pipeline::spawn_continuation`] does with a handler, without a task per message.
+    async fn pass_on(&self, after: Vec<PassOn>) {
+        let journaled = self.plan.journals_anything();
+        for PassOn {
+            message,
+            input_seq,
+            turn,
+        } in after
+        {
+            let memory_bytes = if journaled {
+                0
+            } else {
+                message.payload.len() as u64
+            };
+            self.dispatch(vec![message], input_seq, memory_bytes, None, turn)
+                .await;
+        }
     }
 
     /// SBML: calls the handler on every input, makes the outputs durable, queues them for
@@ -358,18 +433,24 @@ impl Pipeline {
         inputs: Vec<Message>,
     ) -> Result<Vec<Seq>, IngestError> {
         let turns: Vec<Option<Turn>> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
+        // Without a handler each input is its own output: no call, no task.
         let calls: Vec<_> = inputs
             .iter()
             .map(|m| {
-                let (pipeline, m) = (self.clone(), m.clone());
-                crate::runtime::spawn(async move { pipeline.handler.run(&m, Call::Live).await })
+                (!self.handler.is_pass_through()).then(|| {
+                    let (pipeline, m) = (self.clone(), m.clone());
+                    crate::runtime::spawn(async move { pipeline.handler.run(&m, Call::Live).await })
+                })
             })
             .collect();
         let mut groups = Vec::with_capacity(inputs.len());
         for (input, call) in inputs.iter().zip(calls) {
-            let outcome = call
-                .await
-                .map_err(|e| IngestError::Internal(format!("handler task failed: {e}")))?;
+            let outcome = match call {
+                Some(call) => call
+                    .await
+                    .map_err(|e| IngestError::Internal(format!("handler task failed: {e}")))?,
+                None => HandleOutcome::Outputs(vec![input.clone()]),
+            };
             // A dead input's letter is written with the group: one transaction, and the ack
             // carries the dead letter's sequence.
             let (outputs, dead) = match outcome {
@@ -624,6 +705,15 @@ pub struct Replayed {
     /// When the entry was written, unix ms (for `max_age_ms`; fresh items use the time of
     /// their sending).
     pub written_at_ms: i64,
+}
+
+/// An accepted pass-through input, to be queued for delivery after the ack.
+struct PassOn {
+    message: Message,
+    /// Its journal sequence (none in mode `none`).
+    input_seq: Option<Seq>,
+    /// Its key's turn, taken when it was accepted.
+    turn: Option<Turn>,
 }
 
 /// The messages of a request whose ids were claimed.
