@@ -27,6 +27,7 @@ mod nats;
 mod plot;
 mod recovery;
 mod report;
+mod targets;
 
 use harness::{JournalSize, Rig, sidelog_child, usage, wait_delivered};
 use load::{Load, Target, load};
@@ -109,6 +110,14 @@ pub struct BenchArgs {
     /// --modes) with an idle sink, and measures the replay: entries/s and peak RSS.
     #[arg(long)]
     pub recovery: Option<u64>,
+    /// Instead of one workload: every workload the lean-path targets are measured on (A: 64
+    /// unary producers, B: 16 × 100 per request, C: 64 streams, one producer, 1,000 msgs/s
+    /// offered, light load, A open loop at half of hml's peak, a 2 ms handler closed and at
+    /// half its peak, and the replay of `--recovery` entries of 100 B if given), each with
+    /// --duration, then one table of the figures and one of the targets, met or not. The
+    /// --peer servers join workloads A and B. --json writes every figure.
+    #[arg(long, conflicts_with_all = ["producers", "batch", "stream", "rate", "modes", "handler_outputs", "handler_delay", "door", "size"])]
+    pub targets: bool,
 }
 
 /// A front door the bench can load (`--door`).
@@ -171,11 +180,20 @@ pub struct ModeResult {
     pub errors: u64,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.targets {
+        return targets::run(&args).await;
+    }
     if let Some(entries) = args.recovery {
         recovery::run(&args, entries).await?;
-        return Ok(Vec::new());
+        return Ok(());
     }
+    run_modes(&args).await.map(|_| ())
+}
+
+/// The selected modes (and peers) on one workload: prints the table, writes `--json`/`--plot`.
+async fn run_modes(args: &BenchArgs) -> anyhow::Result<Vec<ModeResult>> {
+    let args = args.clone();
     anyhow::ensure!(args.producers >= 1, "--producers must be at least 1");
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");

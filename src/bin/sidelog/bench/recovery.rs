@@ -28,7 +28,14 @@ use sidelog::runtime::SystemClock;
 /// Inputs per append while building the backlog (one transaction each).
 const BUILD_BATCH: u64 = 20_000;
 
-pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<()> {
+/// What the targets table reads of a recovery run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Recovered {
+    pub entries_per_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<Recovered> {
     anyhow::ensure!(entries >= 1, "--recovery needs at least 1 entry");
     let mode = args
         .modes
@@ -71,7 +78,10 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report.json())?)
             .with_context(|| format!("writing {} (--json)", path.display()))?;
     }
-    Ok(())
+    Ok(Recovered {
+        entries_per_s: report.entries_per_s(),
+        peak_rss_bytes: report.replay.peak_rss,
+    })
 }
 
 /// Step 1, the backlog: `entries` inputs of `size` bytes appended to a journal in `data`, in large
