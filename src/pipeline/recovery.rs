@@ -212,6 +212,7 @@ pub async fn replay_range(
         oldest_allowed: (options.max_age_ms > 0)
             .then(|| pipeline.now_ms().saturating_sub(options.max_age_ms as i64)),
         stats: ReplayStats::default(),
+        counters: ReplayCounters::new(),
     };
     replayer.outputs(from, to).await?;
     replayer.inputs(from, to).await?;
@@ -225,6 +226,25 @@ struct Replayer<'a> {
     /// Entries written before this (unix ms) are dead-lettered instead (`max_age_ms`).
     oldest_allowed: Option<i64>,
     stats: ReplayStats,
+    counters: ReplayCounters,
+}
+
+/// The replay's metric series, looked up once (a labelled lookup per entry was ~3 % of a
+/// replay's CPU time).
+struct ReplayCounters {
+    resent: metrics::Counter,
+    inputs: metrics::Counter,
+    outputs: metrics::Counter,
+}
+
+impl ReplayCounters {
+    fn new() -> Self {
+        ReplayCounters {
+            resent: metrics::counter!(crate::metrics::RESENT, "cause" => "replay"),
+            inputs: metrics::counter!(crate::metrics::REPLAYED, "kind" => "input"),
+            outputs: metrics::counter!(crate::metrics::REPLAYED, "kind" => "output"),
+        }
+    }
 }
 
 impl Replayer<'_> {
@@ -307,8 +327,8 @@ impl Replayer<'_> {
         };
         self.pipeline.send(message, out).await;
         self.stats.outputs_resent += 1;
-        metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
-        metrics::counter!(crate::metrics::REPLAYED, "kind" => "output").increment(1);
+        self.counters.resent.increment(1);
+        self.counters.outputs.increment(1);
         Ok(())
     }
 
@@ -370,8 +390,8 @@ impl Replayer<'_> {
             return Ok(());
         }
         self.stats.inputs_rehandled += 1;
-        metrics::counter!(crate::metrics::RESENT, "cause" => "replay").increment(1);
-        metrics::counter!(crate::metrics::REPLAYED, "kind" => "input").increment(1);
+        self.counters.resent.increment(1);
+        self.counters.inputs.increment(1);
         if self.pipeline.is_pass_through() {
             // Profile-guided: a task and a message copy per entry were most of replay's CPU
             // time; without a handler there is nothing to run concurrently.
