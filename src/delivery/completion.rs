@@ -48,7 +48,9 @@ impl Completion {
         &self.journal
     }
 
-    /// Registers `outputs` more undelivered outputs of `input`.
+    /// Registers `outputs` more undelivered outputs of `input`. An input registered nowhere
+    /// is finished by the first of its outputs delivered or dead-lettered, so an input with
+    /// one output needs no registration.
     pub fn expect(&self, input: Seq, outputs: u32) {
         let mut pending = self.pending.lock().expect("never held across a panic");
         *pending.entry(input).or_insert(0) += outputs;
