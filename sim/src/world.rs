@@ -217,7 +217,10 @@ impl World {
         {
             match on_disk.get(a.id.as_str()) {
                 Some(seq) if *seq == a.seq => {}
-                None if full && a.seq < oldest_kept => {}
+                // Evicted: older than every id the full window kept. It may have been accepted
+                // again since, under a newer sequence whose ack was lost (a dropped response,
+                // a crash before the answer): the journal then holds that one.
+                _ if full && a.seq < oldest_kept => {}
                 other => {
                     self.violation(format!(
                         "ack for {} (seq {}) sent by sidelog #{} was not durable: after the crash the journal has {:?}",
