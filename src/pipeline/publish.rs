@@ -318,33 +318,25 @@ impl Pipeline {
         let mut after = Vec::new();
 
         let ack_seqs: Vec<Seq> = match (self.plan.inputs, self.plan.handle_before_ack()) {
-            // No handler: each input is its own output. Its continuation needs no task and no
-            // handler call; the publish task itself passes it on after the ack.
-            (InputJournaling::BeforeHandler | InputJournaling::ConcurrentWithHandler, _)
-                if self.handler.is_pass_through() =>
-            {
+            // No handler, and none before the ack: each input is its own output. Its
+            // continuation needs no task and no handler call; the publish task itself passes it
+            // on after the ack.
+            (journaling, false) if self.handler.is_pass_through() => {
                 let turns: Vec<_> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
-                let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
+                let journaled = journaling != InputJournaling::None;
+                let seqs = if journaled {
+                    self.journal.append_inputs(inputs.clone(), now).await?
+                } else {
+                    vec![Seq(0); inputs.len()]
+                };
                 after = inputs
                     .into_iter()
                     .zip(&seqs)
                     .zip(turns)
                     .map(|((message, seq), turn)| PassOn {
                         message,
-                        input_seq: Some(*seq),
+                        input_seq: journaled.then_some(*seq),
                         turn,
-                    })
-                    .collect();
-                seqs
-            }
-            (InputJournaling::None, false) if self.handler.is_pass_through() => {
-                let seqs = vec![Seq(0); inputs.len()];
-                after = inputs
-                    .into_iter()
-                    .map(|message| PassOn {
-                        turn: self.order.take(&message.key),
-                        message,
-                        input_seq: None,
                     })
                     .collect();
                 seqs
