@@ -15,6 +15,7 @@
 //! the generation it was committed under, so a stale order slot never evicts a newer entry);
 //! pending claims are not in `order` and do not count towards the window's size.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -161,33 +162,41 @@ impl DedupWindow {
             }
             let generation = *generation;
             let (_, _, id) = inner.order.pop_front().expect("front exists");
-            if matches!(inner.map.get(&*id), Some(Slot::Committed { generation: g, .. }) if *g == generation)
+            // One lookup: the entry is removed only if it is still this commit of the id.
+            if let Entry::Occupied(slot) = inner.map.entry(id)
+                && matches!(slot.get(), Slot::Committed { generation: g, .. } if *g == generation)
             {
-                inner.map.remove(&*id);
+                slot.remove();
             }
         }
     }
 
-    fn settle(&self, id: &str, outcome: ClaimOutcome) {
+    /// Ends a claim: the pending slot becomes the committed id in place (one lookup), or goes.
+    fn settle(&self, id: Arc<str>, outcome: ClaimOutcome) {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let Some((id, Slot::Pending(waiters))) = inner.map.remove_entry(id) else {
+        let generation = inner.next_generation;
+        let pending = match outcome {
+            ClaimOutcome::Committed(seq) => inner.map.get_mut(&*id).map(|slot| {
+                std::mem::replace(
+                    slot,
+                    Slot::Committed {
+                        seq,
+                        at_ms: now,
+                        generation,
+                    },
+                )
+            }),
+            _ => inner.map.remove(&*id),
+        };
+        let Some(Slot::Pending(waiters)) = pending else {
             unreachable!("a claim guard owns its pending slot until it settles");
         };
         if let Some(tx) = waiters {
             tx.send_replace(outcome);
         }
-        if let ClaimOutcome::Committed(seq) = outcome {
-            let generation = inner.next_generation;
+        if matches!(outcome, ClaimOutcome::Committed(_)) {
             inner.next_generation += 1;
-            inner.map.insert(
-                id.clone(),
-                Slot::Committed {
-                    seq,
-                    at_ms: now,
-                    generation,
-                },
-            );
             inner.order.push_back((now, generation, id));
             self.evict(&mut inner, now);
         }
@@ -204,14 +213,14 @@ pub struct ClaimGuard {
 impl ClaimGuard {
     pub fn commit(mut self, seq: Seq) {
         let id = self.id.take().expect("a guard commits at most once");
-        self.window.settle(&id, ClaimOutcome::Committed(seq));
+        self.window.settle(id, ClaimOutcome::Committed(seq));
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            self.window.settle(&id, ClaimOutcome::Released);
+            self.window.settle(id, ClaimOutcome::Released);
         }
     }
 }
