@@ -720,9 +720,9 @@ struct Claimed {
     waiting: Vec<(usize, String, tokio::sync::watch::Receiver<ClaimOutcome>)>,
 }
 
-/// Counts accepted and duplicate messages (refusals were counted with their reason).
-/// Counts a request's acks: one counter update per outcome, not one per message (a lookup of
-/// the labelled series each).
+/// Counts a request's accepted and duplicate messages (refusals were counted with their
+/// reason): one counter update per outcome, not one per message (a lookup of the labelled
+/// series each).
 fn count_acks(acks: &[Ack], door: Door) {
     let (mut accepted, mut duplicate) = (0u64, 0u64);
     for a in acks {

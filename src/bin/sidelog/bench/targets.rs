@@ -13,13 +13,6 @@ use sidelog::LoggingMode;
 
 use super::{BenchArgs, ModeResult, recovery, run_modes};
 
-const ALL: [LoggingMode; 4] = [
-    LoggingMode::None,
-    LoggingMode::ReceiverBased,
-    LoggingMode::SenderBased,
-    LoggingMode::Hybrid,
-];
-
 /// One workload's results, by name.
 struct Workload {
     name: &'static str,
@@ -81,7 +74,7 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
 
     let a = BenchArgs {
-        modes: ALL.to_vec(),
+        modes: LoggingMode::ALL.to_vec(),
         producers: 64,
         batch: 1,
         ..base.clone()
@@ -230,7 +223,7 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// The A/B/C table: one row per workload, `msgs/s (CPU µs/msg)` per mode and peer.
 fn print_figures(workloads: &[&Workload], peers: &[String]) {
-    let columns: Vec<String> = ALL
+    let columns: Vec<String> = LoggingMode::ALL
         .iter()
         .map(|m| m.as_str().to_owned())
         .chain(peers.iter().cloned())
