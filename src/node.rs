@@ -138,6 +138,7 @@ pub fn journal_config(config: &Config) -> JournalConfig {
         max_file_bytes: (config.limits.max_journal_bytes != 0)
             .then_some(config.limits.max_journal_bytes),
         simulated_fsync_latency_us: config.journal.simulated_fsync_latency_us,
+        wal_bytes: config.journal.wal_bytes,
         ..JournalConfig::default()
     }
 }

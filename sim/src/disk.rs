@@ -57,14 +57,24 @@ pub struct DiskStats {
     pub torn_pages_lost: u64,
 }
 
-#[derive(Debug)]
-struct State {
+/// One file's images.
+#[derive(Debug, Default)]
+struct Image {
     volatile: Vec<u8>,
     durable: Vec<u8>,
     dirty: BTreeSet<u64>,
     /// Pages that have ever held data: a full disk still lets those be overwritten, but a
     /// never-written page of a sparse file needs a new block (ENOSPC on ext4 or xfs).
     allocated: BTreeSet<u64>,
+}
+
+/// The disk's files: the journal, and its redo log.
+const JOURNAL: usize = 0;
+const WAL: usize = 1;
+
+#[derive(Debug)]
+struct State {
+    files: [Image; 2],
     full: Option<Full>,
     /// The journal file exists (its creation was published by a rename); before that the
     /// image holds only a journal being built, which a restart starts over.
@@ -82,10 +92,7 @@ pub struct SimDisk(Arc<Mutex<State>>);
 impl SimDisk {
     pub fn new(seed: u64, faults: DiskFaults) -> SimDisk {
         SimDisk(Arc::new(Mutex::new(State {
-            volatile: Vec::new(),
-            durable: Vec::new(),
-            dirty: BTreeSet::new(),
-            allocated: BTreeSet::new(),
+            files: Default::default(),
             full: None,
             exists: false,
             epoch: 0,
@@ -101,11 +108,16 @@ impl SimDisk {
             .expect("the disk mutex is never held across a panic")
     }
 
-    /// A backend for the current incarnation.
+    /// A backend of the journal file for the current incarnation.
     pub fn backend(&self) -> SimBackend {
+        self.backend_of(JOURNAL)
+    }
+
+    fn backend_of(&self, file: usize) -> SimBackend {
         SimBackend {
             disk: self.clone(),
             epoch: self.lock().epoch,
+            file,
         }
     }
 
@@ -114,36 +126,41 @@ impl SimDisk {
     pub fn crash(&self, loss: CrashLoss) {
         let mut s = self.lock();
         s.epoch += 1;
-        let dirty: Vec<u64> = std::mem::take(&mut s.dirty).into_iter().collect();
-        let mut image = s.durable.clone();
-        let mut kept_len = image.len();
-        for page in dirty {
-            let keep = match loss {
-                CrashLoss::All => false,
-                CrashLoss::None => true,
-                CrashLoss::Torn => s.rng.random_bool(0.5),
-            };
-            if !keep {
-                s.stats.torn_pages_lost += 1;
-                continue;
+        let State {
+            files, rng, stats, ..
+        } = &mut *s;
+        for f in files.iter_mut() {
+            let dirty: Vec<u64> = std::mem::take(&mut f.dirty).into_iter().collect();
+            let mut image = f.durable.clone();
+            let mut kept_len = image.len();
+            for page in dirty {
+                let keep = match loss {
+                    CrashLoss::All => false,
+                    CrashLoss::None => true,
+                    CrashLoss::Torn => rng.random_bool(0.5),
+                };
+                if !keep {
+                    stats.torn_pages_lost += 1;
+                    continue;
+                }
+                let start = (page * PAGE) as usize;
+                let end = (start + PAGE as usize).min(f.volatile.len());
+                if start >= end {
+                    continue;
+                }
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[start..end].copy_from_slice(&f.volatile[start..end]);
+                kept_len = kept_len.max(end);
             }
-            let start = (page * PAGE) as usize;
-            let end = (start + PAGE as usize).min(s.volatile.len());
-            if start >= end {
-                continue;
+            if loss == CrashLoss::None {
+                kept_len = f.volatile.len();
             }
-            if image.len() < end {
-                image.resize(end, 0);
-            }
-            image[start..end].copy_from_slice(&s.volatile[start..end]);
-            kept_len = kept_len.max(end);
+            image.resize(kept_len, 0);
+            f.durable = image.clone();
+            f.volatile = image;
         }
-        if loss == CrashLoss::None {
-            kept_len = s.volatile.len();
-        }
-        image.resize(kept_len, 0);
-        s.durable = image.clone();
-        s.volatile = image;
     }
 
     pub fn set_faults(&self, faults: DiskFaults) {
@@ -164,8 +181,9 @@ impl SimDisk {
         self.lock().stats
     }
 
+    /// The journal file's length.
     pub fn len(&self) -> u64 {
-        self.lock().volatile.len() as u64
+        self.lock().files[JOURNAL].volatile.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -183,18 +201,30 @@ impl sidelog::journal::JournalStore for SimDisk {
     }
 
     fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
-        let mut s = self.lock();
-        s.volatile.clear();
-        s.durable.clear();
-        s.dirty.clear();
-        s.allocated.clear();
-        drop(s);
+        self.lock().files[JOURNAL] = Image::default();
         Ok(Box::new(self.backend()))
     }
 
     fn publish_temp(&self) -> std::io::Result<()> {
         self.lock().exists = true;
         Ok(())
+    }
+
+    /// The log is a file of its own on the same disk: a crash loses its unsynced pages as it
+    /// does the journal's, independently of them.
+    fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        Ok(Box::new(self.backend_of(WAL)))
+    }
+
+    fn room(&self) -> std::io::Result<u64> {
+        let s = self.lock();
+        Ok(match s.full {
+            Some(_) => 0,
+            None => s
+                .faults
+                .capacity
+                .saturating_sub(s.files[JOURNAL].volatile.len() as u64),
+        })
     }
 }
 
@@ -203,6 +233,8 @@ impl sidelog::journal::JournalStore for SimDisk {
 pub struct SimBackend {
     disk: SimDisk,
     epoch: u64,
+    /// Which of the disk's files this is.
+    file: usize,
 }
 
 fn io(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
@@ -224,39 +256,41 @@ impl SimBackend {
 
 impl redb::StorageBackend for SimBackend {
     fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.live()?.volatile.len() as u64)
+        Ok(self.live()?.files[self.file].volatile.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         let s = self.live()?;
+        let f = &s.files[self.file];
         let start = offset as usize;
         let end = start + out.len();
-        if end > s.volatile.len() {
+        if end > f.volatile.len() {
             return Err(io(
                 std::io::ErrorKind::UnexpectedEof,
                 "read past the end of the file",
             ));
         }
-        out.copy_from_slice(&s.volatile[start..end]);
+        out.copy_from_slice(&f.volatile[start..end]);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
         let mut s = self.live()?;
-        if len > s.faults.capacity || (s.full.is_some() && len > s.volatile.len() as u64) {
+        let old = s.files[self.file].volatile.len() as u64;
+        if len > s.faults.capacity || (s.full.is_some() && len > old) {
             s.stats.full_errors += 1;
             return Err(io(
                 std::io::ErrorKind::StorageFull,
                 "simulated disk is full",
             ));
         }
-        let old = s.volatile.len() as u64;
-        s.volatile.resize(len as usize, 0);
+        let f = &mut s.files[self.file];
+        f.volatile.resize(len as usize, 0);
         // The changed length is part of what the next sync makes durable.
         let (lo, hi) = (old.min(len), old.max(len));
         let mut page = lo / PAGE;
         while page * PAGE < hi {
-            s.dirty.insert(page);
+            f.dirty.insert(page);
             page += 1;
         }
         Ok(())
@@ -269,20 +303,18 @@ impl redb::StorageBackend for SimBackend {
             s.stats.sync_errors += 1;
             // The writeback failed: these pages will never reach the disk, and the next sync
             // does not try them again.
-            s.dirty.clear();
+            s.files[self.file].dirty.clear();
             return Err(io(std::io::ErrorKind::Other, "simulated fsync failure"));
         }
-        let dirty: Vec<u64> = std::mem::take(&mut s.dirty).into_iter().collect();
-        let len = s.volatile.len();
-        s.durable.resize(len, 0);
+        let f = &mut s.files[self.file];
+        let dirty: Vec<u64> = std::mem::take(&mut f.dirty).into_iter().collect();
+        let len = f.volatile.len();
+        f.durable.resize(len, 0);
         for page in dirty {
             let start = (page * PAGE) as usize;
             let end = (start + PAGE as usize).min(len);
             if start < end {
-                let State {
-                    volatile, durable, ..
-                } = &mut *s;
-                durable[start..end].copy_from_slice(&volatile[start..end]);
+                f.durable[start..end].copy_from_slice(&f.volatile[start..end]);
             }
         }
         s.stats.syncs += 1;
@@ -298,7 +330,7 @@ impl redb::StorageBackend for SimBackend {
         }
         let start = offset as usize;
         let end = start + data.len();
-        if end > s.volatile.len() {
+        if end > s.files[self.file].volatile.len() {
             return Err(io(
                 std::io::ErrorKind::InvalidInput,
                 "write past the end of the file",
@@ -308,7 +340,9 @@ impl redb::StorageBackend for SimBackend {
         let needs_block = match s.full {
             None => false,
             Some(Full::CopyOnWrite) => true,
-            Some(Full::InPlace) => pages.clone().any(|p| !s.allocated.contains(&p)),
+            Some(Full::InPlace) => pages
+                .clone()
+                .any(|p| !s.files[self.file].allocated.contains(&p)),
         };
         if needs_block {
             s.stats.full_errors += 1;
@@ -317,10 +351,11 @@ impl redb::StorageBackend for SimBackend {
                 "simulated disk is full",
             ));
         }
-        s.volatile[start..end].copy_from_slice(data);
+        let f = &mut s.files[self.file];
+        f.volatile[start..end].copy_from_slice(data);
         for page in pages {
-            s.dirty.insert(page);
-            s.allocated.insert(page);
+            f.dirty.insert(page);
+            f.allocated.insert(page);
         }
         Ok(())
     }

@@ -67,6 +67,7 @@ fn open(disk: &SimDisk, bug_ack_before_fsync: bool) -> Journal {
         JournalConfig {
             writer: WriterRuntime::Task,
             bug_ack_before_fsync,
+            wal_bytes: 64 << 10,
             ..JournalConfig::default()
         },
         Arc::new(SystemClock),

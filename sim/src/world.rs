@@ -114,6 +114,7 @@ impl World {
                 writer: WriterRuntime::Task,
                 bug_ack_before_fsync: self.cfg.bug == Some(Bug::AckBeforeFsync),
                 bug_retry_failed_fsync: self.cfg.bug == Some(Bug::RetryFailedFsync),
+                wal_bytes: self.cfg.wal_bytes,
                 ..sidelog::journal_config(&self.config)
             },
             self.clock.clone(),

@@ -7,6 +7,8 @@ pub struct JournalConfig {
     pub commit_max_records: usize,
     /// Longest a non-durable change waits for the next durable commit.
     pub sync_interval_ms: u64,
+    /// Size of the redo log (`wal.rs`); 0: none, durable commits fsync the database.
+    pub wal_bytes: u64,
     /// Message ids the dedup window keeps at most.
     pub dedup_window_count: u64,
     /// Age after which a message id leaves the dedup window.
@@ -37,6 +39,7 @@ impl Default for JournalConfig {
         JournalConfig {
             commit_max_records: 8192,
             sync_interval_ms: 1000,
+            wal_bytes: 32 << 20,
             dedup_window_count: 100_000,
             dedup_window_age_ms: 3_600_000,
             max_file_bytes: None,

@@ -67,6 +67,7 @@ mod salvage;
 mod store;
 mod tables;
 mod types;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -105,3 +106,4 @@ pub use types::{
     Backlog, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
     RecordedOutputs, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
+pub use wal::WAL_FILE_NAME;

@@ -33,6 +33,11 @@ pub trait JournalStore: Send + 'static {
     fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
     /// Makes the temporary file the journal file, atomically and durably.
     fn publish_temp(&self) -> std::io::Result<()>;
+    /// A backend for the redo log (`journal.wal`), created empty (and durably) when missing.
+    fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
+    /// Bytes the journal file may still grow by: its disk's free space, and what its size
+    /// limit leaves.
+    fn room(&self) -> std::io::Result<u64>;
     /// Lets the file grow into the headroom kept past its size limit (`on`), or not. The writer
     /// turns it on only to commit completion marks after the journal filled up: removing
     /// entries needs new pages (copy-on-write), and without headroom a full journal could never
@@ -83,6 +88,11 @@ impl FileStore {
         self.path.with_extension("redb.new")
     }
 
+    /// The redo log's path: `journal.wal` beside the journal.
+    pub fn wal_path(&self) -> PathBuf {
+        self.path.with_file_name(super::wal::WAL_FILE_NAME)
+    }
+
     fn backend(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn redb::StorageBackend>> {
         let file = OpenOptions::new()
             .read(true)
@@ -121,6 +131,42 @@ impl JournalStore for FileStore {
     fn publish_temp(&self) -> std::io::Result<()> {
         std::fs::rename(self.temp_path(), &self.path)?;
         crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+
+    fn room(&self) -> std::io::Result<u64> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let fs = rustix::fs::statvfs(dir)?;
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        Ok(match self.max_file_bytes {
+            Some(max) => {
+                let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+                free.min(max.saturating_sub(len))
+            }
+            None => free,
+        })
+    }
+
+    fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        let path = self.wal_path();
+        let created = !path.try_exists()?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if created {
+            crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        }
+        let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
+        // Not under the journal's size limit: the log is allocated once, at its full size.
+        Ok(Box::new(QuotaBackend {
+            inner,
+            max_len: u64::MAX,
+            fsync_latency: self.fsync_latency,
+            reserve: Arc::default(),
+            skip_fsync: self.unsafe_skip_fsync,
+        }))
     }
 }
 

@@ -20,12 +20,13 @@ use super::types::{
     DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
     RecordedOutputs, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
+use super::wal::{self, BytesTable, Redo, Wal};
 use crate::proto::Message;
 use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
 
 pub(super) const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 pub(super) const HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("heads");
-const RECORDED: TableDefinition<u64, (u64, u32)> = TableDefinition::new("recorded");
+pub(super) const RECORDED: TableDefinition<u64, (u64, u32)> = TableDefinition::new("recorded");
 pub(super) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 pub(super) const DEDUP_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup_log");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -34,6 +35,8 @@ pub(super) const META_FORMAT: &str = "format";
 const META_SEQ_FLOOR: &str = "seq_floor";
 const META_BACKLOG_BYTES: &str = "backlog_bytes";
 const META_BACKLOG_ENTRIES: &str = "backlog_entries";
+/// The epoch of the redo log's frames written since this durable state (`wal.rs`).
+pub(super) const META_WAL_EPOCH: &str = "wal_epoch";
 
 /// Dedup log values (one per past commit) evicted at most per commit, so that age-based
 /// eviction catches up without making one transaction unboundedly large.
@@ -50,11 +53,16 @@ pub(super) struct FileState {
     pub max_key: u64,
     /// The dedup log's ids, per value.
     pub ids: IdWindow,
+    /// The epoch the redo log's next frames carry (the file's, after any replay).
+    pub wal_epoch: u64,
+    /// Frames of the redo log applied while opening.
+    pub replayed_frames: usize,
 }
 
 /// Reads the counters from `meta`, creating the tables on a new file. A file of another format
-/// is refused before anything is written to it.
-pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
+/// is refused before anything is written to it. The redo log's frames since the last checkpoint
+/// are applied first (`wal.rs`).
+pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<FileState> {
     let txn = db.begin_write()?;
     let state = {
         let mut meta = txn.open_table(META)?;
@@ -77,6 +85,26 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
                 found: format,
             }));
         }
+        let epoch = meta.get(META_WAL_EPOCH)?.map_or(0, |v| v.value());
+        drop(meta);
+        let frames = match log {
+            Some(log) => log
+                .read(epoch)
+                .map_err(|e| Failure::Journal(super::JournalError::from_io(&e)))?,
+            None => Vec::new(),
+        };
+        for frame in &frames {
+            wal::apply(&txn, frame)?;
+        }
+        let mut meta = txn.open_table(META)?;
+        // Applied frames are in the database once this commits: the log starts a new epoch.
+        // Without any, nothing is written (a full disk must still open).
+        let epoch = if frames.is_empty() {
+            epoch
+        } else {
+            meta.insert(META_WAL_EPOCH, epoch + 1)?;
+            epoch + 1
+        };
         let heads = txn.open_table(HEADS)?;
         let dead = txn.open_table(DEAD_LETTERS)?;
         let ids = txn.open_table(DEDUP_LOG)?;
@@ -99,6 +127,8 @@ pub(super) fn load_state(db: &Database, path: &Path) -> Step<FileState> {
             backlog_entries: get(META_BACKLOG_ENTRIES)?.unwrap_or(0),
             max_key: last_keys.into_iter().flatten().max().unwrap_or(0),
             ids: window,
+            wal_epoch: epoch,
+            replayed_frames: frames.len(),
         }
     };
     txn.commit()?;
@@ -237,6 +267,8 @@ pub(super) struct Tables<'txn> {
     /// Records and their encoded bytes written by this transaction (metrics).
     pub written_records: u64,
     pub written_bytes: u64,
+    /// Every change above, as the redo log's frame (`wal.rs`).
+    pub redo: Redo,
     now: i64,
 }
 
@@ -263,6 +295,7 @@ impl<'txn> Tables<'txn> {
             remembered: IdLogBuilder::default(),
             written_records: 0,
             written_bytes: 0,
+            redo: Redo::default(),
             now,
         })
     }
@@ -303,6 +336,7 @@ impl Tables<'_> {
                 let mut purged = 0;
                 for seq in self.select_dead(selection)? {
                     if self.dead.remove(seq.0)?.is_some() {
+                        self.redo.remove(BytesTable::DeadLetters, seq.0);
                         purged += 1;
                     }
                 }
@@ -342,8 +376,9 @@ impl Tables<'_> {
                     self.remove_input(input)?;
                 } else {
                     let first = output_seqs.first().expect("outputs is not empty").0;
-                    self.recorded
-                        .insert(input.0, (first, group.outputs.len() as u32))?;
+                    let count = group.outputs.len() as u32;
+                    self.recorded.insert(input.0, (first, count))?;
+                    self.redo.put_recorded(input.0, first, count);
                 }
             }
             let ack_seq = match (&group.dead, output_seqs.first()) {
@@ -404,6 +439,7 @@ impl Tables<'_> {
             let Some(record) = self.dead.remove(old.0)?.map(|v| v.value().to_vec()) else {
                 continue;
             };
+            self.redo.remove(BytesTable::DeadLetters, old.0);
             let letter = decode_record::<DeadLetter>("dead_letters", old.0, &record)
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             let message = letter.message.unwrap_or_default();
@@ -424,9 +460,18 @@ impl Tables<'_> {
     pub(super) fn store_counters(&mut self, bytes: u64, entries: u64, floor: Option<u64>) -> Step {
         self.meta.insert(META_BACKLOG_BYTES, bytes)?;
         self.meta.insert(META_BACKLOG_ENTRIES, entries)?;
+        self.redo.put_meta(META_BACKLOG_BYTES, bytes);
+        self.redo.put_meta(META_BACKLOG_ENTRIES, entries);
         if let Some(floor) = floor {
             self.meta.insert(META_SEQ_FLOOR, floor)?;
+            self.redo.put_meta(META_SEQ_FLOOR, floor);
         }
+        Ok(())
+    }
+
+    /// Names the redo log's epoch that follows this commit (a checkpoint's; not logged).
+    pub(super) fn store_wal_epoch(&mut self, epoch: u64) -> Step {
+        self.meta.insert(META_WAL_EPOCH, epoch)?;
         Ok(())
     }
 
@@ -441,6 +486,7 @@ impl Tables<'_> {
     /// one row each: they are few, and an operator acts on them one by one.
     fn insert_dead(&mut self, seq: Seq, record: &[u8]) -> Step {
         let reused = self.dead.insert(seq.0, record)?.is_some();
+        self.redo.put(BytesTable::DeadLetters, seq.0, record);
         assert!(
             !reused,
             "journal invariant: dead-letter sequence {} reused",
@@ -472,7 +518,9 @@ impl Tables<'_> {
 
     fn remove_input(&mut self, seq: Seq) -> Step {
         self.mark_gone(seq, Kind::Input)?;
-        self.recorded.remove(seq.0)?;
+        if self.recorded.remove(seq.0)?.is_some() {
+            self.redo.remove_recorded(seq.0);
+        }
         Ok(())
     }
 
@@ -535,9 +583,13 @@ impl Tables<'_> {
             if head.is_empty() {
                 self.blocks.remove(first)?;
                 self.heads.remove(first)?;
+                self.redo.remove(BytesTable::Blocks, first);
+                self.redo.remove(BytesTable::Heads, first);
                 self.bytes_delta -= head.block_bytes as i64;
             } else {
-                self.heads.insert(first, head.encode().as_slice())?;
+                let value = head.encode();
+                self.heads.insert(first, value.as_slice())?;
+                self.redo.put(BytesTable::Heads, first, &value);
             }
         }
         if let Some((bytes, head)) = std::mem::take(&mut self.block).finish() {
@@ -549,7 +601,10 @@ impl Tables<'_> {
                     "journal invariant: block sequence {} reused",
                     head.first
                 );
-                self.heads.insert(head.first, head.encode().as_slice())?;
+                let value = head.encode();
+                self.heads.insert(head.first, value.as_slice())?;
+                self.redo.put(BytesTable::Blocks, head.first, &bytes);
+                self.redo.put(BytesTable::Heads, head.first, &value);
                 self.bytes_delta += head.block_bytes as i64;
             }
         }
@@ -559,6 +614,7 @@ impl Tables<'_> {
             let key = *self.next_seq - 1;
             let reused = self.ids.insert(key, bytes.as_slice())?.is_some();
             assert!(!reused, "journal invariant: dedup log key {key} reused");
+            self.redo.put(BytesTable::DedupLog, key, &bytes);
             self.window.add(key, &hashes);
         }
         Ok(())
@@ -583,6 +639,7 @@ impl Tables<'_> {
             let Some(value) = self.ids.remove(key)? else {
                 break;
             };
+            self.redo.remove(BytesTable::DedupLog, key);
             self.window.remove(key, value.value())?;
         }
         Ok(())

@@ -18,10 +18,23 @@ use super::idlog::IdWindow;
 use super::store::{Fsync, FsyncFailure, JournalStore, Rewrite, open_database};
 use super::tables::{self, FileState, Tables};
 use super::types::{Backlog, Seq, SeqRange};
+use super::wal::Wal;
 use crate::runtime::SharedClock;
 
 /// Sequences reserved past each durable commit (see the module's invariants).
 pub(super) const SEQ_RESERVE: u64 = 1 << 20;
+
+/// A durable commit at least this long after the last checkpoint is made a checkpoint: redb
+/// reuses the pages a commit frees only after a durable commit, so the file would grow
+/// between checkpoints that only a full log brings.
+const CHECKPOINT_INTERVAL_MS: i64 = 1000;
+
+/// The log is used only while the journal has room for this many times its size (checked at
+/// each checkpoint and each open). Replaying it after an I/O error needs pages for what it
+/// holds, and a commit that runs the disk full is followed by such a reopen: on a disk that
+/// fills up, the last epoch's frames must still fit. Nearer the end, every durable commit is
+/// a checkpoint, and one that frees space (removing delivered entries) can always be made.
+const ROOM_PER_LOG: u64 = 2;
 
 /// The writer's state. Owns the database.
 pub(super) struct Writer {
@@ -59,11 +72,19 @@ pub(super) struct Writer {
     force_durable: bool,
     /// How fsyncs are made, and whether one failed since the file was last rewritten through.
     fsync: Fsync,
+    /// The redo log (`wal.rs`); `None` when `wal_bytes` is 0.
+    wal: Option<Wal>,
+    last_checkpoint_ms: i64,
+    /// Make the next commit a checkpoint (closing: the next start has no log to replay).
+    checkpoint_next: bool,
+    /// Whether this epoch writes the log (see [`ROOM_PER_LOG`]).
+    log_in_use: bool,
 }
 
 /// What one commit decided and changed, for the bookkeeping after it returned.
 struct Committed {
     durable: bool,
+    checkpoint: bool,
     fsync: bool,
     next_seq: u64,
     bytes: u64,
@@ -86,6 +107,28 @@ impl Writer {
             failed: Arc::default(),
         };
         let db = open_database(storage.as_ref(), &path, fsync.clone(), Rewrite::AtStart)?;
+        let wal = match config.wal_bytes {
+            0 => None,
+            bytes => Some(
+                storage
+                    .open_wal()
+                    .and_then(|file| Wal::open(file, bytes))
+                    .map_err(|e| {
+                        let what = format!(
+                            "cannot open the redo log {} beside {} ({bytes} bytes, \
+                             journal.wal_bytes): {e}",
+                            super::wal::WAL_FILE_NAME,
+                            path.display()
+                        );
+                        match JournalError::from_io(&e) {
+                            JournalError::StorageFull(_) => JournalError::StorageFull(format!(
+                                "{what}; free space, or set journal.wal_bytes lower (0: no log)"
+                            )),
+                            _ => JournalError::Io(what),
+                        }
+                    })?,
+            ),
+        };
         let mut writer = Writer {
             db: Some(db),
             storage,
@@ -105,6 +148,10 @@ impl Writer {
             full: false,
             force_durable: false,
             fsync,
+            wal,
+            last_checkpoint_ms: 0,
+            checkpoint_next: false,
+            log_in_use: false,
         };
         writer.load_state()?;
         info!(
@@ -253,7 +300,9 @@ impl Writer {
             let mut last = vec![Write::Sync {
                 answer: Answer::to(reply),
             }];
+            self.checkpoint_next = true;
             self.commit(&mut last);
+            self.checkpoint_next = false;
             rx.try_recv().unwrap_or(Err(JournalError::Closed))
         } else {
             Ok(())
@@ -323,7 +372,18 @@ impl Writer {
             .db
             .as_ref()
             .expect("load_state runs with an open database");
-        let state: FileState = tables::load_state(db, &self.path).map_err(|e| e.at(&self.path))?;
+        let state: FileState =
+            tables::load_state(db, &self.path, self.wal.as_ref()).map_err(|e| e.at(&self.path))?;
+        if let Some(wal) = &mut self.wal {
+            wal.reset(state.wal_epoch);
+        }
+        self.log_in_use = self.room_for_log();
+        if state.replayed_frames > 0 {
+            info!(
+                frames = state.replayed_frames,
+                "applied the redo log's commits since the last checkpoint"
+            );
+        }
         self.next_seq = state.seq_floor.max(state.max_key + 1);
         self.max_key = state.max_key;
         self.durable_floor = state.seq_floor;
@@ -333,6 +393,7 @@ impl Writer {
         metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(state.backlog_bytes as f64);
         self.dirty = false;
         self.last_durable_ms = self.clock.now_ms();
+        self.last_checkpoint_ms = self.last_durable_ms;
         Ok(())
     }
 
@@ -441,7 +502,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies `cmds` in one write transaction and commits it.
+    /// Applies `cmds` in one write transaction and commits it: without fsync, its changes
+    /// appended to the redo log (fsynced when `durable`), or as a checkpoint (see `wal.rs`).
     fn write_transaction(
         &mut self,
         cmds: &mut [Write],
@@ -451,17 +513,14 @@ impl Writer {
     ) -> std::result::Result<Committed, Failure> {
         let db = self.db.as_ref().expect("opened at the start of try_commit");
         let mut txn = db.begin_write()?;
-        txn.set_durability(if fsync {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        })
-        .map_err(|e| JournalError::Io(e.to_string()))?;
         tables::refresh_window(db, &mut self.ids)?;
         // Changed in the transaction: if the commit fails, read from the file again.
         self.ids.stale = true;
         let mut next_seq = self.next_seq;
-        let (bytes, entries, written_records, written_bytes) = {
+        let checkpoint_due = self.checkpoint_next
+            || self.force_durable
+            || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
+        let (bytes, entries, written_records, written_bytes, mut redo, checkpoint) = {
             let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
             for cmd in cmds.iter_mut() {
                 t.apply(cmd)?;
@@ -472,13 +531,61 @@ impl Writer {
             let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
             let floor = durable.then(|| *t.next_seq + SEQ_RESERVE);
             t.store_counters(bytes, entries, floor)?;
-            (bytes, entries, t.written_records, t.written_bytes)
+            // Without a log every durable commit is one; a frame the log has no room for
+            // makes one too (the log starts over after it).
+            let checkpoint = match &self.wal {
+                Some(wal) if self.log_in_use => checkpoint_due || !wal.fits(t.redo.frame_len()),
+                _ => durable,
+            };
+            if let (true, Some(wal)) = (checkpoint, &self.wal) {
+                t.store_wal_epoch(wal.epoch() + 1)?;
+            }
+            let redo = std::mem::take(&mut t.redo);
+            (
+                bytes,
+                entries,
+                t.written_records,
+                t.written_bytes,
+                redo,
+                checkpoint,
+            )
         };
-        txn.commit()?;
+        let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
+        // A checkpoint starts the log over, so it is durable whatever the commands need.
+        let immediate = checkpoint && !self.config.bug_ack_before_fsync;
+        txn.set_durability(if immediate {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(|e| JournalError::Io(e.to_string()))?;
+        let logged = !checkpoint && self.log_in_use && self.wal.is_some();
+        if let (true, Some(wal)) = (logged, &mut self.wal) {
+            // Before the commit: the database never holds a change the log lacks.
+            wal.append(&mut redo).map_err(io)?;
+            if fsync {
+                self.sync_wal().map_err(io)?;
+            }
+        }
+        if let Err(e) = txn.commit() {
+            if let (true, Some(wal)) = (logged, &mut self.wal) {
+                // Reported failed, so not replayed by the reopen either. If this write fails
+                // too, the reopen replays the frame: its records are then reported ambiguous.
+                if let Err(io) = wal.unwrite_last() {
+                    warn!(error = %io, "cannot take back the redo log frame of a failed commit");
+                }
+            }
+            return Err(e.into());
+        }
+        if let (true, Some(wal)) = (checkpoint, &mut self.wal) {
+            wal.reset(wal.epoch() + 1);
+            self.log_in_use = self.room_for_log();
+        }
         self.ids.stale = false;
         Ok(Committed {
-            durable,
-            fsync,
+            durable: durable || checkpoint,
+            checkpoint,
+            fsync: fsync || immediate,
             next_seq,
             bytes,
             entries,
@@ -487,8 +594,45 @@ impl Writer {
         })
     }
 
+    /// Whether the journal has room to use the log for the next epoch (see [`ROOM_PER_LOG`]).
+    fn room_for_log(&self) -> bool {
+        if self.config.wal_bytes == 0 {
+            return false;
+        }
+        let need = self.config.wal_bytes.saturating_mul(ROOM_PER_LOG);
+        match self.storage.room() {
+            Ok(room) if room >= need => true,
+            Ok(room) => {
+                if self.log_in_use {
+                    info!(
+                        room,
+                        need,
+                        "little room left for the journal: durable commits fsync it directly, without the redo log"
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot tell the journal's free space; durable commits fsync it directly, without the redo log");
+                false
+            }
+        }
+    }
+
+    /// fsyncs the redo log; the simulator's planted bug retries a failed one and trusts it.
+    fn sync_wal(&self) -> std::io::Result<()> {
+        let wal = self.wal.as_ref().expect("called with a log");
+        match wal.sync() {
+            Err(_) if self.fsync.failure == FsyncFailure::RetryAndTrust => wal.sync(),
+            other => other,
+        }
+    }
+
     /// Committed: from here on the state in memory follows the file.
     fn after_commit(&mut self, cmds: &[Write], now: i64, c: &Committed) {
+        if c.checkpoint {
+            self.last_checkpoint_ms = now;
+        }
         if c.durable {
             self.durable_floor = c.next_seq + SEQ_RESERVE;
             self.dirty = false;

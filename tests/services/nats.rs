@@ -86,9 +86,12 @@ pub async fn sigkill_during_delivery_leaves_every_acked_message_in_the_stream_on
             "hml",
             "--sink",
             &sink,
-            // Completion marks stay un-fsynced: the last kill makes a replay re-send.
+            // Completion marks stay un-fsynced, and without the redo log a SIGKILL loses
+            // them (with it, they are in the page cache): the last kill makes a replay re-send.
             "--journal-sync-interval-ms",
             "600000",
+            "--journal-wal-bytes",
+            "0",
         ],
     );
     sidelog.start().await;

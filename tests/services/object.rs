@@ -183,10 +183,13 @@ pub async fn sigkills_during_uploads_lose_nothing_and_every_object_is_whole() ->
             "200",
             "--delivery-max-attempts",
             "1000000",
-            // Completion marks stay un-synced: the last SIGKILL makes the restart re-send what
-            // was uploaded already.
+            // Completion marks stay un-synced, and without the redo log a SIGKILL loses them
+            // (with it, they are in the page cache): the last SIGKILL makes the restart re-send
+            // what was uploaded already.
             "--journal-sync-interval-ms",
             "60000",
+            "--journal-wal-bytes",
+            "0",
         ],
     ));
     sidelog.start().await;
