@@ -1,4 +1,4 @@
-//! The journal: sidelog's one durable store, a single redb file under `--data-dir`.
+//! The journal: sidelog's one durable store, a redb file under `--data-dir` and its redo log.
 //!
 //! Only this module imports redb. It speaks in domain verbs ([`Journal::append_inputs`],
 //! [`Journal::record_outputs`], [`Journal::complete`], [`Journal::dead_letter`],
@@ -13,6 +13,15 @@
 //! otherwise: completion marks ride along for free and become durable with the next `Immediate`
 //! commit, or with the periodic sync. Reads (replay scans, the dedup load) go through the same
 //! writer, so there is exactly one owner of the file.
+//!
+//! # Redo log
+//! While the log is in use, "durable" is reached differently: every commit is made to redb
+//! without fsync, its changes appended first to `journal.wal` as one frame, and a commit that
+//! needs durability fsyncs the log. A checkpoint (a redb `Immediate` commit) comes once a
+//! second, when the log is full, and at close, and starts the log over; opening applies the
+//! frames written since. `wal.rs` explains the frames, the epochs and recovery; the writer
+//! decides when a commit is a checkpoint, and uses the log only while the disk has room to
+//! replay it.
 //!
 //! # Tables and key encodings
 //! ```text
@@ -43,7 +52,11 @@
 //!   the sizes of the blocks held; both are updated in the same transaction.
 //! - Blocks do not overlap: a commit takes its sequences in one run, so a sequence is in at
 //!   most one block, the one whose first sequence is the greatest at or below it.
-//! - A reply `Ok` to a durable command is sent only after the `Immediate` commit returned.
+//! - A reply `Ok` to a durable command is sent only after the `Immediate` commit returned, or,
+//!   with the redo log, after the fsync of the log that holds the commit's frame.
+//! - The database never holds a change the log lacks: a frame is written before its commit, and
+//!   taken back when the commit fails. ("Durable" and "`Immediate`" above, with the log in use:
+//!   in a frame the log's fsync covered.)
 //!
 //! The file is `journal.redb`, created atomically (`store.rs`); redb's own checksums and two
 //! commit slots make a torn write roll back to the last commit. ARCHITECTURE.md draws where the
@@ -53,8 +66,8 @@
 //! `handle.rs` the [`Journal`] handle and its verbs · `command.rs` what a handle asks the writer ·
 //! `writer.rs` group commit, reopening after I/O errors, a full disk · `tables.rs` the tables and
 //! what each command does to them · `block.rs` blocks and heads · `idlog.rs` the dedup log ·
-//! `record.rs` the record codec · `store.rs` where the file
-//! lives · `salvage.rs` reading a damaged file · `error.rs` · `config.rs`.
+//! `record.rs` the record codec · `wal.rs` the redo log · `store.rs` where the files
+//! live · `salvage.rs` reading a damaged file · `error.rs` · `config.rs`.
 
 mod block;
 mod command;
