@@ -245,9 +245,10 @@ impl Wal {
         self.epoch
     }
 
-    /// Whether a frame of `len` bytes fits after the frames written so far.
+    /// Whether a frame of `len` bytes fits after the frames written so far (and its payload's
+    /// length in the header's `u32`).
     pub fn fits(&self, len: usize) -> bool {
-        self.offset + len as u64 <= self.capacity
+        len.saturating_sub(HEADER) <= u32::MAX as usize && self.offset + len as u64 <= self.capacity
     }
 
     /// Appends `redo` as the next frame (not synced). The caller checked that it fits.
