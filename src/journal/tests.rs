@@ -170,6 +170,33 @@ fn entries_encode_without_a_clone_to_the_same_bytes() {
     }
 }
 
+/// Acked commits are in the redo log until a checkpoint; after a clean close `journal.redb`
+/// alone holds everything (a copy of it is a whole backup). The close checkpoints, and redb
+/// also persists its commits without fsync when it closes cleanly.
+#[tokio::test]
+async fn a_clean_close_leaves_everything_in_the_journal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    let wal = dir.path().join(WAL_FILE_NAME);
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        config().wal_bytes,
+        "the log is allocated in full"
+    );
+    j.append_inputs(vec![msg("a"), msg("b")], 1).await.unwrap();
+    j.append_inputs(vec![msg("c")], 2).await.unwrap();
+    j.close().await.unwrap();
+    std::fs::remove_file(&wal).unwrap();
+    let j = open(dir.path());
+    let ids: Vec<String> = all_inputs(&j)
+        .await
+        .into_iter()
+        .map(|i| i.entry.message.unwrap().id)
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    j.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_file_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -172,12 +172,14 @@ impl Wal {
     pub fn open(file: Box<dyn redb::StorageBackend>, capacity: u64) -> std::io::Result<Wal> {
         let len = file.len()?;
         if len < capacity {
-            file.set_len(capacity)?;
+            // Grown a step at a time, each written before the next: a start that dies on the
+            // way leaves at most one step unwritten, and the next start goes on from there.
             const STEP: u64 = 1 << 20;
             let zeros = vec![0u8; STEP.min(capacity - len) as usize];
             let mut at = len;
             while at < capacity {
                 let n = STEP.min(capacity - at) as usize;
+                file.set_len(at + n as u64)?;
                 file.write(at, &zeros[..n])?;
                 at += n as u64;
             }
@@ -239,6 +241,11 @@ impl Wal {
         self.offset = 0;
         self.number = 0;
         self.last = None;
+    }
+
+    /// Whether frames were written since the last reset.
+    pub fn has_frames(&self) -> bool {
+        self.offset > 0
     }
 
     pub fn epoch(&self) -> u64 {

@@ -29,6 +29,9 @@ pub(super) const SEQ_RESERVE: u64 = 1 << 20;
 /// between checkpoints that only a full log brings.
 const CHECKPOINT_INTERVAL_MS: i64 = 1000;
 
+/// At most what [`Tables::store_counters`] adds to a frame (three meta ops of ≤ 26 bytes).
+const COUNTERS_FRAME_BYTES: usize = 128;
+
 /// The log is used only while the journal has room for this many times its size (checked at
 /// each checkpoint and each open). Replaying it after an I/O error needs pages for what it
 /// holds, and a commit that runs the disk full is followed by such a reopen: on a disk that
@@ -293,9 +296,12 @@ impl Writer {
         close
     }
 
-    /// Makes pending non-durable commits durable and releases the file.
+    /// Makes pending non-durable commits durable, checkpoints the log, and releases the file.
     fn close(&mut self) -> Result<()> {
-        let result = if self.dirty {
+        // Frames in the log are checkpointed too: after a clean stop `journal.redb` alone holds
+        // everything (a copy of it is a whole backup), and the next start replays nothing.
+        let logged = self.wal.as_ref().is_some_and(Wal::has_frames);
+        let result = if self.dirty || logged {
             let (reply, mut rx) = tokio::sync::oneshot::channel();
             let mut last = vec![Write::Sync {
                 answer: Answer::to(reply),
@@ -529,14 +535,17 @@ impl Writer {
             t.evict_dedup(&self.config)?;
             let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
             let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
-            let floor = durable.then(|| *t.next_seq + SEQ_RESERVE);
-            t.store_counters(bytes, entries, floor)?;
             // Without a log every durable commit is one; a frame the log has no room for
-            // makes one too (the log starts over after it).
+            // makes one too (the log starts over after it). Decided before the counters are
+            // written: a checkpoint is durable, so it stores the floor too.
             let checkpoint = match &self.wal {
-                Some(wal) if self.log_in_use => checkpoint_due || !wal.fits(t.redo.frame_len()),
+                Some(wal) if self.log_in_use => {
+                    checkpoint_due || !wal.fits(t.redo.frame_len() + COUNTERS_FRAME_BYTES)
+                }
                 _ => durable,
             };
+            let floor = (durable || checkpoint).then(|| *t.next_seq + SEQ_RESERVE);
+            t.store_counters(bytes, entries, floor)?;
             if let (true, Some(wal)) = (checkpoint, &self.wal) {
                 t.store_wal_epoch(wal.epoch() + 1)?;
             }
