@@ -164,12 +164,18 @@ pub(super) struct Wal {
     number: u64,
     /// Where the last frame starts, until the next reset.
     last: Option<u64>,
+    /// Draws each reset's salt (seeded from the clock, so the simulator's runs repeat).
+    entropy: crate::runtime::Entropy,
 }
 
 impl Wal {
     /// Opens the log in `file`, growing it to `capacity` bytes of zeros first (so that appends
     /// overwrite allocated blocks: an `fdatasync` then has no file size or extent to record).
-    pub fn open(file: Box<dyn redb::StorageBackend>, capacity: u64) -> std::io::Result<Wal> {
+    pub fn open(
+        file: Box<dyn redb::StorageBackend>,
+        capacity: u64,
+        entropy: crate::runtime::Entropy,
+    ) -> std::io::Result<Wal> {
         let len = file.len()?;
         if len < capacity {
             // Grown a step at a time, each written before the next: a start that dies on the
@@ -193,6 +199,7 @@ impl Wal {
             offset: 0,
             number: 0,
             last: None,
+            entropy,
         })
     }
 
@@ -237,7 +244,7 @@ impl Wal {
     /// new salt.
     pub fn reset(&mut self, epoch: u64) {
         self.epoch = epoch;
-        self.salt = new_salt();
+        self.salt = self.entropy.next_u64();
         self.offset = 0;
         self.number = 0;
         self.last = None;
@@ -283,26 +290,6 @@ impl Wal {
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
-}
-
-/// A salt no earlier start of the log had: a count of this process's resets (which alone
-/// separates the simulator's incarnations, all in one process), the time and the process id,
-/// mixed (splitmix64). It decides only whether a stale frame could be mistaken for a new one,
-/// never what a replay applies, so the simulator's runs still repeat.
-fn new_salt() -> u64 {
-    static RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::UNIX_EPOCH
-        .elapsed()
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut z = now
-        ^ RESETS
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .rotate_left(40)
-        ^ u64::from(std::process::id()).rotate_left(20);
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Applies one frame's ops to the tables in `txn`. A frame that does not parse is a bug or
@@ -401,7 +388,12 @@ mod tests {
     use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
 
     fn wal(capacity: u64) -> Wal {
-        Wal::open(Box::new(InMemoryBackend::new()), capacity).unwrap()
+        Wal::open(
+            Box::new(InMemoryBackend::new()),
+            capacity,
+            crate::runtime::Entropy::from_seed(1),
+        )
+        .unwrap()
     }
 
     fn redo(n: u64) -> Redo {

@@ -115,7 +115,10 @@ impl Writer {
             bytes => Some(
                 storage
                     .open_wal()
-                    .and_then(|file| Wal::open(file, bytes))
+                    .and_then(|file| {
+                        let entropy = crate::runtime::Entropy::from_clock(clock.as_ref());
+                        Wal::open(file, bytes, entropy)
+                    })
                     .map_err(|e| {
                         let what = format!(
                             "cannot open the redo log {} beside {} ({bytes} bytes, \
