@@ -37,6 +37,8 @@ const META_BACKLOG_BYTES: &str = "backlog_bytes";
 const META_BACKLOG_ENTRIES: &str = "backlog_entries";
 /// The epoch of the redo log's frames written since this durable state (`wal.rs`).
 pub(super) const META_WAL_EPOCH: &str = "wal_epoch";
+/// How many of that epoch's frames this state holds (each logged commit counts itself).
+pub(super) const META_WAL_FRAMES: &str = "wal_frames";
 
 /// Dedup log values (one per past commit) evicted at most per commit, so that age-based
 /// eviction catches up without making one transaction unboundedly large.
@@ -86,6 +88,7 @@ pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<
             }));
         }
         let epoch = meta.get(META_WAL_EPOCH)?.map_or(0, |v| v.value());
+        let applied = meta.get(META_WAL_FRAMES)?.map_or(0, |v| v.value());
         drop(meta);
         let frames = match log {
             Some(log) => log
@@ -93,16 +96,21 @@ pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<
                 .map_err(|e| Failure::Journal(super::JournalError::from_io(&e)))?,
             None => Vec::new(),
         };
-        for frame in &frames {
+        // redb may come back ahead of its last durable commit (a commit without fsync whose
+        // pages all reached the disk): the frames it holds already are skipped, and a log that
+        // ends before it adds nothing. Either way the state is made durable below.
+        let todo = frames.get(applied as usize..).unwrap_or_default();
+        for frame in todo {
             wal::apply(&txn, frame)?;
         }
         let mut meta = txn.open_table(META)?;
         // Applied frames are in the database once this commits: the log starts a new epoch.
-        // Without any, nothing is written (a full disk must still open).
-        let epoch = if frames.is_empty() {
+        // With no frame and none applied, nothing is written (a full disk must still open).
+        let epoch = if frames.is_empty() && applied == 0 {
             epoch
         } else {
             meta.insert(META_WAL_EPOCH, epoch + 1)?;
+            meta.insert(META_WAL_FRAMES, 0)?;
             epoch + 1
         };
         let heads = txn.open_table(HEADS)?;
@@ -128,7 +136,7 @@ pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<
             max_key: last_keys.into_iter().flatten().max().unwrap_or(0),
             ids: window,
             wal_epoch: epoch,
-            replayed_frames: frames.len(),
+            replayed_frames: todo.len(),
         }
     };
     txn.commit()?;
@@ -472,6 +480,14 @@ impl Tables<'_> {
     /// Names the redo log's epoch that follows this commit (a checkpoint's; not logged).
     pub(super) fn store_wal_epoch(&mut self, epoch: u64) -> Step {
         self.meta.insert(META_WAL_EPOCH, epoch)?;
+        self.meta.insert(META_WAL_FRAMES, 0)?;
+        Ok(())
+    }
+
+    /// Counts this commit's frame as held by the database (logged, so a replay counts too).
+    pub(super) fn store_wal_frames(&mut self, frames: u64) -> Step {
+        self.meta.insert(META_WAL_FRAMES, frames)?;
+        self.redo.put_meta(META_WAL_FRAMES, frames);
         Ok(())
     }
 

@@ -21,8 +21,11 @@
 //! redb rolls back to its last durable commit, the last checkpoint; `meta.wal_epoch` in it
 //! names the epoch of the frames written since. Opening reads frames from offset 0 while each
 //! is whole (its CRC matches), of that epoch and the first frame's salt, and numbered in turn;
-//! if there are any, it applies their ops to the database and commits durably with the next
-//! epoch (the open's own commit). With none it writes nothing (a full disk still opens), and
+//! it applies those the database does not hold yet and commits durably with the next epoch (the
+//! open's own commit). Each logged commit counts itself in `meta.wal_frames`: redb can come back
+//! *ahead* of its last durable commit (a commit without fsync whose pages all reached the disk,
+//! as the simulator's torn crashes showed), and applying older frames over it would mix states.
+//! With no frame and none counted it writes nothing (a full disk still opens), and
 //! the log starts over in the same epoch under a new salt: a frame the last process wrote past
 //! a torn first one is never read as the new one's. Replaying is safe over a database that
 //! already holds some of the frames (a reopen in the same process, after an error): each op
@@ -253,6 +256,11 @@ impl Wal {
     /// Whether frames were written since the last reset.
     pub fn has_frames(&self) -> bool {
         self.offset > 0
+    }
+
+    /// Frames written since the last reset.
+    pub fn frames(&self) -> u64 {
+        self.number
     }
 
     pub fn epoch(&self) -> u64 {
@@ -539,6 +547,48 @@ mod tests {
         }
         txn.commit().unwrap();
         assert_eq!(state(&db), (vec![(1, vec![3])], 0, 3, Some(103)));
+    }
+
+    /// redb can come back ahead of its last durable commit; the log may end before it (its
+    /// later frames torn) or after it. Opening applies exactly the frames it lacks.
+    #[test]
+    fn opening_applies_only_the_frames_the_database_lacks() {
+        use crate::journal::tables::{META_WAL_FRAMES, load_state};
+        let frame = |n: u64| {
+            let mut r = Redo::default();
+            r.put_recorded(1, n, 1);
+            r.put_meta(META_WAL_FRAMES, n + 1);
+            r
+        };
+        let head = |db: &redb::Database| {
+            let txn = db.begin_read().unwrap();
+            let recorded = txn.open_table(RECORDED).unwrap();
+            recorded.get(1).unwrap().map(|v| v.value().0)
+        };
+        // (frames the database holds, frames in the log) -> the value after opening.
+        for (held, logged, want) in [(4u64, 2u64, 3u64), (2, 4, 3), (0, 3, 2), (3, 3, 2)] {
+            let db = redb::Database::builder()
+                .create_with_backend(InMemoryBackend::new())
+                .unwrap();
+            let txn = db.begin_write().unwrap();
+            for n in 0..held {
+                apply(&txn, &frame(n).buf[HEADER..]).unwrap();
+            }
+            txn.commit().unwrap();
+            let mut w = wal(1 << 16);
+            w.reset(0);
+            for n in 0..logged {
+                w.append(&mut frame(n)).unwrap();
+            }
+            let state = load_state(&db, std::path::Path::new("test"), Some(&w)).unwrap();
+            assert_eq!(head(&db), Some(want), "held {held}, logged {logged}");
+            assert_eq!(
+                state.replayed_frames as u64,
+                logged.saturating_sub(held),
+                "held {held}, logged {logged}"
+            );
+            assert_eq!(state.wal_epoch, 1, "the open made its state durable");
+        }
     }
 
     #[test]

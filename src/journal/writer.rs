@@ -116,7 +116,8 @@ impl Writer {
                 storage
                     .open_wal()
                     .and_then(|file| {
-                        let entropy = crate::runtime::Entropy::from_clock(clock.as_ref());
+                        // Seeded from the clock alone: the simulator's runs repeat.
+                        let entropy = crate::runtime::Entropy::from_seed(clock.now_ms() as u64);
                         Wal::open(file, bytes, entropy)
                     })
                     .map_err(|e| {
@@ -549,8 +550,10 @@ impl Writer {
             };
             let floor = (durable || checkpoint).then(|| *t.next_seq + SEQ_RESERVE);
             t.store_counters(bytes, entries, floor)?;
-            if let (true, Some(wal)) = (checkpoint, &self.wal) {
-                t.store_wal_epoch(wal.epoch() + 1)?;
+            match &self.wal {
+                Some(wal) if checkpoint => t.store_wal_epoch(wal.epoch() + 1)?,
+                Some(wal) if self.log_in_use => t.store_wal_frames(wal.frames() + 1)?,
+                _ => {}
             }
             let redo = std::mem::take(&mut t.redo);
             (
