@@ -18,22 +18,22 @@
 //! anew each time the log starts over, and every frame after the first must carry the first's.
 //!
 //! # Recovery
-//! redb rolls back to its last durable commit, the last checkpoint; `meta.wal_epoch` in it
-//! names the epoch of the frames written since. Opening reads frames from offset 0 while each
-//! is whole (its CRC matches), of that epoch and the first frame's salt, and numbered in turn;
-//! it applies those the database does not hold yet and commits durably with the next epoch (the
-//! open's own commit). Each logged commit counts itself in `meta.wal_frames`: redb can come back
-//! *ahead* of its last durable commit (a commit without fsync whose pages all reached the disk,
-//! as the simulator's torn crashes showed), and applying older frames over it would mix states.
-//! With no frame and none counted it writes nothing (a full disk still opens), and
-//! the log starts over in the same epoch under a new salt: a frame the last process wrote past
-//! a torn first one is never read as the new one's. Replaying is safe over a database that
-//! already holds some of the frames (a reopen in the same process, after an error): each op
-//! sets or removes one key, so applying frames 0..n over the state after frame k ≤ n gives
-//! the state after n. That is why a frame is written *before* its redb commit: the database
-//! never holds a change the log lacks. A frame whose redb commit failed is un-written (its
-//! header zeroed) before the reopen, so that the reopen does not bring back a commit that
-//! was reported failed (nor need the space it failed for).
+//! After a crash redb is at its last durable commit, the last checkpoint, or ahead of it: a
+//! commit made without fsync whose pages all reached the disk survives (the simulator's torn
+//! crashes showed it). `meta.wal_epoch` names the epoch of the frames written since the last
+//! checkpoint, and each logged commit counts itself in `meta.wal_frames`, in the database and
+//! in its frame. Opening reads frames from offset 0 while each is whole (its CRC matches), of
+//! that epoch and the first frame's salt, and numbered in turn; it applies those past the
+//! count, the ones the database lacks (a log whose tail was lost while redb ran ahead adds
+//! nothing: applying its older frames would set some keys back and not others), and commits
+//! durably with the next epoch (the open's own commit). With no frame and none counted it
+//! writes nothing (a full disk still opens), and the log starts over in the same epoch under a
+//! new salt: a frame the last process wrote past a torn first one is never read as the new
+//! one's. A reopen in the same process, after an I/O error, goes the same way. A frame is
+//! written *before* its redb commit, so the database never holds a change the log lacks, and
+//! a frame whose redb commit failed is un-written (its header zeroed) before the reopen, so
+//! that the reopen does not bring back a commit that was reported failed (nor need the space
+//! it failed for).
 //!
 //! A frame is torn only at the tail: a frame that follows it was written later, and an fsync
 //! that made it durable would have made the earlier one durable too. So the first frame that
