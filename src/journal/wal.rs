@@ -94,18 +94,33 @@ impl BytesTable {
 #[derive(Debug)]
 pub(super) struct Redo {
     buf: Vec<u8>,
+    /// Whether changes are recorded: not when the commit cannot be logged (no log, or no room
+    /// for one), where the frame would be built for nothing.
+    on: bool,
 }
 
 impl Default for Redo {
     fn default() -> Self {
         Redo {
             buf: vec![0; HEADER],
+            on: true,
         }
     }
 }
 
 impl Redo {
+    /// A redo that records nothing.
+    pub fn off() -> Redo {
+        Redo {
+            buf: Vec::new(),
+            on: false,
+        }
+    }
+
     pub fn put(&mut self, table: BytesTable, key: u64, value: &[u8]) {
+        if !self.on {
+            return;
+        }
         self.buf.push(table.codes().0);
         self.buf.extend_from_slice(&key.to_le_bytes());
         self.buf
@@ -114,11 +129,17 @@ impl Redo {
     }
 
     pub fn remove(&mut self, table: BytesTable, key: u64) {
+        if !self.on {
+            return;
+        }
         self.buf.push(table.codes().1);
         self.buf.extend_from_slice(&key.to_le_bytes());
     }
 
     pub fn put_recorded(&mut self, key: u64, first: u64, count: u32) {
+        if !self.on {
+            return;
+        }
         self.buf.push(op::RECORDED_PUT);
         self.buf.extend_from_slice(&key.to_le_bytes());
         self.buf.extend_from_slice(&first.to_le_bytes());
@@ -126,11 +147,17 @@ impl Redo {
     }
 
     pub fn remove_recorded(&mut self, key: u64) {
+        if !self.on {
+            return;
+        }
         self.buf.push(op::RECORDED_DEL);
         self.buf.extend_from_slice(&key.to_le_bytes());
     }
 
     pub fn put_meta(&mut self, name: &str, value: u64) {
+        if !self.on {
+            return;
+        }
         debug_assert!(name.len() <= usize::from(u8::MAX));
         self.buf.push(op::META_PUT);
         self.buf.push(name.len() as u8);

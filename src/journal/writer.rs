@@ -532,6 +532,9 @@ impl Writer {
             || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
         let (bytes, entries, written_records, written_bytes, mut redo, checkpoint) = {
             let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
+            if !self.log_in_use || self.wal.is_none() {
+                t.redo = super::wal::Redo::off();
+            }
             for cmd in cmds.iter_mut() {
                 t.apply(cmd)?;
             }
