@@ -179,11 +179,15 @@ pub(super) enum Read {
     ScanInputs {
         from: Seq,
         limit: usize,
+        /// Read on to the end of the block where `limit` is reached.
+        whole_blocks: bool,
         reply: Reply<Vec<StoredInput>>,
     },
     ScanOutputs {
         from: Seq,
         limit: usize,
+        /// Read on to the end of the block where `limit` is reached.
+        whole_blocks: bool,
         reply: Reply<Vec<StoredOutput>>,
     },
     ScanDeadLetters {

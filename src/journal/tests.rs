@@ -197,6 +197,53 @@ async fn a_clean_close_leaves_everything_in_the_journal_file() {
     j.close().await.unwrap();
 }
 
+/// Replay's scans read on to the end of a block, so each block is read once; other scans
+/// stop at their limit.
+#[tokio::test]
+async fn a_scan_by_block_ends_with_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    // Two commits, two blocks of 10.
+    let ids = |from: usize| (from..from + 10).map(|i| msg(&format!("m{i}"))).collect();
+    let first = j.append_inputs(ids(0), 1).await.unwrap();
+    j.append_inputs(ids(10), 1).await.unwrap();
+    let outputs = j
+        .record_outputs(
+            vec![OutputGroup {
+                input_seq: None,
+                dedup_id: None,
+                outputs: (0..10).map(|i| msg(&format!("o{i}"))).collect(),
+                dead: None,
+            }],
+            false,
+        )
+        .await
+        .unwrap();
+    let lens = |v: &[StoredInput]| v.len();
+    assert_eq!(lens(&j.scan_inputs(Seq(0), 3).await.unwrap()), 3);
+    assert_eq!(lens(&j.scan_inputs_by_block(Seq(0), 3).await.unwrap()), 10);
+    assert_eq!(lens(&j.scan_inputs_by_block(first[3], 3).await.unwrap()), 7);
+    assert_eq!(lens(&j.scan_inputs_by_block(Seq(0), 11).await.unwrap()), 20);
+    let scanned: Vec<Seq> = j
+        .scan_inputs_by_block(first[9], 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(scanned, [first[9]], "the rest of the first block only");
+    let first_output = outputs[0].output_seqs[0];
+    assert_eq!(j.scan_outputs(first_output, 2).await.unwrap().len(), 2);
+    assert_eq!(
+        j.scan_outputs_by_block(first_output, 2)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    j.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_file_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,8 @@
 //! Then it waits until the backlog is empty (each entry delivered or dead-lettered).
 //!
 //! Memory stays bounded whatever the backlog's size: the journal is read in batches of
-//! [`SCAN_BATCH`] entries, each batch is pushed into delivery's bounded queues (which wait when
+//! [`SCAN_BATCH`] entries and the rest of the block the batch ends in (a block is one commit's
+//! records, so each is read once), each batch is pushed into delivery's bounded queues (which wait when
 //! full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
 use crate::delivery::DeliveryItem;
 use crate::journal::{InputState, JournalError, Seq, SeqRange, StoredInput, StoredOutput};
 
-/// Journal entries read per scan.
+/// Journal entries read per scan, then on to the end of their block.
 pub const SCAN_BATCH: usize = 1024;
 /// Replayed inputs with a handler call or delivery under way at once.
 pub const REPLAY_INPUTS_IN_FLIGHT: usize = 4096;
@@ -272,7 +273,7 @@ impl Replayer<'_> {
         let journal = self.pipeline.journal().clone();
         let mut cursor = from;
         loop {
-            let batch = retrying(|| journal.scan_outputs(cursor, SCAN_BATCH)).await?;
+            let batch = retrying(|| journal.scan_outputs_by_block(cursor, SCAN_BATCH)).await?;
             let Some(last) = batch.last() else {
                 return Ok(());
             };
@@ -342,7 +343,7 @@ impl Replayer<'_> {
         };
         let mut cursor = from;
         loop {
-            let batch = retrying(|| journal.scan_inputs(cursor, SCAN_BATCH)).await?;
+            let batch = retrying(|| journal.scan_inputs_by_block(cursor, SCAN_BATCH)).await?;
             let Some(last) = batch.last() else {
                 return Ok(());
             };
