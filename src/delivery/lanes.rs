@@ -156,7 +156,13 @@ async fn run_lane(
                 },
             }
         }
-        let batch: Arc<[Message]> = items.iter().map(|i| i.message.clone()).collect();
+        // The messages move into the batch (cloning them, their headers map and strings, was
+        // ~9 % of a replay's CPU); `items` keeps the rest, index for index, and gets them back
+        // only on the rare paths that need them (dead letters, expiry).
+        let batch: Arc<[Message]> = items
+            .iter_mut()
+            .map(|i| std::mem::take(&mut i.message))
+            .collect();
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
         in_flight.push_back(crate::runtime::spawn(deliver_with_retries(
@@ -221,6 +227,7 @@ async fn deliver_with_retries(
             Err(_) => format!("no ack within {timeout:?}"),
         };
         if config.backoff.exhausted(attempt) {
+            restore_messages(&mut items, &batch);
             completion
                 .outputs_dead(
                     &items,
@@ -230,24 +237,26 @@ async fn deliver_with_retries(
                 .await;
             return;
         }
-        if config.max_age_ms > 0 {
+        let oldest_allowed = config.clock.now_ms() - config.max_age_ms as i64;
+        if config.max_age_ms > 0 && items.iter().any(|i| i.written_at_ms < oldest_allowed) {
             // Too old to keep trying: dead letters, with that reason; the rest goes on.
-            let oldest_allowed = config.clock.now_ms() - config.max_age_ms as i64;
-            let (expired, live): (Vec<DeliveryItem>, Vec<DeliveryItem>) = items
+            restore_messages(&mut items, &batch);
+            let (expired, mut live): (Vec<DeliveryItem>, Vec<DeliveryItem>) = items
                 .into_iter()
                 .partition(|i| i.written_at_ms < oldest_allowed);
-            if !expired.is_empty() {
-                let reason = format!(
-                    "undelivered for longer than replay.max_age_ms ({} ms); last error: {error}",
-                    config.max_age_ms
-                );
-                completion.outputs_dead(&expired, &reason, attempt).await;
-                batch = live.iter().map(|i| i.message.clone()).collect();
-            }
-            items = live;
-            if items.is_empty() {
+            let reason = format!(
+                "undelivered for longer than replay.max_age_ms ({} ms); last error: {error}",
+                config.max_age_ms
+            );
+            completion.outputs_dead(&expired, &reason, attempt).await;
+            if live.is_empty() {
                 return;
             }
+            batch = live
+                .iter_mut()
+                .map(|i| std::mem::take(&mut i.message))
+                .collect();
+            items = live;
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
@@ -265,5 +274,13 @@ async fn deliver_with_retries(
         tokio::time::sleep(delay).await;
         attempt += 1;
         pending = sink.deliver(batch.clone());
+    }
+}
+
+/// Puts the messages of `batch` back into `items` (the batch took them, index for index).
+fn restore_messages(items: &mut [DeliveryItem], batch: &[Message]) {
+    debug_assert_eq!(items.len(), batch.len());
+    for (item, message) in items.iter_mut().zip(batch) {
+        item.message = message.clone();
     }
 }

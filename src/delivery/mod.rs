@@ -30,7 +30,8 @@ pub use lanes::Delivery;
 /// One output on its way to the sink.
 #[derive(Debug, Clone)]
 pub struct DeliveryItem {
-    /// The message, with its `sidelog-seq` header set.
+    /// The message, with its `sidelog-seq` header set. Its lane moves it into the batch it
+    /// sends (empty here from then on).
     pub message: Message,
     /// Its entry in the journal's `outputs`, removed once delivered (sbml, hml).
     pub output_seq: Option<Seq>,

@@ -3,17 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::GrpcMethod;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
+use tonic_prost::ProstCodec;
 
 use super::{Sink, SinkError, SinkSetupError};
-use crate::proto::sink_client::SinkClient;
-use crate::proto::{DeliverRequest, Message};
+use crate::proto::{DeliverResponse, Message};
 use crate::runtime::BoxFuture;
 
 /// A `sidelog.v1.Sink` served by the next tier.
 #[derive(Debug, Clone)]
 pub struct GrpcSink {
-    client: SinkClient<Channel>,
+    grpc: Grpc<Channel>,
 }
 
 impl GrpcSink {
@@ -24,23 +27,121 @@ impl GrpcSink {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         Ok(GrpcSink {
-            client: SinkClient::new(endpoint.connect_lazy()).max_encoding_message_size(usize::MAX),
+            grpc: Grpc::new(endpoint.connect_lazy()).max_encoding_message_size(usize::MAX),
         })
     }
 }
 
 impl Sink for GrpcSink {
     fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
-        let mut client = self.client.clone();
+        let mut grpc = self.grpc.clone();
         Box::pin(async move {
-            let request = DeliverRequest {
-                messages: batch.to_vec(),
-            };
-            client
-                .deliver(request)
+            grpc.ready()
+                .await
+                .map_err(|e| SinkError(format!("sink connection not ready: {e}")))?;
+            let mut request = tonic::Request::new(SharedDeliverRequest(batch));
+            request
+                .extensions_mut()
+                .insert(GrpcMethod::new("sidelog.v1.Sink", "Deliver"));
+            let codec = ProstCodec::<SharedDeliverRequest, DeliverResponse>::default();
+            grpc.unary(request, PathAndQuery::from_static(DELIVER_PATH), codec)
                 .await
                 .map(|_| ())
                 .map_err(|status| SinkError(format!("sink answered {status}")))
         })
+    }
+}
+
+/// `Sink/Deliver`, as the generated client calls it.
+const DELIVER_PATH: &str = "/sidelog.v1.Sink/Deliver";
+
+/// A `DeliverRequest` encoded straight from the lane's shared batch. The generated
+/// `DeliverRequest` owns its messages, so sending one cloned every message of every batch
+/// (its id, key and headers map: ~10 % of a replay's CPU). Same bytes on the wire:
+/// `repeated Message messages = 1`.
+#[derive(Debug)]
+struct SharedDeliverRequest(Arc<[Message]>);
+
+impl prost::Message for SharedDeliverRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        for message in self.0.iter() {
+            prost::encoding::message::encode(1, message, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag != 1 {
+            return prost::encoding::skip_field(wire_type, tag, buf, ctx);
+        }
+        // Never on a hot path (sidelog only sends these): a copy per message decoded.
+        let mut message = Message::default();
+        prost::encoding::message::merge(wire_type, &mut message, buf, ctx)?;
+        let mut messages = self.0.to_vec();
+        messages.push(message);
+        self.0 = messages.into();
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::message::encoded_len_repeated(1, &self.0)
+    }
+
+    fn clear(&mut self) {
+        self.0 = Arc::from([]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DeliverRequest;
+    use prost::Message as _;
+
+    fn messages() -> Vec<Message> {
+        (0..3)
+            .map(|i| Message {
+                id: format!("id-{i}"),
+                key: if i == 1 { String::new() } else { "k".into() },
+                payload: bytes::Bytes::from(vec![i as u8; 100 * i]),
+                headers: [("sidelog-seq".to_owned(), i.to_string())].into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_request_is_a_deliver_request_on_the_wire() {
+        let owned = DeliverRequest {
+            messages: messages(),
+        };
+        let shared = SharedDeliverRequest(messages().into());
+        assert_eq!(shared.encoded_len(), owned.encoded_len());
+        assert_eq!(shared.encode_to_vec(), owned.encode_to_vec());
+        let empty = SharedDeliverRequest(Arc::from([]));
+        assert_eq!(
+            empty.encode_to_vec(),
+            DeliverRequest::default().encode_to_vec()
+        );
+    }
+
+    #[test]
+    fn a_shared_request_decodes_what_it_encoded() {
+        let bytes = DeliverRequest {
+            messages: messages(),
+        }
+        .encode_to_vec();
+        let mut decoded = SharedDeliverRequest(Arc::from([]));
+        decoded
+            .merge(bytes.as_slice())
+            .expect("a valid DeliverRequest");
+        assert_eq!(&decoded.0[..], &messages()[..]);
+        decoded.clear();
+        assert!(decoded.0.is_empty());
     }
 }
