@@ -533,8 +533,17 @@ impl Pipeline {
     /// [`Pipeline::spawn_continuation`] would have put it. Waits for room in delivery's queue.
     pub async fn replay_pass_through(&self, input: Message, input_seq: Seq, replayed: Replayed) {
         debug_assert!(self.handler.is_pass_through());
-        self.dispatch(vec![input], Some(input_seq), 0, Some(replayed), None)
-            .await;
+        // What `dispatch` does with one pass-through output of a journaled input: nothing is
+        // recorded (the input is the record), no key turn (replay goes in sequence order),
+        // one output needs no completion count, and nothing is held in memory only. Sent
+        // directly, without dispatch's three small vectors per entry.
+        let out = Outgoing {
+            output_seq: None,
+            input_seq: Some(input_seq),
+            memory_bytes: 0,
+            replayed: Some(replayed),
+        };
+        self.send(input, out).await;
     }
 
     /// The pipeline's clock, unix ms.
