@@ -237,8 +237,10 @@ async fn deliver_with_retries(
                 .await;
             return;
         }
-        let oldest_allowed = config.clock.now_ms() - config.max_age_ms as i64;
-        if config.max_age_ms > 0 && items.iter().any(|i| i.written_at_ms < oldest_allowed) {
+        let oldest_allowed = (config.max_age_ms > 0)
+            .then(|| config.clock.now_ms() - config.max_age_ms as i64)
+            .filter(|t| items.iter().any(|i| i.written_at_ms < *t));
+        if let Some(oldest_allowed) = oldest_allowed {
             // Too old to keep trying: dead letters, with that reason; the rest goes on.
             restore_messages(&mut items, &batch);
             let (expired, mut live): (Vec<DeliveryItem>, Vec<DeliveryItem>) = items

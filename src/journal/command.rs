@@ -174,20 +174,25 @@ impl Write {
     }
 }
 
+/// How many entries a scan of inputs or outputs returns.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ScanLimit {
+    pub entries: usize,
+    /// Past `entries` to the end of the block they are reached in
+    /// ([`super::Journal::scan_inputs_by_block`]).
+    pub whole_blocks: bool,
+}
+
 /// A look at the journal, served from a read transaction after the group's commit.
 pub(super) enum Read {
     ScanInputs {
         from: Seq,
-        limit: usize,
-        /// Read on to the end of the block where `limit` is reached.
-        whole_blocks: bool,
+        limit: ScanLimit,
         reply: Reply<Vec<StoredInput>>,
     },
     ScanOutputs {
         from: Seq,
-        limit: usize,
-        /// Read on to the end of the block where `limit` is reached.
-        whole_blocks: bool,
+        limit: ScanLimit,
         reply: Reply<Vec<StoredOutput>>,
     },
     ScanDeadLetters {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::command::{Answer, Command, Read, Reply, Write};
+use super::command::{Answer, Command, Read, Reply, ScanLimit, Write};
 use super::config::JournalConfig;
 use super::error::{JournalError, Result};
 use super::store::{FileStore, JournalStore};
@@ -211,8 +211,10 @@ impl Journal {
     pub async fn scan_inputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredInput>> {
         self.read(|reply| Read::ScanInputs {
             from,
-            limit,
-            whole_blocks: false,
+            limit: ScanLimit {
+                entries: limit,
+                whole_blocks: false,
+            },
             reply,
         })
         .await
@@ -226,8 +228,10 @@ impl Journal {
     pub async fn scan_inputs_by_block(&self, from: Seq, limit: usize) -> Result<Vec<StoredInput>> {
         self.read(|reply| Read::ScanInputs {
             from,
-            limit,
-            whole_blocks: true,
+            limit: ScanLimit {
+                entries: limit,
+                whole_blocks: true,
+            },
             reply,
         })
         .await
@@ -237,8 +241,10 @@ impl Journal {
     pub async fn scan_outputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredOutput>> {
         self.read(|reply| Read::ScanOutputs {
             from,
-            limit,
-            whole_blocks: false,
+            limit: ScanLimit {
+                entries: limit,
+                whole_blocks: false,
+            },
             reply,
         })
         .await
@@ -252,8 +258,10 @@ impl Journal {
     ) -> Result<Vec<StoredOutput>> {
         self.read(|reply| Read::ScanOutputs {
             from,
-            limit,
-            whole_blocks: true,
+            limit: ScanLimit {
+                entries: limit,
+                whole_blocks: true,
+            },
             reply,
         })
         .await

@@ -11,7 +11,7 @@ use redb::{
 };
 
 use super::block::{self, BlockBuilder, Head, Kind};
-use super::command::{Read, Write};
+use super::command::{Read, ScanLimit, Write};
 use super::config::JournalConfig;
 use super::error::Failure;
 use super::idlog::{self, IdLogBuilder, IdWindow};
@@ -672,42 +672,12 @@ pub(super) fn answer(db: &Database, read: Read, next_seq: u64, backlog_bytes: u6
     let at = |e: Failure| e.at(path);
     // A caller that stopped waiting has nothing to be told.
     match read {
-        Read::ScanInputs {
-            from,
-            limit,
-            whole_blocks,
-            reply,
-        } => drop(
-            reply.send(
-                scan_inputs(
-                    &txn,
-                    from,
-                    Limit {
-                        limit,
-                        whole_blocks,
-                    },
-                )
-                .map_err(at),
-            ),
-        ),
-        Read::ScanOutputs {
-            from,
-            limit,
-            whole_blocks,
-            reply,
-        } => drop(
-            reply.send(
-                scan_outputs(
-                    &txn,
-                    from,
-                    Limit {
-                        limit,
-                        whole_blocks,
-                    },
-                )
-                .map_err(at),
-            ),
-        ),
+        Read::ScanInputs { from, limit, reply } => {
+            drop(reply.send(scan_inputs(&txn, from, limit).map_err(at)))
+        }
+        Read::ScanOutputs { from, limit, reply } => {
+            drop(reply.send(scan_outputs(&txn, from, limit).map_err(at)))
+        }
         Read::ScanDeadLetters { from, limit, reply } => {
             drop(reply.send(scan_dead_letters(&txn, from, limit).map_err(at)))
         }
@@ -719,10 +689,10 @@ pub(super) fn answer(db: &Database, read: Read, next_seq: u64, backlog_bytes: u6
     }
 }
 
-fn scan_inputs(txn: &ReadTransaction, from: Seq, limit: Limit) -> Step<Vec<StoredInput>> {
+fn scan_inputs(txn: &ReadTransaction, from: Seq, limit: ScanLimit) -> Step<Vec<StoredInput>> {
     let recorded = txn.open_table(RECORDED)?;
     let heads = txn.open_table(HEADS)?;
-    let mut out = Vec::with_capacity(limit.limit.min(4096));
+    let mut out = Vec::with_capacity(limit.entries.min(4096));
     scan_live(txn, from, limit, Kind::Input, |seq, record| {
         let entry = decode_record::<InputEntry>("blocks", seq, record)?;
         let state = match recorded.get(seq)?.map(|r| r.value()) {
@@ -746,8 +716,8 @@ fn scan_inputs(txn: &ReadTransaction, from: Seq, limit: Limit) -> Step<Vec<Store
     Ok(out)
 }
 
-fn scan_outputs(txn: &ReadTransaction, from: Seq, limit: Limit) -> Step<Vec<StoredOutput>> {
-    let mut out = Vec::with_capacity(limit.limit.min(4096));
+fn scan_outputs(txn: &ReadTransaction, from: Seq, limit: ScanLimit) -> Step<Vec<StoredOutput>> {
+    let mut out = Vec::with_capacity(limit.entries.min(4096));
     scan_live(txn, from, limit, Kind::Output, |seq, record| {
         let entry = decode_record::<OutputEntry>("blocks", seq, record)?;
         out.push(StoredOutput {
@@ -759,24 +729,16 @@ fn scan_outputs(txn: &ReadTransaction, from: Seq, limit: Limit) -> Step<Vec<Stor
     Ok(out)
 }
 
-/// How many entries a scan returns.
-#[derive(Debug, Clone, Copy)]
-struct Limit {
-    limit: usize,
-    /// Past `limit` to the end of the block it is reached in (see `scan_inputs_by_block`).
-    whole_blocks: bool,
-}
-
 /// Calls `each` with the live entries of `kind` from `from` on, in sequence order: at most
 /// `limit` of them, or with `whole_blocks` the blocks up to the one in which the limit is
 /// reached. Blocks with no such entry are not read.
 fn scan_live(
     txn: &ReadTransaction,
     from: Seq,
-    Limit {
-        limit,
+    ScanLimit {
+        entries: limit,
         whole_blocks,
-    }: Limit,
+    }: ScanLimit,
     kind: Kind,
     mut each: impl FnMut(u64, &[u8]) -> Step,
 ) -> Step {

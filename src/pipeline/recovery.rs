@@ -11,8 +11,8 @@
 //!
 //! Memory stays bounded whatever the backlog's size: the journal is read in batches of
 //! [`SCAN_BATCH`] entries and the rest of the block the batch ends in (a block is one commit's
-//! records, so each is read once), each batch is pushed into delivery's bounded queues (which wait when
-//! full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
+//! records, so each is read once), each batch is pushed into delivery's bounded queues (which
+//! wait when full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
 
 use std::sync::Arc;
 use std::time::Duration;
