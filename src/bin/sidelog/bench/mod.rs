@@ -322,6 +322,7 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
     let messages = args.messages.unwrap_or(u64::MAX);
     let started = tokio::time::Instant::now();
     let run = load(args, &target, label, rig.base, 0, duration, messages).await?;
+    run.report_lateness(label);
     // Let the sink receive everything acked (for the end-to-end figures; an error if it stops
     // short).
     let drained = if args.sink.is_none() {

@@ -135,6 +135,7 @@ pub(super) async fn run_peer(
         args.messages.unwrap_or(u64::MAX),
     )
     .await?;
+    run.report_lateness(&peer.label);
     let after = stream
         .info()
         .await
