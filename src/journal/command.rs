@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::error::{JournalError, Result};
 use super::types::{
-    DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs, Seq,
+    DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs, ScanLimit, Seq,
     StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 use crate::proto::Message;
@@ -172,15 +172,6 @@ impl Write {
             Write::SyncIfDirty => {}
         }
     }
-}
-
-/// How many entries a scan of inputs or outputs returns.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ScanLimit {
-    pub entries: usize,
-    /// Past `entries` to the end of the block they are reached in
-    /// ([`super::Journal::scan_inputs_by_block`]).
-    pub whole_blocks: bool,
 }
 
 /// A look at the journal, served from a read transaction after the group's commit.

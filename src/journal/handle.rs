@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::command::{Answer, Command, Read, Reply, ScanLimit, Write};
+use super::command::{Answer, Command, Read, Reply, Write};
 use super::config::JournalConfig;
 use super::error::{JournalError, Result};
 use super::store::{FileStore, JournalStore};
 use super::types::{
-    Backlog, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs, Seq,
-    SeqRange, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    Backlog, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs,
+    ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 use super::writer::Writer;
 use crate::proto::Message;
@@ -207,64 +207,28 @@ impl Journal {
         self.call(Command::Close).await
     }
 
-    /// Up to `limit` inputs with sequence ≥ `from`, in sequence order.
-    pub async fn scan_inputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredInput>> {
-        self.read(|reply| Read::ScanInputs {
-            from,
-            limit: ScanLimit {
-                entries: limit,
-                whole_blocks: false,
-            },
-            reply,
-        })
-        .await
-    }
-
-    /// Like [`Journal::scan_inputs`], but reads on to the end of the block in which `limit`
-    /// is reached, so that a caller scanning on reads each block once. A block holds one
-    /// commit's records (up to `journal.commit_max_records`, or one large request's): read
-    /// 1,024 entries at a time, a block of 20,000 was read 20 times (most of a replay's
-    /// journal time).
-    pub async fn scan_inputs_by_block(&self, from: Seq, limit: usize) -> Result<Vec<StoredInput>> {
-        self.read(|reply| Read::ScanInputs {
-            from,
-            limit: ScanLimit {
-                entries: limit,
-                whole_blocks: true,
-            },
-            reply,
-        })
-        .await
-    }
-
-    /// Up to `limit` outputs with sequence ≥ `from`, in sequence order.
-    pub async fn scan_outputs(&self, from: Seq, limit: usize) -> Result<Vec<StoredOutput>> {
-        self.read(|reply| Read::ScanOutputs {
-            from,
-            limit: ScanLimit {
-                entries: limit,
-                whole_blocks: false,
-            },
-            reply,
-        })
-        .await
-    }
-
-    /// [`Journal::scan_outputs`] to the end of a block, as [`Journal::scan_inputs_by_block`].
-    pub async fn scan_outputs_by_block(
+    /// Up to `limit` inputs with sequence ≥ `from`, in sequence order (or on to the end of a
+    /// block: [`ScanLimit::to_block_end`]).
+    pub async fn scan_inputs(
         &self,
         from: Seq,
-        limit: usize,
+        limit: impl Into<ScanLimit>,
+    ) -> Result<Vec<StoredInput>> {
+        let limit = limit.into();
+        self.read(|reply| Read::ScanInputs { from, limit, reply })
+            .await
+    }
+
+    /// Up to `limit` outputs with sequence ≥ `from`, in sequence order (or on to the end of a
+    /// block: [`ScanLimit::to_block_end`]).
+    pub async fn scan_outputs(
+        &self,
+        from: Seq,
+        limit: impl Into<ScanLimit>,
     ) -> Result<Vec<StoredOutput>> {
-        self.read(|reply| Read::ScanOutputs {
-            from,
-            limit: ScanLimit {
-                entries: limit,
-                whole_blocks: true,
-            },
-            reply,
-        })
-        .await
+        let limit = limit.into();
+        self.read(|reply| Read::ScanOutputs { from, limit, reply })
+            .await
     }
 
     /// Up to `limit` dead letters with sequence ≥ `from`, in sequence order.

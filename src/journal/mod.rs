@@ -117,6 +117,7 @@ pub use salvage::{SalvagedTable, salvage};
 pub use store::{FILE_NAME, FileStore, JournalStore, reserve_bytes};
 pub use types::{
     Backlog, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
-    RecordedOutputs, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput,
+    Summary,
 };
 pub use wal::WAL_FILE_NAME;

@@ -11,14 +11,14 @@ use redb::{
 };
 
 use super::block::{self, BlockBuilder, Head, Kind};
-use super::command::{Read, ScanLimit, Write};
+use super::command::{Read, Write};
 use super::config::JournalConfig;
 use super::error::Failure;
 use super::idlog::{self, IdLogBuilder, IdWindow};
 use super::record::{FILE_FORMAT, decode_record, encode_record};
 use super::types::{
     DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
-    RecordedOutputs, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 use super::wal::{self, BytesTable, Redo, Wal};
 use crate::proto::Message;

@@ -221,11 +221,32 @@ async fn a_scan_by_block_ends_with_its_block() {
         .unwrap();
     let lens = |v: &[StoredInput]| v.len();
     assert_eq!(lens(&j.scan_inputs(Seq(0), 3).await.unwrap()), 3);
-    assert_eq!(lens(&j.scan_inputs_by_block(Seq(0), 3).await.unwrap()), 10);
-    assert_eq!(lens(&j.scan_inputs_by_block(first[3], 3).await.unwrap()), 7);
-    assert_eq!(lens(&j.scan_inputs_by_block(Seq(0), 11).await.unwrap()), 20);
+    assert_eq!(
+        lens(
+            &j.scan_inputs(Seq(0), ScanLimit::to_block_end(3))
+                .await
+                .unwrap()
+        ),
+        10
+    );
+    assert_eq!(
+        lens(
+            &j.scan_inputs(first[3], ScanLimit::to_block_end(3))
+                .await
+                .unwrap()
+        ),
+        7
+    );
+    assert_eq!(
+        lens(
+            &j.scan_inputs(Seq(0), ScanLimit::to_block_end(11))
+                .await
+                .unwrap()
+        ),
+        20
+    );
     let scanned: Vec<Seq> = j
-        .scan_inputs_by_block(first[9], 1)
+        .scan_inputs(first[9], ScanLimit::to_block_end(1))
         .await
         .unwrap()
         .iter()
@@ -235,7 +256,7 @@ async fn a_scan_by_block_ends_with_its_block() {
     let first_output = outputs[0].output_seqs[0];
     assert_eq!(j.scan_outputs(first_output, 2).await.unwrap().len(), 2);
     assert_eq!(
-        j.scan_outputs_by_block(first_output, 2)
+        j.scan_outputs(first_output, ScanLimit::to_block_end(2))
             .await
             .unwrap()
             .len(),

@@ -149,3 +149,34 @@ pub struct SeqRange {
     pub from: Seq,
     pub to: Seq,
 }
+
+/// How many entries a scan of inputs or outputs returns: a count is an exact limit
+/// (`scan_inputs(from, 100)`); [`ScanLimit::to_block_end`] reads on to the end of the block
+/// the count is reached in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimit {
+    pub(super) entries: usize,
+    pub(super) whole_blocks: bool,
+}
+
+impl ScanLimit {
+    /// At least `entries`, then the rest of the block the last of them is in, so a caller
+    /// scanning on reads each block once. A block holds one commit's records (up to
+    /// `journal.commit_max_records`, or one large request's): replay read 1,024 entries at a
+    /// time, and a block of 20,000 was read 20 times (most of its journal time).
+    pub fn to_block_end(entries: usize) -> ScanLimit {
+        ScanLimit {
+            entries,
+            whole_blocks: true,
+        }
+    }
+}
+
+impl From<usize> for ScanLimit {
+    fn from(entries: usize) -> ScanLimit {
+        ScanLimit {
+            entries,
+            whole_blocks: false,
+        }
+    }
+}

@@ -23,7 +23,9 @@ use tracing::{info, warn};
 use super::handler::Call;
 use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
 use crate::delivery::DeliveryItem;
-use crate::journal::{InputState, JournalError, Seq, SeqRange, StoredInput, StoredOutput};
+use crate::journal::{
+    InputState, JournalError, ScanLimit, Seq, SeqRange, StoredInput, StoredOutput,
+};
 
 /// Journal entries read per scan, then on to the end of their block.
 pub const SCAN_BATCH: usize = 1024;
@@ -273,7 +275,9 @@ impl Replayer<'_> {
         let journal = self.pipeline.journal().clone();
         let mut cursor = from;
         loop {
-            let batch = retrying(|| journal.scan_outputs_by_block(cursor, SCAN_BATCH)).await?;
+            let batch =
+                retrying(|| journal.scan_outputs(cursor, ScanLimit::to_block_end(SCAN_BATCH)))
+                    .await?;
             let Some(last) = batch.last() else {
                 return Ok(());
             };
@@ -343,7 +347,9 @@ impl Replayer<'_> {
         };
         let mut cursor = from;
         loop {
-            let batch = retrying(|| journal.scan_inputs_by_block(cursor, SCAN_BATCH)).await?;
+            let batch =
+                retrying(|| journal.scan_inputs(cursor, ScanLimit::to_block_end(SCAN_BATCH)))
+                    .await?;
             let Some(last) = batch.last() else {
                 return Ok(());
             };
