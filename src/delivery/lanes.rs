@@ -159,10 +159,7 @@ async fn run_lane(
         // The messages move into the batch (cloning them, their headers map and strings, was
         // ~9 % of a replay's CPU); `items` keeps the rest, index for index, and gets them back
         // only on the rare paths that need them (dead letters, expiry).
-        let batch: Arc<[Message]> = items
-            .iter_mut()
-            .map(|i| std::mem::take(&mut i.message))
-            .collect();
+        let batch = take_messages(&mut items);
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
         in_flight.push_back(crate::runtime::spawn(deliver_with_retries(
@@ -254,10 +251,7 @@ async fn deliver_with_retries(
             if live.is_empty() {
                 return;
             }
-            batch = live
-                .iter_mut()
-                .map(|i| std::mem::take(&mut i.message))
-                .collect();
+            batch = take_messages(&mut live);
             items = live;
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +271,14 @@ async fn deliver_with_retries(
         attempt += 1;
         pending = sink.deliver(batch.clone());
     }
+}
+
+/// Moves the messages of `items` into a batch, index for index (the items keep the rest).
+fn take_messages(items: &mut [DeliveryItem]) -> Arc<[Message]> {
+    items
+        .iter_mut()
+        .map(|i| std::mem::take(&mut i.message))
+        .collect()
 }
 
 /// Puts the messages of `batch` back into `items` (the batch took them, index for index).
