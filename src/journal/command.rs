@@ -7,8 +7,8 @@ use tokio::sync::oneshot;
 
 use super::error::{JournalError, Result};
 use super::types::{
-    DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs, ScanLimit, Seq,
-    StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    Appended, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs,
+    ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 use crate::proto::Message;
 
@@ -70,7 +70,7 @@ pub(super) enum Write {
     AppendInputs {
         inputs: Vec<Message>,
         received_at_ms: i64,
-        answer: Answer<Vec<Seq>>,
+        answer: Answer<Appended>,
     },
     RecordOutputs {
         groups: Vec<OutputGroup>,
@@ -151,9 +151,16 @@ impl Write {
     /// Its commit returned: answers the caller with the outcome applied.
     pub(super) fn finish(self) {
         match self {
-            Write::AppendInputs { answer, .. }
-            | Write::DeadLetter { answer, .. }
-            | Write::Requeue { answer, .. } => answer.ok(),
+            Write::AppendInputs {
+                mut answer, inputs, ..
+            } => {
+                // Kept in the write until now: a failed commit is applied again after a reopen.
+                if let Some(appended) = answer.outcome.as_mut() {
+                    appended.inputs = inputs;
+                }
+                answer.ok()
+            }
+            Write::DeadLetter { answer, .. } | Write::Requeue { answer, .. } => answer.ok(),
             Write::RecordOutputs { answer, .. } => answer.ok(),
             Write::Complete { answer, .. } | Write::Sync { answer } => answer.ok(),
             Write::Purge { answer, .. } => answer.ok(),
@@ -163,9 +170,8 @@ impl Write {
 
     pub(super) fn fail(self, err: JournalError) {
         match self {
-            Write::AppendInputs { answer, .. }
-            | Write::DeadLetter { answer, .. }
-            | Write::Requeue { answer, .. } => answer.err(err),
+            Write::AppendInputs { answer, .. } => answer.err(err),
+            Write::DeadLetter { answer, .. } | Write::Requeue { answer, .. } => answer.err(err),
             Write::RecordOutputs { answer, .. } => answer.err(err),
             Write::Complete { answer, .. } | Write::Sync { answer } => answer.err(err),
             Write::Purge { answer, .. } => answer.err(err),

@@ -12,8 +12,9 @@ use super::config::JournalConfig;
 use super::error::{JournalError, Result};
 use super::store::{FileStore, JournalStore};
 use super::types::{
-    Backlog, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs,
-    ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    Appended, Backlog, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup,
+    RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput,
+    Summary,
 };
 use super::writer::Writer;
 use crate::proto::Message;
@@ -111,6 +112,19 @@ impl Journal {
         inputs: Vec<Message>,
         received_at_ms: i64,
     ) -> Result<Vec<Seq>> {
+        Ok(self
+            .append_inputs_returning(inputs, received_at_ms)
+            .await?
+            .seqs)
+    }
+
+    /// [`Journal::append_inputs`], handing the inputs back with their sequences: the publish
+    /// path passes them on to delivery without cloning each one for the writer.
+    pub async fn append_inputs_returning(
+        &self,
+        inputs: Vec<Message>,
+        received_at_ms: i64,
+    ) -> Result<Appended> {
         self.write(|answer| Write::AppendInputs {
             inputs,
             received_at_ms,
@@ -125,7 +139,7 @@ impl Journal {
         &self,
         inputs: Vec<Message>,
         received_at_ms: i64,
-    ) -> Result<oneshot::Receiver<Result<Vec<Seq>>>> {
+    ) -> Result<oneshot::Receiver<Result<Appended>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Write(Write::AppendInputs {

@@ -116,8 +116,8 @@ pub use record::{
 pub use salvage::{SalvagedTable, salvage};
 pub use store::{FILE_NAME, FileStore, JournalStore, reserve_bytes};
 pub use types::{
-    Backlog, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
-    RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput,
-    Summary,
+    Appended, Backlog, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter,
+    OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput,
+    StoredOutput, Summary,
 };
 pub use wal::WAL_FILE_NAME;

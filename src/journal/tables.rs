@@ -17,7 +17,7 @@ use super::error::Failure;
 use super::idlog::{self, IdLogBuilder, IdWindow};
 use super::record::{FILE_FORMAT, decode_record, encode_record};
 use super::types::{
-    DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
+    Appended, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
     RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 use super::wal::{self, BytesTable, Redo, Wal};
@@ -323,7 +323,10 @@ impl Tables<'_> {
                 inputs,
                 received_at_ms,
                 answer,
-            } => answer.set(self.append_inputs(inputs, *received_at_ms)?),
+            } => answer.set(Appended {
+                seqs: self.append_inputs(inputs, *received_at_ms)?,
+                inputs: Vec::new(),
+            }),
             Write::RecordOutputs { groups, answer, .. } => answer.set(self.record_outputs(groups)?),
             Write::Complete {
                 outputs,

@@ -31,6 +31,15 @@ impl Backlog {
     }
 }
 
+/// Appended inputs: their sequences, one per input in order, and the inputs themselves, handed
+/// back once the commit has returned so that a caller that goes on with them (to delivery)
+/// need not clone them before the append.
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub seqs: Vec<Seq>,
+    pub inputs: Vec<Message>,
+}
+
 /// Outputs to record for one input.
 #[derive(Debug, Clone)]
 pub struct OutputGroup {

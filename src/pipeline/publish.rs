@@ -16,7 +16,7 @@ use super::handler::{Call, HandleOutcome, HandlerRunner};
 use super::limits::Limits;
 use super::order::{KeyOrder, Turn};
 use crate::delivery::{Completion, Delivery, DeliveryItem};
-use crate::journal::{Journal, JournalError, OutputGroup, Seq};
+use crate::journal::{Appended, Journal, JournalError, OutputGroup, Seq};
 use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
 use crate::proto::{Ack, Message, ack};
 use crate::runtime::{Entropy, SharedClock};
@@ -324,10 +324,11 @@ impl Pipeline {
             (journaling, false) if self.handler.is_pass_through() => {
                 let turns: Vec<_> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
                 let journaled = journaling != InputJournaling::None;
-                let seqs = if journaled {
-                    self.journal.append_inputs(inputs.clone(), now).await?
+                let (seqs, inputs) = if journaled {
+                    let appended = self.journal.append_inputs_returning(inputs, now).await?;
+                    (appended.seqs, appended.inputs)
                 } else {
-                    vec![Seq(0); inputs.len()]
+                    (vec![Seq(0); inputs.len()], inputs)
                 };
                 after = inputs
                     .into_iter()
@@ -342,7 +343,8 @@ impl Pipeline {
                 seqs
             }
             (InputJournaling::BeforeHandler, _) => {
-                let seqs = self.journal.append_inputs(inputs.clone(), now).await?;
+                let Appended { seqs, inputs } =
+                    self.journal.append_inputs_returning(inputs, now).await?;
                 for (message, seq) in inputs.into_iter().zip(&seqs) {
                     let turn = self.order.take(&message.key);
                     self.spawn_continuation(message, InputSeq::Known(*seq), Call::Live, turn);
@@ -363,7 +365,7 @@ impl Pipeline {
                     let turn = self.order.take(&message.key);
                     self.spawn_continuation(message, InputSeq::Pending(rx), Call::Live, turn);
                 }
-                let seqs = write.await.map_err(|_| JournalError::Closed)??;
+                let seqs = write.await.map_err(|_| JournalError::Closed)??.seqs;
                 for (tx, seq) in seq_senders.into_iter().zip(&seqs) {
                     // A continuation that ended early no longer needs its sequence.
                     let _ = tx.send(*seq);
