@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sidelog::proto::Message;
 use sidelog::runtime::BoxFuture;
-use sidelog::sink::{SEQ_HEADER, Sink, SinkError};
+use sidelog::sink::{Batch, SEQ_HEADER, Sink, SinkError};
 use sidelog::{Handler, HandlerError};
 
 use crate::net::{Hop, LOST_AFTER, Link};
@@ -98,7 +98,7 @@ pub(crate) struct SimSink {
 }
 
 impl Sink for SimSink {
-    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
         let fate = self.link.fate();
         let (link, hop, stored) = (self.link.clone(), self.hop.clone(), self.stored.clone());
         Box::pin(async move {
@@ -130,7 +130,7 @@ impl Sink for SimSink {
             {
                 let mut s = stored.lock().expect("never held across a panic");
                 for _ in 0..copies {
-                    for m in batch.iter() {
+                    for m in batch.messages.iter() {
                         s.push(Stored {
                             id: m.id.clone(),
                             key: m.key.clone(),

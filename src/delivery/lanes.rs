@@ -14,9 +14,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
 use super::{Completion, DeliveryConfig, DeliveryItem};
-use crate::proto::Message;
 use crate::runtime::Entropy;
-use crate::sink::Sink;
+use crate::sink::{Batch, Sink, set_seq_header};
 
 /// The sending side of delivery.
 #[derive(Clone)]
@@ -159,7 +158,7 @@ async fn run_lane(
         // The messages move into the batch (cloning them, their headers map and strings, was
         // ~9 % of a replay's CPU); `items` keeps the rest, index for index, and gets them back
         // only on the rare paths that need them (dead letters, expiry).
-        let batch = take_messages(&mut items);
+        let batch = take_batch(&mut items, sink.writes_seq_header());
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
         in_flight.push_back(crate::runtime::spawn(deliver_with_retries(
@@ -193,7 +192,7 @@ fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
 
 async fn deliver_with_retries(
     first_attempt: crate::runtime::BoxFuture<'static, Result<(), crate::sink::SinkError>>,
-    mut batch: Arc<[Message]>,
+    mut batch: Batch,
     mut items: Vec<DeliveryItem>,
     sink: Arc<dyn Sink>,
     completion: Arc<Completion>,
@@ -251,7 +250,7 @@ async fn deliver_with_retries(
             if live.is_empty() {
                 return;
             }
-            batch = take_messages(&mut live);
+            batch = take_batch(&mut live, sink.writes_seq_header());
             items = live;
         }
         completion.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -273,18 +272,31 @@ async fn deliver_with_retries(
     }
 }
 
-/// Moves the messages of `items` into a batch, index for index (the items keep the rest).
-fn take_messages(items: &mut [DeliveryItem]) -> Arc<[Message]> {
-    items
+/// Moves the messages of `items` into a batch, index for index (the items keep the rest), each
+/// with its `sidelog-seq` header unless the sink writes that itself.
+fn take_batch(items: &mut [DeliveryItem], sink_writes_seq: bool) -> Batch {
+    let seqs: Arc<[Option<u64>]> = items.iter().map(|i| i.seq().map(|s| s.0)).collect();
+    let messages = items
         .iter_mut()
-        .map(|i| std::mem::take(&mut i.message))
-        .collect()
+        .map(|i| {
+            let mut message = std::mem::take(&mut i.message);
+            if let (false, Some(seq)) = (sink_writes_seq, i.seq()) {
+                set_seq_header(&mut message, seq.0);
+            }
+            message
+        })
+        .collect();
+    Batch { messages, seqs }
 }
 
-/// Puts the messages of `batch` back into `items` (the batch took them, index for index).
-fn restore_messages(items: &mut [DeliveryItem], batch: &[Message]) {
+/// Puts the messages of `batch` back into `items` (the batch took them, index for index), each
+/// with its `sidelog-seq` header: a dead letter keeps the sequence it was delivered under.
+fn restore_messages(items: &mut [DeliveryItem], batch: &Batch) {
     debug_assert_eq!(items.len(), batch.len());
-    for (item, message) in items.iter_mut().zip(batch) {
+    for (item, message) in items.iter_mut().zip(batch.messages.iter()) {
         item.message = message.clone();
+        if let Some(seq) = item.seq() {
+            set_seq_header(&mut item.message, seq.0);
+        }
     }
 }

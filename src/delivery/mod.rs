@@ -30,8 +30,8 @@ pub use lanes::Delivery;
 /// One output on its way to the sink.
 #[derive(Debug, Clone)]
 pub struct DeliveryItem {
-    /// The message, with its `sidelog-seq` header set. Its lane moves it into the batch it
-    /// sends (empty here from then on).
+    /// The message. Its lane moves it into the batch it sends (empty here from then on), with
+    /// its `sidelog-seq` header set unless the sink writes that itself.
     pub message: Message,
     /// Its entry in the journal's `outputs`, removed once delivered (sbml, hml).
     pub output_seq: Option<Seq>,
@@ -46,6 +46,12 @@ pub struct DeliveryItem {
 }
 
 impl DeliveryItem {
+    /// The journal sequence it is delivered under (its `sidelog-seq`): the output's, or, for a
+    /// pass-through input, the input's; `None` in mode `none`.
+    pub(super) fn seq(&self) -> Option<Seq> {
+        self.output_seq.or(self.input_seq)
+    }
+
     pub(super) fn size(&self) -> usize {
         self.message.payload.len() + self.message.id.len() + self.message.key.len() + 16
     }

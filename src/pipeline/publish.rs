@@ -20,7 +20,6 @@ use crate::journal::{Appended, Journal, JournalError, OutputGroup, Seq};
 use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
 use crate::proto::{Ack, Message, ack};
 use crate::runtime::{Entropy, SharedClock};
-use crate::sink::SEQ_HEADER;
 
 /// The front door a request came in by, a label (`door`) on the intake metrics. gRPC-Web
 /// arrives through the gRPC service and counts as `grpc`.
@@ -648,19 +647,14 @@ impl Pipeline {
         }
     }
 
-    /// Queues one output for delivery with its `sidelog-seq` header.
-    pub async fn send(&self, mut message: Message, out: Outgoing) {
+    /// Queues one output for delivery (its lane gives it its `sidelog-seq` header).
+    pub async fn send(&self, message: Message, out: Outgoing) {
         let Outgoing {
             output_seq,
             input_seq,
             memory_bytes,
             replayed,
         } = out;
-        if let Some(seq) = output_seq.or(input_seq) {
-            message
-                .headers
-                .insert(SEQ_HEADER.to_owned(), seq.0.to_string());
-        }
         let item = DeliveryItem {
             message,
             output_seq,

@@ -1,7 +1,9 @@
 //! The sink hop: the next tier that outputs are delivered to.
 //!
-//! [`Sink`] is the seam: `deliver` a batch, `Ok` once the next tier acked all of it. Every
-//! delivered message carries its journal sequence in the [`SEQ_HEADER`] header.
+//! [`Sink`] is the seam: `deliver` a [`Batch`], `Ok` once the next tier acked all of it. Every
+//! delivered message carries its journal sequence in the [`SEQ_HEADER`] header: delivery puts
+//! it into the message, or, for a sink that [writes it itself](Sink::writes_seq_header), the
+//! sink puts it on the wire from [`Batch::seqs`].
 //!
 //! - `--sink http://host:port`: a gRPC `sidelog.v1.Sink` served by the next tier (`grpc.rs`);
 //! - `--sink nats://…`: a NATS JetStream stream (`nats.rs`);
@@ -33,9 +35,47 @@ pub use open::{OpenedSink, SinkSettings, SinkTarget, open};
 
 /// The header every delivered message carries: its journal sequence.
 pub const SEQ_HEADER: &str = "sidelog-seq";
+/// Puts `seq` into `message`'s [`SEQ_HEADER`], replacing one it came with.
+pub fn set_seq_header(message: &mut Message, seq: u64) {
+    message
+        .headers
+        .insert(SEQ_HEADER.to_owned(), seq.to_string());
+}
+
 /// The journal sequence a delivered message carries in [`SEQ_HEADER`], if any.
 pub fn sequence_of(message: &Message) -> Option<u64> {
     message.headers.get(SEQ_HEADER)?.parse().ok()
+}
+
+/// What one `deliver` sends: messages, and each one's journal sequence.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub messages: Arc<[Message]>,
+    /// Index for index with `messages`; `None` for a message never journaled (mode `none`).
+    /// Each one is in its message's [`SEQ_HEADER`] too, unless the sink
+    /// [writes it itself](Sink::writes_seq_header).
+    pub seqs: Arc<[Option<u64>]>,
+}
+
+/// A batch of messages that carry their sequences in their headers already.
+impl From<Vec<Message>> for Batch {
+    fn from(messages: Vec<Message>) -> Self {
+        let seqs = messages.iter().map(sequence_of).collect();
+        Batch {
+            messages: messages.into(),
+            seqs,
+        }
+    }
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
 }
 
 /// Why a delivery failed. Always retryable: the whole batch is sent again.
@@ -54,7 +94,15 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch: `Ok` means every message in it is acked by the next tier, an error
     /// means none is (the batch is retried). Work that fixes the batch's place in the sink's
     /// order happens before the future is returned, so calls made in order are taken in order.
-    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>>;
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>>;
+
+    /// Whether the sink writes each message's [`SEQ_HEADER`] itself, from [`Batch::seqs`], as it
+    /// encodes the message. Otherwise (the default) delivery inserts it into every message's
+    /// headers before the batch is made: two strings and a map node per message, which the
+    /// gRPC sink saves by encoding the header straight onto the wire.
+    fn writes_seq_header(&self) -> bool {
+        false
+    }
 
     /// Batches one delivery lane may have awaiting their ack at once. 1 keeps per-key order
     /// strict; a sink that takes batches in call order can allow more.

@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use tracing::{info, warn};
 
-use super::{Sink, SinkError, SinkSetupError};
+use super::{Batch, Sink, SinkError, SinkSetupError};
 use crate::proto::Message;
 use crate::runtime::BoxFuture;
 
@@ -298,12 +298,12 @@ fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
 }
 
 impl Sink for NatsSink {
-    fn deliver(&self, batch: Arc<[Message]>) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
         let this = self.clone();
         Box::pin(async move {
             let publish_all = async {
                 let mut acks = Vec::with_capacity(batch.len());
-                for m in batch.iter() {
+                for m in batch.messages.iter() {
                     let publish = PublishMessage::build()
                         .payload(m.payload.clone())
                         .headers(headers(m)?);
