@@ -154,7 +154,8 @@ impl Write {
             Write::AppendInputs {
                 mut answer, inputs, ..
             } => {
-                // Kept in the write until now: a failed commit is applied again after a reopen.
+                // The inputs stay in the write until its commit has returned and go back with
+                // the outcome; a failed write drops them with its error.
                 if let Some(appended) = answer.outcome.as_mut() {
                     appended.inputs = inputs;
                 }

@@ -428,38 +428,33 @@ pub(super) struct Pacer {
 impl Pacer {
     /// Starts the pacing thread; it ends once every handle is dropped.
     fn start() -> Arc<Pacer> {
-        use std::cmp::Reverse;
         use std::sync::mpsc::RecvTimeoutError;
         type Wake = (Instant, tokio::sync::oneshot::Sender<()>);
         let (wakes, rx) = std::sync::mpsc::channel::<Wake>();
         std::thread::Builder::new()
             .name("bench-pacer".into())
             .spawn(move || {
-                // Earliest first; the counter keeps equal times in arrival order (and the
-                // senders, which cannot be compared, out of the ordering).
-                let mut due = std::collections::BinaryHeap::new();
-                let mut waiting = std::collections::HashMap::new();
-                let mut next_id: u64 = 0;
+                // Whom to wake, by (when, arrival order).
+                let mut due = std::collections::BTreeMap::new();
+                let mut arrivals: u64 = 0;
                 loop {
                     let now = Instant::now();
-                    while let Some(&Reverse((at, id))) = due.peek() {
+                    while let Some(entry) = due.first_entry() {
+                        let &(at, _) = entry.key();
                         if at > now {
                             break;
                         }
-                        due.pop();
-                        let tx: tokio::sync::oneshot::Sender<()> =
-                            waiting.remove(&id).expect("every due entry is waiting");
+                        let tx: tokio::sync::oneshot::Sender<()> = entry.remove();
                         let _ = tx.send(());
                     }
-                    let received = match due.peek() {
-                        Some(&Reverse((at, _))) => rx.recv_timeout(at - now),
+                    let received = match due.keys().next() {
+                        Some(&(at, _)) => rx.recv_timeout(at - now),
                         None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                     };
                     match received {
                         Ok((at, tx)) => {
-                            due.push(Reverse((at, next_id)));
-                            waiting.insert(next_id, tx);
-                            next_id += 1;
+                            due.insert((at, arrivals), tx);
+                            arrivals += 1;
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
