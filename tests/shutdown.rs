@@ -121,7 +121,17 @@ async fn sigterm_with_the_sink_down_exits_at_the_deadline_and_loses_nothing() {
         })
         .await
         .expect_err("no intake while shutting down");
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // Refused by the pipeline (UNAVAILABLE), or by the connection closing under the request:
+    // the server's HTTP/2 GOAWAY, sent as intake closes, can reach the client first. Either
+    // way the message is not taken (checked at the end: it is never delivered).
+    let closed = matches!(
+        refused.code(),
+        tonic::Code::Cancelled | tonic::Code::Unknown
+    ) && format!("{refused:?}").contains("connection closed");
+    assert!(
+        refused.code() == tonic::Code::Unavailable || closed,
+        "{refused:?}"
+    );
     common::poll_until(
         Duration::from_secs(10),
         || "the listener is still open".into(),
