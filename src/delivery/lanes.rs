@@ -275,18 +275,23 @@ async fn deliver_with_retries(
 /// Moves the messages of `items` into a batch, index for index (the items keep the rest), each
 /// with its `sidelog-seq` header unless the sink writes that itself.
 fn take_batch(items: &mut [DeliveryItem], sink_writes_seq: bool) -> Batch {
-    let seqs: Arc<[Option<u64>]> = items.iter().map(|i| i.seq().map(|s| s.0)).collect();
+    let mut seqs = Vec::with_capacity(items.len());
     let messages = items
         .iter_mut()
         .map(|i| {
+            let seq = i.seq().map(|s| s.0);
+            seqs.push(seq);
             let mut message = std::mem::take(&mut i.message);
-            if let (false, Some(seq)) = (sink_writes_seq, i.seq()) {
-                set_seq_header(&mut message, seq.0);
+            if let (false, Some(seq)) = (sink_writes_seq, seq) {
+                set_seq_header(&mut message, seq);
             }
             message
         })
         .collect();
-    Batch { messages, seqs }
+    Batch {
+        messages,
+        seqs: seqs.into(),
+    }
 }
 
 /// Puts the messages of `batch` back into `items` (the batch took them, index for index), each

@@ -34,7 +34,7 @@ impl Backlog {
 /// Appended inputs: their sequences, one per input in order, and the inputs themselves, handed
 /// back once the commit has returned so that a caller that goes on with them (to delivery)
 /// need not clone them before the append.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Appended {
     pub seqs: Vec<Seq>,
     pub inputs: Vec<Message>,

@@ -79,8 +79,9 @@ struct Encoded {
     /// A copy with the header replaced, when the message came with a `sidelog-seq` of its own
     /// (the rare slow path: a producer set it); otherwise the message is encoded as it is.
     replaced: Option<Message>,
-    /// The header to write after the message's fields, if any.
-    seq: Option<u64>,
+    /// The header to write after the message's fields, if any: the sequence, and the length of
+    /// its map entry.
+    seq_entry: Option<(u64, usize)>,
     /// The whole encoded length, header included.
     len: usize,
 }
@@ -111,17 +112,24 @@ impl SharedDeliverRequest {
                         Encoded {
                             len: replaced.encoded_len(),
                             replaced: Some(replaced),
-                            seq: None,
+                            seq_entry: None,
                         }
                     }
-                    Some(seq) => Encoded {
-                        replaced: None,
-                        seq: Some(seq),
-                        len: message.encoded_len() + seq_entry_len(seq).1,
-                    },
+                    Some(seq) => {
+                        use prost::encoding::{encoded_len_varint, key_len};
+                        let entry = seq_entry_len(seq);
+                        Encoded {
+                            replaced: None,
+                            seq_entry: Some((seq, entry)),
+                            len: message.encoded_len()
+                                + key_len(HEADERS_FIELD)
+                                + encoded_len_varint(entry as u64)
+                                + entry,
+                        }
+                    }
                     None => Encoded {
                         replaced: None,
-                        seq: None,
+                        seq_entry: None,
                         len: message.encoded_len(),
                     },
                 })
@@ -130,20 +138,17 @@ impl SharedDeliverRequest {
     }
 }
 
-/// The `sidelog-seq` map entry's length: its own, and with its field key and length prefix.
-fn seq_entry_len(seq: u64) -> (usize, usize) {
+/// The length of the `sidelog-seq` map entry (key and value, without its own field key and
+/// length prefix).
+fn seq_entry_len(seq: u64) -> usize {
     use prost::encoding::{encoded_len_varint, key_len};
     let value_len = itoa::Buffer::new().format(seq).len();
-    let entry = key_len(1)
+    key_len(1)
         + encoded_len_varint(SEQ_HEADER.len() as u64)
         + SEQ_HEADER.len()
         + key_len(2)
         + encoded_len_varint(value_len as u64)
-        + value_len;
-    (
-        entry,
-        key_len(HEADERS_FIELD) + encoded_len_varint(entry as u64) + entry,
-    )
+        + value_len
 }
 
 impl prost::Message for SharedDeliverRequest {
@@ -158,9 +163,9 @@ impl prost::Message for SharedDeliverRequest {
             encode_key(1, WireType::LengthDelimited, buf);
             encode_varint(encoded.len as u64, buf);
             encoded.replaced.as_ref().unwrap_or(message).encode_raw(buf);
-            if let Some(seq) = encoded.seq {
+            if let Some((seq, entry_len)) = encoded.seq_entry {
                 encode_key(HEADERS_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(seq_entry_len(seq).0 as u64, buf);
+                encode_varint(entry_len as u64, buf);
                 delimited(1, SEQ_HEADER.as_bytes(), buf);
                 delimited(2, itoa::Buffer::new().format(seq).as_bytes(), buf);
             }
