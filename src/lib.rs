@@ -43,7 +43,7 @@ pub use pipeline::{
     Call, Claim, ClaimOutcome, DedupWindow, Door, Handler, HandlerError, IngestError, PassThrough,
     Pipeline, ReplayOptions, ReplayStats, replay,
 };
-pub use server::serve;
+pub use server::{ThisStart, serve};
 pub use service::{AdminService, MAX_LIST_LIMIT};
 
 /// Generated protobuf code, laid out by package as prost's cross-package paths expect.

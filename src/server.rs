@@ -41,10 +41,20 @@ struct Running {
     task: ServerTask,
 }
 
+/// What one start is told beside its configuration: choices that must not outlive it (a
+/// configuration file would repeat them at every start).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThisStart {
+    /// `--discard-wal`: a redo log that would refuse the start has its unusable frames
+    /// discarded (counted in the log) instead.
+    pub discard_wal: bool,
+}
+
 /// Runs `serve` until `shutdown` resolves. `on_listening` learns the bound address (useful with
 /// port 0).
 pub async fn serve(
     config: Config,
+    this_start: ThisStart,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -54,7 +64,7 @@ pub async fn serve(
         crate::metrics::install(addr)?;
         info!(addr = %addr, "serving metrics");
     }
-    let opened = open_journal(&config, clock.clone()).await?;
+    let opened = open_journal(&config, this_start, clock.clone()).await?;
     let (hops, readback) = open_hops(&config, clock.clone(), &entropy).await?;
     let node = opened.assemble(&config, hops, clock.clone(), entropy);
     let Node {
@@ -110,9 +120,7 @@ pub async fn serve(
         if let Some(mqtt) = mqtt {
             mqtt.stop().await;
         }
-        crate::journal::flush(journal, FLUSH_TIMEOUT)
-            .await
-            .context("final journal sync")?;
+        close_journal(journal).await?;
         return Ok(());
     }
     pipeline.set_serving(true);
@@ -170,21 +178,33 @@ async fn start_http(
     Ok(Some(HttpRunning { stop, task }))
 }
 
-/// The variable that plants the skipped-fsync bug in a real `serve`: the journal's fsync returns
-/// without syncing, so acks come before durability. A SIGKILL cannot see it (the page cache
-/// keeps the writes); the power-loss test must (tests/services/power_loss.rs). Never set it
-/// otherwise.
+/// The variable that plants the skipped-fsync bug in a debug build's `serve`: the journal's
+/// fsync returns without syncing, so acks come before durability. A SIGKILL cannot see it (the
+/// page cache keeps the writes); the power-loss test must (tests/services/power_loss.rs).
+/// Release builds, what users run, ignore it and say so.
 pub const UNSAFE_SKIP_FSYNC: &str = "SIDELOG_UNSAFE_SKIP_FSYNC";
 
 /// Opens the journal in `--data-dir` and reads back its dedup window.
-async fn open_journal(config: &Config, clock: SharedClock) -> anyhow::Result<Opened> {
+async fn open_journal(
+    config: &Config,
+    this_start: ThisStart,
+    clock: SharedClock,
+) -> anyhow::Result<Opened> {
     let mut journal = crate::node::journal_config(config);
+    journal.discard_wal = this_start.discard_wal;
     if std::env::var_os(UNSAFE_SKIP_FSYNC).is_some_and(|v| v == "1") {
-        tracing::error!(
-            "{UNSAFE_SKIP_FSYNC}=1: the journal is never fsynced, so a power loss loses \
-             acknowledged messages; this exists only to test the power-loss test"
-        );
-        journal.unsafe_skip_fsync = true;
+        if cfg!(debug_assertions) {
+            tracing::error!(
+                "{UNSAFE_SKIP_FSYNC}=1: the journal is never fsynced, so a power loss loses \
+                 acknowledged messages; this exists only to test the power-loss test"
+            );
+            journal.unsafe_skip_fsync = true;
+        } else {
+            tracing::warn!(
+                "{UNSAFE_SKIP_FSYNC}=1 is ignored: only debug builds honour it (the journal is \
+                 fsynced as always)"
+            );
+        }
     }
     let open = async {
         let store = FileStore::in_dir(&config.data_dir, &journal)?;
@@ -200,6 +220,7 @@ async fn open_journal(config: &Config, clock: SharedClock) -> anyhow::Result<Ope
                  start on an empty journal in its place)"
             }
             JournalError::Format { .. } => "; it was written by another version of sidelog",
+            JournalError::WalRefused { .. } => "",
             JournalError::InUse { .. } => {
                 "; another sidelog is running on this data directory: stop it, or give this one \
                  another --data-dir"
@@ -465,11 +486,19 @@ async fn stop(
         // Admin calls are short; one still open at this point is cut with the process.
         drop(tokio::time::timeout(Duration::from_secs(1), admin.task).await);
     }
-    crate::journal::flush(&node.journal, FLUSH_TIMEOUT)
-        .await
-        .context("final journal sync")?;
+    close_journal(&node.journal).await?;
     info!("stopped");
     Ok(())
+}
+
+/// The journal's last act of a clean stop: what is pending is made durable, the redo log is
+/// checkpointed, and the log's header records the stop, so that the next start neither
+/// replays the log nor rewrites the journal through.
+async fn close_journal(journal: &crate::journal::Journal) -> anyhow::Result<()> {
+    match tokio::time::timeout(FLUSH_TIMEOUT, journal.close()).await {
+        Ok(result) => result.context("closing the journal"),
+        Err(_) => anyhow::bail!("closing the journal took longer than {FLUSH_TIMEOUT:?}"),
+    }
 }
 
 /// Serves the admin service on `addr` (same TLS and token as ingest) until told to stop.

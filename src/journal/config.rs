@@ -9,6 +9,13 @@ pub struct JournalConfig {
     pub sync_interval_ms: u64,
     /// Size of the redo log (`wal.rs`); 0: none, durable commits fsync the database.
     pub wal_bytes: u64,
+    /// For this start only: a redo log that would refuse the open (another journal's, newer
+    /// than the journal, damaged where it was durable) has its unusable frames discarded,
+    /// counted in the log, instead (`serve --discard-wal`).
+    pub discard_wal: bool,
+    /// Seeds the journal's identity and the redo log's salts; `None`: the operating system's
+    /// randomness (production). The simulator seeds it, so that its runs repeat.
+    pub entropy_seed: Option<u64>,
     /// Message ids the dedup window keeps at most.
     pub dedup_window_count: u64,
     /// Age after which a message id leaves the dedup window.
@@ -40,6 +47,8 @@ impl Default for JournalConfig {
             commit_max_records: 8192,
             sync_interval_ms: 1000,
             wal_bytes: 32 << 20,
+            discard_wal: false,
+            entropy_seed: None,
             dedup_window_count: 100_000,
             dedup_window_age_ms: 3_600_000,
             max_file_bytes: None,

@@ -32,6 +32,10 @@ pub enum JournalError {
     /// The writer has stopped. Not retryable in this process.
     #[error("journal is closed")]
     Closed,
+    /// The redo log beside the journal cannot be applied to it (another journal's, newer than
+    /// it, or damaged where it was durable). Not retryable: an operator must decide.
+    #[error("the redo log {path} is not applied: {reason}")]
+    WalRefused { path: PathBuf, reason: String },
     /// Another process (a running sidelog) has the file open.
     #[error("journal {path} is in use by another process (a running sidelog)")]
     InUse { path: PathBuf },

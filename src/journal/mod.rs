@@ -120,4 +120,8 @@ pub use types::{
     OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput,
     StoredOutput, Summary,
 };
-pub use wal::WAL_FILE_NAME;
+pub use wal::Format as WalFormat;
+pub use wal::{
+    DbFingerprint, FileHeader, FrameHeader, FrameInfo, WAL_FILE_NAME, WalReport, read_report,
+    read_wal,
+};

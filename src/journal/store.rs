@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::config::JournalConfig;
 use super::error::{Failure, JournalError, Result};
 use super::record::FILE_FORMAT;
-use super::tables::{META, META_FORMAT};
+use super::tables::{META, META_FORMAT, META_JOURNAL_ID};
 
 /// The file name of the journal inside the data directory.
 pub const FILE_NAME: &str = "journal.redb";
@@ -33,7 +33,8 @@ pub trait JournalStore: Send + 'static {
     fn create_temp(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
     /// Makes the temporary file the journal file, atomically and durably.
     fn publish_temp(&self) -> std::io::Result<()>;
-    /// A backend for the redo log (`journal.wal`), created empty (and durably) when missing.
+    /// A backend for the redo log (`journal.wal`), created empty (and durably) when missing,
+    /// and held by this process alone (`ResourceBusy` when another has it).
     fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>>;
     /// Bytes the journal file may still grow by: its disk's free space, and what its size
     /// limit leaves.
@@ -148,16 +149,26 @@ impl JournalStore for FileStore {
 
     fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
         let path = self.wal_path();
-        let created = !path.try_exists()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if created {
-            crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        }
+        // One process at a time: the lock is taken before anything is read or written, and
+        // held as long as the file is open.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| match e {
+                rustix::io::Errno::WOULDBLOCK => std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!("{} is locked by another process", path.display()),
+                ),
+                e => std::io::Error::from(e),
+            },
+        )?;
+        // Whether this open or an earlier one that crashed before its own sync created the
+        // file, its directory entry is made durable before a frame in it can be acknowledged.
+        crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         // Not under the journal's size limit: the log is allocated once, at its full size.
         Ok(Box::new(QuotaBackend {
@@ -189,8 +200,8 @@ pub(super) enum Rewrite {
 /// data read from the cache, written back, then fsynced): a failed fsync may have dropped pages
 /// on their way to the disk while the page cache still shows them (Linux after a writeback
 /// error), and a later fsync would succeed without them. Writing the cache again makes the disk
-/// hold what redb builds on. Pages of zeros are skipped: they are holes of the sparse file, and
-/// writing them would take space a full disk does not have.
+/// hold what redb builds on. A start after a clean stop skips it (the redo log's header holds
+/// the fingerprint the stop left, `wal.rs`); so does the open that creates the file.
 ///
 /// The rewrite comes before redb's first change to the file, whenever that is: redb may repair
 /// and commit while it opens, and a commit on top of pages the disk never got, made durable
@@ -201,11 +212,15 @@ pub(super) fn open_database(
     path: &Path,
     fsync: Fsync,
     rewrite: Rewrite,
+    identity: u64,
 ) -> Result<Database> {
     let io = |e: std::io::Error| JournalError::from_io(&e);
+    let mut rewrite = rewrite;
     if !store.exists().map_err(io)? {
-        create_database(store).map_err(|e| e.at(path))?;
+        create_database(store, identity).map_err(|e| e.at(path))?;
         info!(path = %path.display(), "created a new journal");
+        // Written and synced just now by this process: the disk holds what the cache shows.
+        rewrite = Rewrite::No;
     }
     let backend = store.open().map_err(io)?;
     let corrupted = |reason: String| JournalError::Corrupted {
@@ -259,8 +274,14 @@ pub(super) fn open_database(
 const CACHE_BYTES: usize = 32 << 20;
 
 /// Reads the whole file and writes it back, then fsyncs: what the page cache shows becomes
-/// what the disk holds.
-fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<()> {
+/// what the disk holds. Returns the bytes rewritten.
+///
+/// Pages of zeros are written too: a page that a commit rewrote to zeros, whose write-back
+/// failed, would otherwise keep its old bytes on the disk. A page of zeros whose write fails
+/// for lack of space is a hole of the sparse file (ext4 and xfs need a new block only for a
+/// hole; an allocated block is overwritten in place): a hole reads as zeros whatever happens,
+/// so it is left as it is.
+fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<u64> {
     const STEP: u64 = 1 << 20;
     const PAGE: usize = 4096;
     let len = backend.len()?;
@@ -270,17 +291,21 @@ fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<()> {
         let n = STEP.min(len - offset) as usize;
         backend.read(offset, &mut buf[..n])?;
         for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-            if page.iter().any(|b| *b != 0) {
-                backend.write(offset + (i * PAGE) as u64, page)?;
+            let at = offset + (i * PAGE) as u64;
+            match backend.write(at, page) {
+                Err(e) if page.iter().all(|b| *b == 0) && JournalError::from_io(&e).is_full() => {}
+                other => other?,
             }
         }
         offset += n as u64;
     }
-    backend.sync_data()
+    backend.sync_data()?;
+    Ok(len)
 }
 
-/// A new journal: built and synced under a temporary name, then renamed into place.
-fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure> {
+/// A new journal with this identity: built and synced under a temporary name, then renamed
+/// into place.
+fn create_database(store: &dyn JournalStore, identity: u64) -> std::result::Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
     let db = redb::Builder::new().create_with_backend(BoxedBackend(
         Arc::from(store.create_temp().map_err(io)?),
@@ -291,7 +316,11 @@ fn create_database(store: &dyn JournalStore) -> std::result::Result<(), Failure>
         Arc::new(PendingRewrite::new(Rewrite::No, Path::new("(new journal)"))),
     ))?;
     let txn = db.begin_write()?;
-    txn.open_table(META)?.insert(META_FORMAT, FILE_FORMAT)?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_FORMAT, FILE_FORMAT)?;
+        meta.insert(META_JOURNAL_ID, identity)?;
+    }
     txn.commit()?;
     drop(db);
     store.publish_temp().map_err(io)
@@ -412,8 +441,14 @@ impl PendingRewrite {
         if !self.needed.load(Ordering::Acquire) {
             return Ok(());
         }
+        let started = tokio::time::Instant::now();
         match rewrite_through(inner) {
-            Ok(()) => {}
+            Ok(bytes) => info!(
+                path = %self.path.display(),
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "rewrote the journal through (the last stop was not clean): what the page cache shows is what the disk holds"
+            ),
             Err(e) if self.kind == Rewrite::AtStart && JournalError::from_io(&e).is_full() => {
                 warn!(path = %self.path.display(), error = %e, "cannot rewrite the journal through at start (the disk is full); going on without");
             }

@@ -20,7 +20,7 @@ use super::types::{
     Appended, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
     RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
-use super::wal::{self, BytesTable, Redo, Wal};
+use super::wal::{self, BytesTable, Recovered, Redo, Refusal, Wal};
 use crate::proto::Message;
 use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
 
@@ -39,6 +39,8 @@ const META_BACKLOG_ENTRIES: &str = "backlog_entries";
 pub(super) const META_WAL_EPOCH: &str = "wal_epoch";
 /// How many of that epoch's frames this state holds (each logged commit counts itself).
 pub(super) const META_WAL_FRAMES: &str = "wal_frames";
+/// The journal's identity: random, made with the database; the redo log's frames carry it.
+pub(super) const META_JOURNAL_ID: &str = "journal_id";
 
 /// Dedup log values (one per past commit) evicted at most per commit, so that age-based
 /// eviction catches up without making one transaction unboundedly large.
@@ -55,16 +57,32 @@ pub(super) struct FileState {
     pub max_key: u64,
     /// The dedup log's ids, per value.
     pub ids: IdWindow,
+    /// The journal's identity (made now for a file that had none).
+    pub identity: u64,
     /// The epoch the redo log's next frames carry (the file's, after any replay).
     pub wal_epoch: u64,
     /// Frames of the redo log applied while opening.
     pub replayed_frames: usize,
+    /// What reading the log found.
+    pub recovered: Recovered,
+    /// A log that was refused and, as the start was told, discarded.
+    pub discarded: Option<Refusal>,
+}
+
+/// How an open treats the redo log beside the database.
+pub(super) struct LogAtOpen<'a> {
+    pub wal: &'a Wal,
+    /// The identity a database that has none gets (one made before identities, or new).
+    pub new_identity: u64,
+    /// Discard the frames of a log that would refuse the open (`--discard-wal`).
+    pub discard: bool,
 }
 
 /// Reads the counters from `meta`, creating the tables on a new file. A file of another format
 /// is refused before anything is written to it. The redo log's frames since the last checkpoint
-/// are applied first (`wal.rs`).
-pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<FileState> {
+/// are applied first (`wal.rs`); a log that is not this database's, is newer than it or is
+/// damaged refuses the open, unless told to discard it.
+pub(super) fn load_state(db: &Database, path: &Path, log: LogAtOpen<'_>) -> Step<FileState> {
     let txn = db.begin_write()?;
     let state = {
         let mut meta = txn.open_table(META)?;
@@ -87,31 +105,58 @@ pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<
                 found: format,
             }));
         }
+        let identity = meta.get(META_JOURNAL_ID)?.map(|v| v.value());
         let epoch = meta.get(META_WAL_EPOCH)?.map_or(0, |v| v.value());
-        let applied = meta.get(META_WAL_FRAMES)?.map_or(0, |v| v.value());
+        let held = meta.get(META_WAL_FRAMES)?.map_or(0, |v| v.value());
         drop(meta);
-        let frames = match log {
-            Some(log) => log
-                .read(epoch)
-                .map_err(|e| Failure::Journal(super::JournalError::from_io(&e)))?,
-            None => Vec::new(),
-        };
         // redb may come back ahead of its last durable commit (a commit without fsync whose
         // pages all reached the disk): the frames it holds already are skipped, and a log that
         // ends before it adds nothing. Either way the state is made durable below.
-        let todo = frames.get(applied as usize..).unwrap_or_default();
-        for frame in todo {
-            wal::apply(&txn, frame)?;
-        }
+        let mut replayed = 0;
+        let found = log
+            .wal
+            .recover(identity.unwrap_or(0), epoch, |number, payload| {
+                if number >= held {
+                    wal::apply(&txn, payload)?;
+                    replayed += 1;
+                }
+                Ok(())
+            })?;
+        let (recovered, discarded, next_epoch) = match found {
+            Ok(recovered) => (recovered, None, epoch + 1),
+            Err(refusal) if log.discard => {
+                // Frames of the refused log are never read again: the next epoch is past
+                // theirs. A damaged run's frames before the damage were applied.
+                let past = match refusal {
+                    Refusal::Newer { epoch: theirs, .. } => theirs.max(epoch) + 1,
+                    _ => epoch + 1,
+                };
+                (Recovered::default(), Some(refusal), past)
+            }
+            Err(refusal) => {
+                return Err(Failure::Journal(super::JournalError::WalRefused {
+                    path: path.with_file_name(wal::WAL_FILE_NAME),
+                    reason: refusal.describe(identity.unwrap_or(0), epoch),
+                }));
+            }
+        };
         let mut meta = txn.open_table(META)?;
-        // Applied frames are in the database once this commits: the log starts a new epoch.
-        // With no frame and none applied, nothing is written (a full disk must still open).
-        let epoch = if frames.is_empty() && applied == 0 {
+        let identity = match identity {
+            Some(id) => id,
+            None => {
+                meta.insert(META_JOURNAL_ID, log.new_identity)?;
+                log.new_identity
+            }
+        };
+        // Applied frames are in the database once this commits: the log starts a new epoch,
+        // and every frame of the old one is stale. With no frame and none applied, nothing
+        // is written (a full disk must still open).
+        let epoch = if recovered.frames == 0 && held == 0 && discarded.is_none() {
             epoch
         } else {
-            meta.insert(META_WAL_EPOCH, epoch + 1)?;
+            meta.insert(META_WAL_EPOCH, next_epoch)?;
             meta.insert(META_WAL_FRAMES, 0)?;
-            epoch + 1
+            next_epoch
         };
         let heads = txn.open_table(HEADS)?;
         let dead = txn.open_table(DEAD_LETTERS)?;
@@ -135,8 +180,11 @@ pub(super) fn load_state(db: &Database, path: &Path, log: Option<&Wal>) -> Step<
             backlog_entries: get(META_BACKLOG_ENTRIES)?.unwrap_or(0),
             max_key: last_keys.into_iter().flatten().max().unwrap_or(0),
             ids: window,
+            identity,
             wal_epoch: epoch,
-            replayed_frames: todo.len(),
+            replayed_frames: replayed,
+            recovered,
+            discarded,
         }
     };
     txn.commit()?;

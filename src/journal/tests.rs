@@ -180,7 +180,7 @@ async fn a_clean_close_leaves_everything_in_the_journal_file() {
     let wal = dir.path().join(WAL_FILE_NAME);
     assert_eq!(
         std::fs::metadata(&wal).unwrap().len(),
-        config().wal_bytes,
+        4096 + config().wal_bytes,
         "the log is allocated in full"
     );
     j.append_inputs(vec![msg("a"), msg("b")], 1).await.unwrap();

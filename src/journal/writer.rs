@@ -75,8 +75,13 @@ pub(super) struct Writer {
     force_durable: bool,
     /// How fsyncs are made, and whether one failed since the file was last rewritten through.
     fsync: Fsync,
-    /// The redo log (`wal.rs`); `None` when `wal_bytes` is 0.
-    wal: Option<Wal>,
+    /// The redo log (`wal.rs`): read at every open; written while `log_in_use`.
+    wal: Wal,
+    /// Whether the log file was made this log's ([`Wal::start`]): once, after the first open.
+    wal_started: bool,
+    /// The journal's identity (`meta.journal_id`), which the log's frames carry; before the
+    /// first `load_state`, the one a database that has none is given.
+    identity: u64,
     last_checkpoint_ms: i64,
     /// Make the next commit a checkpoint (closing: the next start has no log to replay).
     checkpoint_next: bool,
@@ -109,33 +114,25 @@ impl Writer {
             failure: fsync_failure(&config),
             failed: Arc::default(),
         };
-        let db = open_database(storage.as_ref(), &path, fsync.clone(), Rewrite::AtStart)?;
-        let wal = match config.wal_bytes {
-            0 => None,
-            bytes => Some(
-                storage
-                    .open_wal()
-                    .and_then(|file| {
-                        // Seeded from the clock alone: the simulator's runs repeat.
-                        let entropy = crate::runtime::Entropy::from_seed(clock.now_ms() as u64);
-                        Wal::open(file, bytes, entropy)
-                    })
-                    .map_err(|e| {
-                        let what = format!(
-                            "cannot open the redo log {} beside {} ({bytes} bytes, \
-                             journal.wal_bytes): {e}",
-                            super::wal::WAL_FILE_NAME,
-                            path.display()
-                        );
-                        match JournalError::from_io(&e) {
-                            JournalError::StorageFull(_) => JournalError::StorageFull(format!(
-                                "{what}; free space, or set journal.wal_bytes lower (0: no log)"
-                            )),
-                            _ => JournalError::Io(what),
-                        }
-                    })?,
-            ),
+        let entropy = match config.entropy_seed {
+            Some(seed) => crate::runtime::Entropy::from_seed(seed),
+            None => crate::runtime::Entropy::from_os()
+                .map_err(|e| JournalError::Io(format!("cannot draw random numbers: {e}")))?,
         };
+        let wal_path = path.with_file_name(super::wal::WAL_FILE_NAME);
+        // The log first: it is read whatever `wal_bytes` says now, its lock keeps a second
+        // process away before anything is written, and its header says whether the last
+        // stop was clean.
+        let mut wal = storage
+            .open_wal()
+            .and_then(|file| Wal::open(file, entropy.clone()))
+            .map_err(|e| wal_error(&wal_path, &e, "cannot open"))?;
+        let rewrite = rewrite_at_start(storage.as_ref(), &wal);
+        wal.clear_fingerprint()
+            .map_err(|e| wal_error(&wal_path, &e, "cannot write the header of"))?;
+        // Never 0: that names a database from before identities.
+        let identity = entropy.next_u64().max(1);
+        let db = open_database(storage.as_ref(), &path, fsync.clone(), rewrite, identity)?;
         let mut writer = Writer {
             db: Some(db),
             storage,
@@ -156,11 +153,30 @@ impl Writer {
             force_durable: false,
             fsync,
             wal,
+            wal_started: false,
+            identity,
             last_checkpoint_ms: 0,
             checkpoint_next: false,
             log_in_use: false,
         };
         writer.load_state()?;
+        let (identity, epoch, bytes) =
+            (writer.identity, writer.wal.epoch(), writer.config.wal_bytes);
+        writer.wal.start(identity, epoch, bytes).map_err(|e| {
+            let e = wal_error(
+                &wal_path,
+                &e,
+                &format!("cannot allocate {bytes} bytes (journal.wal_bytes) for"),
+            );
+            match e {
+                JournalError::StorageFull(what) => JournalError::StorageFull(format!(
+                    "{what}; free space, or set journal.wal_bytes lower (0: no log)"
+                )),
+                e => e,
+            }
+        })?;
+        writer.wal_started = true;
+        writer.log_in_use = writer.room_for_log();
         info!(
             path = %writer.path.display(),
             next_seq = writer.next_seq,
@@ -304,7 +320,7 @@ impl Writer {
     fn close(&mut self) -> Result<()> {
         // Frames in the log are checkpointed too: after a clean stop `journal.redb` alone holds
         // everything (a copy of it is a whole backup), and the next start replays nothing.
-        let logged = self.wal.as_ref().is_some_and(Wal::has_frames);
+        let logged = self.wal.has_frames();
         let result = if self.dirty || logged {
             let (reply, mut rx) = tokio::sync::oneshot::channel();
             let mut last = vec![Write::Sync {
@@ -318,6 +334,19 @@ impl Writer {
             Ok(())
         };
         self.db = None;
+        if result.is_ok() {
+            // Closed by redb too (its header says so): the next start may skip the
+            // rewrite-through while the file is as it is now.
+            let recorded = self
+                .storage
+                .open()
+                .and_then(|file| super::wal::DbFingerprint::of(file.as_ref()))
+                .and_then(|db| self.wal.record_clean_stop(db));
+            if let Err(e) = recorded {
+                warn!(error = %e, "cannot record the clean stop in the redo log's header; the next start rewrites the journal through");
+            }
+        }
+        self.wal.close();
         result
     }
 
@@ -340,6 +369,7 @@ impl Writer {
                 &self.path,
                 self.fsync.clone(),
                 rewrite,
+                self.identity,
             )
             .inspect_err(|_| {
                 // Not rewritten yet: the next reopen tries again.
@@ -376,22 +406,49 @@ impl Writer {
         Ok(self.db.as_ref().expect("just reopened"))
     }
 
-    /// Reads the counters from `meta`, creating the tables on a new file.
+    /// Reads the counters from `meta`, creating the tables on a new file, after applying what
+    /// the redo log holds that the database lacks.
     fn load_state(&mut self) -> Result<()> {
         let db = self
             .db
             .as_ref()
             .expect("load_state runs with an open database");
+        let log = tables::LogAtOpen {
+            wal: &self.wal,
+            // Given to a database from before identities.
+            new_identity: self.identity,
+            discard: self.config.discard_wal && !self.wal_started,
+        };
         let state: FileState =
-            tables::load_state(db, &self.path, self.wal.as_ref()).map_err(|e| e.at(&self.path))?;
-        if let Some(wal) = &mut self.wal {
-            wal.reset(state.wal_epoch);
+            tables::load_state(db, &self.path, log).map_err(|e| e.at(&self.path))?;
+        self.identity = state.identity;
+        self.wal.reset(state.wal_epoch);
+        if self.wal_started {
+            self.log_in_use = self.room_for_log();
         }
-        self.log_in_use = self.room_for_log();
+        let wal = self.path.with_file_name(super::wal::WAL_FILE_NAME);
         if state.replayed_frames > 0 {
             info!(
                 frames = state.replayed_frames,
                 "applied the redo log's commits since the last checkpoint"
+            );
+        }
+        let r = &state.recovered;
+        if r.torn_bytes > 0 || r.unsynced_after > 0 {
+            warn!(
+                path = %wal.display(),
+                offset = r.end,
+                bytes = r.torn_bytes,
+                unsynced_frames_after = r.unsynced_after,
+                "the redo log's tail was torn by the crash and is cut off there; no fsync had covered it, so nothing in it was acknowledged"
+            );
+        }
+        if let Some(refusal) = &state.discarded {
+            warn!(
+                path = %wal.display(),
+                frames = refusal.frames(),
+                "--discard-wal: discarded the redo log's unusable frames; what they held is lost ({})",
+                refusal.describe(state.identity, state.wal_epoch)
             );
         }
         self.next_seq = state.seq_floor.max(state.max_key + 1);
@@ -532,7 +589,7 @@ impl Writer {
             || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
         let (bytes, entries, written_records, written_bytes, mut redo, checkpoint) = {
             let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
-            if !self.log_in_use || self.wal.is_none() {
+            if !self.log_in_use {
                 t.redo = super::wal::Redo::off();
             }
             for cmd in cmds.iter_mut() {
@@ -545,18 +602,18 @@ impl Writer {
             // Without a log every durable commit is one; a frame the log has no room for
             // makes one too (the log starts over after it). Decided before the counters are
             // written: a checkpoint is durable, so it stores the floor too.
-            let checkpoint = match &self.wal {
-                Some(wal) if self.log_in_use => {
-                    checkpoint_due || !wal.fits(t.redo.frame_len() + COUNTERS_FRAME_BYTES)
-                }
-                _ => durable,
+            let checkpoint = if self.log_in_use {
+                checkpoint_due || !self.wal.fits(t.redo.frame_len() + COUNTERS_FRAME_BYTES)
+            } else {
+                durable
             };
             let floor = (durable || checkpoint).then(|| *t.next_seq + SEQ_RESERVE);
             t.store_counters(bytes, entries, floor)?;
-            match &self.wal {
-                Some(wal) if checkpoint => t.store_wal_epoch(wal.epoch() + 1)?,
-                Some(wal) if self.log_in_use => t.store_wal_frames(wal.frames() + 1)?,
-                _ => {}
+            // Every checkpoint, with the log in use or not, makes the frames before it stale.
+            if checkpoint {
+                t.store_wal_epoch(self.wal.epoch() + 1)?;
+            } else if self.log_in_use {
+                t.store_wal_frames(self.wal.frames() + 1)?;
             }
             let redo = std::mem::take(&mut t.redo);
             (
@@ -577,26 +634,26 @@ impl Writer {
             redb::Durability::None
         })
         .map_err(|e| JournalError::Io(e.to_string()))?;
-        let logged = !checkpoint && self.log_in_use && self.wal.is_some();
-        if let (true, Some(wal)) = (logged, &mut self.wal) {
+        let logged = !checkpoint && self.log_in_use;
+        if logged {
             // Before the commit: the database never holds a change the log lacks.
-            wal.append(&mut redo).map_err(io)?;
+            self.wal.append(&mut redo).map_err(io)?;
             if fsync {
                 self.sync_wal().map_err(io)?;
             }
         }
         if let Err(e) = txn.commit() {
-            if let (true, Some(wal)) = (logged, &mut self.wal) {
+            if logged {
                 // Reported failed, so not replayed by the reopen either. If this write fails
                 // too, the reopen replays the frame: its records are then reported ambiguous.
-                if let Err(io) = wal.unwrite_last() {
+                if let Err(io) = self.wal.unwrite_last() {
                     warn!(error = %io, "cannot take back the redo log frame of a failed commit");
                 }
             }
             return Err(e.into());
         }
-        if let (true, Some(wal)) = (checkpoint, &mut self.wal) {
-            wal.reset(wal.epoch() + 1);
+        if checkpoint {
+            self.wal.reset(self.wal.epoch() + 1);
             self.log_in_use = self.room_for_log();
         }
         self.ids.stale = false;
@@ -638,10 +695,9 @@ impl Writer {
     }
 
     /// fsyncs the redo log; the simulator's planted bug retries a failed one and trusts it.
-    fn sync_wal(&self) -> std::io::Result<()> {
-        let wal = self.wal.as_ref().expect("called with a log");
-        match wal.sync() {
-            Err(_) if self.fsync.failure == FsyncFailure::RetryAndTrust => wal.sync(),
+    fn sync_wal(&mut self) -> std::io::Result<()> {
+        match self.wal.sync() {
+            Err(_) if self.fsync.failure == FsyncFailure::RetryAndTrust => self.wal.sync(),
             other => other,
         }
     }
@@ -689,6 +745,42 @@ impl Writer {
         }
         let db = self.db.as_ref().expect("opened just above");
         tables::answer(db, read, self.next_seq, self.backlog.bytes(), &self.path);
+    }
+}
+
+/// Whether a start may skip the rewrite-through (`store.rs`): the log's header holds the
+/// fingerprint of `journal.redb` that a clean stop left, and the file still matches it.
+fn rewrite_at_start(storage: &dyn JournalStore, wal: &Wal) -> Rewrite {
+    let Some(recorded) = wal.header().and_then(|h| h.db) else {
+        return Rewrite::AtStart;
+    };
+    let now = storage.exists().and_then(|exists| {
+        if !exists {
+            return Ok(None);
+        }
+        let file = storage.open()?;
+        super::wal::DbFingerprint::of(file.as_ref()).map(Some)
+    });
+    match now {
+        Ok(Some(now)) if now == recorded => {
+            info!("the journal stopped cleanly and is unchanged since: no rewrite-through");
+            Rewrite::No
+        }
+        _ => Rewrite::AtStart,
+    }
+}
+
+/// An I/O error of the redo log, naming it.
+fn wal_error(path: &std::path::Path, e: &std::io::Error, what: &str) -> JournalError {
+    if e.kind() == std::io::ErrorKind::ResourceBusy {
+        return JournalError::InUse {
+            path: path.to_owned(),
+        };
+    }
+    let text = format!("{what} the redo log {}: {e}", path.display());
+    match JournalError::from_io(e) {
+        JournalError::StorageFull(_) => JournalError::StorageFull(text),
+        _ => JournalError::Io(text),
     }
 }
 

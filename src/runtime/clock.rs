@@ -43,6 +43,13 @@ impl Entropy {
         Entropy(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
     }
 
+    /// A generator seeded from the operating system's randomness: what must differ between
+    /// runs that share a clock's millisecond (the journal's identity, the redo log's salts).
+    pub fn from_os() -> std::io::Result<Self> {
+        let rng = StdRng::try_from_rng(&mut rand::rngs::SysRng).map_err(std::io::Error::other)?;
+        Ok(Entropy(Arc::new(Mutex::new(rng))))
+    }
+
     /// A generator seeded from the system clock, for production runs.
     pub fn from_clock(clock: &dyn Clock) -> Self {
         Self::from_seed(clock.now_ms() as u64 ^ u64::from(std::process::id()).rotate_left(32))

@@ -94,6 +94,11 @@ struct ServeCommand {
     /// (secrets redacted) and exit: 0 when it is valid, 1 with the reason when it is not.
     #[arg(long)]
     check_config: bool,
+    /// For this start only: when the redo log (journal.wal) would refuse the start (it belongs
+    /// to another journal, is newer than the journal, or is damaged where it was durable),
+    /// discard its unusable frames instead, saying how many. What they held is lost.
+    #[arg(long)]
+    discard_wal: bool,
     #[command(flatten)]
     args: ServeArgs,
 }
@@ -170,7 +175,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(command) => {
-                let ServeCommand { check_config, args } = *command;
+                let ServeCommand {
+                    check_config,
+                    discard_wal,
+                    args,
+                } = *command;
                 let config = Config::load(args)?;
                 if check_config {
                     println!("# the configuration is valid; as sidelog would run with it:");
@@ -179,7 +188,8 @@ fn main() -> ExitCode {
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
-                sidelog::serve(config, shutdown_signal(), |_| {})
+                let this_start = sidelog::ThisStart { discard_wal };
+                sidelog::serve(config, this_start, shutdown_signal(), |_| {})
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
