@@ -85,6 +85,13 @@ struct State {
     stats: DiskStats,
 }
 
+/// A journal file an operator moved aside ([`SimDisk::set_journal_aside`]).
+#[derive(Debug)]
+pub struct JournalAside {
+    image: Image,
+    exists: bool,
+}
+
 /// The disk, shared by the incarnations of one simulated machine.
 #[derive(Debug, Clone)]
 pub struct SimDisk(Arc<Mutex<State>>);
@@ -161,6 +168,41 @@ impl SimDisk {
             f.durable = image.clone();
             f.volatile = image;
         }
+    }
+
+    /// A backend of the redo log for the current incarnation (for reading it as an operator
+    /// would, with `sidelog inspect wal`).
+    pub fn wal_backend(&self) -> SimBackend {
+        self.backend_of(WAL)
+    }
+
+    /// Damage that reached the disk: one byte of the redo log changes, in what reads see and
+    /// in what a crash keeps. Changing it again undoes it.
+    pub fn flip_wal_byte(&self, offset: u64) {
+        let mut s = self.lock();
+        let f = &mut s.files[WAL];
+        let at = offset as usize;
+        for image in [&mut f.volatile, &mut f.durable] {
+            if let Some(b) = image.get_mut(at) {
+                *b ^= 0x20;
+            }
+        }
+    }
+
+    /// An operator moves the journal file aside (the redo log stays): the directory has no
+    /// journal until it is put back.
+    pub fn set_journal_aside(&self) -> JournalAside {
+        let mut s = self.lock();
+        let image = std::mem::take(&mut s.files[JOURNAL]);
+        let exists = std::mem::replace(&mut s.exists, false);
+        JournalAside { image, exists }
+    }
+
+    /// The journal set aside comes back, replacing whatever the directory holds.
+    pub fn put_journal_back(&self, aside: JournalAside) {
+        let mut s = self.lock();
+        s.files[JOURNAL] = aside.image;
+        s.exists = aside.exists;
     }
 
     pub fn set_faults(&self, faults: DiskFaults) {

@@ -42,6 +42,9 @@ struct Args {
     /// Multiplies every other fault rate (0: crashes only).
     #[arg(long, default_value_t = 1.0)]
     fault_scale: f64,
+    /// The chance that one fsync of the journal or its log fails (before --fault-scale).
+    #[arg(long, default_value_t = 0.005)]
+    sync_error_rate: f64,
     /// A deliberate bug: ack-before-fsync, retry-failed-fsync or skip-replay.
     #[arg(long)]
     bug: Option<String>,
@@ -141,6 +144,7 @@ fn sweep(args: &Args, mode: LoggingMode, bug: Option<Bug>, seeds: &[u64]) -> boo
             producers: args.producers,
             crashes: args.crashes,
             fault_scale: args.fault_scale,
+            sync_error_rate: args.sync_error_rate,
             bug,
             ..base
         };

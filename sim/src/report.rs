@@ -85,14 +85,23 @@ pub struct Coverage {
     pub expired_dead_letters: u64,
     /// Ids accepted a second time after the dedup window (300 ids on some seeds) let them go.
     pub reaccepted_ids: u64,
+    /// Starts whose `journal.wal_bytes` differs from the start before (after a crash).
+    pub wal_bytes_changes: u64,
+    /// Starts on a new journal beside the old one's redo log, refused.
+    pub foreign_logs_refused: u64,
+    /// Starts on a redo log damaged where an fsync had covered it, refused.
+    pub damaged_logs_refused: u64,
 }
 
 impl Coverage {
-    pub fn kinds(&self) -> [(&'static str, u64); 3] {
+    pub fn kinds(&self) -> [(&'static str, u64); 6] {
         [
             ("interleaved_replays", self.interleaved_replays),
             ("expired_dead_letters", self.expired_dead_letters),
             ("reaccepted_ids", self.reaccepted_ids),
+            ("wal_bytes_changes", self.wal_bytes_changes),
+            ("foreign_logs_refused", self.foreign_logs_refused),
+            ("damaged_logs_refused", self.damaged_logs_refused),
         ]
     }
 
@@ -100,6 +109,9 @@ impl Coverage {
         self.interleaved_replays += o.interleaved_replays;
         self.expired_dead_letters += o.expired_dead_letters;
         self.reaccepted_ids += o.reaccepted_ids;
+        self.wal_bytes_changes += o.wal_bytes_changes;
+        self.foreign_logs_refused += o.foreign_logs_refused;
+        self.damaged_logs_refused += o.damaged_logs_refused;
     }
 }
 

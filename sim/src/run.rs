@@ -114,6 +114,7 @@ fn build_world(cfg: &SimConfig, master: &mut StdRng, start: Instant) -> Arc<Worl
         produced: Arc::default(),
         violations: Mutex::new(Vec::new()),
         entropy_seed: AtomicU64::new(seed()),
+        wal_bytes: AtomicU64::new(cfg.wal_bytes),
         cfg: cfg.clone(),
     })
 }
@@ -253,10 +254,27 @@ fn crash_and_restart(world: &Arc<World>, chaos: &mut StdRng) -> JoinHandle<()> {
     };
     world.crash_node(loss);
     let down = Duration::from_millis(chaos.random_range(0..500));
+    // What an operator may do between the crash and the next start.
+    let action = chaos.random_range(0..20);
+    let pick = chaos.random::<u64>();
     let w = world.clone();
     tokio::spawn(async move {
         tokio::time::sleep(down).await;
-        w.start_until_up().await;
+        match action {
+            0 | 1 => {
+                w.start_on_a_new_journal().await;
+                w.start_until_up().await;
+            }
+            2 | 3 => match w.damage_the_log(pick) {
+                Some(at) => w.start_with_a_damaged_log(at).await,
+                None => {
+                    w.start_until_up().await;
+                }
+            },
+            _ => {
+                w.start_until_up().await;
+            }
+        }
     })
 }
 

@@ -60,6 +60,16 @@ pub(crate) struct World {
     pub(crate) produced: Arc<Mutex<Vec<ProducedAck>>>,
     pub(crate) violations: Mutex<Vec<String>>,
     pub(crate) entropy_seed: AtomicU64,
+    /// `journal.wal_bytes` of the last start.
+    pub(crate) wal_bytes: AtomicU64,
+}
+
+/// A well-mixed 64-bit value of `x` (SplitMix64's finalizer).
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl World {
@@ -110,13 +120,7 @@ impl World {
         let opened = sidelog::Node::open(
             Box::new(self.disk.clone()),
             "sim/journal.redb".into(),
-            JournalConfig {
-                writer: WriterRuntime::Task,
-                bug_ack_before_fsync: self.cfg.bug == Some(Bug::AckBeforeFsync),
-                bug_retry_failed_fsync: self.cfg.bug == Some(Bug::RetryFailedFsync),
-                wal_bytes: self.cfg.wal_bytes,
-                ..sidelog::journal_config(&self.config)
-            },
+            self.journal_config(incarnation),
             self.clock.clone(),
         )
         .await
@@ -144,6 +148,124 @@ impl World {
             pipeline,
             journal,
         })
+    }
+
+    /// The journal's settings for a start. The operator changes `journal.wal_bytes` between
+    /// some crashes and the next start (a third of the starts, to 0, 32, 96 or 256 KiB).
+    fn journal_config(&self, incarnation: u64) -> JournalConfig {
+        const CHOICES: [u64; 4] = [0, 32 << 10, 96 << 10, 256 << 10];
+        let roll = splitmix(self.cfg.seed ^ incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let wal_bytes = if incarnation > 1 && roll.is_multiple_of(3) {
+            CHOICES[(roll >> 8) as usize % CHOICES.len()]
+        } else {
+            self.cfg.wal_bytes
+        };
+        let before = self.wal_bytes.swap(wal_bytes, Ordering::SeqCst);
+        if incarnation > 1 && before != wal_bytes {
+            self.trace.log(format!(
+                "operator: journal.wal_bytes {before} -> {wal_bytes} for sidelog #{incarnation}"
+            ));
+            let mut c = self.coverage.lock().expect("never held across a panic");
+            c.wal_bytes_changes += 1;
+        }
+        JournalConfig {
+            writer: WriterRuntime::Task,
+            bug_ack_before_fsync: self.cfg.bug == Some(Bug::AckBeforeFsync),
+            bug_retry_failed_fsync: self.cfg.bug == Some(Bug::RetryFailedFsync),
+            wal_bytes,
+            entropy_seed: Some(self.entropy_seed.fetch_add(1, Ordering::SeqCst)),
+            ..sidelog::journal_config(&self.config)
+        }
+    }
+
+    /// An operator moves the journal aside after a crash and starts sidelog on a new one
+    /// beside the old redo log, then puts the journal back. The start must never apply the
+    /// log to the new journal: it refuses while the log holds frames of the old one (or takes
+    /// over a log that holds nothing the old one lacks), and the old journal, put back, must
+    /// hold every ack (checked by its next start).
+    pub(crate) async fn start_on_a_new_journal(self: &Arc<Self>) {
+        let aside = self.disk.set_journal_aside();
+        let tracker = Tracker::default();
+        let config = JournalConfig {
+            wal_bytes: self.wal_bytes.load(Ordering::SeqCst),
+            ..self.journal_config(0)
+        };
+        let opened = tracker
+            .scope(async {
+                Journal::open_storage(
+                    Box::new(self.disk.clone()),
+                    "sim/journal.redb".into(),
+                    config,
+                    self.clock.clone(),
+                )
+            })
+            .await;
+        let outcome = match opened {
+            Ok(_journal) => "started: the log held nothing of the old journal's",
+            Err(sidelog::journal::JournalError::WalRefused { .. }) => {
+                let mut c = self.coverage.lock().expect("never held across a panic");
+                c.foreign_logs_refused += 1;
+                "refused: the log belongs to the journal set aside"
+            }
+            Err(_) => "failed (a disk fault)",
+        };
+        self.trace
+            .log(format!("operator: a start on a new journal {outcome}"));
+        tracker.abort_all();
+        // Its process ends; whatever it left unsynced goes with it.
+        self.disk.crash(CrashLoss::All);
+        self.disk.put_journal_back(aside);
+    }
+
+    /// Damage reaches the redo log after a crash: one byte of a frame that a later frame says
+    /// an fsync covered changes. Returns where, or `None` when the log has no such frame.
+    pub(crate) fn damage_the_log(&self, pick: u64) -> Option<u64> {
+        let report = sidelog::journal::read_report(Box::new(self.disk.wal_backend())).ok()?;
+        let run: Vec<_> = report.frames.iter().take_while(|f| f.whole).collect();
+        let covered: Vec<_> = run
+            .iter()
+            .filter(|f| {
+                run.iter().any(|later| {
+                    later.header.number > f.header.number && later.header.synced > f.header.number
+                })
+            })
+            .collect();
+        if covered.is_empty() {
+            return None;
+        }
+        let frame = covered[(pick % covered.len() as u64) as usize];
+        let span = 48 + u64::from(frame.header.len);
+        let at = frame.offset + (pick >> 16) % span;
+        self.disk.flip_wal_byte(at);
+        self.trace.log(format!(
+            "operator: damaged the redo log at offset {at} (frame {} of epoch {})",
+            frame.header.number, frame.header.epoch
+        ));
+        Some(at)
+    }
+
+    /// The start after [`World::damage_the_log`]: refused (the damage undone then, as an
+    /// operator restores the file, and started again), or started on a log whose damaged
+    /// frames were already in the journal (a stale run); the durability check runs either way.
+    pub(crate) async fn start_with_a_damaged_log(self: &Arc<Self>, at: u64) {
+        match self.start_node().await {
+            Ok(()) => self
+                .trace
+                .log("the damaged frames were stale: nothing of them was needed"),
+            Err(e) if e.contains("is not applied") => {
+                {
+                    let mut c = self.coverage.lock().expect("never held across a panic");
+                    c.damaged_logs_refused += 1;
+                }
+                self.disk.flip_wal_byte(at);
+                self.trace.log("operator: restored the damaged byte");
+                self.start_until_up().await;
+            }
+            Err(_) => {
+                self.disk.flip_wal_byte(at);
+                self.start_until_up().await;
+            }
+        }
     }
 
     /// The simulated handler (none in pass-through runs) and sink, behind their links.
