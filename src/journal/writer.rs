@@ -216,7 +216,7 @@ impl Writer {
             WriterRuntime::Thread => {
                 std::thread::Builder::new()
                     .name("sidelog-journal".into())
-                    .spawn(move || self.run_thread(rx))
+                    .spawn(move || block_on(self.run(rx)))
                     .map_err(|e| cannot("the journal writer", e))?;
                 std::thread::Builder::new()
                     .name("sidelog-journal-sync".into())
@@ -229,7 +229,7 @@ impl Writer {
                     .map_err(|e| cannot("the journal sync ticker", e))?;
             }
             WriterRuntime::Task => {
-                crate::runtime::spawn(self.run_task(rx));
+                crate::runtime::spawn(self.run(rx));
                 crate::runtime::spawn(async move {
                     let mut interval = tokio::time::interval(sync_interval);
                     interval.tick().await;
@@ -243,21 +243,9 @@ impl Writer {
         Ok(())
     }
 
-    fn run_thread(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
-            if let Some(reply) = self.group(first, &mut rx) {
-                drop(reply.send(self.close()));
-                // Closed: answer everything else with `Closed` until the handles are gone.
-                while let Some(cmd) = rx.blocking_recv() {
-                    cmd.fail(JournalError::Closed);
-                }
-                return;
-            }
-        }
-        self.stop();
-    }
-
-    async fn run_task(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// The writer's loop, wherever it runs: group commits until the last handle is gone, or a
+    /// `Close` came (then everything after it is answered `Closed`).
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.recv().await {
             if let Some(reply) = self.group(first, &mut rx) {
                 drop(reply.send(self.close()));
@@ -745,6 +733,29 @@ impl Writer {
         }
         let db = self.db.as_ref().expect("opened just above");
         tables::answer(db, read, self.next_seq, self.backlog.bytes(), &self.path);
+    }
+}
+
+/// Runs `future` on this thread to its end, parking the thread while it waits: the writer's
+/// thread runs the same loop as the simulator's task.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 

@@ -8,6 +8,9 @@
 //! is mounted again and sidelog restarted. At the end every message that was acked must be in a
 //! chunk of the file sink.
 //!
+//! After each cut sidelog starts with another `journal.wal_bytes` (off, larger, smaller): the
+//! redo log the cut left is applied whatever the setting says now.
+//!
 //! The planted bug `SIDELOG_UNSAFE_SKIP_FSYNC=1` (the journal's fsync returns without syncing,
 //! so acks come before durability) must make the same run lose acked messages: that is what
 //! shows the test can fail. The same bug with SIGKILLs alone loses nothing, which is why this
@@ -32,6 +35,8 @@ const CUTS: usize = 3;
 /// Messages acked between two cuts (the progress a cut waits for).
 const ACKS_PER_CUT: usize = 300;
 const BATCH: usize = 10;
+/// `journal.wal_bytes` of the start after each cut.
+const WAL_BYTES_AFTER_CUT: [&str; 3] = ["0", "67108864", "1048576"];
 
 pub async fn every_ack_survives_power_loss_in_rbml() -> Outcome {
     every_ack_survives("rbml").await
@@ -170,6 +175,10 @@ async fn power_loss_run(mode: &str, fsync: Fsync, crash: Crash) -> Result<Run, M
         if crash == Crash::PowerCut {
             cuts.push(disk.power_cut());
         }
+        // An operator changes the redo log's size between the cut and the start: off (the
+        // log the cut left must still be applied), larger, smaller.
+        let wal_bytes = WAL_BYTES_AFTER_CUT[(cut - 1) % WAL_BYTES_AFTER_CUT.len()];
+        sidelog = sidelog.with_env("SIDELOG_JOURNAL_WAL_BYTES", wal_bytes);
         sidelog.spawn();
         if let Err(e) = sidelog.try_wait_serving(Duration::from_secs(60)).await {
             refused = Some(e);
