@@ -154,7 +154,7 @@ settings! {
         commit_max_records: u64 = 8192, Rule::range(1, 1_000_000);
         /// Longest a completion mark stays un-fsynced.
         sync_interval_ms: u64 = 1000, Rule::range(1, HOUR_MS);
-        /// Size of the redo log `journal.wal` beside the journal (outside `limits.max_journal_bytes`): a durable commit appends to it and fsyncs it, the journal itself is fsynced at checkpoints; 0: no log, every durable commit fsyncs the journal.
+        /// Size of the redo log `journal.wal` beside the journal (outside `limits.max_journal_bytes`): a durable commit appends to it and fsyncs it, the journal itself is fsynced at checkpoints; 0: no log, every durable commit fsyncs the journal (a log an earlier start left is still applied).
         wal_bytes: u64 = 32 * MIB, Rule::off_or(MIB, 1 << 40);
         /// Added to every fsync, to benchmark the modes as on a slow disk (`bench --fsync-latency`); 0 in production; not in `--help`.
         simulated_fsync_latency_us: u64 = 0, Rule::range(0, 1_000_000);

@@ -19,9 +19,10 @@
 //! without fsync, its changes appended first to `journal.wal` as one frame, and a commit that
 //! needs durability fsyncs the log. A checkpoint (a redb `Immediate` commit) comes once a
 //! second, when the log is full, and at close, and starts the log over; opening applies the
-//! frames written since. `wal.rs` explains the frames, the epochs and recovery; the writer
-//! decides when a commit is a checkpoint, and uses the log only while the disk has room to
-//! replay it.
+//! frames written since, whatever `wal_bytes` says now, and only to the journal whose identity
+//! they carry. `wal.rs` explains the frames, the epochs, recovery and what refuses a start; the
+//! writer decides when a commit is a checkpoint, and uses the log only while the disk has room
+//! to replay it.
 //!
 //! # Tables and key encodings
 //! ```text
@@ -30,7 +31,7 @@
 //! recorded      u64 input seq  -> (u64 first output seq, u32 count)  hml: where this input's outputs are
 //! dead_letters  u64 letter seq -> [1][DeadLetter protobuf]    kept until re-queued or purged
 //! dedup_log     u64 last seq   -> the message ids a commit remembered (idlog.rs)
-//! meta          &str           -> u64                         format, seq_floor, backlog_bytes, backlog_entries
+//! meta          &str           -> u64                         format, journal_id, seq_floor, backlog_bytes, backlog_entries, wal_epoch, wal_frames
 //! ```
 //! A commit's new inputs (rbml, hml) and outputs (sbml, hml) go into **one block**: two B-tree
 //! inserts per commit, whatever its size. Completing entries rewrites the heads of the blocks

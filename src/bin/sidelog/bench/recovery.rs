@@ -56,17 +56,25 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<Recove
         entries as f64 / built.as_secs_f64().max(1e-9),
         mib(before_bytes),
     );
+    // Restarts before anything is delivered (the sink refuses): after the clean stop the
+    // build ended with, then after a SIGKILL.
+    let clean = restart(&dir, mode, 0).await?;
+    let killed = restart(&dir, mode, 1).await?;
+    let probes = 2;
     let replay = replay_backlog(&dir, mode).await?;
     let after_bytes = file_len(&journal_file);
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(
-        replay.delivered >= entries,
+        replay.delivered >= entries + probes,
         "replay reported done but the sink has only {} of {entries} entries",
         replay.delivered
     );
     let report = Report {
         mode,
         entries,
+        probes,
+        clean,
+        killed,
         entry_bytes: args.size,
         built,
         replay,
@@ -114,6 +122,78 @@ async fn build_backlog(data: &Path, entries: u64, size: usize) -> anyhow::Result
     }
     journal.close().await.context("closing the built journal")?;
     Ok(started.elapsed())
+}
+
+/// How soon a restart on the backlog took traffic and began replaying it.
+struct Restart {
+    /// From the process's start to its first accepted publish (`replay.policy = interleave`).
+    first_publish: Duration,
+    /// From the process's start to the replay's start (its log line).
+    replay_start: Duration,
+}
+
+/// Starts sidelog on the backlog with `replay.policy = interleave` and a sink that refuses
+/// (nothing is delivered, the backlog stays whole), publishes one probe message until it is
+/// accepted, waits for the replay to start, and SIGKILLs it.
+async fn restart(dir: &Path, mode: LoggingMode, probe: u64) -> anyhow::Result<Restart> {
+    use sidelog::proto::ingest_client::IngestClient;
+    let nowhere = sidelog::testkit::free_port().context("binding a loopback port")?;
+    let (child, _metrics) = sidelog_child(
+        dir,
+        mode,
+        &format!("http://{nowhere}"),
+        None,
+        Duration::ZERO,
+    )?;
+    let mut child = child.with_env("RUST_LOG", "info");
+    child.add_args(&["--replay-policy", "interleave"]);
+    let log = dir.join("sidelog.log");
+    let log_before = file_len(&log) as usize;
+    let started = Instant::now();
+    child.spawn();
+    let deadline = started + Duration::from_secs(900);
+    let (mut first_publish, mut replay_start) = (None, None);
+    while first_publish.is_none() || replay_start.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restart did not take traffic and start its replay within 900 s; log:\n{}",
+            child.log_tail()
+        );
+        if replay_start.is_none() {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let text = String::from_utf8_lossy(text.get(log_before..).unwrap_or_default());
+            if text.contains("replaying the journal") {
+                replay_start = Some(started.elapsed());
+            }
+        }
+        if first_publish.is_none() {
+            if let Ok(mut client) = IngestClient::connect(child.url()).await {
+                let message = Message {
+                    id: format!("restart-probe-{probe}"),
+                    payload: b"probe".to_vec().into(),
+                    ..Default::default()
+                };
+                let request = sidelog::proto::PublishRequest {
+                    messages: vec![message],
+                };
+                let accepted = client.publish(request).await.is_ok_and(|r| {
+                    r.into_inner()
+                        .acks
+                        .first()
+                        .is_some_and(|a| a.status == sidelog::proto::ack::Status::Accepted as i32)
+                });
+                if accepted {
+                    first_publish = Some(started.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill9().await;
+    Ok(Restart {
+        first_publish: first_publish.unwrap_or_default(),
+        replay_start: replay_start.unwrap_or_default(),
+    })
 }
 
 /// What the restart did.
@@ -168,6 +248,10 @@ async fn replay_backlog(dir: &Path, mode: LoggingMode) -> anyhow::Result<Replay>
 struct Report {
     mode: LoggingMode,
     entries: u64,
+    /// Messages the restarts published.
+    probes: u64,
+    clean: Restart,
+    killed: Restart,
     entry_bytes: usize,
     built: Duration,
     replay: Replay,
@@ -190,6 +274,16 @@ impl Report {
             "recovery: mode {}, {} entries of {} B, idle sink",
             self.mode, self.entries, self.entry_bytes
         );
+        for (when, r) in [
+            ("after a clean stop", &self.clean),
+            ("after a SIGKILL", &self.killed),
+        ] {
+            println!(
+                "restart {when}: first publish accepted {:.3} s, replay started {:.3} s after the process started (replay.policy interleave)",
+                r.first_publish.as_secs_f64(),
+                r.replay_start.as_secs_f64(),
+            );
+        }
         println!(
             "replay (start to SERVING, all delivered): {:.2} s, {:.0} entries/s, peak RSS {:.1} MiB, CPU {:.1} µs/entry, {} delivered ({} duplicates), journal {:.1} MiB before, {:.1} MiB after",
             r.elapsed.as_secs_f64(),
@@ -197,7 +291,7 @@ impl Report {
             mib(r.peak_rss),
             self.cpu_us_per_entry(),
             r.delivered,
-            r.delivered - self.entries,
+            r.delivered - self.entries - self.probes,
             mib(self.before_bytes),
             mib(self.after_bytes),
         );
@@ -216,6 +310,14 @@ impl Report {
             "delivered": self.replay.delivered,
             "journal_bytes_before": self.before_bytes,
             "journal_bytes_after": self.after_bytes,
+            "restart_after_clean_stop": {
+                "first_publish_s": self.clean.first_publish.as_secs_f64(),
+                "replay_start_s": self.clean.replay_start.as_secs_f64(),
+            },
+            "restart_after_sigkill": {
+                "first_publish_s": self.killed.first_publish.as_secs_f64(),
+                "replay_start_s": self.killed.replay_start.as_secs_f64(),
+            },
         }})
     }
 }
