@@ -530,3 +530,77 @@ impl redb::StorageBackend for BoxedBackend {
         self.0.unlock_range(start, end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::StorageBackend as _;
+    use std::sync::Mutex;
+
+    /// A file in memory that records which pages were written, and answers writes of the
+    /// pages in `holes` as a full disk answers a write into a hole.
+    #[derive(Debug, Default)]
+    struct Recording {
+        data: Mutex<Vec<u8>>,
+        written: Mutex<Vec<u64>>,
+        holes: Vec<u64>,
+    }
+
+    impl redb::StorageBackend for Recording {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.data.lock().unwrap().len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            let data = self.data.lock().unwrap();
+            out.copy_from_slice(&data[offset as usize..offset as usize + out.len()]);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.data.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            let page = offset / 4096;
+            if self.holes.contains(&page) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space for a new block",
+                ));
+            }
+            self.written.lock().unwrap().push(page);
+            self.data.lock().unwrap()[offset as usize..offset as usize + data.len()]
+                .copy_from_slice(data);
+            Ok(())
+        }
+        fn close(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A page a commit rewrote to zeros, whose write-back failed, would keep its old bytes on
+    /// the disk if the rewrite skipped it: every page is written, zeros included. A page of
+    /// zeros the full disk has no block for is a hole, which reads as zeros anyway.
+    #[test]
+    fn the_rewrite_through_writes_pages_of_zeros_and_leaves_holes_on_a_full_disk() {
+        let file = Recording {
+            holes: vec![2],
+            ..Recording::default()
+        };
+        file.set_len(4 * 4096).unwrap();
+        file.write(3 * 4096, &[7; 4096]).unwrap();
+        file.written.lock().unwrap().clear();
+        assert_eq!(rewrite_through(&file).unwrap(), 4 * 4096);
+        assert_eq!(*file.written.lock().unwrap(), [0, 1, 3]);
+        // A page with data that cannot be written fails the rewrite.
+        let file = Recording {
+            holes: vec![1],
+            ..Recording::default()
+        };
+        file.set_len(2 * 4096).unwrap();
+        file.data.lock().unwrap()[4096] = 1;
+        assert!(rewrite_through(&file).is_err());
+    }
+}
