@@ -91,10 +91,12 @@ pub struct Coverage {
     pub foreign_logs_refused: u64,
     /// Starts on a redo log damaged where an fsync had covered it, refused.
     pub damaged_logs_refused: u64,
+    /// Clean stops whose record the next start reads (it skips the rewrite-through).
+    pub clean_stops: u64,
 }
 
 impl Coverage {
-    pub fn kinds(&self) -> [(&'static str, u64); 6] {
+    pub fn kinds(&self) -> [(&'static str, u64); 7] {
         [
             ("interleaved_replays", self.interleaved_replays),
             ("expired_dead_letters", self.expired_dead_letters),
@@ -102,6 +104,7 @@ impl Coverage {
             ("wal_bytes_changes", self.wal_bytes_changes),
             ("foreign_logs_refused", self.foreign_logs_refused),
             ("damaged_logs_refused", self.damaged_logs_refused),
+            ("clean_stops", self.clean_stops),
         ]
     }
 
@@ -112,6 +115,7 @@ impl Coverage {
         self.wal_bytes_changes += o.wal_bytes_changes;
         self.foreign_logs_refused += o.foreign_logs_refused;
         self.damaged_logs_refused += o.damaged_logs_refused;
+        self.clean_stops += o.clean_stops;
     }
 }
 

@@ -355,6 +355,30 @@ impl World {
         }
     }
 
+    /// A clean stop: the journal is closed (what is pending fsynced, the redo log
+    /// checkpointed, the stop recorded in its header), then the process ends. When the close
+    /// succeeded, the next start finds the record and skips the rewrite-through.
+    pub(crate) async fn stop_cleanly(&self) {
+        let Some(node) = self.current() else {
+            return;
+        };
+        let closed = node.journal.close().await;
+        let recorded = sidelog::journal::read_report(Box::new(self.disk.wal_backend()))
+            .ok()
+            .and_then(|r| r.header)
+            .is_some_and(|h| h.clean && h.db.is_some());
+        self.trace.log(format!(
+            "STOP sidelog #{} cleanly: {closed:?}, clean stop recorded: {recorded}",
+            node.incarnation
+        ));
+        if recorded {
+            let mut c = self.coverage.lock().expect("never held across a panic");
+            c.clean_stops += 1;
+        }
+        // Nothing is left unsynced by a clean close; what a failed one left goes.
+        self.crash_node(CrashLoss::All);
+    }
+
     pub(crate) fn crash_node(&self, loss: CrashLoss) {
         let Some(node) = self.node.lock().expect("never held across a panic").take() else {
             return;

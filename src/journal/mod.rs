@@ -121,8 +121,8 @@ pub use types::{
     OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput,
     StoredOutput, Summary,
 };
-pub use wal::Format as WalFormat;
 pub use wal::{
     DbFingerprint, FileHeader, FrameHeader, FrameInfo, WAL_FILE_NAME, WalReport, read_report,
     read_wal,
 };
+pub use wal::{FRAMES_START as WAL_FRAMES_START, Format as WalFormat};

@@ -83,7 +83,7 @@ use super::tables::{BLOCKS, DEAD_LETTERS, DEDUP_LOG, HEADS, META, RECORDED};
 pub const WAL_FILE_NAME: &str = "journal.wal";
 
 /// Where frames start; the file header lies before.
-pub(super) const FRAMES_START: u64 = 4096;
+pub const FRAMES_START: u64 = 4096;
 /// The file header's bytes that are read and written (within one sector, written at once).
 const FILE_HEADER: usize = 64;
 const MAGIC: [u8; 8] = *b"sidelogW";

@@ -41,6 +41,8 @@ pub struct Sidelog {
     child: Option<Child>,
     log: PathBuf,
     envs: Vec<(String, String)>,
+    /// The executable; [`binary`] unless told otherwise.
+    program: PathBuf,
     pub starts: u32,
 }
 
@@ -56,6 +58,7 @@ impl Sidelog {
             child: None,
             log: data_dir.with_extension("log"),
             envs: vec![("RUST_LOG".into(), "info".into())],
+            program: binary(),
             starts: 0,
         }
     }
@@ -76,7 +79,7 @@ impl Sidelog {
         let admin = self
             .admin
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
-        let child = Command::new(binary())
+        let child = Command::new(&self.program)
             .arg("serve")
             .arg("--listen")
             .arg(self.addr.to_string())
@@ -104,6 +107,12 @@ impl Sidelog {
     /// An environment variable for every start (a later one of the same name wins).
     pub fn with_env(mut self, name: &str, value: &str) -> Sidelog {
         self.envs.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Another `sidelog` executable (an earlier version, to compare with).
+    pub fn with_program(mut self, program: PathBuf) -> Sidelog {
+        self.program = program;
         self
     }
 

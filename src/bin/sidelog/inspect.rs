@@ -219,8 +219,20 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     if matches!(args.command, Some(InspectCommand::Wal)) {
         return show_wal(&args);
     }
-    let mut backend = connect(&args).await?;
-    let backend = &mut backend;
+    let (mut backend, local) = connect(&args).await?;
+    let result = run_command(&args, &mut backend).await;
+    if let Some(journal) = local {
+        // Closed as `serve` closes it: the next start neither replays nor rewrites it.
+        drop(backend);
+        journal
+            .close()
+            .await
+            .context("closing the journal after reading it")?;
+    }
+    result
+}
+
+async fn run_command(args: &InspectArgs, backend: &mut Backend) -> anyhow::Result<()> {
     let status = |what: &str| {
         let what = what.to_owned();
         move |s: tonic::Status| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
@@ -310,22 +322,26 @@ fn select(sel: &Selection) -> anyhow::Result<SelectDeadLetters> {
     })
 }
 
-async fn connect(args: &InspectArgs) -> anyhow::Result<Backend> {
+/// The admin calls, and the journal when they are served here.
+async fn connect(args: &InspectArgs) -> anyhow::Result<(Backend, Option<Journal>)> {
     if let Some(url) = &args.admin {
-        return remote(args, url).await;
+        return Ok((remote(args, url).await?, None));
     }
     match open_local(&args.data_dir) {
-        Ok(journal) => Ok(Backend::Local(AdminService::new(
-            journal,
-            Arc::new(SystemClock),
-            None,
-        ))),
+        Ok(journal) => Ok((
+            Backend::Local(AdminService::new(
+                journal.clone(),
+                Arc::new(SystemClock),
+                None,
+            )),
+            Some(journal),
+        )),
         Err(LocalError::Journal(JournalError::InUse { path })) => {
             eprintln!(
                 "{} is in use by a running sidelog; asking its admin service at {DEFAULT_ADMIN_URL} (--admin)",
                 path.display()
             );
-            remote(args, DEFAULT_ADMIN_URL).await
+            Ok((remote(args, DEFAULT_ADMIN_URL).await?, None))
         }
         Err(LocalError::Journal(
             e @ (JournalError::Corrupted { .. } | JournalError::Decode { .. }),
@@ -390,6 +406,11 @@ fn open_local(data_dir: &Path) -> Result<Journal, LocalError> {
     if !path.exists() {
         return Err(LocalError::Missing(path));
     }
+    // The redo log keeps the size it has: inspect reads it, it does not resize it.
+    let wal_bytes = std::fs::metadata(data_dir.join(sidelog::journal::WAL_FILE_NAME))
+        .map_or(0, |m| {
+            m.len().saturating_sub(sidelog::journal::WAL_FRAMES_START)
+        });
     Journal::open(
         data_dir,
         JournalConfig {
@@ -397,6 +418,7 @@ fn open_local(data_dir: &Path) -> Result<Journal, LocalError> {
             dedup_window_count: u64::MAX,
             dedup_window_age_ms: i64::MAX,
             max_file_bytes: None,
+            wal_bytes,
             ..JournalConfig::default()
         },
         Arc::new(SystemClock),

@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// --modes) with an idle sink, and measures the replay: entries/s and peak RSS.
     #[arg(long)]
     pub recovery: Option<u64>,
+    /// With --recovery: also time the restarts with this other sidelog binary (an earlier
+    /// version, say), on a copy of the same backlog, and print its figures beside.
+    #[arg(long, requires = "recovery")]
+    pub recovery_compare_binary: Option<PathBuf>,
     /// Instead of one workload: every workload the lean-path targets are measured on (A: 64
     /// unary producers, B: 16 × 100 per request, C: 64 streams, one producer, 1,000 msgs/s
     /// offered, light load, A open loop at half of hml's peak, a 2 ms handler closed and at

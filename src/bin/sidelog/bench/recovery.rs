@@ -56,10 +56,28 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<Recove
         entries as f64 / built.as_secs_f64().max(1e-9),
         mib(before_bytes),
     );
+    // The other binary's restarts first, on a copy (it writes the redo log its own way).
+    let compared = match &args.recovery_compare_binary {
+        Some(program) => {
+            let copy = std::env::temp_dir()
+                .join(format!("sidelog-recovery-compare-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(copy.join("data"))?;
+            for file in [sidelog::journal::FILE_NAME, sidelog::journal::WAL_FILE_NAME] {
+                std::fs::copy(data.join(file), copy.join("data").join(file))
+                    .with_context(|| format!("copying {file} for the compared binary"))?;
+            }
+            let clean = restart(&copy, mode, 0, Some(program)).await?;
+            let killed = restart(&copy, mode, 1, Some(program)).await?;
+            let _ = std::fs::remove_dir_all(&copy);
+            Some((program.clone(), clean, killed))
+        }
+        None => None,
+    };
     // Restarts before anything is delivered (the sink refuses): after the clean stop the
     // build ended with, then after a SIGKILL.
-    let clean = restart(&dir, mode, 0).await?;
-    let killed = restart(&dir, mode, 1).await?;
+    let clean = restart(&dir, mode, 0, None).await?;
+    let killed = restart(&dir, mode, 1, None).await?;
     let probes = 2;
     let replay = replay_backlog(&dir, mode).await?;
     let after_bytes = file_len(&journal_file);
@@ -75,6 +93,7 @@ pub(super) async fn run(args: &BenchArgs, entries: u64) -> anyhow::Result<Recove
         probes,
         clean,
         killed,
+        compared,
         entry_bytes: args.size,
         built,
         replay,
@@ -135,7 +154,12 @@ struct Restart {
 /// Starts sidelog on the backlog with `replay.policy = interleave` and a sink that refuses
 /// (nothing is delivered, the backlog stays whole), publishes one probe message until it is
 /// accepted, waits for the replay to start, and SIGKILLs it.
-async fn restart(dir: &Path, mode: LoggingMode, probe: u64) -> anyhow::Result<Restart> {
+async fn restart(
+    dir: &Path,
+    mode: LoggingMode,
+    probe: u64,
+    program: Option<&std::path::PathBuf>,
+) -> anyhow::Result<Restart> {
     use sidelog::proto::ingest_client::IngestClient;
     let nowhere = sidelog::testkit::free_port().context("binding a loopback port")?;
     let (child, _metrics) = sidelog_child(
@@ -146,6 +170,9 @@ async fn restart(dir: &Path, mode: LoggingMode, probe: u64) -> anyhow::Result<Re
         Duration::ZERO,
     )?;
     let mut child = child.with_env("RUST_LOG", "info");
+    if let Some(program) = program {
+        child = child.with_program(program.clone());
+    }
     child.add_args(&["--replay-policy", "interleave"]);
     let log = dir.join("sidelog.log");
     let log_before = file_len(&log) as usize;
@@ -252,6 +279,8 @@ struct Report {
     probes: u64,
     clean: Restart,
     killed: Restart,
+    /// The restarts of `--recovery-compare-binary`.
+    compared: Option<(std::path::PathBuf, Restart, Restart)>,
     entry_bytes: usize,
     built: Duration,
     replay: Replay,
@@ -274,15 +303,22 @@ impl Report {
             "recovery: mode {}, {} entries of {} B, idle sink",
             self.mode, self.entries, self.entry_bytes
         );
-        for (when, r) in [
-            ("after a clean stop", &self.clean),
-            ("after a SIGKILL", &self.killed),
-        ] {
-            println!(
-                "restart {when}: first publish accepted {:.3} s, replay started {:.3} s after the process started (replay.policy interleave)",
-                r.first_publish.as_secs_f64(),
-                r.replay_start.as_secs_f64(),
-            );
+        let mut runs = vec![("this binary", &self.clean, &self.killed)];
+        if let Some((program, clean, killed)) = &self.compared {
+            runs.push((
+                program.to_str().unwrap_or("the compared binary"),
+                clean,
+                killed,
+            ));
+        }
+        for (who, clean, killed) in runs {
+            for (when, r) in [("after a clean stop", clean), ("after a SIGKILL", killed)] {
+                println!(
+                    "restart {when} ({who}): first publish accepted {:.3} s, replay started {:.3} s after the process started (replay.policy interleave)",
+                    r.first_publish.as_secs_f64(),
+                    r.replay_start.as_secs_f64(),
+                );
+            }
         }
         println!(
             "replay (start to SERVING, all delivered): {:.2} s, {:.0} entries/s, peak RSS {:.1} MiB, CPU {:.1} µs/entry, {} delivered ({} duplicates), journal {:.1} MiB before, {:.1} MiB after",
