@@ -39,6 +39,11 @@ pub trait JournalStore: Send + 'static {
     /// Bytes the journal file may still grow by: its disk's free space, and what its size
     /// limit leaves.
     fn room(&self) -> std::io::Result<u64>;
+    /// The byte ranges of the journal file that hold data, its holes left out; `None` when the
+    /// store cannot tell (every page is then taken to hold data).
+    fn data_ranges(&self) -> std::io::Result<Option<Vec<(u64, u64)>>> {
+        Ok(None)
+    }
     /// Lets the file grow into the headroom kept past its size limit (`on`), or not. The writer
     /// turns it on only to commit completion marks after the journal filled up: removing
     /// entries needs new pages (copy-on-write), and without headroom a full journal could never
@@ -147,6 +152,26 @@ impl JournalStore for FileStore {
         })
     }
 
+    /// `SEEK_DATA`/`SEEK_HOLE` (a filesystem without holes answers the whole file as data).
+    fn data_ranges(&self) -> std::io::Result<Option<Vec<(u64, u64)>>> {
+        use rustix::fs::{SeekFrom, seek};
+        let file = std::fs::File::open(&self.path)?;
+        let len = file.metadata()?.len();
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        while at < len {
+            let start = match seek(&file, SeekFrom::Data(at)) {
+                Ok(start) => start,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let end = seek(&file, SeekFrom::Hole(start))?.min(len);
+            ranges.push((start, end));
+            at = end;
+        }
+        Ok(Some(ranges))
+    }
+
     fn open_wal(&self) -> std::io::Result<Box<dyn redb::StorageBackend>> {
         let path = self.wal_path();
         let file = OpenOptions::new()
@@ -236,7 +261,13 @@ pub(super) fn open_database(
         ));
     }
     let backend: Arc<dyn redb::StorageBackend> = Arc::from(backend);
-    let pending = Arc::new(PendingRewrite::new(rewrite, path));
+    // The holes are read now, before redb writes a byte: the rewrite leaves them alone.
+    let holes_known = if rewrite == Rewrite::No {
+        None
+    } else {
+        store.data_ranges().map_err(io)?
+    };
+    let pending = Arc::new(PendingRewrite::new(rewrite, path).with_data(holes_known));
     match redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(BoxedBackend(backend.clone(), fsync, pending.clone()))
@@ -273,34 +304,50 @@ pub(super) fn open_database(
 /// made the replay of a 2 GiB journal hold ~270 MiB.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// Reads the whole file and writes it back, then fsyncs: what the page cache shows becomes
-/// what the disk holds. Returns the bytes rewritten.
+/// Reads the file's data and writes it back, then fsyncs: what the page cache shows becomes
+/// what the disk holds. `data` lists the byte ranges that hold data (holes left out; `None`:
+/// the whole file). Returns the bytes rewritten.
 ///
-/// Pages of zeros are written too: a page that a commit rewrote to zeros, whose write-back
-/// failed, would otherwise keep its old bytes on the disk. A page of zeros whose write fails
-/// for lack of space is a hole of the sparse file (ext4 and xfs need a new block only for a
-/// hole; an allocated block is overwritten in place): a hole reads as zeros whatever happens,
-/// so it is left as it is.
-fn rewrite_through(backend: &dyn redb::StorageBackend) -> std::io::Result<u64> {
+/// Pages of zeros in the data are written too: a page that a commit rewrote to zeros, whose
+/// write-back failed, would otherwise keep its old bytes on the disk. Holes are not: nothing
+/// was ever written there, they read as zeros whatever happens, and writing them would take
+/// space (a full disk has none). Without the map, a page of zeros whose write fails for lack
+/// of space is taken as a hole (ext4 and xfs need a new block only for a hole; an allocated
+/// block is overwritten in place).
+fn rewrite_through(
+    backend: &dyn redb::StorageBackend,
+    data: Option<&[(u64, u64)]>,
+) -> std::io::Result<u64> {
     const STEP: u64 = 1 << 20;
-    const PAGE: usize = 4096;
+    const PAGE: u64 = 4096;
     let len = backend.len()?;
+    let whole = [(0, len)];
+    let ranges = data.unwrap_or(&whole);
     let mut buf = vec![0u8; STEP.min(len) as usize];
-    let mut offset = 0;
-    while offset < len {
-        let n = STEP.min(len - offset) as usize;
-        backend.read(offset, &mut buf[..n])?;
-        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-            let at = offset + (i * PAGE) as u64;
-            match backend.write(at, page) {
-                Err(e) if page.iter().all(|b| *b == 0) && JournalError::from_io(&e).is_full() => {}
-                other => other?,
+    let mut written = 0;
+    for &(start, end) in ranges {
+        // Whole pages: a range's ends need not be page-aligned.
+        let mut offset = start / PAGE * PAGE;
+        let end = end.div_ceil(PAGE).saturating_mul(PAGE).min(len);
+        while offset < end {
+            let n = STEP.min(end - offset) as usize;
+            backend.read(offset, &mut buf[..n])?;
+            for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                let at = offset + i as u64 * PAGE;
+                match backend.write(at, page) {
+                    Err(e)
+                        if data.is_none()
+                            && page.iter().all(|b| *b == 0)
+                            && JournalError::from_io(&e).is_full() => {}
+                    other => other?,
+                }
             }
+            written += n as u64;
+            offset += n as u64;
         }
-        offset += n as u64;
     }
     backend.sync_data()?;
-    Ok(len)
+    Ok(written)
 }
 
 /// A new journal with this identity: built and synced under a temporary name, then renamed
@@ -411,6 +458,8 @@ struct BoxedBackend(Arc<dyn redb::StorageBackend>, Fsync, Arc<PendingRewrite>);
 /// A rewrite-through that must happen before the file changes (see [`open_database`]).
 #[derive(Debug)]
 struct PendingRewrite {
+    /// The file's data ranges when the store knows them (`None`: every page).
+    data: Option<Vec<(u64, u64)>>,
     /// Cleared once done (or not needed): the fast path of every write.
     needed: std::sync::atomic::AtomicBool,
     kind: Rewrite,
@@ -420,8 +469,15 @@ struct PendingRewrite {
 }
 
 impl PendingRewrite {
+    /// Rewrites only these byte ranges (the file's data, its holes left out).
+    fn with_data(mut self, data: Option<Vec<(u64, u64)>>) -> PendingRewrite {
+        self.data = data;
+        self
+    }
+
     fn new(kind: Rewrite, path: &Path) -> PendingRewrite {
         PendingRewrite {
+            data: None,
             needed: std::sync::atomic::AtomicBool::new(kind != Rewrite::No),
             kind,
             path: path.to_owned(),
@@ -442,7 +498,7 @@ impl PendingRewrite {
             return Ok(());
         }
         let started = tokio::time::Instant::now();
-        match rewrite_through(inner) {
+        match rewrite_through(inner, self.data.as_deref()) {
             Ok(bytes) => info!(
                 path = %self.path.display(),
                 bytes,
@@ -580,6 +636,34 @@ mod tests {
         }
     }
 
+    /// The map of a sparse file: what was written is data; on a filesystem with holes (ext4,
+    /// xfs, tmpfs) the never-written middle is not.
+    #[test]
+    fn a_file_stores_map_covers_what_was_written() {
+        use std::io::{Seek as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::in_dir(dir.path(), &super::super::JournalConfig::default()).unwrap();
+        let mut file = std::fs::File::create(&store.path).unwrap();
+        file.set_len(8 << 20).unwrap();
+        file.seek(std::io::SeekFrom::Start(4 << 20)).unwrap();
+        file.write_all(&[1; 4096]).unwrap();
+        file.sync_all().unwrap();
+        let ranges = store
+            .data_ranges()
+            .unwrap()
+            .expect("a file store knows its map");
+        assert!(
+            ranges
+                .iter()
+                .any(|&(a, b)| a <= 4 << 20 && (4 << 20) + 4096 <= b),
+            "{ranges:?}"
+        );
+        assert!(
+            ranges.iter().all(|&(a, b)| a < b && b <= 8 << 20),
+            "{ranges:?}"
+        );
+    }
+
     /// A page a commit rewrote to zeros, whose write-back failed, would keep its old bytes on
     /// the disk if the rewrite skipped it: every page is written, zeros included. A page of
     /// zeros the full disk has no block for is a hole, which reads as zeros anyway.
@@ -592,7 +676,12 @@ mod tests {
         file.set_len(4 * 4096).unwrap();
         file.write(3 * 4096, &[7; 4096]).unwrap();
         file.written.lock().unwrap().clear();
-        assert_eq!(rewrite_through(&file).unwrap(), 4 * 4096);
+        assert_eq!(rewrite_through(&file, None).unwrap(), 4 * 4096);
+        assert_eq!(*file.written.lock().unwrap(), [0, 1, 3]);
+        // With the file's map, the hole is not even tried, and zeros in the data are written.
+        file.written.lock().unwrap().clear();
+        let data = [(0, 2 * 4096 - 100), (3 * 4096 + 5, 4 * 4096)];
+        assert_eq!(rewrite_through(&file, Some(&data)).unwrap(), 3 * 4096);
         assert_eq!(*file.written.lock().unwrap(), [0, 1, 3]);
         // A page with data that cannot be written fails the rewrite.
         let file = Recording {
@@ -601,6 +690,6 @@ mod tests {
         };
         file.set_len(2 * 4096).unwrap();
         file.data.lock().unwrap()[4096] = 1;
-        assert!(rewrite_through(&file).is_err());
+        assert!(rewrite_through(&file, None).is_err());
     }
 }
