@@ -332,14 +332,19 @@ fn rewrite_through(
         while offset < end {
             let n = STEP.min(end - offset) as usize;
             backend.read(offset, &mut buf[..n])?;
-            for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
-                let at = offset + i as u64 * PAGE;
-                match backend.write(at, page) {
-                    Err(e)
-                        if data.is_none()
-                            && page.iter().all(|b| *b == 0)
-                            && JournalError::from_io(&e).is_full() => {}
-                    other => other?,
+            if data.is_some() {
+                // Every page here holds data: one write for the whole step (a write a page
+                // was ~2 µs of syscall per 4 KiB, 1.5 s of a 2 GiB journal's start).
+                backend.write(offset, &buf[..n])?;
+            } else {
+                for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                    let at = offset + i as u64 * PAGE;
+                    match backend.write(at, page) {
+                        Err(e)
+                            if page.iter().all(|b| *b == 0)
+                                && JournalError::from_io(&e).is_full() => {}
+                        other => other?,
+                    }
                 }
             }
             written += n as u64;
@@ -678,11 +683,12 @@ mod tests {
         file.written.lock().unwrap().clear();
         assert_eq!(rewrite_through(&file, None).unwrap(), 4 * 4096);
         assert_eq!(*file.written.lock().unwrap(), [0, 1, 3]);
-        // With the file's map, the hole is not even tried, and zeros in the data are written.
+        // With the file's map, the hole is not even tried, and zeros in the data are written
+        // (pages 0 and 1 in one write, then page 3).
         file.written.lock().unwrap().clear();
         let data = [(0, 2 * 4096 - 100), (3 * 4096 + 5, 4 * 4096)];
         assert_eq!(rewrite_through(&file, Some(&data)).unwrap(), 3 * 4096);
-        assert_eq!(*file.written.lock().unwrap(), [0, 1, 3]);
+        assert_eq!(*file.written.lock().unwrap(), [0, 3]);
         // A page with data that cannot be written fails the rewrite.
         let file = Recording {
             holes: vec![1],
