@@ -594,7 +594,7 @@ fn configuration_errors_name_the_key_and_exit_non_zero() {
         .env("SIDELOG_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["serve", "--data-dir"])
         .arg(dir.path())
-        .env("SIDELOG_DELIVERY_MAX_ATTEMPTS", "0")
+        .env("SIDELOG_DELIVERY_MAX_ATTEMPTS", "2000000")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("delivery.max_attempts"));

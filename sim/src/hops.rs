@@ -105,12 +105,12 @@ impl Sink for SimSink {
             tokio::time::sleep(fate.delay_out).await;
             if fate.drop_request {
                 tokio::time::sleep(LOST_AFTER).await;
-                return Err(SinkError(format!("{}: request lost", link.name)));
+                return Err(SinkError::retry(format!("{}: request lost", link.name)));
             }
             let epoch = {
                 let h = hop.lock().expect("never held across a panic");
                 if Hop::until(h.down_until) {
-                    return Err(SinkError("connection refused".into()));
+                    return Err(SinkError::retry("connection refused"));
                 }
                 h.epoch
             };
@@ -120,10 +120,10 @@ impl Sink for SimSink {
             {
                 let h = hop.lock().expect("never held across a panic");
                 if Hop::until(h.failing_until) {
-                    return Err(SinkError("sink is failing".into()));
+                    return Err(SinkError::retry("sink is failing"));
                 }
                 if h.epoch != epoch {
-                    return Err(SinkError("sink crashed before storing".into()));
+                    return Err(SinkError::retry("sink crashed before storing"));
                 }
             }
             let copies = if fate.duplicate { 2 } else { 1 };
@@ -143,7 +143,7 @@ impl Sink for SimSink {
             tokio::time::sleep(fate.delay_back).await;
             if fate.drop_response || hop.lock().expect("never held across a panic").epoch != epoch {
                 tokio::time::sleep(LOST_AFTER).await;
-                return Err(SinkError(format!("{}: response lost", link.name)));
+                return Err(SinkError::retry(format!("{}: response lost", link.name)));
             }
             Ok(())
         })

@@ -10,6 +10,8 @@ pub struct FaultCounts {
     pub crashes: u64,
     pub torn_crashes: u64,
     pub hop_outages: u64,
+    /// Hop outages longer than the retry budget used to be (15-35 s).
+    pub long_outages: u64,
     pub slow_periods: u64,
     pub failing_periods: u64,
     pub partitions: u64,
@@ -24,11 +26,12 @@ pub struct FaultCounts {
 
 impl FaultCounts {
     /// Every kind, by name.
-    pub fn kinds(&self) -> [(&'static str, u64); 13] {
+    pub fn kinds(&self) -> [(&'static str, u64); 14] {
         [
             ("crashes", self.crashes),
             ("torn_crashes", self.torn_crashes),
             ("hop_outages", self.hop_outages),
+            ("long_outages", self.long_outages),
             ("slow_periods", self.slow_periods),
             ("failing_periods", self.failing_periods),
             ("partitions", self.partitions),
@@ -47,6 +50,7 @@ impl FaultCounts {
         self.crashes += o.crashes;
         self.torn_crashes += o.torn_crashes;
         self.hop_outages += o.hop_outages;
+        self.long_outages += o.long_outages;
         self.slow_periods += o.slow_periods;
         self.failing_periods += o.failing_periods;
         self.partitions += o.partitions;

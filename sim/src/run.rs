@@ -300,10 +300,19 @@ fn inject_one(world: &Arc<World>, roll: i32, now: Instant, period: Duration) {
     let hop = || hop.lock().expect("never held across a panic");
     match roll {
         40..=54 => {
+            // Two outages in fifteen last 15-35 s: longer than the retry budget that once
+            // dead-lettered what waited (8 attempts, backoffs up to a second).
+            let long = roll <= 41;
+            let period = if long {
+                Duration::from_secs(15) + period * 10
+            } else {
+                period
+            };
             let mut h = hop();
             h.down_until = Some(now + period);
             h.epoch += 1;
             c.hop_outages += 1;
+            c.long_outages += u64::from(long);
             world.trace.log(format!("CRASH {name} for {period:?}"));
         }
         55..=69 => {

@@ -39,6 +39,10 @@ pub struct SimConfig {
     /// `dedup.window_count`: a fifth of the seeds keep only 300 ids, so that ids are evicted
     /// while their producers may still retry them; the others keep every id of the run.
     pub dedup_window_count: u64,
+    /// `handling.max_attempts` and `delivery.max_attempts`: 0 (no limit, the default) on two
+    /// thirds of the seeds, so that an outage of any length dead-letters nothing; 8 on the
+    /// others, an operator's limit.
+    pub max_attempts: u64,
     /// `journal.wal_bytes`: a sixth of the seeds run without the redo log (every durable
     /// commit fsyncs the database); the others with a small one (96 KiB), so that a full log
     /// brings checkpoints often.
@@ -66,6 +70,7 @@ impl SimConfig {
             replay_max_age_ms: if seed % 4 == 2 { 5_000 } else { 0 },
             dedup_window_count: if seed % 5 == 3 { 300 } else { 10_000_000 },
             wal_bytes: if seed % 6 == 5 { 0 } else { 96 << 10 },
+            max_attempts: if seed % 3 == 2 { 8 } else { 0 },
         }
     }
 

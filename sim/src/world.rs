@@ -475,11 +475,11 @@ pub(crate) fn sim_sidelog_config(cfg: &SimConfig) -> Config {
     c.handling.timeout_ms = 2000;
     c.handling.backoff_initial_ms = 20;
     c.handling.backoff_max_ms = 1000;
-    c.handling.max_attempts = 8;
+    c.handling.max_attempts = cfg.max_attempts;
     c.delivery.timeout_ms = 2000;
     c.delivery.backoff_initial_ms = 20;
     c.delivery.backoff_max_ms = 1000;
-    c.delivery.max_attempts = 8;
+    c.delivery.max_attempts = cfg.max_attempts;
     c.delivery.lanes = 4;
     c.delivery.batch_max_messages = 64;
     c.journal.sync_interval_ms = 200;

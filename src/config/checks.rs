@@ -225,7 +225,7 @@ impl Config {
         Backoff {
             initial_ms: self.handling.backoff_initial_ms,
             max_ms: self.handling.backoff_max_ms,
-            max_attempts: self.handling.max_attempts as u32,
+            max_attempts: attempts_limit(self.handling.max_attempts),
         }
     }
 
@@ -233,8 +233,16 @@ impl Config {
         Backoff {
             initial_ms: self.delivery.backoff_initial_ms,
             max_ms: self.delivery.backoff_max_ms,
-            max_attempts: self.delivery.max_attempts as u32,
+            max_attempts: attempts_limit(self.delivery.max_attempts),
         }
+    }
+}
+
+/// `max_attempts` as a [`Backoff`] counts it: 0 (no limit) is as many as a `u32` holds.
+fn attempts_limit(setting: u64) -> u32 {
+    match setting {
+        0 => u32::MAX,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
     }
 }
 

@@ -167,8 +167,10 @@ settings! {
         concurrency: u64 = 256, Rule::range(1, 65_536);
         /// Per call.
         timeout_ms: u64 = 10_000, Rule::range(1, HOUR_MS);
-        /// Calls of one input in all; then it is dead-lettered.
-        max_attempts: u64 = 10, Rule::range(1, 1_000_000);
+        /// Calls of one input in all before it is dead-lettered; 0: no limit, a failing
+        /// handler is retried for as long as it takes (an input it refuses, or one older than
+        /// `replay.max_age_ms`, is dead-lettered all the same).
+        max_attempts: u64 = 0, Rule::off_or(1, 1_000_000);
         /// First retry delay (full-jitter exponential backoff).
         backoff_initial_ms: u64 = 100, Rule::range(1, HOUR_MS);
         /// Longest retry delay.
@@ -187,8 +189,10 @@ settings! {
         linger_ms: u64 = 0, Rule::range(0, 60_000);
         /// Per batch (plus the chunk age for the file and object sinks).
         timeout_ms: u64 = 10_000, Rule::range(1, HOUR_MS);
-        /// Attempts of one batch in all; then its messages are dead-lettered.
-        max_attempts: u64 = 20, Rule::range(1, 1_000_000);
+        /// Attempts of one batch in all before its messages are dead-lettered; 0: no limit, a
+        /// sink that is down is retried for as long as it takes (a message it refuses, or one
+        /// older than `replay.max_age_ms`, is dead-lettered all the same).
+        max_attempts: u64 = 0, Rule::off_or(1, 1_000_000);
         /// First retry delay (full-jitter exponential backoff).
         backoff_initial_ms: u64 = 100, Rule::range(1, HOUR_MS);
         /// Longest retry delay.

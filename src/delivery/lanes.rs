@@ -219,7 +219,21 @@ async fn deliver_with_retries(
                 completion.delivered(&items).await;
                 return;
             }
-            Ok(Err(e)) => e.0,
+            Ok(Err(e)) if e.refused => {
+                restore_messages(&mut items, &batch);
+                refused(
+                    items,
+                    e.reason,
+                    attempt,
+                    &sink,
+                    &completion,
+                    &config,
+                    &entropy,
+                )
+                .await;
+                return;
+            }
+            Ok(Err(e)) => e.reason,
             Err(_) => format!("no ack within {timeout:?}"),
         };
         if config.backoff.exhausted(attempt) {
@@ -269,6 +283,46 @@ async fn deliver_with_retries(
         tokio::time::sleep(delay).await;
         attempt += 1;
         pending = sink.deliver(batch.clone());
+    }
+}
+
+/// The sink refused a batch (`SinkError::refused`): a single message is a dead letter at once,
+/// with the sink's reason; a larger batch is sent again one message at a time, in order, so
+/// that only what the sink refuses is dead-lettered and the rest goes through.
+async fn refused(
+    items: Vec<DeliveryItem>,
+    reason: String,
+    attempts: u32,
+    sink: &Arc<dyn Sink>,
+    completion: &Arc<Completion>,
+    config: &DeliveryConfig,
+    entropy: &Entropy,
+) {
+    if items.len() == 1 {
+        completion
+            .outputs_dead(&items, &format!("the sink refused it: {reason}"), attempts)
+            .await;
+        return;
+    }
+    debug!(
+        messages = items.len(),
+        reason = %reason,
+        "the sink refused a batch; sending its messages one at a time"
+    );
+    for item in items {
+        let mut one = vec![item];
+        let batch = take_batch(&mut one, sink.writes_seq_header());
+        let first_attempt = sink.deliver(batch.clone());
+        Box::pin(deliver_with_retries(
+            first_attempt,
+            batch,
+            one,
+            sink.clone(),
+            completion.clone(),
+            config.clone(),
+            entropy.clone(),
+        ))
+        .await;
     }
 }
 

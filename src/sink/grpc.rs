@@ -38,7 +38,7 @@ impl Sink for GrpcSink {
         Box::pin(async move {
             grpc.ready()
                 .await
-                .map_err(|e| SinkError(format!("sink connection not ready: {e}")))?;
+                .map_err(|e| SinkError::retry(format!("sink connection not ready: {e}")))?;
             let mut request = tonic::Request::new(SharedDeliverRequest::new(batch));
             request
                 .extensions_mut()
@@ -47,7 +47,16 @@ impl Sink for GrpcSink {
             grpc.unary(request, PathAndQuery::from_static(DELIVER_PATH), codec)
                 .await
                 .map(|_| ())
-                .map_err(|status| SinkError(format!("sink answered {status}")))
+                .map_err(|status| {
+                    let reason = format!("sink answered {status}");
+                    match status.code() {
+                        // The next tier says the batch itself is wrong: no retry heals that.
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::OutOfRange => SinkError::refused(reason),
+                        _ => SinkError::retry(reason),
+                    }
+                })
         })
     }
 

@@ -78,10 +78,34 @@ impl Batch {
     }
 }
 
-/// Why a delivery failed. Always retryable: the whole batch is sent again.
+/// Why a delivery failed: retryable (the sink is down, slow, overloaded: the whole batch is
+/// sent again, for as long as it takes), or a refusal (the next tier will never take it: a
+/// message too large, one it calls invalid), which no retry can heal.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{reason}")]
+pub struct SinkError {
+    pub reason: String,
+    /// The next tier refused the batch: retrying it as it is cannot succeed.
+    pub refused: bool,
+}
+
+impl SinkError {
+    /// A failure that may heal (connection refused, `UNAVAILABLE`, a timeout, a 5xx).
+    pub fn retry(reason: impl Into<String>) -> SinkError {
+        SinkError {
+            reason: reason.into(),
+            refused: false,
+        }
+    }
+
+    /// The next tier refuses what it was sent (`INVALID_ARGUMENT`, too large, ...).
+    pub fn refused(reason: impl Into<String>) -> SinkError {
+        SinkError {
+            reason: reason.into(),
+            refused: true,
+        }
+    }
+}
 
 /// Why a sink cannot be built from its settings (a bad URL, an unusable directory, missing
 /// credentials). Not retryable: the configuration must change.

@@ -277,10 +277,12 @@ async fn check_stream(js: jetstream::Context, config: NatsSinkConfig) {
 fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
     let mut headers = HeaderMap::new();
     let mut put = |name: &str, value: &str| -> Result<(), SinkError> {
-        let n = HeaderName::from_str(name)
-            .map_err(|e| SinkError(format!("header {name:?} cannot be sent to NATS: {e}")))?;
-        let v = HeaderValue::from_str(value)
-            .map_err(|e| SinkError(format!("header {name:?} cannot be sent to NATS: {e}")))?;
+        let n = HeaderName::from_str(name).map_err(|e| {
+            SinkError::refused(format!("header {name:?} cannot be sent to NATS: {e}"))
+        })?;
+        let v = HeaderValue::from_str(value).map_err(|e| {
+            SinkError::refused(format!("header {name:?} cannot be sent to NATS: {e}"))
+        })?;
         headers.insert(n, v);
         Ok(())
     };
@@ -311,19 +313,28 @@ impl Sink for NatsSink {
                         .js
                         .send_publish(this.config.subject_for(&m.key), publish)
                         .await
-                        .map_err(|e| SinkError(format!("publishing to NATS: {e}")))?;
+                        .map_err(|e| {
+                            let reason = format!("publishing to NATS: {e}");
+                            match e.kind() {
+                                // Over the server's max_payload: it never fits.
+                                async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                                    SinkError::refused(reason)
+                                }
+                                _ => SinkError::retry(reason),
+                            }
+                        })?;
                     acks.push(ack);
                 }
                 for ack in acks {
                     ack.await
-                        .map_err(|e| SinkError(format!("no JetStream ack: {e}")))?;
+                        .map_err(|e| SinkError::retry(format!("no JetStream ack: {e}")))?;
                 }
                 Ok(())
             };
             tokio::time::timeout(this.timeout, publish_all)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(SinkError(format!(
+                    Err(SinkError::retry(format!(
                         "JetStream did not ack within {:?}",
                         this.timeout
                     )))

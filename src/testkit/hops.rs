@@ -43,6 +43,9 @@ pub struct TestSink {
     /// Count only, keep no arrivals: a benchmark's millions of messages.
     pub count_only: bool,
     pub observer: Option<BatchObserver>,
+    /// Ids the sink refuses: a request holding one is answered `INVALID_ARGUMENT`, as a next
+    /// tier answers a message it will never take.
+    pub refuse: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[tonic::async_trait]
@@ -59,6 +62,15 @@ impl Sink for TestSink {
             return Err(Status::unavailable("test sink is failing"));
         }
         let messages = request.into_inner().messages;
+        {
+            let refuse = self.refuse.lock().expect("never held across a panic");
+            if let Some(m) = messages.iter().find(|m| refuse.contains(&m.id)) {
+                return Err(Status::invalid_argument(format!(
+                    "message {} is refused by the test sink",
+                    m.id
+                )));
+            }
+        }
         if let Some(observe) = &self.observer {
             observe(&messages);
         }

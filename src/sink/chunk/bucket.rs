@@ -193,7 +193,7 @@ impl ChunkStore for Bucket {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         Box::pin(async move {
-            let err = |what: &str, e: object_store::Error| SinkError(format!("{what}: {e}"));
+            let err = |what: &str, e: object_store::Error| SinkError::retry(format!("{what}: {e}"));
             let mut found = HashSet::new();
             // An hour before the oldest entry: a chunk opened in an earlier hour than its
             // entries were journaled is not possible, but clocks step.
@@ -227,13 +227,13 @@ impl ChunkStore for Bucket {
                         .map_err(|e| err("cannot read back an object", e))?;
                     let seqs: Vec<u64> = if meta.location.as_ref().ends_with(".parquet") {
                         crate::sink::parquet::ids_and_sequences(bytes.to_vec())
-                            .map_err(|e| SinkError(format!("{}: {e}", meta.location)))?
+                            .map_err(|e| SinkError::retry(format!("{}: {e}", meta.location)))?
                             .into_iter()
                             .map(|(_, s)| s)
                             .collect()
                     } else {
                         crate::sink::parse_chunk(&bytes)
-                            .map_err(|e| SinkError(format!("{}: {e}", meta.location)))?
+                            .map_err(|e| SinkError::retry(format!("{}: {e}", meta.location)))?
                             .iter()
                             .filter_map(crate::sink::sequence_of)
                             .collect()
@@ -313,8 +313,9 @@ impl ObjectSink {
 /// Uploads `bytes` as the object `path`: one PUT, or a multipart upload past the threshold
 /// (aborted if a part fails, so nothing partial is ever visible or kept).
 async fn upload(store: &AmazonS3, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), SinkError> {
-    let err =
-        |what: &str, e: object_store::Error| SinkError(format!("{what} {path}: {}", brief(&e)));
+    let err = |what: &str, e: object_store::Error| {
+        SinkError::retry(format!("{what} {path}: {}", brief(&e)))
+    };
     let bytes = bytes::Bytes::from(bytes);
     if bytes.len() <= MULTIPART_THRESHOLD {
         store

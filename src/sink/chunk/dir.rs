@@ -79,11 +79,11 @@ impl ChunkStore for ChunkDir {
                 })();
                 result.map_err(|e| {
                     drop(std::fs::remove_file(&tmp_path));
-                    SinkError(format!("cannot write chunk {}: {e}", final_path.display()))
+                    SinkError::retry(format!("cannot write chunk {}: {e}", final_path.display()))
                 })
             })
             .await
-            .map_err(|e| SinkError(format!("chunk writing task failed: {e}")))?
+            .map_err(|e| SinkError::retry(format!("chunk writing task failed: {e}")))?
         })
     }
 }

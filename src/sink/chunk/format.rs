@@ -26,7 +26,7 @@ pub fn encode_chunk_record(message: &Message, out: &mut Vec<u8>) -> Result<(), S
         .encode(out)
         .expect("encoding into a Vec cannot run out of space");
     let body = &out[start + 8..];
-    let len = u32::try_from(body.len()).map_err(|_| SinkError("message over 4 GiB".into()))?;
+    let len = u32::try_from(body.len()).map_err(|_| SinkError::refused("message over 4 GiB"))?;
     let crc = crc32fast::hash(body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());

@@ -345,9 +345,9 @@ impl ChunkSink {
                 ChunkFormat::Parquet => {
                     tokio::task::spawn_blocking(move || crate::sink::parquet::encode(&messages))
                         .await
-                        .map_err(|e| SinkError(format!("parquet encoding task failed: {e}")))
+                        .map_err(|e| SinkError::retry(format!("parquet encoding task failed: {e}")))
                         .and_then(|r| {
-                            r.map_err(|e| SinkError(format!("cannot encode parquet: {e}")))
+                            r.map_err(|e| SinkError::retry(format!("cannot encode parquet: {e}")))
                         })
                 }
             };
@@ -382,7 +382,7 @@ impl Sink for Arc<ChunkSink> {
         Box::pin(async move {
             appended?
                 .await
-                .unwrap_or_else(|_| Err(SinkError("the chunk sink stopped".into())))
+                .unwrap_or_else(|_| Err(SinkError::retry("the chunk sink stopped")))
         })
     }
 
