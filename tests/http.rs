@@ -445,3 +445,83 @@ async fn slow_clients_and_too_many_connections_are_refused() {
     assert_eq!(many.status(), 431);
     sidelog.kill9().await;
 }
+
+/// Shippers compress: `Content-Encoding: gzip` and `zstd` bodies are decoded (and their records
+/// acked and delivered), an encoding the door does not know is 415, a body that is not what its
+/// encoding says is 400, and one that decodes past `max_request_bytes` is 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_decoded_and_unknown_encodings_refused() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    let sink_server = sink.start(free_port()).await;
+    let sink_url = format!("http://{}", sink_server.addr);
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--http-listen",
+            &port_text,
+            "--sink",
+            &sink_url,
+            "--limits-max-request-bytes",
+            "65536",
+            "--limits-max-message-bytes",
+            "16384",
+        ],
+    );
+    sidelog.start().await;
+    let send = |encoding: &'static str, body: Vec<u8>| async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{port}/v1/publish"))
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+            .await
+            .expect("the HTTP door answers");
+        let status = response.status().as_u16();
+        let json: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        (status, json)
+    };
+    let lines = |prefix: &str| -> Vec<u8> {
+        (0..3)
+            .map(|i| format!("{{\"id\":\"{prefix}-{i}\",\"n\":{i}}}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&lines("gz")).unwrap();
+    let (code, answer) = send("gzip", gz.finish().unwrap()).await;
+    assert_eq!(
+        (code, statuses(&answer)),
+        (200, vec!["ACCEPTED".to_string(); 3])
+    );
+    let zst = zstd::encode_all(&lines("zst")[..], 3).unwrap();
+    let (code, answer) = send("zstd", zst).await;
+    assert_eq!(
+        (code, statuses(&answer)),
+        (200, vec!["ACCEPTED".to_string(); 3])
+    );
+    let want: HashSet<String> = ["gz", "zst"]
+        .iter()
+        .flat_map(|p| (0..3).map(move |i| format!("{p}-{i}")))
+        .collect();
+    let missing = wait_for_ids(&sink, &want, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+
+    let (code, answer) = send("br", lines("br")).await;
+    assert_eq!(code, 415, "{answer}");
+    assert!(answer.to_string().contains("gzip or zstd"), "{answer}");
+    let (code, answer) = send("gzip", lines("not-gzip")).await;
+    assert_eq!(code, 400, "{answer}");
+    // 1 MiB of one byte compresses to ~1 KiB: over the 64 KiB limit once decoded.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    bomb.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    let bomb = bomb.finish().unwrap();
+    assert!(bomb.len() < 65536);
+    let (code, answer) = send("gzip", bomb).await;
+    assert_eq!(code, 413, "{answer}");
+    sidelog.terminate().await;
+}

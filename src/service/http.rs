@@ -214,6 +214,59 @@ pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
     })
 }
 
+/// Why a body's `Content-Encoding` cannot be undone.
+enum Undecodable {
+    /// An encoding the door does not take (answered 415).
+    Unsupported(String),
+    /// Decoded, it is over `max_request_bytes` (413; a small body can expand a thousandfold).
+    TooLarge,
+    /// It is not what its encoding says (400).
+    Damaged(&'static str, std::io::Error),
+}
+
+/// The body as it was before its `Content-Encoding` (`gzip`, `zstd`; none or `identity`: as
+/// it is), at most `limit` bytes decoded: shippers compress what they send (Vector's and
+/// Fluent Bit's `compress` settings, curl `--compressed`).
+fn decode(
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    limit: usize,
+) -> Result<bytes::Bytes, Undecodable> {
+    use std::io::Read as _;
+    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let encoding = encoding
+        .to_str()
+        .unwrap_or("(not text)")
+        .trim()
+        .to_ascii_lowercase();
+    let (name, reader): (&'static str, Box<dyn std::io::Read + '_>) = match encoding.as_str() {
+        "" | "identity" => return Ok(body),
+        "gzip" | "x-gzip" => (
+            "gzip",
+            Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        ),
+        "zstd" => (
+            "zstd",
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(&body[..])
+                    .map_err(|e| Undecodable::Damaged("zstd", e))?,
+            ),
+        ),
+        _ => return Err(Undecodable::Unsupported(encoding)),
+    };
+    let mut decoded = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|e| Undecodable::Damaged(name, e))?;
+    if decoded.len() > limit {
+        return Err(Undecodable::TooLarge);
+    }
+    Ok(decoded.into())
+}
+
 /// `navigator.sendBeacon` posts a string as `text/plain` and cannot set headers: the body is
 /// read as NDJSON whatever its type says. The answer is the same JSON, for tools and tests.
 async fn beacon(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
@@ -312,6 +365,27 @@ async fn accept(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
                 &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let body = match decode(&headers, body, door.max_request_bytes) {
+        Ok(body) => body,
+        Err(Undecodable::Unsupported(encoding)) => {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_argument",
+                &format!(
+                    "Content-Encoding {encoding} is not taken: send the body as it is, or as \
+                     gzip or zstd"
+                ),
+            );
+        }
+        Err(Undecodable::TooLarge) => return too_large(),
+        Err(Undecodable::Damaged(encoding, e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                &format!("cannot decode the {encoding} body: {e}"),
             );
         }
     };
