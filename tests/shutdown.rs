@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Sidelog, TestSink, free_port, produce, wait_for_ids};
+use common::{Sidelog, TestSink, free_port, msg, produce, publish, wait_for_ids};
 use sidelog::proto::{Message, PublishRequest};
 use tokio::time::Instant;
 
@@ -258,4 +258,45 @@ async fn mode_none_says_how_much_a_stop_loses() {
         "50 payloads of 100 bytes: {line}"
     );
     sink_server.stop().await;
+}
+
+/// SIGHUP (a closed terminal, a reload habit) does not stop sidelog: it says it ignores it and
+/// goes on serving, and its journal stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &[]);
+    sidelog.start().await;
+    sidelog.signal("HUP");
+    sidelog
+        .wait_log("SIGHUP received and ignored", Duration::from_secs(10))
+        .await;
+    assert_eq!(sidelog.health().await, Some(true), "still serving");
+    let acks = publish(&sidelog, vec![msg("after-hup", b"x")])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, sidelog::proto::ack::Status::Accepted as i32);
+    assert!(sidelog.terminate().await.success());
+}
+
+/// `serve --check-config | head`: a reader that closed the pipe before sidelog wrote (here it
+/// reads nothing and is gone when sidelog starts) ends the output, not sidelog with a panic
+/// (101).
+#[tokio::test]
+async fn check_config_survives_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{{ sleep 0.3; '{}' serve --check-config --data-dir '{}'; }} | head -0; \
+             echo \"status=${{PIPESTATUS[0]}}\"",
+            sidelog::testkit::binary().display(),
+            dir.path().display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("status=0"), "{stdout}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

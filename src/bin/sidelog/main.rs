@@ -182,12 +182,9 @@ fn main() -> ExitCode {
                 } = *command;
                 let config = Config::load(args)?;
                 if check_config {
-                    println!("# the configuration is valid; as sidelog would run with it:");
-                    for (key, value) in config.effective_redacted() {
-                        println!("{key} = {value}");
-                    }
-                    return Ok(ExitCode::SUCCESS);
+                    return print_effective(&config);
                 }
+                ignore_sighup();
                 let this_start = sidelog::ThisStart { discard_wal };
                 sidelog::serve(config, this_start, shutdown_signal(), |_| {})
                     .await
@@ -237,6 +234,48 @@ fn main() -> ExitCode {
 /// Resolves at the first SIGTERM or Ctrl-C (graceful shutdown begins); a second one exits at
 /// once with status 130. Exiting at once loses nothing acknowledged: an ack follows its fsync,
 /// and the journal is replayed on the next start.
+/// `serve --check-config`'s output. A reader that stops early (`| head`) closes the pipe:
+/// that ends the output, not the process with a panic.
+fn print_effective(config: &Config) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let mut write = || -> std::io::Result<()> {
+        writeln!(
+            out,
+            "# the configuration is valid; as sidelog would run with it:"
+        )?;
+        for (key, value) in config.effective_redacted() {
+            writeln!(out, "{key} = {value}")?;
+        }
+        out.flush()
+    };
+    match write() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the configuration"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// SIGHUP would end the process (exit 129) by default; sidelog reloads nothing while it runs,
+/// so it says so and goes on.
+fn ignore_sighup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP received and ignored: sidelog reloads nothing while it runs; \
+                         restart it (SIGTERM, then start it again) to apply a changed configuration"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; it would stop sidelog"),
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
