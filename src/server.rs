@@ -65,6 +65,9 @@ pub async fn serve(
         info!(addr = %addr, "serving metrics");
     }
     let opened = open_journal(&config, this_start, clock.clone()).await?;
+    // Once the journal is this process's: the pid file names the sidelog of this data
+    // directory, not every sidelog on the machine (`kill -9 $(cat sidelog-data/sidelog.pid)`).
+    let _pid_file = PidFile::write(&config.data_dir)?;
     let (hops, readback) = open_hops(&config, clock.clone(), &entropy).await?;
     let node = opened.assemble(&config, hops, clock.clone(), entropy);
     let Node {
@@ -489,6 +492,33 @@ async fn stop(
     close_journal(&node.journal).await?;
     info!("stopped");
     Ok(())
+}
+
+/// `<data-dir>/sidelog.pid`: the running sidelog's process id, written when its journal is
+/// open and removed when `serve` returns. One left by a crash is stale; the next start
+/// replaces it.
+struct PidFile(std::path::PathBuf);
+
+/// The pid file's name inside the data directory.
+pub const PID_FILE_NAME: &str = "sidelog.pid";
+
+impl PidFile {
+    fn write(data_dir: &std::path::Path) -> anyhow::Result<PidFile> {
+        let path = data_dir.join(PID_FILE_NAME);
+        let temp = data_dir.join(format!("{PID_FILE_NAME}.new"));
+        std::fs::write(&temp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the pid file");
+        }
+    }
 }
 
 /// The journal's last act of a clean stop: what is pending is made durable, the redo log is

@@ -261,7 +261,7 @@ async fn mode_none_says_how_much_a_stop_loses() {
 }
 
 /// SIGHUP (a closed terminal, a reload habit) does not stop sidelog: it says it ignores it and
-/// goes on serving, and its journal stays open.
+/// goes on serving, and its journal stays open. The pid file names it meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_is_ignored_and_said_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +276,12 @@ async fn sighup_is_ignored_and_said_so() {
         .await
         .unwrap();
     assert_eq!(acks[0].status, sidelog::proto::ack::Status::Accepted as i32);
+    // The pid file names this process while it runs, and goes with a clean stop.
+    let pid_file = dir.path().join("data").join("sidelog.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("a pid file while serving");
+    assert_eq!(pid.trim(), sidelog.pid().unwrap().to_string());
     assert!(sidelog.terminate().await.success());
+    assert!(!pid_file.exists(), "a clean stop removes the pid file");
 }
 
 /// `serve --check-config | head`: a reader that closed the pipe before sidelog wrote (here it
