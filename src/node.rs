@@ -91,19 +91,31 @@ impl Opened {
             Some(handler) => (handler, OutputIds::Derived),
             None => (Arc::new(PassThrough), OutputIds::Kept),
         };
-        let runner = Arc::new(HandlerRunner::new(
-            handler,
-            ids,
-            config.handling.concurrency as usize,
-            Duration::from_millis(config.handling.timeout_ms),
-            config.handler_backoff(),
-            entropy.clone(),
-        ));
+        let runner = Arc::new(
+            HandlerRunner::new(
+                handler,
+                ids,
+                config.handling.concurrency as usize,
+                Duration::from_millis(config.handling.timeout_ms),
+                config.handler_backoff(),
+                entropy.clone(),
+            )
+            .watched(crate::runtime::Outage::new(
+                "handler",
+                Some(self.journal.backlog().clone()),
+                clock.clone(),
+            )),
+        );
         let completion = Completion::new(self.journal.clone());
+        let sink_outage = Arc::new(crate::runtime::Outage::new(
+            "sink",
+            Some(self.journal.backlog().clone()),
+            clock.clone(),
+        ));
         let (delivery, lanes) = Delivery::start(
             hops.sink,
             completion.clone(),
-            delivery_config(config, clock.clone()),
+            delivery_config(config, clock.clone(), sink_outage),
             entropy.clone(),
         );
         let pipeline = Pipeline::new(
@@ -169,7 +181,11 @@ pub fn replay_options(config: &Config) -> ReplayOptions {
     }
 }
 
-fn delivery_config(config: &Config, clock: SharedClock) -> DeliveryConfig {
+fn delivery_config(
+    config: &Config,
+    clock: SharedClock,
+    outage: Arc<crate::runtime::Outage>,
+) -> DeliveryConfig {
     DeliveryConfig {
         lanes: config.delivery.lanes as usize,
         lane_queue: (config.delivery.batch_max_messages as usize * 2).max(64),
@@ -180,5 +196,6 @@ fn delivery_config(config: &Config, clock: SharedClock) -> DeliveryConfig {
         backoff: config.delivery_backoff(),
         max_age_ms: config.replay.max_age_ms,
         clock,
+        outage,
     }
 }

@@ -446,12 +446,12 @@ async fn handler_and_sink_crashes_lose_nothing() {
             rig.sink_progress(rng.random_range(100..400), &producers)
                 .await;
             rig.handler_srv.stop().await;
-            rig.felt("handler call failed", &producers).await;
+            rig.felt("the handler is down", &producers).await;
             rig.handler_srv = rig.handler.start(rig.handler_srv.addr).await;
             rig.sink_progress(rng.random_range(100..400), &producers)
                 .await;
             rig.sink_srv.stop().await;
-            rig.felt("delivery failed", &producers).await;
+            rig.felt("the sink is down", &producers).await;
             rig.sink_srv = rig.sink.start(rig.sink_srv.addr).await;
         }
         let log = producers.await.expect("producers");

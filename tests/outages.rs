@@ -55,10 +55,19 @@ async fn a_sink_outage_longer_than_the_old_retry_budget_dead_letters_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let summary = sidelog.inspect(&[]).await.expect("summary");
     assert_eq!(summary_field(&summary, "dead letters"), 0, "{summary}");
+    // Said once per period while it lasts: which hop, and what waits.
+    let log = sidelog.log();
+    assert!(
+        log.contains("the sink is down; retrying for as long as it takes, 50 entries wait"),
+        "{log}"
+    );
     sink.failing.store(false, Ordering::Relaxed);
     let want: HashSet<String> = want.into_iter().collect();
     let missing = wait_for_ids(&sink, &want, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "never delivered: {missing:?}");
+    sidelog
+        .wait_log("the sink is back", Duration::from_secs(10))
+        .await;
     let summary = sidelog.inspect(&[]).await.expect("summary");
     assert_eq!(summary_field(&summary, "dead letters"), 0, "{summary}");
     sidelog.terminate().await;
@@ -92,6 +101,11 @@ async fn a_handler_outage_longer_than_the_old_retry_budget_dead_letters_nothing(
     tokio::time::sleep(Duration::from_secs(4)).await;
     let summary = sidelog.inspect(&[]).await.expect("summary");
     assert_eq!(summary_field(&summary, "dead letters"), 0, "{summary}");
+    assert!(
+        sidelog.log().contains("the handler is down"),
+        "{}",
+        sidelog.log_tail()
+    );
     handler.failing.store(false, Ordering::Relaxed);
     let want: HashSet<String> = inputs
         .iter()
@@ -135,5 +149,34 @@ async fn a_message_the_sink_refuses_is_dead_lettered_at_once_and_the_rest_delive
         letters.contains("poison") && letters.contains("the sink refused it"),
         "{summary}\n{letters}"
     );
+    sidelog.terminate().await;
+}
+
+/// With dead letters in the journal, the outage warning says how many and how to re-queue them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_warning_says_how_many_dead_letters_wait_and_how_to_requeue_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::default();
+    sink.refuse.lock().unwrap().insert("poison".to_string());
+    let server = sink.start(free_port()).await;
+    let url = format!("http://{}", server.addr);
+    let mut args = vec!["--sink", url.as_str()];
+    args.extend_from_slice(SHORT_BACKOFFS);
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
+    sidelog.start().await;
+    ack_all(&sidelog, &["poison".to_string()]).await;
+    sidelog.wait_summary("dead letters", 1).await;
+    sink.failing.store(true, Ordering::Relaxed);
+    ack_all(&sidelog, &["later".to_string()]).await;
+    sidelog
+        .wait_log(
+            "1 dead letters wait for `sidelog inspect requeue --all`",
+            Duration::from_secs(10),
+        )
+        .await;
+    sink.failing.store(false, Ordering::Relaxed);
+    let want: HashSet<String> = ["later".to_string()].into();
+    let missing = wait_for_ids(&sink, &want, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
     sidelog.terminate().await;
 }

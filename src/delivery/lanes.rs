@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::{Completion, DeliveryConfig, DeliveryItem};
 use crate::runtime::Entropy;
@@ -215,6 +215,7 @@ async fn deliver_with_retries(
         metrics::gauge!(crate::metrics::SINK_UP).set(if label == "ok" { 1.0 } else { 0.0 });
         let error = match outcome {
             Ok(Ok(())) => {
+                config.outage.succeeded();
                 completion.stats.batches.fetch_add(1, Ordering::Relaxed);
                 completion.delivered(&items).await;
                 return;
@@ -271,15 +272,8 @@ async fn deliver_with_retries(
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
         metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
         let delay = config.backoff.delay(attempt, &entropy);
-        if attempt == 1 {
-            static WARN: crate::runtime::WarnLimit =
-                crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
-            if let Some(suppressed) = WARN.check() {
-                warn!(messages = items.len(), error = %error, suppressed, "delivery failed; retrying with backoff (suppressed: like warnings held back since the last one)");
-            }
-        } else {
-            debug!(messages = items.len(), attempt, error = %error, ?delay, "delivery failed; retrying");
-        }
+        config.outage.failed(&error);
+        debug!(messages = items.len(), attempt, error = %error, ?delay, "delivery failed; retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
         pending = sink.deliver(batch.clone());

@@ -70,4 +70,6 @@ pub struct DeliveryConfig {
     /// Entries older than this are dead-lettered instead of retried; 0 = no limit.
     pub max_age_ms: u64,
     pub clock: crate::runtime::SharedClock,
+    /// The sink's outage, said once per period while it lasts.
+    pub outage: std::sync::Arc<crate::runtime::Outage>,
 }

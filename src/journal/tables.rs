@@ -59,6 +59,8 @@ pub(super) struct FileState {
     pub ids: IdWindow,
     /// The journal's identity (made now for a file that had none).
     pub identity: u64,
+    /// Rows of the dead-letter table.
+    pub dead_letters: u64,
     /// The epoch the redo log's next frames carry (the file's, after any replay).
     pub wal_epoch: u64,
     /// Frames of the redo log applied while opening.
@@ -181,6 +183,7 @@ pub(super) fn load_state(db: &Database, path: &Path, log: LogAtOpen<'_>) -> Step
             max_key: last_keys.into_iter().flatten().max().unwrap_or(0),
             ids: window,
             identity,
+            dead_letters: dead.len()?,
             wal_epoch: epoch,
             replayed_frames: replayed,
             recovered,
@@ -312,6 +315,8 @@ pub(super) struct Tables<'txn> {
     pub next_seq: &'txn mut u64,
     window: &'txn mut IdWindow,
     pub bytes_delta: i64,
+    /// Rows this commit added to the dead-letter table, less those it removed.
+    pub dead_delta: i64,
     pub entries_delta: i64,
     /// The entries this commit adds, written as one block by [`Tables::finish`].
     block: BlockBuilder,
@@ -345,6 +350,7 @@ impl<'txn> Tables<'txn> {
             next_seq,
             window,
             bytes_delta: 0,
+            dead_delta: 0,
             entries_delta: 0,
             block: BlockBuilder::default(),
             touched: BTreeMap::new(),
@@ -395,6 +401,7 @@ impl Tables<'_> {
                 let mut purged = 0;
                 for seq in self.select_dead(selection)? {
                     if self.dead.remove(seq.0)?.is_some() {
+                        self.dead_delta -= 1;
                         self.redo.remove(BytesTable::DeadLetters, seq.0);
                         purged += 1;
                     }
@@ -498,6 +505,7 @@ impl Tables<'_> {
             let Some(record) = self.dead.remove(old.0)?.map(|v| v.value().to_vec()) else {
                 continue;
             };
+            self.dead_delta -= 1;
             self.redo.remove(BytesTable::DeadLetters, old.0);
             let letter = decode_record::<DeadLetter>("dead_letters", old.0, &record)
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
@@ -553,6 +561,7 @@ impl Tables<'_> {
     /// one row each: they are few, and an operator acts on them one by one.
     fn insert_dead(&mut self, seq: Seq, record: &[u8]) -> Step {
         let reused = self.dead.insert(seq.0, record)?.is_some();
+        self.dead_delta += 1;
         self.redo.put(BytesTable::DeadLetters, seq.0, record);
         assert!(
             !reused,

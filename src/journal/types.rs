@@ -16,9 +16,17 @@ pub struct Seq(pub u64);
 pub struct Backlog {
     bytes: AtomicU64,
     entries: AtomicU64,
+    /// Rows of the dead-letter table.
+    dead_letters: AtomicU64,
 }
 
 impl Backlog {
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+    pub(super) fn set_dead_letters(&self, n: u64) {
+        self.dead_letters.store(n, Ordering::Relaxed);
+    }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

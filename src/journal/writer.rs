@@ -91,6 +91,8 @@ pub(super) struct Writer {
 
 /// What one commit decided and changed, for the bookkeeping after it returned.
 struct Committed {
+    /// Rows added to the dead-letter table, less those removed.
+    dead_delta: i64,
     durable: bool,
     checkpoint: bool,
     fsync: bool,
@@ -444,6 +446,7 @@ impl Writer {
         self.durable_floor = state.seq_floor;
         self.ids = state.ids;
         self.backlog.set(state.backlog_bytes, state.backlog_entries);
+        self.backlog.set_dead_letters(state.dead_letters);
         metrics::gauge!(crate::metrics::BACKLOG_ENTRIES).set(state.backlog_entries as f64);
         metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(state.backlog_bytes as f64);
         self.dirty = false;
@@ -575,7 +578,7 @@ impl Writer {
         let checkpoint_due = self.checkpoint_next
             || self.force_durable
             || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
-        let (bytes, entries, written_records, written_bytes, mut redo, checkpoint) = {
+        let (bytes, entries, written_records, written_bytes, mut redo, checkpoint, dead_delta) = {
             let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
             if !self.log_in_use {
                 t.redo = super::wal::Redo::off();
@@ -611,6 +614,7 @@ impl Writer {
                 t.written_bytes,
                 redo,
                 checkpoint,
+                t.dead_delta,
             )
         };
         let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
@@ -646,6 +650,7 @@ impl Writer {
         }
         self.ids.stale = false;
         Ok(Committed {
+            dead_delta,
             durable: durable || checkpoint,
             checkpoint,
             fsync: fsync || immediate,
@@ -724,6 +729,10 @@ impl Writer {
         }
         self.next_seq = c.next_seq;
         self.backlog.set(c.bytes, c.entries);
+        if c.dead_delta != 0 {
+            let dead = self.backlog.dead_letters() as i64 + c.dead_delta;
+            self.backlog.set_dead_letters(dead.max(0) as u64);
+        }
     }
 
     fn read(&mut self, read: Read) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::proto::handler_client::HandlerClient;
 use crate::proto::{HandleRequest, Message};
@@ -131,6 +131,8 @@ pub struct HandlerRunner {
     backoff: Backoff,
     entropy: Entropy,
     ids: OutputIds,
+    /// The handler's outage, said in the log while it lasts.
+    outage: Option<crate::runtime::Outage>,
 }
 
 /// How outputs are named.
@@ -167,7 +169,14 @@ impl HandlerRunner {
             backoff,
             entropy,
             ids,
+            outage: None,
         }
+    }
+
+    /// Says the handler's outages in the log (once per period while one lasts).
+    pub fn watched(mut self, outage: crate::runtime::Outage) -> Self {
+        self.outage = Some(outage);
+        self
     }
 
     /// Whether each input is its own single output (no handler).
@@ -208,7 +217,12 @@ impl HandlerRunner {
                 result
             };
             let error = match result {
-                Ok(outputs) => return HandleOutcome::Outputs(self.finish(input, outputs)),
+                Ok(outputs) => {
+                    if let Some(outage) = &self.outage {
+                        outage.succeeded();
+                    }
+                    return HandleOutcome::Outputs(self.finish(input, outputs));
+                }
                 Err(refused @ HandlerError::Refused(_)) => {
                     return HandleOutcome::Dead {
                         reason: refused.to_string(),
@@ -225,12 +239,8 @@ impl HandlerRunner {
             }
             let delay = self.backoff.delay(attempt, &self.entropy);
             debug!(id = %input.id, attempt, error = %error, ?delay, "handler call failed; retrying");
-            if attempt == 1 {
-                static WARN: crate::runtime::WarnLimit =
-                    crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
-                if let Some(suppressed) = WARN.check() {
-                    warn!(error = %error, suppressed, "handler call failed; retrying with backoff (suppressed: like warnings held back since the last one)");
-                }
+            if let Some(outage) = &self.outage {
+                outage.failed(&error);
             }
             tokio::time::sleep(delay).await;
             attempt += 1;

@@ -6,6 +6,7 @@
 mod backoff;
 mod clock;
 mod fs;
+mod outage;
 mod spawn;
 mod warn_limit;
 
@@ -15,6 +16,7 @@ use std::pin::Pin;
 pub use backoff::{Backoff, JOURNAL_RETRY, retry_transient};
 pub use clock::{Clock, Entropy, SharedClock, SystemClock};
 pub use fs::{create_dir_all_durably, sync_dir};
+pub use outage::Outage;
 pub use spawn::{Tracker, spawn};
 pub use warn_limit::{WARN_EVERY, WarnLimit};
 
