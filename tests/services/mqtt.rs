@@ -51,7 +51,7 @@ impl Broker {
             dir.join("mosquitto.conf"),
             format!(
                 "per_listener_settings true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\n\
+                 persistence_location {}/\nmax_queued_messages 0\nmax_queued_bytes 1073741824\n\
                  listener {port} 127.0.0.1\n{settings}",
                 dir.display()
             ),

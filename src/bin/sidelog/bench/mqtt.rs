@@ -63,7 +63,7 @@ impl OwnBroker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
-                 persistence false\nmax_queued_messages 100000\n"
+                 persistence false\nmax_queued_messages 0\nmax_queued_bytes 1073741824\n"
             ),
         )?;
         let child = std::process::Command::new(&binary)
