@@ -1345,6 +1345,17 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     );
     assert!(stdout.contains("token=<redacted>"), "{stdout}");
     assert!(!stdout.contains("sekrit"), "a secret printed: {stdout}");
+    // Without a sink: the file sink in the data directory, said as such (here and in the
+    // start-up line, which reads the same list).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--check-config"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sink = file:./sidelog-data/out"),
+        "{stdout}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
         .args(["serve", "--check-config", "--delivery-lanes", "0"])
         .output()

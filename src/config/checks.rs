@@ -17,6 +17,10 @@ impl Config {
         self.effective()
             .into_iter()
             .map(|(key, value)| match key {
+                // No sink set is the file sink in the data directory: say where.
+                "sink" if self.sink.is_none() => {
+                    (key, format!("file:{}", self.data_dir.join("out").display()))
+                }
                 "sink" | "mqtt_source" => (key, redact_url(&value)),
                 _ => (key, value),
             })
