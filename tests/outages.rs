@@ -25,6 +25,16 @@ const SHORT_BACKOFFS: &[&str] = &[
     "20",
 ];
 
+/// A sidelog on `dir` delivering to `sink`, with the short backoffs, serving.
+async fn started(dir: &std::path::Path, sink: &Restartable) -> Sidelog {
+    let url = format!("http://{}", sink.addr);
+    let mut args = vec!["--sink", url.as_str()];
+    args.extend_from_slice(SHORT_BACKOFFS);
+    let mut sidelog = Sidelog::new(&dir.join("data"), &args);
+    sidelog.start().await;
+    sidelog
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -45,11 +55,7 @@ async fn ack_all(sidelog: &Sidelog, ids: &[String]) {
 async fn a_sink_outage_longer_than_the_old_retry_budget_dead_letters_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (sink, server) = failing_sink().await;
-    let url = format!("http://{}", server.addr);
-    let mut args = vec!["--sink", url.as_str()];
-    args.extend_from_slice(SHORT_BACKOFFS);
-    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
-    sidelog.start().await;
+    let mut sidelog = started(dir.path(), &server).await;
     let want = ids("s", 50);
     ack_all(&sidelog, &want).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -127,11 +133,7 @@ async fn a_message_the_sink_refuses_is_dead_lettered_at_once_and_the_rest_delive
     // Held while the batch forms, so that the poison shares it with good messages.
     sink.failing.store(true, Ordering::Relaxed);
     let server = sink.start(free_port()).await;
-    let url = format!("http://{}", server.addr);
-    let mut args = vec!["--sink", url.as_str()];
-    args.extend_from_slice(SHORT_BACKOFFS);
-    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
-    sidelog.start().await;
+    let mut sidelog = started(dir.path(), &server).await;
     let mut batch = ids("good", 10);
     batch.insert(5, "poison".into());
     ack_all(&sidelog, &batch).await;
@@ -159,11 +161,7 @@ async fn an_outage_warning_says_how_many_dead_letters_wait_and_how_to_requeue_th
     let sink = TestSink::default();
     sink.refuse.lock().unwrap().insert("poison".to_string());
     let server = sink.start(free_port()).await;
-    let url = format!("http://{}", server.addr);
-    let mut args = vec!["--sink", url.as_str()];
-    args.extend_from_slice(SHORT_BACKOFFS);
-    let mut sidelog = Sidelog::new(&dir.path().join("data"), &args);
-    sidelog.start().await;
+    let mut sidelog = started(dir.path(), &server).await;
     ack_all(&sidelog, &["poison".to_string()]).await;
     sidelog.wait_summary("dead letters", 1).await;
     sink.failing.store(true, Ordering::Relaxed);

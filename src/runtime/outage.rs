@@ -4,6 +4,7 @@
 //! it is back. Failures that heal are retried for as long as it takes; these lines are what an
 //! operator watches meanwhile.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
@@ -19,6 +20,8 @@ pub struct Outage {
     backlog: Option<Arc<Backlog>>,
     clock: SharedClock,
     down: Mutex<Option<Down>>,
+    /// Whether `down` holds an outage: a success reads this alone (once per delivered batch).
+    is_down: AtomicBool,
     warn: WarnLimit,
 }
 
@@ -41,6 +44,7 @@ impl Outage {
             backlog,
             clock,
             down: Mutex::new(None),
+            is_down: AtomicBool::new(false),
             warn: WarnLimit::new(WARN_EVERY),
         }
     }
@@ -55,6 +59,7 @@ impl Outage {
                 failures: 0,
             });
             d.failures += 1;
+            self.is_down.store(true, Ordering::Release);
             (d.since, d.since_ms, d.failures)
         };
         // The first failure of an outage is always said; then one line per period.
@@ -70,35 +75,31 @@ impl Outage {
             .as_ref()
             .map_or((0, 0), |b| (b.entries(), b.dead_letters()));
         let hop = self.hop;
-        if dead > 0 {
-            warn!(
-                hop,
-                since,
-                down_s,
-                failures,
-                waiting_entries = waiting,
-                dead_letters = dead,
-                requeue = "sidelog inspect requeue --all",
-                error,
-                "the {hop} is down; retrying for as long as it takes, {waiting} entries wait in the journal, {dead} dead letters wait for `sidelog inspect requeue --all`"
-            );
+        let dead_letters = if dead > 0 {
+            format!(", {dead} dead letters wait for `sidelog inspect requeue --all`")
         } else {
-            warn!(
-                hop,
-                since,
-                down_s,
-                failures,
-                waiting_entries = waiting,
-                error,
-                "the {hop} is down; retrying for as long as it takes, {waiting} entries wait in the journal"
-            );
-        }
+            String::new()
+        };
+        warn!(
+            hop,
+            since,
+            down_s,
+            failures,
+            waiting_entries = waiting,
+            dead_letters = dead,
+            error,
+            "the {hop} is down; retrying for as long as it takes, {waiting} entries wait in the journal{dead_letters}"
+        );
     }
 
     /// A call to the hop succeeded: if it was down, it is back.
     pub fn succeeded(&self) {
+        if !self.is_down.load(Ordering::Acquire) {
+            return;
+        }
         let was = {
             let mut down = self.down.lock().expect("never held across a panic");
+            self.is_down.store(false, Ordering::Release);
             down.take()
         };
         if let Some(d) = was {
