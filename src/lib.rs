@@ -44,7 +44,7 @@ pub use pipeline::{
     Pipeline, ReplayOptions, ReplayStats, replay,
 };
 pub use server::{ThisStart, serve};
-pub use service::{AdminService, MAX_LIST_LIMIT};
+pub use service::{AdminService, MAX_LIST_LIMIT, asks_for_retry};
 
 /// Generated protobuf code, laid out by package as prost's cross-package paths expect.
 mod generated {

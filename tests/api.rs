@@ -251,6 +251,8 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("too large"), "{err}");
     assert!(err.message().contains("max_request_bytes"), "{err}");
+    // Never retry it: unlike a full backlog, it carries no RetryInfo.
+    assert!(!sidelog::asks_for_retry(&err), "{err:?}");
 
     // The same on a stream: the requests before it are answered, then the stream ends with it.
     let requests = vec![
@@ -272,6 +274,7 @@ async fn bad_input_gets_a_clear_answer_and_nothing_else_is_affected() {
     let err = responses.message().await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("max_request_bytes"), "{err}");
+    assert!(!sidelog::asks_for_retry(&err), "{err:?}");
 
     let err = publish(&sidelog, vec![]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -411,6 +414,8 @@ async fn a_full_journal_never_acks_and_never_crashes() {
     let err = full.expect("the journal limit was never reached");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("storage is full"), "{err}");
+    // Retry later, and the status says so (RetryInfo), unlike a request too large.
+    assert!(sidelog::asks_for_retry(&err), "{err:?}");
     // Asked again, it answers again (no crash, no hang): still full, or room again as the
     // delivered entries are freed.
     match publish(&sidelog, vec![msg("asked-again", &[7u8; 4096])]).await {
@@ -671,6 +676,71 @@ async fn the_publish_cli_retries_through_a_restart_with_the_same_ids() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("accepted 0 duplicate 500"));
     sidelog.kill9().await;
+}
+
+/// `sidelog publish` does not retry what can never be taken: a request over
+/// `max_request_bytes` (RESOURCE_EXHAUSTED without RetryInfo) and messages REJECTED by their
+/// acks count as rejected at once, and the command exits non-zero, as it does when anything
+/// was never acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_cli_gives_up_on_refusals_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--limits-max-message-bytes",
+            "1000",
+            "--limits-max-request-bytes",
+            "20000",
+        ],
+    );
+    sidelog.start().await;
+    let url = sidelog.url();
+    let run = |args: &[&str]| {
+        let started = tokio::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(["publish", "--concurrency", "1", "--target", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text, started.elapsed())
+    };
+    // 30 messages of 2000 bytes in one request: over max_request_bytes. Not retried for
+    // --retry-for-ms (a minute): refused at once.
+    let (code, text, took) = run(&["--count", "30", "--size", "2000", "--batch", "30"]);
+    assert_eq!(code.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sent 30 accepted 0 duplicate 0 rejected 30 unacked 0 retries 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ResourceExhausted") && text.contains("max_request_bytes"),
+        "{text}"
+    );
+    assert!(text.contains("30 messages were rejected"), "{text}");
+    assert!(
+        took < Duration::from_secs(30),
+        "retried a request too large: {took:?}"
+    );
+    // Messages over max_message_bytes in requests that fit: REJECTED by their acks.
+    let (code, text, _) = run(&["--count", "4", "--size", "2000", "--batch", "1"]);
+    assert_eq!(code.code(), Some(1), "{text}");
+    assert!(text.contains("rejected 4 unacked 0"), "{text}");
+    assert!(text.contains("max_message_bytes"), "{text}");
+    // All taken: exit 0.
+    let (code, text, _) = run(&["--count", "4", "--size", "100", "--batch", "2"]);
+    assert!(code.success(), "{text}");
+    // Never acknowledged (nothing listens there): exit 1 too.
+    sidelog.kill9().await;
+    let (code, text, _) = run(&["--count", "2", "--retry-for-ms", "300"]);
+    assert_eq!(code.code(), Some(1), "{text}");
+    assert!(text.contains("unacked 2"), "{text}");
+    assert!(text.contains("2 never acknowledged"), "{text}");
 }
 
 /// With `--auth-token-file`, Ingest calls need `authorization: Bearer TOKEN` (compared in
@@ -1298,6 +1368,7 @@ async fn mode_none_holds_no_more_than_the_backlog_limit_in_memory() {
     let refused = refused.expect("intake never refused with the sink down");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
     assert!(refused.message().contains("max_backlog_bytes"), "{refused}");
+    assert!(sidelog::asks_for_retry(&refused), "{refused:?}");
     // Admission is per request: at most one request beyond the limit.
     assert!(
         accepted_bytes <= 1_048_576 + 100_000,

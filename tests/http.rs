@@ -270,13 +270,15 @@ async fn bad_http_requests_get_a_status_and_a_reason() {
     let (code, _, _) = post(port, "application/x-ndjson", streamed, token).await;
     assert_eq!(code, 413);
 
-    // A message over max_message_bytes is REJECTED by its ack, the others taken.
+    // A message over max_message_bytes is REJECTED by its ack, the others taken; the status
+    // is not a 200 (a shipper would count the rejected line as delivered) but 422, which
+    // shippers do not retry, and the body says which and why.
     let lines = format!(
         "{{\"id\":\"small\"}}\n{{\"id\":\"large\",\"pad\":\"{}\"}}\n",
         "y".repeat(2000)
     );
-    let (code, _, answer) = post(port, "application/x-ndjson", lines, token).await;
-    assert_eq!(code, 200);
+    let (code, _, answer) = post(port, "application/x-ndjson", lines.clone(), token).await;
+    assert_eq!(code, 422, "{answer}");
     assert_eq!(statuses(&answer), ["ACCEPTED", "REJECTED"], "{answer}");
     assert!(
         answer["acks"][1]["reason"]
@@ -285,6 +287,28 @@ async fn bad_http_requests_get_a_status_and_a_reason() {
             .contains("max_message_bytes"),
         "{answer}"
     );
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("1 of 2 messages were rejected"),
+        "{error}"
+    );
+    assert!(
+        error.contains("\"large\"") && error.contains("max_message_bytes"),
+        "{error}"
+    );
+    // Sent again, the taken one is a DUPLICATE and the refused one refused again.
+    let (code, _, answer) = post(port, "application/x-ndjson", lines, token).await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(statuses(&answer), ["DUPLICATE", "REJECTED"], "{answer}");
+    // All taken: a 200.
+    let (code, _, answer) = post(
+        port,
+        "application/x-ndjson",
+        "{\"id\":\"small\"}\n".to_string(),
+        token,
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
     sidelog.kill9().await;
 }
 

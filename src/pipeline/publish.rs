@@ -68,6 +68,11 @@ impl From<JournalError> for IngestError {
     }
 }
 
+/// At most one warning per period about messages refused at a door (a producer sending
+/// oversized messages would otherwise write a line per message); every one is counted.
+static REJECTED_WARNING: crate::runtime::WarnLimit =
+    crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
+
 /// Everything the publish path and replay act on.
 pub struct Pipeline {
     mode: LoggingMode,
@@ -270,6 +275,11 @@ impl Pipeline {
                 metrics::counter!(crate::metrics::MESSAGES, "door" => door.label(),
                     "outcome" => "rejected", "reason" => limit)
                 .increment(1);
+                if let Some(held_back) = REJECTED_WARNING.check() {
+                    tracing::warn!(door = door.label(), id = %message.id, %reason, held_back,
+                        "a message was refused at the door: not taken, not delivered (gRPC and \
+                         HTTP answer it REJECTED, MQTT dead-letters it)");
+                }
                 acks[index] = Some(rejected(message.id, reason));
                 continue;
             }

@@ -14,9 +14,10 @@
 //! NDJSON `application/json`).
 //!
 //! The answer is the JSON of `PublishResponse`, one ack per message in order. Statuses are the
-//! ones HTTP clients retry correctly: 400 malformed (with the reason), 401 without the bearer
-//! token, 413 over `max_request_bytes`, 429 + `Retry-After` when the backlog or disk is full,
-//! 503 + `Retry-After` while replaying or stopping.
+//! ones HTTP clients retry correctly: 200 when every message was taken, 422 (with the acks)
+//! when any was `REJECTED`, 400 malformed (with the reason), 401 without the bearer token, 413
+//! over `max_request_bytes`, 415 for an unknown `Content-Encoding`, 429 + `Retry-After` when
+//! the backlog or disk is full, 503 + `Retry-After` while replaying or stopping.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,8 +186,10 @@ async fn refuse_connection(mut stream: Stream, max: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
-/// Seconds a client is told to wait before retrying a 429 or 503.
+/// Seconds a client is told to wait before retrying a 429 or 503: [`super::RETRY_AFTER`] in
+/// whole seconds, as `Retry-After` says it.
 const RETRY_AFTER_SECONDS: &str = "1";
+const _: () = assert!(super::RETRY_AFTER.as_secs() == 1 && super::RETRY_AFTER.subsec_nanos() == 0);
 
 /// What the HTTP door needs.
 #[derive(Debug)]
@@ -414,12 +417,35 @@ async fn accept(
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
     };
     match door.pipeline.publish(messages, Door::Http).await {
-        Ok(acks) => {
-            let acks: Vec<_> = acks.iter().map(ack_json).collect();
-            json_response(StatusCode::OK, serde_json::json!({ "acks": acks }))
-        }
+        Ok(acks) => acks_response(&acks),
         Err(e) => ingest_error(e),
     }
+}
+
+/// 200 when every message was taken (`ACCEPTED` or `DUPLICATE`); 422 when any was
+/// `REJECTED`: a shipper counts a 200 as delivered and never reads the body, and a 4xx other
+/// than 408 and 429 is what shippers treat as "not delivered, do not retry". The body has every
+/// ack either way (the others were taken: a retry answers them `DUPLICATE`), and `error` says
+/// how many were refused and the first reason.
+fn acks_response(acks: &[Ack]) -> Response {
+    let json: Vec<_> = acks.iter().map(ack_json).collect();
+    let mut rejected = acks
+        .iter()
+        .filter(|a| a.status == ack::Status::Rejected as i32);
+    let Some(first) = rejected.next() else {
+        return json_response(StatusCode::OK, serde_json::json!({ "acks": json }));
+    };
+    let error = format!(
+        "{} of {} messages were rejected (the others were taken); first: id {:?}: {}",
+        1 + rejected.count(),
+        acks.len(),
+        first.id,
+        first.reason
+    );
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        serde_json::json!({ "acks": json, "error": error }),
+    )
 }
 
 /// Whether `E` is among the causes of `e`.

@@ -26,6 +26,10 @@ fn count_refused(code: &'static str) {
         .increment(1);
 }
 
+/// How long a producer is asked to wait before it retries a request refused for now (gRPC's
+/// `RetryInfo`, HTTP's `Retry-After`).
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
         count_refused(match &e {
@@ -36,11 +40,30 @@ impl From<IngestError> for Status {
         });
         match e {
             IngestError::InvalidArgument(m) => Status::invalid_argument(m),
-            IngestError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            IngestError::Unavailable(m) => Status::unavailable(m),
+            // Backlog or disk full: retry later, and the status says when (`RetryInfo`), which
+            // tells it apart from a request too large (RESOURCE_EXHAUSTED without it: never
+            // retry).
+            IngestError::ResourceExhausted(m) => retry_later(tonic::Code::ResourceExhausted, m),
+            IngestError::Unavailable(m) => retry_later(tonic::Code::Unavailable, m),
             IngestError::Internal(m) => Status::internal(m),
         }
     }
+}
+
+/// A status with `google.rpc.RetryInfo` asking for a retry after [`RETRY_AFTER`].
+fn retry_later(code: tonic::Code, message: String) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+    )
+}
+
+/// Whether `status` asks to be retried later (it carries `RetryInfo`): a client's test.
+pub fn asks_for_retry(status: &Status) -> bool {
+    use tonic_types::StatusExt as _;
+    status.get_details_retry_info().is_some()
 }
 
 #[derive(Debug, Clone)]

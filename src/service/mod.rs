@@ -11,4 +11,4 @@ pub mod mqtt;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
 pub use auth::TokenCheck;
-pub use ingest::{IngestService, OversizeRefusals};
+pub use ingest::{IngestService, OversizeRefusals, RETRY_AFTER, asks_for_retry};

@@ -3,7 +3,9 @@
 //! Sends N generated messages (or stdin lines, one message a line) in batches from concurrent
 //! workers, and prints a summary of the acks. Like a real client, it retries a batch that got no
 //! acks (sidelog down, replaying, backpressure) with the same ids, so a message accepted before
-//! a lost response comes back as `DUPLICATE`, not as a second copy.
+//! a lost response comes back as `DUPLICATE`, not as a second copy. A batch refused for what it
+//! is (too large, malformed) is not retried: its messages count as rejected, and the command
+//! exits non-zero when anything was rejected or never acknowledged.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use sidelog::proto::ingest_client::IngestClient;
@@ -301,14 +304,14 @@ async fn publish_batch(
                 }
                 return None;
             }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            Err(status) if !retryable(&status) && status.code() != Code::Unauthenticated => {
                 let mut s = summary.lock().expect("no panics under this lock");
                 s.rejected += batch.len() as u64;
                 s.first_rejection
-                    .get_or_insert_with(|| status.message().to_owned());
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
                 return None;
             }
-            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            Err(status) if status.code() == Code::Unauthenticated => {
                 return Some(anyhow::anyhow!(
                     "sidelog refused the call: {} (--auth-token-file)",
                     status.message()
@@ -330,6 +333,18 @@ async fn publish_batch(
                 delay_ms = (delay_ms * 2).min(2000);
             }
         }
+    }
+}
+
+/// Whether a request that failed with `status` may succeed if sent again as it is: sidelog
+/// unreachable, replaying or stopping, a deadline, backpressure (RESOURCE_EXHAUSTED with
+/// `RetryInfo`). RESOURCE_EXHAUSTED without it is a request too large, and the other codes
+/// (malformed, internal) fail the same way every time.
+fn retryable(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown => true,
+        Code::ResourceExhausted => sidelog::asks_for_retry(status),
+        _ => false,
     }
 }
 
