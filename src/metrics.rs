@@ -1,9 +1,13 @@
-//! Metric names, in one place, and the Prometheus endpoint (`--metrics-listen`).
+//! Metric names, in one place, and the metrics listener (`--metrics-listen`): Prometheus text
+//! at `/metrics`, and the probes `/healthz` and `/readyz`.
 //!
 //! Labels are of low cardinality only (mode, outcome, durability), never message ids. Without
 //! an installed recorder (tests, the simulator) every update is a no-op.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use crate::pipeline::Pipeline;
 
 /// Messages received, by door (grpc, http, mqtt) and outcome: accepted, duplicate, rejected.
 pub const MESSAGES: &str = "sidelog_messages_total";
@@ -49,11 +53,37 @@ pub const HANDLER_CALL_SECONDS: &str = "sidelog_handler_call_seconds";
 /// input goes through the handler again).
 pub const RESENT: &str = "sidelog_resent_messages_total";
 
-/// Installs the Prometheus recorder and serves `/metrics` on `addr`.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+/// Dead letters waiting for an operator (`sidelog inspect requeue` / `purge`).
+pub const DEAD_LETTERS: &str = "sidelog_dead_letters";
+/// 1, with the version as a label (the Prometheus convention for what is running).
+pub const BUILD_INFO: &str = "sidelog_build_info";
+
+/// What `/readyz` asks: whether the pipeline takes traffic (not while it replays under
+/// `replay.policy = first`, not while it stops). Not ready until the pipeline is attached.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<OnceLock<Arc<Pipeline>>>);
+
+impl Readiness {
+    /// From now on `/readyz` follows `pipeline`'s intake.
+    pub fn attach(&self, pipeline: Arc<Pipeline>) {
+        // A second attach (there is one pipeline per process) keeps the first.
+        let _ = self.0.set(pipeline);
+    }
+
+    fn ready(&self) -> bool {
+        self.0.get().is_some_and(|p| p.is_serving())
+    }
+}
+
+/// Installs the Prometheus recorder and serves on `addr`: `/metrics` (Prometheus text, the
+/// process's own metrics included), `/healthz` (200 while the process answers: liveness) and
+/// `/readyz` (200 while it takes traffic, else 503: readiness).
+pub async fn install(addr: SocketAddr) -> anyhow::Result<Readiness> {
     use metrics_exporter_prometheus::Matcher;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             &[
@@ -66,10 +96,64 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
             ],
         )?
-        .install()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))?;
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     describe_and_zero();
-    Ok(())
+    let process = Arc::new(metrics_process::Collector::default());
+    process.describe();
+    let readiness = Readiness::default();
+    let router = endpoints(handle.clone(), process, readiness.clone());
+    crate::runtime::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    // Without the exporter's own listener, its histograms are drained by hand.
+    crate::runtime::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    Ok(readiness)
+}
+
+fn endpoints(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    process: Arc<metrics_process::Collector>,
+    readiness: Readiness,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (handle, process) = (handle.clone(), process.clone());
+                async move {
+                    process.collect();
+                    handle.render()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: starting, replaying the journal (replay.policy = first) or stopping\n",
+                        )
+                    }
+                }
+            }),
+        )
 }
 
 /// Gives every family its `# HELP` line, and creates the series that dashboards and alerts
@@ -151,6 +235,15 @@ fn describe_and_zero() {
         "Messages the next tier may see twice, by cause (retry, replay)."
     );
     describe_counter!(DEAD_LETTERED, "Entries moved to the dead-letter table.");
+    describe_gauge!(
+        DEAD_LETTERS,
+        "Dead letters waiting for an operator (sidelog inspect requeue or purge)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the version of sidelog that runs."
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_counter!(
         DEAD_LETTERS_HANDLED,
         "Dead letters an operator re-queued or purged, by action."

@@ -60,10 +60,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let entropy = Entropy::from_clock(clock.as_ref());
-    if let Some(addr) = config.metrics_listen {
-        crate::metrics::install(addr)?;
-        info!(addr = %addr, "serving metrics");
-    }
+    let readiness = match config.metrics_listen {
+        Some(addr) => {
+            let readiness = crate::metrics::install(addr).await?;
+            info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+            Some(readiness)
+        }
+        None => None,
+    };
     let opened = open_journal(&config, this_start, clock.clone()).await?;
     // Once the journal is this process's: the pid file names the sidelog of this data
     // directory, not every sidelog on the machine (`kill -9 $(cat sidelog-data/sidelog.pid)`).
@@ -73,6 +77,9 @@ pub async fn serve(
     let Node {
         journal, pipeline, ..
     } = &node;
+    if let Some(readiness) = &readiness {
+        readiness.attach(pipeline.clone());
+    }
 
     let ((ingest, local), health) = start_ingest(&config, pipeline.clone()).await?;
     let http = match start_http(&config, pipeline.clone()).await {

@@ -850,12 +850,12 @@ fn readme_metric_families() -> Vec<String> {
         .expect("the README has a Metrics section");
     let mut names: Vec<String> = table
         .lines()
-        .filter(|l| l.starts_with("| `sidelog_"))
+        .filter(|l| l.starts_with("| `sidelog_") || l.starts_with("| `process_"))
         .flat_map(|l| {
             let first_cell = l.split('|').nth(1).unwrap_or_default();
             first_cell
                 .split('`')
-                .filter(|w| w.starts_with("sidelog_"))
+                .filter(|w| w.starts_with("sidelog_") || w.starts_with("process_"))
                 .map(|w| w.split('{').next().unwrap_or(w).to_string())
                 .collect::<Vec<_>>()
         })
@@ -1151,7 +1151,7 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     let families = readme_metric_families();
     assert_eq!(
         families.len(),
-        20,
+        29,
         "the README's table changed: {families:?}"
     );
     for family in &families {
@@ -1494,6 +1494,97 @@ fn completions_and_the_man_page_are_generated() {
     for sub in ["serve", "publish", "bench", "inspect", "health"] {
         assert!(man.contains(sub), "{sub} missing from the man page");
     }
+}
+
+/// The metrics listener's probes, as Kubernetes and load balancers use them: `/healthz` answers
+/// while the process runs; `/readyz` only while it takes traffic: 503 while a `first` replay
+/// holds intake (here: the sink is down, so the replay cannot finish), 200 once it is done.
+/// Beside them, the process's own metrics, `sidelog_build_info` and the dead-letter gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_say_live_and_ready_and_readiness_waits_for_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (sink, sink_server) = failing_sink().await;
+    let sink_url = sink_server.url();
+    let metrics = free_port();
+    let metrics_arg = metrics.to_string();
+    let args = [
+        "--mode",
+        "rbml",
+        "--sink",
+        &sink_url,
+        "--metrics-listen",
+        &metrics_arg,
+        "--replay-policy",
+        "first",
+        "--delivery-backoff-max-ms",
+        "100",
+    ];
+    // The sink refuses the poison message: a dead letter, which the gauge counts.
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    sink.refuse.lock().unwrap().insert("poison-1".to_string());
+    let mut sidelog = Sidelog::new(&data, &args);
+    sidelog.start().await;
+    assert_eq!(http_get(metrics, "/readyz").await.unwrap().0, 200);
+    publish(&sidelog, vec![msg("poison-1", b"x")])
+        .await
+        .unwrap();
+    poll_until(
+        Duration::from_secs(10),
+        || "the dead-letter gauge never showed the refused message".into(),
+        || async {
+            (try_series(&scrape(metrics).await, "sidelog_dead_letters") == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    // The sink goes down: what is acked now waits in the journal.
+    sink.failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let batch: Vec<Message> = (0..10).map(|i| msg(&format!("p{i}"), b"x")).collect();
+    publish(&sidelog, batch).await.unwrap();
+    let text = scrape(metrics).await;
+    let version = format!(
+        "sidelog_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(series(&text, &version), 1.0, "{text}");
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(series(&text, family) > 0.0, "{family}:\n{text}");
+    }
+    sidelog.kill9().await;
+
+    // Restarted with the sink still down: alive, not ready, for as long as the replay holds.
+    let mut sidelog = Sidelog::new(&data, &args);
+    sidelog.spawn();
+    poll_until(
+        Duration::from_secs(30),
+        || "/healthz never answered 200".into(),
+        || async { matches!(http_get(metrics, "/healthz").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    for _ in 0..5 {
+        let (code, body) = http_get(metrics, "/readyz").await.unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("replaying"), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_get(metrics, "/healthz").await.unwrap().0, 200);
+    // The sink is back: the replay ends and the probe says ready.
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    poll_until(
+        Duration::from_secs(30),
+        || "/readyz never answered 200 after the replay".into(),
+        || async { matches!(http_get(metrics, "/readyz").await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    assert_eq!(sidelog.health().await, Some(true));
+    sidelog.kill9().await;
 }
 
 /// After a crash, a replay under `replay.policy = first` holds intake until its backlog is

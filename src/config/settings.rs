@@ -69,7 +69,8 @@ settings! {
         /// Where outputs go: `http://host:port` (gRPC `Sink`), `file:DIR`, `nats://HOST:PORT?…`
         /// (JetStream) or `s3://BUCKET/PREFIX?endpoint=…` (object storage).
         sink: Option<String> = None, Rule::any().shown("`file:<data_dir>/out`");
-        /// Serve Prometheus text at `http://ADDR/metrics`.
+        /// Serve Prometheus text at `http://ADDR/metrics`, and the probes `/healthz` (live)
+        /// and `/readyz` (taking traffic).
         metrics_listen: Option<SocketAddr> = None, Rule::any().shown("off");
         /// The HTTP door: `POST /v1/publish` with JSON (a `PublishRequest`) or NDJSON (one
         /// record a line, as log shippers send), with the same ack contract as gRPC.

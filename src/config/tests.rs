@@ -144,3 +144,40 @@ fn dir_missing_config() -> String {
     let err = Config::from_file(&dir.path().join("nope.toml")).unwrap_err();
     format!("{:#}", anyhow::Error::from(err))
 }
+
+/// The ports the README shows (the defaults of `listen` and `admin_listen`, and its metrics
+/// example) are the ones the Dockerfile exposes and the Kubernetes example listens on and
+/// probes.
+#[test]
+fn the_deploy_files_use_the_readmes_ports_and_probes() {
+    let readme = include_str!("../../README.md");
+    let dockerfile = include_str!("../../deploy/container/Dockerfile");
+    let manifest = include_str!("../../deploy/kubernetes/ingest-with-sidelog.yaml");
+    let defaults = Config::default();
+    let admin: std::net::SocketAddr = defaults.admin_listen.parse().expect("a default address");
+    let metrics = readme
+        .split("`--metrics-listen 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("the README's Metrics section shows --metrics-listen with a port");
+    let expose = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .expect("the Dockerfile exposes its ports");
+    assert_eq!(
+        expose,
+        format!("{} {} {metrics}", defaults.listen.port(), admin.port())
+    );
+    assert!(
+        manifest.contains(&format!("metrics_listen = \"0.0.0.0:{metrics}\"")),
+        "the manifest's metrics_listen"
+    );
+    assert!(manifest.contains(&format!("containerPort: {metrics}")));
+    assert!(manifest.contains(&format!(
+        "listen = \"127.0.0.1:{}\"",
+        defaults.listen.port()
+    )));
+    for probe in ["path: /readyz", "path: /healthz"] {
+        assert!(manifest.contains(probe), "{probe}");
+    }
+}

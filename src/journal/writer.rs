@@ -447,6 +447,7 @@ impl Writer {
         self.ids = state.ids;
         self.backlog.set(state.backlog_bytes, state.backlog_entries);
         self.backlog.set_dead_letters(state.dead_letters);
+        metrics::gauge!(crate::metrics::DEAD_LETTERS).set(state.dead_letters as f64);
         metrics::gauge!(crate::metrics::BACKLOG_ENTRIES).set(state.backlog_entries as f64);
         metrics::gauge!(crate::metrics::BACKLOG_BYTES).set(state.backlog_bytes as f64);
         self.dirty = false;
@@ -732,6 +733,7 @@ impl Writer {
         if c.dead_delta != 0 {
             let dead = self.backlog.dead_letters() as i64 + c.dead_delta;
             self.backlog.set_dead_letters(dead.max(0) as u64);
+            metrics::gauge!(crate::metrics::DEAD_LETTERS).set(dead.max(0) as f64);
         }
     }
 

@@ -292,15 +292,30 @@ pub async fn fill_then_resume(mut sidelog: Sidelog, limit: &[&str]) {
 /// GETs `/metrics` from `addr` (a sidelog started with `--metrics-listen`).
 #[allow(dead_code)] // not every test binary scrapes
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
+    let (status, body) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{body}");
     body
+}
+
+/// `GET path` on `addr` over HTTP/1.0: the status code and the body (an error when nothing
+/// answers).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    Ok((status, body))
 }
 
 /// Every message id read back from the file sink's chunks in `dir`.
