@@ -1395,44 +1395,161 @@ async fn mode_none_holds_no_more_than_the_backlog_limit_in_memory() {
 /// with secrets redacted and exits 0, or names the bad setting and exits 1.
 #[test]
 fn check_config_prints_the_effective_configuration_or_the_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
-        .args([
-            "serve",
-            "--check-config",
+    let check_config = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(["serve", "--check-config"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = check_config(
+        &[
             "--mode",
             "sbml",
             "--sink",
             "nats://127.0.0.1:4222?stream=S&token=sekrit-token",
-        ])
-        .env("SIDELOG_DELIVERY_LANES", "3")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("mode = sbml"), "{stdout}");
-    assert!(
-        stdout.contains("delivery.lanes = 3"),
+            "--delivery-linger",
+            "5ms",
+            "--limits-max-message-bytes",
+            "2 MiB",
+        ],
+        &[
+            ("SIDELOG_DELIVERY_LANES", "3"),
+            ("SIDELOG_REPLAY_MAX_AGE_MS", "7d"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // Valid TOML, in sections, as a config file says it.
+    let table: toml::Table = stdout.parse().unwrap_or_else(|e| panic!("{e}:\n{stdout}"));
+    assert_eq!(table["mode"].as_str(), Some("sbml"), "{stdout}");
+    assert_eq!(
+        table["delivery"]["lanes"].as_integer(),
+        Some(3),
         "the variable: {stdout}"
+    );
+    assert_eq!(
+        table["delivery"]["linger_ms"].as_integer(),
+        Some(5),
+        "{stdout}"
+    );
+    assert_eq!(
+        table["replay"]["max_age_ms"].as_integer(),
+        Some(604_800_000),
+        "{stdout}"
+    );
+    assert_eq!(
+        table["limits"]["max_message_bytes"].as_str(),
+        Some("2 MiB"),
+        "{stdout}"
     );
     assert!(stdout.contains("token=<redacted>"), "{stdout}");
     assert!(!stdout.contains("sekrit"), "a secret printed: {stdout}");
+    assert!(stdout.contains("# handler: not set"), "{stdout}");
+    // Read back as a config file, it is the same configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidelog.toml");
+    std::fs::write(&file, &stdout).unwrap();
+    let (code, again, stderr) = check_config(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(again, stdout);
+
     // Without a sink: the file sink in the data directory, said as such (here and in the
     // start-up line, which reads the same list).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
-        .args(["serve", "--check-config"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, stdout, _) = check_config(&[], &[]);
     assert!(
-        stdout.contains("sink = file:./sidelog-data/out"),
+        stdout.contains("sink = \"file:./sidelog-data/out\""),
         "{stdout}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
-        .args(["serve", "--check-config", "--delivery-lanes", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--delivery-lanes"));
+    let (code, _, stderr) = check_config(&["--delivery-lanes", "0"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--delivery-lanes"), "{stderr}");
+}
+
+/// What people write is read as they mean it, and what is not a setting is said so with the
+/// nearest one: units on sizes and durations (and a duration's key without `_ms`), an unknown
+/// key, section or `SIDELOG_*` variable, and a value outside a setting's choices.
+#[test]
+fn settings_take_units_and_unknown_names_get_the_nearest_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidelog.toml");
+    let check = |toml: &str, env: &[(&str, &str)]| {
+        std::fs::write(&file, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(&file)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check(
+        "[limits]\nmax_message_bytes = \"2 MiB\"\n[delivery]\nlinger = \"5ms\"\n\
+         [replay]\nmax_age = \"7d\"\n[dedup]\nwindow_age_ms = 60000\n",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let table: toml::Table = text.parse().unwrap();
+    assert_eq!(table["limits"]["max_message_bytes"].as_str(), Some("2 MiB"));
+    assert_eq!(table["delivery"]["linger_ms"].as_integer(), Some(5));
+    assert_eq!(
+        table["replay"]["max_age_ms"].as_integer(),
+        Some(7 * 86_400_000)
+    );
+    assert_eq!(
+        table["dedup"]["window_age_ms"].as_integer(),
+        Some(60_000),
+        "numbers still work"
+    );
+
+    let refused = [
+        ("mode = 3\n", "expected one of hml, rbml, sbml, none"),
+        ("mode = \"fast\"\n", "expected one of hml, rbml, sbml, none"),
+        (
+            "[delivery]\nlinger_mss = 5\n",
+            "unknown key `delivery.linger_mss`; did you mean `delivery.linger_ms`?",
+        ),
+        (
+            "[delivry]\nlanes = 5\n",
+            "unknown section [delivry]; did you mean [delivery]?",
+        ),
+        (
+            "max_message_bytes = 5\n",
+            "did you mean `limits.max_message_bytes`?",
+        ),
+        ("[delivery]\nlinger = \"5 parsecs\"\n", "is not a duration"),
+        (
+            "[delivery]\nlinger = \"5ms\"\nlinger_ms = 5\n",
+            "the same setting: keep one",
+        ),
+        ("[limits]\nmax_message_bytes = \"2 XB\"\n", "is not a size"),
+        (
+            "[delivery]\nlanes = -1\n",
+            "a negative number is not allowed",
+        ),
+    ];
+    for (toml, want) in refused {
+        let (code, text) = check(toml, &[]);
+        assert_eq!(code, Some(1), "{toml}: {text}");
+        assert!(text.contains(want), "{toml}: {text}");
+        assert!(text.contains("sidelog.toml"), "the file is named: {text}");
+    }
+    let (code, text) = check("", &[("SIDELOG_DELIVERY_LANS", "3")]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("unknown environment variable SIDELOG_DELIVERY_LANS; did you mean SIDELOG_DELIVERY_LANES?"),
+        "{text}"
+    );
 }
 
 /// `sidelog health` for container health checks: 0 and SERVING from a serving sidelog, 2 when

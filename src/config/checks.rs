@@ -27,6 +27,45 @@ impl Config {
             .collect()
     }
 
+    /// The configuration as a TOML file that sidelog reads back to the same settings (secrets
+    /// redacted): top-level keys, then one table per section; sizes with units; a setting
+    /// that is not set is a comment.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for (key, value) in self.effective_toml() {
+            let (this_section, name) = key.split_once('.').unwrap_or(("", key));
+            if this_section != section {
+                out.push_str(&format!("\n[{this_section}]\n"));
+                section = this_section;
+            }
+            let value = match (key, value) {
+                // No sink set is the file sink in the data directory: say where.
+                ("sink", None) => Some(toml::Value::String(format!(
+                    "file:{}",
+                    self.data_dir.join("out").display()
+                ))),
+                ("sink" | "mqtt_source", Some(toml::Value::String(url))) => {
+                    Some(toml::Value::String(redact_url(&url)))
+                }
+                (key, Some(toml::Value::Integer(n))) if key.ends_with("_bytes") => {
+                    let shown = super::declare::show_bytes(n as u64);
+                    Some(if shown.contains(' ') {
+                        toml::Value::String(shown)
+                    } else {
+                        toml::Value::Integer(n)
+                    })
+                }
+                (_, value) => value,
+            };
+            match value {
+                Some(value) => out.push_str(&format!("{name} = {value}\n")),
+                None => out.push_str(&format!("# {name}: not set\n")),
+            }
+        }
+        out
+    }
+
     /// One line for the start-up log: what this sidelog runs with (secrets redacted).
     pub fn summary_line(&self) -> String {
         let wanted = [

@@ -113,6 +113,11 @@ impl Setting {
     pub fn is_bytes(&self) -> bool {
         self.key.ends_with("_bytes")
     }
+
+    /// Whether the value is a number (a size, a duration, a count).
+    pub fn is_number(&self) -> bool {
+        self.value_name == <u64 as SettingValue>::VALUE_NAME
+    }
 }
 
 /// The flag of setting `key`, without its dashes: `section.max_bytes` → `section-max-bytes`.
@@ -147,6 +152,10 @@ pub trait SettingValue {
     }
     /// A value given as text on the command line or in the environment, checked, as TOML.
     fn parse(raw: &str) -> Result<toml::Value, String>;
+    /// The value as a config file would say it (`None`: not set).
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.show()))
+    }
 }
 
 impl SettingValue for u64 {
@@ -156,6 +165,11 @@ impl SettingValue for u64 {
     }
     fn number(&self) -> Option<u64> {
         Some(*self)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Integer(
+            i64::try_from(*self).unwrap_or(i64::MAX),
+        ))
     }
     fn parse(raw: &str) -> Result<toml::Value, String> {
         let n: u64 = raw
@@ -224,6 +238,9 @@ impl<T: SettingValue> SettingValue for Option<T> {
     }
     fn number(&self) -> Option<u64> {
         self.as_ref().and_then(T::number)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        self.as_ref().and_then(T::to_toml)
     }
     fn parse(raw: &str) -> Result<toml::Value, String> {
         T::parse(raw)
@@ -332,6 +349,19 @@ macro_rules! settings {
                     $($( (
                         concat!(stringify!($section), ".", stringify!($sfield)),
                         self.$section.$sfield.show(),
+                    ), )*)*
+                ]
+            }
+
+            /// Every setting's key and value as a config file says it (`None`: not set), in
+            /// declaration order (secrets not redacted: see `Config::to_toml_redacted`).
+            pub fn effective_toml(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+                use $crate::config::declare::SettingValue;
+                vec![
+                    $( (stringify!($field), self.$field.to_toml()), )*
+                    $($( (
+                        concat!(stringify!($section), ".", stringify!($sfield)),
+                        self.$section.$sfield.to_toml(),
                     ), )*)*
                 ]
             }

@@ -10,6 +10,7 @@ use clap::{Arg, ArgMatches, Command, FromArgMatches};
 
 use super::ConfigError;
 use super::settings::{Config, settings};
+use super::units::{self, Unit};
 
 /// What `sidelog serve` was given: a config file, and settings from flags or the environment.
 #[derive(Debug, Clone, Default)]
@@ -59,12 +60,17 @@ impl clap::Args for ServeArgs {
         cmd.arg(config).args(settings().into_iter().map(|s| {
             let mut help = s.doc.clone();
             help.push_str(&format!(" [default: {}] [key: {}]", s.default, s.key));
-            Arg::new(s.key)
+            let arg = Arg::new(s.key)
                 .long(s.flag())
                 .env(s.env())
                 .value_name(s.value_name)
                 .help(help)
-                .hide(super::settings::NOT_IN_HELP.contains(&s.key))
+                .hide(super::settings::NOT_IN_HELP.contains(&s.key));
+            // `--delivery-linger 5ms` as well as `--delivery-linger-ms 5`.
+            match Unit::alias(s.key) {
+                Some(alias) => arg.alias(super::declare::flag_of(alias)),
+                None => arg,
+            }
         }))
     }
 
@@ -110,27 +116,37 @@ impl Config {
 
     /// Defaults, then the file named by `--config`, then the environment and flags; validated.
     pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        units::check_environment(names, &settings())?;
         let config = Self::layered(args.config.as_deref(), &args.given)?;
         config.validate()?;
         Ok(config)
     }
 
     fn layered(file: Option<&Path>, given: &[Given]) -> Result<Config, ConfigError> {
+        let all = settings();
         let mut table = match file {
-            Some(path) => read_table(path)?,
+            Some(path) => {
+                let mut table = read_table(path)?;
+                units::normalize(&mut table, &all).map_err(|e| in_file(e, path))?;
+                table
+            }
             None => toml::Table::new(),
         };
-        let all = settings();
         for g in given {
             let setting = all
                 .iter()
                 .find(|s| s.key == g.key)
                 .expect("Given names a declared setting");
-            let value = (setting.parse)(&g.value).map_err(|reason| ConfigError::Invalid {
-                key: setting.key,
-                value: g.value.clone(),
-                reason: format!("{reason} (from {})", g.from),
-            })?;
+            let value = units::normalize_value(setting, toml::Value::String(g.value.clone()))
+                .map_err(|e| match e {
+                    ConfigError::Invalid { key, reason, .. } => ConfigError::Invalid {
+                        key,
+                        value: g.value.clone(),
+                        reason: format!("{reason} (from {})", g.from),
+                    },
+                    other => other,
+                })?;
             insert(&mut table, setting.key, value);
         }
         let from = file.map(Path::to_owned);
@@ -143,6 +159,21 @@ impl Config {
                 },
                 None => ConfigError::Flags(e.to_string()),
             })
+    }
+}
+
+/// An error about a file's contents, saying which file.
+fn in_file(e: ConfigError, path: &Path) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, value, reason } => ConfigError::Invalid {
+            key,
+            value,
+            reason: format!("{reason} (in {})", path.display()),
+        },
+        other => ConfigError::Parse {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
     }
 }
 

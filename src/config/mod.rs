@@ -13,6 +13,7 @@ pub(crate) mod declare;
 mod load;
 mod reference;
 mod settings;
+mod units;
 
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,12 @@ pub enum ConfigError {
     /// Flags and variables that together do not make a configuration.
     #[error("flags or environment: {0}")]
     Flags(String),
+    /// A key or variable that is no setting (a typo would leave the setting at its default).
+    #[error("unknown {what}{hint}")]
+    Unknown { what: String, hint: String },
+    /// A file whose tables are not where the settings are.
+    #[error("{0}")]
+    Shape(String),
     /// A value outside what its setting allows.
     #[error("invalid setting {} = {value}: {reason}", names(key))]
     Invalid {

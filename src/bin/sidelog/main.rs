@@ -247,11 +247,10 @@ fn print_effective(config: &Config) -> anyhow::Result<ExitCode> {
     let mut write = || -> std::io::Result<()> {
         writeln!(
             out,
-            "# the configuration is valid; as sidelog would run with it:"
+            "# the configuration is valid; as sidelog would run with it (a config file it \
+             reads back):"
         )?;
-        for (key, value) in config.effective_redacted() {
-            writeln!(out, "{key} = {value}")?;
-        }
+        out.write_all(config.to_toml_redacted().as_bytes())?;
         out.flush()
     };
     match write() {
