@@ -1743,3 +1743,199 @@ async fn a_replay_does_not_wait_for_the_chunk_age() {
     eprintln!("intake held {held:?} by the replay");
     sidelog.kill9().await;
 }
+
+/// A file or directory sidelog may not read or write is reported at start with its path, not
+/// as a bare "Permission denied": the data directory, the journal, the file sink's directory,
+/// the config file, and a chunk given to `sidelog inspect chunk`. Runs sidelog as an
+/// unprivileged user (`setpriv`, when the test runs as root, which ignores permissions).
+#[test]
+fn permission_errors_name_the_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(root, 0o777);
+    let as_root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    // The test's own binary may sit where that user cannot reach (a clone under a 0700
+    // directory): a copy in the open directory.
+    let program = root.join("sidelog");
+    std::fs::copy(env!("CARGO_BIN_EXE_sidelog"), &program).unwrap();
+    mode(&program, 0o755);
+    let run = |args: &[&str]| {
+        // Bounded: a start that should have failed and did not would serve forever.
+        let mut command = std::process::Command::new("timeout");
+        command.arg("30");
+        if as_root {
+            command.args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        command.arg(&program);
+        let out = command
+            .current_dir(root)
+            .env("SIDELOG_ADMIN_LISTEN", "off")
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux) runs the binary as an unprivileged user");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let listen = free_port().to_string();
+
+    // The data directory's parent refuses new entries.
+    let closed = root.join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    mode(&closed, 0o555);
+    let (code, err) = run(&["serve", "--data-dir", "closed/data", "--listen", &listen]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("closed/data") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    // A journal made by another user, unreadable to this one.
+    let data = root.join("data");
+    std::fs::create_dir(&data).unwrap();
+    mode(&data, 0o777);
+    std::fs::write(data.join("journal.redb"), b"not for you").unwrap();
+    mode(&data.join("journal.redb"), 0o600);
+    let (code, err) = run(&["serve", "--data-dir", "data", "--listen", &listen]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("data/journal.redb") && err.contains("Permission denied"),
+        "{err}"
+    );
+    std::fs::remove_file(data.join("journal.redb")).unwrap();
+    // The redo log the same (the try above made one, of the other user's: replaced).
+    let _ = std::fs::remove_file(data.join("journal.wal"));
+    std::fs::write(data.join("journal.wal"), b"").unwrap();
+    mode(&data.join("journal.wal"), 0o600);
+    let (code, err) = run(&["serve", "--data-dir", "data", "--listen", &listen]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("data/journal.wal") && err.contains("Permission denied"),
+        "{err}"
+    );
+    std::fs::remove_file(data.join("journal.wal")).unwrap();
+
+    // The file sink's directory takes no files: said at start, before anything is acked.
+    let out = root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    mode(&out, 0o555);
+    let (code, err) = run(&[
+        "serve",
+        "--data-dir",
+        "data",
+        "--listen",
+        &listen,
+        "--sink",
+        "file:out",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("out for the file sink") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    // The config file, and a chunk for `inspect chunk`.
+    let config = root.join("sidelog.toml");
+    std::fs::write(&config, "mode = \"hml\"\n").unwrap();
+    mode(&config, 0o600);
+    let (code, err) = run(&["serve", "--config", "sidelog.toml", "--check-config"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("sidelog.toml") && err.contains("Permission denied"),
+        "{err}"
+    );
+    let chunk = root.join("chunk-0000000000001-00000000-000001.sdlc");
+    std::fs::write(&chunk, sidelog::sink::CHUNK_MAGIC).unwrap();
+    mode(&chunk, 0o600);
+    let name = chunk.file_name().unwrap().to_str().unwrap();
+    let (code, err) = run(&["inspect", "chunk", name]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(name) && err.contains("Permission denied"),
+        "{err}"
+    );
+}
+
+/// `sidelog inspect chunk` prints what the file sink stored, from the files alone: each record
+/// with id, key, sequence and headers, a text payload as text and a binary one as base64; with
+/// `--json` one object a line; the record format and Parquet alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_chunk_prints_what_the_file_sink_stored() {
+    for format in ["chunk", "parquet"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut sidelog = Sidelog::new(
+            &data,
+            &[
+                "--file-sink-format",
+                format,
+                "--file-sink-chunk-max-age-ms",
+                "50",
+            ],
+        );
+        sidelog.start().await;
+        let text = Message {
+            key: "user-7".into(),
+            headers: [("trace".to_string(), "abc".to_string())].into(),
+            ..msg("c-text", b"hello\nworld")
+        };
+        let binary = msg("c-binary", &[0xff, 0x00, 0xfe]);
+        let acks = publish(&sidelog, vec![text, binary]).await.unwrap();
+        let out = data.join("out");
+        // Both in one request, so in one chunk: sealed once it is listed.
+        let _ = eventually(Duration::from_secs(20), || {
+            sidelog::sink::list_chunks(&out).is_ok_and(|c| !c.is_empty())
+        })
+        .await;
+        sidelog.kill9().await;
+
+        let inspect = |json: bool| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sidelog"));
+            command.arg("inspect");
+            if json {
+                command.arg("--json");
+            }
+            let out = command.arg("chunk").arg(&out).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let text_out = inspect(false);
+        let seq = &acks[0].sequence;
+        assert!(
+            text_out.contains(&format!("sequence={seq} id=c-text key=\"user-7\"")),
+            "{format}: {text_out}"
+        );
+        assert!(text_out.contains("trace=\"abc\""), "{format}: {text_out}");
+        assert!(
+            text_out.contains("  hello\\nworld\n"),
+            "{format}: {text_out}"
+        );
+        assert!(text_out.contains("  base64:/wD+\n"), "{format}: {text_out}");
+        let lines: Vec<serde_json::Value> = inspect(true)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{format}: {lines:?}");
+        let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap().clone();
+        assert_eq!(by_id("c-text")["payload_text"], "hello\nworld");
+        assert_eq!(by_id("c-text")["key"], "user-7");
+        assert_eq!(by_id("c-text")["sequence"], acks[0].sequence);
+        assert_eq!(by_id("c-binary")["payload_text"], serde_json::Value::Null);
+        assert_eq!(by_id("c-binary")["payload_base64"], "/wD+");
+    }
+}

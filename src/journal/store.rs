@@ -105,7 +105,10 @@ impl FileStore {
             .write(true)
             .create(create)
             .truncate(create)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         Ok(Box::new(QuotaBackend {
             inner,

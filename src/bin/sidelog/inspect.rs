@@ -67,6 +67,15 @@ pub enum InspectCommand {
     Requeue(Selection),
     /// Delete dead letters for good.
     Purge(Selection),
+    /// What the file sink stored: every record of the chunk files given (a directory: its
+    /// sealed chunks, oldest first), in sidelog's record format or Parquet, with id, key,
+    /// sequence, event time, headers and payload (text, or base64 when not UTF-8); with
+    /// --json one JSON object a line. Reads only the files: no journal, no server.
+    Chunk {
+        /// Chunk files or directories (e.g. ./sidelog-data/out).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// What the redo log (journal.wal) holds, read from the file without the journal: its
     /// header, each frame of the run it starts with (and the message ids in it), where that
     /// run ends and whole frames found after it. Never writes; works on a damaged log.
@@ -216,8 +225,10 @@ fn show_wal(args: &InspectArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
-    if matches!(args.command, Some(InspectCommand::Wal)) {
-        return show_wal(&args);
+    match &args.command {
+        Some(InspectCommand::Wal) => return show_wal(&args),
+        Some(InspectCommand::Chunk { paths }) => return crate::chunk::print(paths, args.json),
+        _ => {}
     }
     let (mut backend, local) = connect(&args).await?;
     let result = run_command(&args, &mut backend).await;
@@ -294,7 +305,9 @@ async fn run_command(args: &InspectArgs, backend: &mut Backend) -> anyhow::Resul
             }
             println!("purged {} dead letters", r.purged);
         }
-        InspectCommand::Wal => unreachable!("handled before connecting"),
+        InspectCommand::Wal | InspectCommand::Chunk { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(())
 }

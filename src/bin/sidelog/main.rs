@@ -13,6 +13,7 @@ use sidelog::{Config, ServeArgs};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod chunk;
 mod inspect;
 mod publish;
 

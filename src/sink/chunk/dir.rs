@@ -39,6 +39,14 @@ impl ChunkDir {
     /// never acked and are re-sent).
     pub fn open(dir: &Path) -> std::io::Result<ChunkDir> {
         crate::runtime::create_dir_all_durably(dir)?;
+        // Said at start, not at the first chunk (after messages were acked): the directory
+        // must take files.
+        let probe = dir.join(format!(".tmp-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot write a file in it: {e}"))
+            })?;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {

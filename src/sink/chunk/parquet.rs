@@ -152,6 +152,36 @@ pub fn encode(messages: &[Message]) -> Result<Vec<u8>, parquet::errors::ParquetE
     Ok(out)
 }
 
+/// Every message of a Parquet chunk, as [`encode`] wrote it (the sequence back in the
+/// `sidelog-seq` header, as the chunk format keeps it).
+pub fn decode(bytes: Vec<u8>) -> Result<Vec<Message>, parquet::errors::ParquetError> {
+    use parquet::record::Field;
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))?;
+    let mut messages = Vec::new();
+    for row in reader.get_row_iter(None)? {
+        let row = row?;
+        let mut headers = std::collections::BTreeMap::new();
+        for (name, value) in row.get_map(3)?.entries() {
+            if let (Field::Str(name), Field::Str(value)) = (name, value) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let mut message = Message {
+            id: row.get_string(0)?.clone(),
+            key: row.get_string(1)?.clone(),
+            payload: row.get_bytes(2)?.data().to_vec().into(),
+            headers,
+            event_time_ms: row.get_long(4)?,
+        };
+        let sequence = row.get_long(5)?;
+        if sequence > 0 {
+            crate::sink::set_seq_header(&mut message, sequence as u64);
+        }
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
 /// `(id, sequence)` of every row of a Parquet chunk (for tests and tools).
 pub fn ids_and_sequences(
     bytes: Vec<u8>,
@@ -187,6 +217,7 @@ mod tests {
             .collect();
         let bytes = encode(&messages).unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
+        assert_eq!(decode(bytes.clone()).unwrap(), messages, "read back whole");
         let rows = ids_and_sequences(bytes.clone()).unwrap();
         assert_eq!(
             rows,
