@@ -1611,6 +1611,25 @@ fn completions_and_the_man_page_are_generated() {
     for sub in ["serve", "publish", "bench", "inspect", "health"] {
         assert!(man.contains(sub), "{sub} missing from the man page");
     }
+    // A page per command and subcommand, each with its own options, as man(1) reads them.
+    let pages = dir.path().join("man1");
+    let said = run(&["man", "--out-dir", pages.to_str().unwrap()]);
+    assert!(said.starts_with("wrote "), "{said}");
+    for (page, option) in [
+        ("sidelog.1", "publish"),
+        ("sidelog-serve.1", "delivery\\-lanes"),
+        ("sidelog-publish.1", "retry\\-for\\-ms"),
+        ("sidelog-inspect.1", "data\\-dir"),
+        ("sidelog-inspect-chunk.1", "PATHS"),
+        ("sidelog-inspect-requeue.1", "all"),
+        ("sidelog-man.1", "out\\-dir"),
+    ] {
+        let text =
+            std::fs::read_to_string(pages.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        let name = page.trim_end_matches(".1");
+        assert!(text.contains(&format!(".TH {name} 1")), "{page}: {text}");
+        assert!(text.contains(option), "{page} lacks {option}: {text}");
+    }
 }
 
 /// The metrics listener's probes, as Kubernetes and load balancers use them: `/healthz` answers

@@ -39,31 +39,36 @@ impl Config {
                 out.push_str(&format!("\n[{this_section}]\n"));
                 section = this_section;
             }
-            let value = match (key, value) {
-                // No sink set is the file sink in the data directory: say where.
-                ("sink", None) => Some(toml::Value::String(format!(
-                    "file:{}",
-                    self.data_dir.join("out").display()
-                ))),
-                ("sink" | "mqtt_source", Some(toml::Value::String(url))) => {
-                    Some(toml::Value::String(redact_url(&url)))
-                }
-                (key, Some(toml::Value::Integer(n))) if key.ends_with("_bytes") => {
-                    let shown = super::declare::show_bytes(n as u64);
-                    Some(if shown.contains(' ') {
-                        toml::Value::String(shown)
-                    } else {
-                        toml::Value::Integer(n)
-                    })
-                }
-                (_, value) => value,
-            };
-            match value {
+            match self.shown(key, value) {
                 Some(value) => out.push_str(&format!("{name} = {value}\n")),
                 None => out.push_str(&format!("# {name}: not set\n")),
             }
         }
         out
+    }
+
+    /// A setting's value as a config file shows it: secrets redacted, the default sink said,
+    /// whole sizes in units.
+    pub(super) fn shown(&self, key: &str, value: Option<toml::Value>) -> Option<toml::Value> {
+        match (key, value) {
+            // No sink set is the file sink in the data directory: say where.
+            ("sink", None) => Some(toml::Value::String(format!(
+                "file:{}",
+                self.data_dir.join("out").display()
+            ))),
+            ("sink" | "mqtt_source", Some(toml::Value::String(url))) => {
+                Some(toml::Value::String(redact_url(&url)))
+            }
+            (key, Some(toml::Value::Integer(n))) if key.ends_with("_bytes") => {
+                let shown = super::declare::show_bytes(n as u64);
+                Some(if shown.contains(' ') {
+                    toml::Value::String(shown)
+                } else {
+                    toml::Value::Integer(n)
+                })
+            }
+            (_, value) => value,
+        }
     }
 
     /// One line for the start-up log: what this sidelog runs with (secrets redacted).

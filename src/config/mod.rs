@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use checks::{TlsPem, read_token_file};
 pub use load::ServeArgs;
-pub use reference::markdown_table;
+pub use reference::{example_toml, markdown_table};
 pub use settings::{Config, ReplayPolicy};
 
 /// A configuration that cannot be used, naming the file or the setting. Never retryable: the

@@ -126,8 +126,14 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `sidelog man > /usr/local/share/man/man1/sidelog.1`.
-    Man,
+    /// Print the man page (roff): `sidelog man > /usr/local/share/man/man1/sidelog.1`; with
+    /// --out-dir, write one page per command and subcommand there (sidelog.1,
+    /// sidelog-serve.1, sidelog-inspect-chunk.1, ...).
+    Man {
+        /// Write every page into this directory instead of printing the main one.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn init_logs(format: &str, default_filter: &str) -> Result<(), String> {
@@ -154,9 +160,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // inspect's output is its answer; the journal's INFO lines would bury it.
-        Command::Inspect(_) | Command::Health(_) | Command::Completions { .. } | Command::Man => {
-            "warn"
-        }
+        Command::Inspect(_)
+        | Command::Health(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => "warn",
         // The NATS client (bench --peer) logs every connection event at INFO.
         _ => "info,async_nats=warn",
     };
@@ -221,9 +228,15 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut command, "sidelog", &mut std::io::stdout());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Man => {
+            Command::Man { out_dir } => {
                 use clap::CommandFactory as _;
-                clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+                match out_dir {
+                    None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+                    Some(dir) => {
+                        let written = write_man_pages(Cli::command(), &dir)?;
+                        println!("wrote {written} pages into {}", dir.display());
+                    }
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -260,6 +273,29 @@ fn print_effective(config: &Config) -> anyhow::Result<ExitCode> {
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Writes the man page of `command` and of each of its subcommands, recursively, into `dir`
+/// (`sidelog.1`, `sidelog-serve.1`, ...), the way git and cargo name theirs; returns how many.
+fn write_man_pages(command: clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {} (--out-dir)", dir.display()))?;
+    fn walk(command: clap::Command, name: String, dir: &std::path::Path) -> anyhow::Result<usize> {
+        let command = command.name(name.clone()).bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone()).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut written = 1;
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            written += walk(sub.clone(), format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(written)
+    }
+    let mut command = command;
+    command.build();
+    walk(command, "sidelog".into(), dir)
 }
 
 /// SIGHUP would end the process (exit 129) by default; sidelog reloads nothing while it runs,
