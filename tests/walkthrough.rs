@@ -2,7 +2,8 @@
 //! itself, so the walkthrough a newcomer follows first cannot drift from what works.
 //!
 //! `cargo run --release --` becomes the sidelog binary Cargo built for the tests and `cargo run
-//! --example NAME --` the example's binary (`cargo test` builds both); everything else runs
+//! --example NAME --` the example's binary (`cargo test` builds both; run alone, this test
+//! builds the examples itself); everything else runs
 //! verbatim through `sh`, in a temporary directory. One change: the crash run publishes 20,000
 //! messages, not 200,000, to keep a debug build's test short. It uses the README's fixed ports
 //! (50051, 50052, 50061, 50062), so it is the only test in this binary.
@@ -56,10 +57,12 @@ fn translate(line: &str) -> (String, String) {
         let name = rest.split_whitespace().next().expect("an example name");
         let tail = rest[name.len()..].trim_start();
         let tail = tail.strip_prefix("--").unwrap_or(tail);
+        if !examples.join(name).exists() {
+            build_examples(&bin);
+        }
         assert!(
             examples.join(name).exists(),
-            "no example binary {}: `cargo test --workspace` builds the examples, a run of only \
-             this test does not (`cargo build --examples` first)",
+            "no example binary {} even after `cargo build --examples`",
             examples.join(name).display()
         );
         command = format!(
@@ -70,6 +73,56 @@ fn translate(line: &str) -> (String, String) {
         );
     }
     (command, comment.to_owned())
+}
+
+/// Builds the examples the README runs, with the profile of the test's own binary: `cargo
+/// test` builds them, `cargo test --test walkthrough` alone does not.
+fn build_examples(bin: &Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let release = bin
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|profile| profile == "release");
+        eprintln!("walkthrough: building the examples it runs (cargo build --examples)");
+        let mut cargo = Command::new(env!("CARGO"));
+        // Without what Cargo set for this test process (its package's variables, OUT_DIR, the
+        // library path): a build script seeing them would rebuild, and the next `cargo test`
+        // would rebuild it back.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || name.starts_with("CARGO_CRATE_")
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                    "LD_LIBRARY_PATH",
+                ]
+                .contains(&name.as_ref())
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        cargo
+            .args(["build", "--examples", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().unwrap_or_else(|e| {
+            panic!(
+                "cannot run cargo ({}) to build the examples: {e}",
+                env!("CARGO")
+            )
+        });
+        assert!(
+            status.success(),
+            "`cargo build --examples` failed ({status}): the walkthrough runs them"
+        );
+    });
 }
 
 /// `command` run by `sh`, which reads it from a file (as a terminal's shell, whose own command
