@@ -250,6 +250,13 @@ impl Config {
                     value: "nats://…".into(),
                     reason,
                 }),
+            Some(s) if s.starts_with("kafka://") => crate::sink::KafkaSinkConfig::parse(s)
+                .map(|c| SinkTarget::Kafka(Box::new(c)))
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "sink",
+                    value: s.to_owned(),
+                    reason,
+                }),
             Some(s) if s.starts_with("s3://") => crate::sink::ObjectSinkConfig::parse(s)
                 .map(|c| SinkTarget::Object(Box::new(c)))
                 .map_err(|reason| ConfigError::Invalid {
@@ -262,7 +269,8 @@ impl Config {
                     "sink",
                     s,
                     "expected http://HOST:PORT (a gRPC Sink), file:DIR, nats://HOST:PORT?… \
-                     (JetStream) or s3://BUCKET/PREFIX?… (object storage)",
+                     (JetStream), kafka://HOST:PORT/TOPIC?… (Apache Kafka) or \
+                     s3://BUCKET/PREFIX?… (object storage)",
                 )?;
                 Ok(SinkTarget::Grpc(s.to_owned()))
             }

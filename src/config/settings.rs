@@ -67,7 +67,8 @@ settings! {
         /// message is its own single output).
         handler: Option<String> = None, Rule::any().shown("none (pass-through)");
         /// Where outputs go: `http://host:port` (gRPC `Sink`), `file:DIR`, `nats://HOST:PORT?…`
-        /// (JetStream) or `s3://BUCKET/PREFIX?endpoint=…` (object storage).
+        /// (JetStream), `kafka://HOST:PORT/TOPIC?…` (Apache Kafka) or
+        /// `s3://BUCKET/PREFIX?endpoint=…` (object storage).
         sink: Option<String> = None, Rule::any().shown("`file:<data_dir>/out`");
         /// Serve Prometheus text at `http://ADDR/metrics`, and the probes `/healthz` (live)
         /// and `/readyz` (taking traffic).

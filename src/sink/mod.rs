@@ -7,6 +7,7 @@
 //!
 //! - `--sink http://host:port`: a gRPC `sidelog.v1.Sink` served by the next tier (`grpc.rs`);
 //! - `--sink nats://…`: a NATS JetStream stream (`nats.rs`);
+//! - `--sink kafka://…`: an Apache Kafka topic (`kafka.rs`);
 //! - `--sink file:DIR` (the default) and `--sink s3://…`: a [`ChunkSink`] that gathers messages
 //!   into large chunks, in a directory or a bucket (`chunk/`).
 //!
@@ -14,6 +15,7 @@
 
 mod chunk;
 mod grpc;
+mod kafka;
 mod nats;
 mod open;
 
@@ -30,6 +32,7 @@ pub use chunk::{
     ChunkStore, FileSink, FileSinkConfig, list_chunks, parse_chunk, read_chunk,
 };
 pub use grpc::GrpcSink;
+pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use nats::{NatsSink, NatsSinkConfig};
 pub use open::{OpenedSink, SinkSettings, SinkTarget, open};
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ChunkSettings, ChunkSink, FileSink, FileSinkConfig, GrpcSink, NatsSink, NatsSinkConfig,
-    ObjectSink, ObjectSinkConfig, Sink, SinkSetupError,
+    ChunkSettings, ChunkSink, FileSink, FileSinkConfig, GrpcSink, KafkaSink, KafkaSinkConfig,
+    NatsSink, NatsSinkConfig, ObjectSink, ObjectSinkConfig, Sink, SinkSetupError,
 };
 use crate::runtime::{Entropy, SharedClock};
 
@@ -19,6 +19,8 @@ pub enum SinkTarget {
     File(PathBuf),
     /// `nats://…`: a JetStream stream.
     Nats(Box<NatsSinkConfig>),
+    /// `kafka://HOST:PORT/TOPIC?…`: an Apache Kafka topic.
+    Kafka(Box<KafkaSinkConfig>),
     /// `s3://BUCKET/PREFIX?…`: chunk objects in a bucket.
     Object(Box<ObjectSinkConfig>),
 }
@@ -55,6 +57,9 @@ pub async fn open(
         SinkTarget::Grpc(url) => plain(Arc::new(GrpcSink::new(url, settings.timeout)?)),
         SinkTarget::Nats(nats) => plain(Arc::new(
             NatsSink::connect((**nats).clone(), settings.timeout).await?,
+        )),
+        SinkTarget::Kafka(kafka) => plain(Arc::new(
+            KafkaSink::connect((**kafka).clone(), settings.timeout).await?,
         )),
         SinkTarget::Object(object) => {
             let chunks = ObjectSink::start(

@@ -1,4 +1,5 @@
-//! Tests that need more than a Rust toolchain: a NATS server with JetStream, `moto_server` (an
+//! Tests that need more than a Rust toolchain: Apache Kafka (Java, and its jars from Maven
+//! Central: `kafka/fetch.sh`), a NATS server with JetStream, `moto_server` (an
 //! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), Chromium and
 //! chromedriver (the browser demo), `curl` and `python3` (the HTTP door as shippers and scripts
 //! reach it), a small tmpfs, and FUSE (for the power-loss test). `.ci/run` provides all of them.
@@ -12,6 +13,7 @@ mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 mod disk_full;
+mod kafka;
 mod mqtt;
 mod nats;
 mod object;
@@ -57,6 +59,14 @@ where
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
+        trial(
+            "kafka::sigkills_and_a_broker_restart_lose_no_acked_message",
+            kafka::sigkills_and_a_broker_restart_lose_no_acked_message,
+        ),
+        trial(
+            "kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered",
+            kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered,
+        ),
         trial(
             "nats::sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once",
             nats::sigkill_during_delivery_leaves_every_acked_message_in_the_stream_once,

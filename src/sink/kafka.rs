@@ -1,0 +1,394 @@
+//! The Apache Kafka sink (`--sink kafka://HOST:PORT[,HOST:PORT...]/TOPIC?...`), through
+//! librdkafka (`rdkafka`): the client Vector, Fluent Bit and most non-Java tools use.
+//!
+//! - Each message is one record: its key the record key, partitioned as the Java client does
+//!   (murmur2 of the key, `partitioner=murmur2_random`), so a key's records land in one
+//!   partition in journal order; its payload the value; its event time the record timestamp;
+//!   its id (`sidelog-id`), its journal sequence (`sidelog-seq`) and its own headers the record
+//!   headers.
+//! - `acks=all` and the idempotent producer: a record the broker acked is on every in-sync
+//!   replica, and librdkafka's own retries neither reorder nor duplicate within a partition.
+//!   A batch is acked to delivery only once every record of it is acked by the broker.
+//! - Delivery is at least once: a batch retried after a failure, or replayed after a crash,
+//!   may add records the topic already holds; their `sidelog-id` tells them apart.
+//! - A record the broker (or librdkafka, before sending) refuses as too large is refused for
+//!   good (dead-lettered with the reason); a broker that is down or a leader that moves is
+//!   retried for as long as it takes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use tracing::{info, warn};
+
+use super::{Batch, SEQ_HEADER, Sink, SinkError, SinkSetupError};
+use crate::runtime::BoxFuture;
+
+/// The record header that carries the message id.
+pub const ID_HEADER: &str = "sidelog-id";
+
+/// Compression of record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// A parsed `kafka://` sink URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap: String,
+    pub topic: String,
+    pub compression: Compression,
+    /// How long librdkafka waits to fill a record batch (`linger.ms`).
+    pub linger_ms: u64,
+    /// The most bytes of one record batch (`batch.size`).
+    pub batch_bytes: u64,
+    /// The largest record librdkafka sends (`message.max.bytes`); keep it at or below the
+    /// topic's `max.message.bytes`.
+    pub max_record_bytes: u64,
+    pub client_id: String,
+}
+
+const OPTIONS: &str = "compression (zstd, lz4, none), linger_ms, batch_bytes, max_record_bytes, \
+                       client_id";
+
+impl KafkaSinkConfig {
+    /// Parses `kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?option=value&...]`.
+    pub fn parse(url: &str) -> Result<KafkaSinkConfig, String> {
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or("a Kafka sink URL starts with kafka://")?;
+        let (hosts, rest) = rest
+            .split_once('/')
+            .ok_or("expected kafka://HOST:PORT/TOPIC: the topic is missing")?;
+        let (topic, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut bootstrap = Vec::new();
+        for host in hosts.split(',') {
+            let (name, port) = host
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{host:?}: expected HOST:PORT"))?;
+            if name.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("{host:?}: expected HOST:PORT"));
+            }
+            bootstrap.push(host.to_owned());
+        }
+        check_topic(topic)?;
+        let mut config = KafkaSinkConfig {
+            bootstrap: bootstrap.join(","),
+            topic: topic.to_owned(),
+            compression: Compression::Zstd,
+            linger_ms: 5,
+            batch_bytes: 1 << 20,
+            max_record_bytes: 1_000_000,
+            client_id: "sidelog".into(),
+        };
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let number = |max: u64| {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n) || (name == "linger_ms" && *n == 0))
+                    .ok_or_else(|| format!("{name}={value}: expected a number up to {max}"))
+            };
+            match name.as_ref() {
+                "compression" => {
+                    config.compression = match value.as_ref() {
+                        "zstd" => Compression::Zstd,
+                        "lz4" => Compression::Lz4,
+                        "none" => Compression::None,
+                        other => {
+                            return Err(format!("compression={other}: expected zstd, lz4 or none"));
+                        }
+                    }
+                }
+                "linger_ms" => config.linger_ms = number(60_000)?,
+                "batch_bytes" => config.batch_bytes = number(1 << 30)?,
+                "max_record_bytes" => config.max_record_bytes = number(1_000_000_000)?,
+                "client_id" if !value.is_empty() => config.client_id = value.into_owned(),
+                other => {
+                    return Err(format!(
+                        "unknown option {other:?}; the Kafka sink takes {OPTIONS}"
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn client_config(&self, timeout: Duration) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", &self.client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // The Java client's partitioner: a key's records go where a Java producer (and
+            // Kafka Streams, and Kafka Connect) would put them.
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", self.compression.as_str())
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("batch.size", self.batch_bytes.to_string())
+            .set("message.max.bytes", self.max_record_bytes.to_string())
+            // librdkafka retries inside this; past it, delivery retries the whole batch.
+            .set(
+                "message.timeout.ms",
+                timeout.as_millis().max(1000).to_string(),
+            );
+        c
+    }
+}
+
+/// Kafka's rule for topic names.
+fn check_topic(topic: &str) -> Result<(), String> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{topic:?} is not a Kafka topic name (1-249 of a-z, A-Z, 0-9, '.', '_', '-')"
+        ))
+    }
+}
+
+/// Delivers into a Kafka topic (see the module docs).
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    config: Arc<KafkaSinkConfig>,
+    timeout: Duration,
+}
+
+impl KafkaSink {
+    /// Makes the producer and asks the cluster about the topic: a topic the cluster says does
+    /// not exist fails the start; a cluster that does not answer yet is said in the log and
+    /// retried by delivery.
+    pub async fn connect(
+        config: KafkaSinkConfig,
+        timeout: Duration,
+    ) -> Result<KafkaSink, SinkSetupError> {
+        let producer: FutureProducer = config
+            .client_config(timeout)
+            .create()
+            .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
+        let probe = producer.clone();
+        let topic = config.topic.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| SinkSetupError(format!("the Kafka metadata check failed: {e}")))?;
+        match answer {
+            Ok(metadata) => {
+                let found = metadata.topics().iter().find(|t| t.name() == config.topic);
+                match found.map(|t| (t.error(), t.partitions().len())) {
+                    Some((None, partitions)) if partitions > 0 => {
+                        metrics::gauge!(crate::metrics::SINK_UP).set(1.0);
+                        info!(topic = %config.topic, partitions, bootstrap = %config.bootstrap, "Kafka topic found");
+                    }
+                    Some((Some(e), _))
+                        if RDKafkaErrorCode::from(e)
+                            == RDKafkaErrorCode::UnknownTopicOrPartition =>
+                    {
+                        return Err(SinkSetupError(format!(
+                            "the Kafka topic {} does not exist on {}: create it (kafka-topics.sh \
+                             --create --topic {} --partitions N --replication-factor 3), then start \
+                             again",
+                            config.topic, config.bootstrap, config.topic
+                        )));
+                    }
+                    other => {
+                        warn!(topic = %config.topic, answer = ?other, "the Kafka cluster's answer about the topic is unclear; deliveries will tell")
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
+                warn!(
+                    bootstrap = %config.bootstrap,
+                    error = %e,
+                    "Kafka did not answer within 5 s; deliveries are retried until it does (check \
+                     the host and port in the sink URL if it never does)"
+                );
+            }
+        }
+        Ok(KafkaSink {
+            producer,
+            config: Arc::new(config),
+            timeout,
+        })
+    }
+}
+
+/// Whether the broker (or librdkafka) will never take this record as it is.
+fn refused(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+impl Sink for KafkaSink {
+    fn writes_seq_header(&self) -> bool {
+        true
+    }
+
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            // Every record is queued first (in order: the idempotent producer keeps it per
+            // partition), then every delivery report is awaited.
+            let mut reports = Vec::with_capacity(batch.len());
+            for (m, seq) in batch.messages.iter().zip(batch.seqs.iter()) {
+                let seq_text = seq.map(|s| s.to_string());
+                let mut headers =
+                    OwnedHeaders::new_with_capacity(m.headers.len() + 2).insert(Header {
+                        key: ID_HEADER,
+                        value: Some(m.id.as_bytes()),
+                    });
+                if let Some(seq) = &seq_text {
+                    headers = headers.insert(Header {
+                        key: SEQ_HEADER,
+                        value: Some(seq.as_bytes()),
+                    });
+                }
+                for (name, value) in m.headers.iter().filter(|(n, _)| *n != SEQ_HEADER) {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                let mut record = FutureRecord::to(&this.config.topic)
+                    .payload(m.payload.as_ref())
+                    .headers(headers);
+                if !m.key.is_empty() {
+                    record = record.key(m.key.as_bytes());
+                }
+                if m.event_time_ms > 0 {
+                    record = record.timestamp(m.event_time_ms);
+                }
+                let mut record = record;
+                let report = loop {
+                    match this.producer.send_result(record) {
+                        Ok(report) => break report,
+                        Err((e, back))
+                            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
+                        {
+                            // librdkafka's queue is full: wait for it to send some.
+                            record = back;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((e, _)) if refused(&e) => {
+                            return Err(SinkError::refused(format!(
+                                "Kafka refuses message {}: {e}",
+                                m.id
+                            )));
+                        }
+                        Err((e, _)) => {
+                            return Err(SinkError::retry(format!(
+                                "cannot queue message {} for Kafka: {e}",
+                                m.id
+                            )));
+                        }
+                    }
+                };
+                reports.push((report, m.id.clone()));
+            }
+            let wait = async {
+                for (report, id) in reports {
+                    match report.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) if refused(&e) => {
+                            return Err(SinkError::refused(format!(
+                                "Kafka refuses message {id}: {e}"
+                            )));
+                        }
+                        Ok(Err((e, _))) => {
+                            return Err(SinkError::retry(format!(
+                                "Kafka did not take message {id}: {e}"
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(SinkError::retry(
+                                "the Kafka producer dropped a delivery report".to_string(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            // librdkafka gives up at message.timeout.ms (the delivery timeout); the margin lets
+            // its own report arrive first.
+            tokio::time::timeout(this.timeout + Duration::from_secs(5), wait)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SinkError::retry(format!(
+                        "Kafka did not ack within {:?}",
+                        this.timeout
+                    )))
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_names_what_is_wrong() {
+        let c = KafkaSinkConfig::parse(
+            "kafka://127.0.0.1:9092,10.0.0.2:9093/events.v1?compression=lz4&linger_ms=0",
+        )
+        .unwrap();
+        assert_eq!(c.bootstrap, "127.0.0.1:9092,10.0.0.2:9093");
+        assert_eq!(c.topic, "events.v1");
+        assert_eq!(c.compression, Compression::Lz4);
+        assert_eq!(c.linger_ms, 0);
+        let defaults = KafkaSinkConfig::parse("kafka://k:9092/t").unwrap();
+        assert_eq!(defaults.compression, Compression::Zstd);
+        for (url, want) in [
+            ("kafka://k:9092", "the topic is missing"),
+            ("kafka://k/t", "expected HOST:PORT"),
+            ("kafka://k:99999/t", "expected HOST:PORT"),
+            ("kafka://k:9092/bad topic", "not a Kafka topic name"),
+            (
+                "kafka://k:9092/t?compression=gzip",
+                "expected zstd, lz4 or none",
+            ),
+            ("kafka://k:9092/t?acks=1", "unknown option \"acks\""),
+            ("kafka://k:9092/t?batch_bytes=0", "batch_bytes=0"),
+        ] {
+            let err = KafkaSinkConfig::parse(url).unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The Kafka sink against a real Apache Kafka: a single node in KRaft mode (broker and
+//! controller in one JVM) on free loopback ports, from the jars `kafka/fetch.sh` puts in
+//! `target/kafka/lib` (Maven Central). What the topic holds is read back with Kafka's own
+//! console consumer, not with sidelog's client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+use super::{Missing, Outcome};
+use crate::common::{Sidelog, free_port, produce};
+
+/// A Kafka node of the test's own, killed when dropped.
+pub struct Kafka {
+    pub bootstrap: String,
+    child: Option<Child>,
+    properties: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// `target/kafka/lib`, fetched by `kafka/fetch.sh` when missing (Maven and Java needed).
+fn kafka_lib() -> Result<PathBuf, Missing> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = root.join("target/kafka/lib");
+    let java = Command::new("java").arg("-version").output();
+    if !java.is_ok_and(|o| o.status.success()) {
+        return Err(Missing("no java (17 or later) to run Apache Kafka".into()));
+    }
+    if !lib.join(".complete").exists() {
+        let fetched = Command::new(root.join("tests/services/kafka/fetch.sh"))
+            .output()
+            .map_err(|e| Missing(format!("cannot run tests/services/kafka/fetch.sh: {e}")))?;
+        if !fetched.status.success() {
+            return Err(Missing(format!(
+                "Apache Kafka is not in target/kafka and tests/services/kafka/fetch.sh could not \
+                 fetch it from Maven Central: {}",
+                String::from_utf8_lossy(&fetched.stderr)
+            )));
+        }
+    }
+    Ok(lib)
+}
+
+fn classpath() -> Result<String, Missing> {
+    Ok(format!("{}/*", kafka_lib()?.display()))
+}
+
+impl Kafka {
+    /// Formats a new node's storage and starts it; waits until it answers.
+    pub async fn start() -> Result<Kafka, Missing> {
+        let cp = classpath()?;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (port, controller) = (free_port().port(), free_port().port());
+        let properties = dir.path().join("server.properties");
+        std::fs::write(
+            &properties,
+            format!(
+                "process.roles=broker,controller\n\
+                 node.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\n\
+                 auto.create.topics.enable=false\n\
+                 offsets.topic.replication.factor=1\n\
+                 transaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("write server.properties");
+        let format = Command::new("java")
+            .args(["-cp", &cp, "kafka.tools.StorageTool", "format", "-t"])
+            .arg("c2lkZWxvZy10ZXN0LWthZmthLWNsdXN0ZXI") // any 22-character base64 cluster id
+            .arg("-c")
+            .arg(&properties)
+            .output()
+            .expect("run Kafka's storage tool");
+        assert!(
+            format.status.success(),
+            "kafka-storage format failed: {}",
+            String::from_utf8_lossy(&format.stderr)
+        );
+        let mut kafka = Kafka {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: None,
+            log: dir.path().join("kafka.log"),
+            properties,
+            _dir: dir,
+        };
+        kafka.run(&cp).await;
+        Ok(kafka)
+    }
+
+    async fn run(&mut self, cp: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the Kafka log");
+        let child = Command::new("java")
+            .args(["-Xmx512m", "-cp", cp, "kafka.Kafka"])
+            .arg(&self.properties)
+            .stdout(Stdio::from(log.try_clone().expect("a second handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start Kafka");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(&self.bootstrap)
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Kafka did not listen within 60 s: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the node as an operator's restart does (SIGTERM: a controlled shutdown) and
+    /// starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        self.run(&classpath().expect("Kafka was found at start"))
+            .await;
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("an admin client");
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+            )
+            .await
+            .expect("create the topic");
+        for result in created {
+            result.unwrap_or_else(|(name, e)| panic!("creating topic {name}: {e}"));
+        }
+    }
+
+    /// Every committed record of `topic`, read by Kafka's own console consumer.
+    pub fn read_back(&self, topic: &str) -> Vec<Record> {
+        let out = Command::new("java")
+            .args(["-cp", &classpath().expect("Kafka was found at start")])
+            .arg("org.apache.kafka.tools.consumer.ConsoleConsumer")
+            .args(["--bootstrap-server", &self.bootstrap, "--topic", topic])
+            .args(["--from-beginning", "--isolation-level", "read_committed"])
+            .args(["--timeout-ms", "8000"])
+            .args(["--property", "print.partition=true"])
+            .args(["--property", "print.offset=true"])
+            .args(["--property", "print.headers=true"])
+            .args(["--property", "print.key=true"])
+            .output()
+            .expect("run Kafka's console consumer");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(Record::parse)
+            .collect()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One record as the console consumer printed it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    pub headers: HashMap<String, String>,
+    pub key: String,
+    pub value: String,
+}
+
+impl Record {
+    /// `Partition:P\tOffset:O\th1:v1,h2:v2\tKEY\tVALUE`.
+    fn parse(line: &str) -> Option<Record> {
+        let mut fields = line.splitn(5, '\t');
+        let partition = fields.next()?.strip_prefix("Partition:")?.parse().ok()?;
+        let offset = fields.next()?.strip_prefix("Offset:")?.parse().ok()?;
+        let headers = fields
+            .next()?
+            .split(',')
+            .filter_map(|h| h.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some(Record {
+            partition,
+            offset,
+            headers,
+            key: fields.next()?.to_owned(),
+            value: fields.next()?.to_owned(),
+        })
+    }
+
+    fn id(&self) -> &str {
+        self.headers.get("sidelog-id").map_or("", String::as_str)
+    }
+
+    fn seq(&self) -> u64 {
+        self.headers
+            .get("sidelog-seq")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Publishes through sidelog into a 3-partition topic while sidelog is SIGKILLed twice and
+/// the broker restarts once: every acked message is in the topic (read by Kafka's own
+/// consumer), with its id and sequence as headers and its payload as the value; each key's
+/// records are in one partition, in the order each producer had them acked.
+pub async fn sigkills_and_a_broker_restart_lose_no_acked_message() -> Outcome {
+    let mut kafka = Kafka::start().await?;
+    let topic = "sidelog-events";
+    kafka.create_topic(topic, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("kafka://{}/{topic}?linger_ms=2", kafka.bootstrap);
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "hml",
+            "--sink",
+            &sink,
+            "--delivery-backoff-max-ms",
+            "500",
+        ],
+    );
+    sidelog.start().await;
+    let producer = tokio::spawn(produce(
+        sidelog.url(),
+        "k".into(),
+        4,
+        3000,
+        20,
+        Duration::from_millis(3),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sidelog.kill9().await;
+    sidelog.start().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kafka.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sidelog.kill9().await;
+    sidelog.start().await;
+    let log = producer.await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let records = loop {
+        let records = kafka.read_back(topic);
+        let have: std::collections::HashSet<&str> = records.iter().map(Record::id).collect();
+        if log.acked.keys().all(|id| have.contains(id.as_str()))
+            || tokio::time::Instant::now() > deadline
+        {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    sidelog.kill9().await;
+
+    let mut by_id: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in &records {
+        by_id.entry(r.id()).or_default().push(r);
+    }
+    let missing: Vec<&String> = log
+        .acked
+        .keys()
+        .filter(|id| !by_id.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked messages missing from the topic: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for (id, copies) in &by_id {
+        let sent = log
+            .sent
+            .get(*id)
+            .unwrap_or_else(|| panic!("a record nobody sent: {id}"));
+        for r in copies {
+            assert_eq!(
+                r.value.as_bytes(),
+                &sent[..],
+                "{id}: the payload is the value"
+            );
+            assert!(r.seq() > 0, "{id}: the journal sequence is a header");
+        }
+    }
+    // One partition per key, and within it the order in which sidelog acked them: a producer's
+    // messages of one key, each sent after the one before was acked, appear (their first copy)
+    // in that order. (Two producers sending the same key at once have no order between them.)
+    let mut per_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in &records {
+        per_key.entry(r.key.as_str()).or_default().push(r);
+    }
+    for (key, mut rs) in per_key {
+        let partitions: std::collections::BTreeSet<u32> = rs.iter().map(|r| r.partition).collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "key {key} is in partitions {partitions:?}"
+        );
+        rs.sort_by_key(|r| r.offset);
+        let mut seen = std::collections::HashSet::new();
+        let mut firsts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for r in rs.iter().filter(|r| seen.insert(r.id())) {
+            // Ids are "k-<n>"; produce() gives n to producer n % 4, in rising n.
+            let n: u64 = r.id().rsplit('-').next().unwrap().parse().unwrap();
+            firsts.entry(n % 4).or_default().push(n);
+        }
+        for (producer, ns) in firsts {
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "key {key}, producer {producer}: records out of the order they were acked: {ns:?}"
+            );
+        }
+    }
+    let copies = records.len() - by_id.len();
+    eprintln!(
+        "{} messages in the topic ({copies} extra copies from retries and replays: at least once), \
+         {} producer retries",
+        by_id.len(),
+        log.errors
+    );
+    Ok(())
+}
+
+/// A topic that does not exist fails the start, naming it; a record over the sink's
+/// `max_record_bytes` is refused by Kafka and dead-lettered with the reason, not retried.
+pub async fn a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered() -> Outcome {
+    let kafka = Kafka::start().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--admin-listen", "off", "--listen"])
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--sink")
+        .arg(format!("kafka://{}/no-such-topic", kafka.bootstrap))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the Kafka topic no-such-topic does not exist"),
+        "{stderr}"
+    );
+
+    kafka.create_topic("small", 1).await;
+    let sink = format!("kafka://{}/small?max_record_bytes=2000", kafka.bootstrap);
+    let mut sidelog = Sidelog::new(&data, &["--sink", &sink]);
+    sidelog.start().await;
+    let acks = crate::common::publish(
+        &sidelog,
+        vec![
+            crate::common::msg("fits", b"small"),
+            crate::common::msg("too-large", &[b'x'; 5000]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(acks.len(), 2);
+    sidelog
+        .wait_log("dead-letter", Duration::from_secs(30))
+        .await;
+    let inspect = Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["inspect", "--json", "--admin"])
+        .arg(format!(
+            "http://{}",
+            sidelog.admin.expect("the harness serves admin")
+        ))
+        .arg("dead-letters")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&inspect.stdout);
+    assert!(listed.contains("too-large"), "{listed}");
+    assert!(
+        listed.to_lowercase().contains("too large"),
+        "the reason: {listed}"
+    );
+    let records = kafka.read_back("small");
+    assert!(records.iter().any(|r| r.id() == "fits"), "{records:?}");
+    assert!(!records.iter().any(|r| r.id() == "too-large"));
+    sidelog.kill9().await;
+    Ok(())
+}
