@@ -181,8 +181,8 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Makes the producer and asks the cluster about the topic: a topic the cluster says does
-    /// not exist fails the start; a cluster that does not answer yet is said in the log and
-    /// retried by delivery.
+    /// not exist fails the start; a cluster that does not answer yet is said in the log (it
+    /// may be starting too) and retried by delivery.
     pub async fn connect(
         config: KafkaSinkConfig,
         timeout: Duration,
@@ -191,47 +191,15 @@ impl KafkaSink {
             .client_config(timeout)
             .create()
             .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
-        let probe = producer.clone();
-        let topic = config.topic.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            probe
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| SinkSetupError(format!("the Kafka metadata check failed: {e}")))?;
-        match answer {
-            Ok(metadata) => {
-                let found = metadata.topics().iter().find(|t| t.name() == config.topic);
-                match found.map(|t| (t.error(), t.partitions().len())) {
-                    Some((None, partitions)) if partitions > 0 => {
-                        metrics::gauge!(crate::metrics::SINK_UP).set(1.0);
-                        info!(topic = %config.topic, partitions, bootstrap = %config.bootstrap, "Kafka topic found");
-                    }
-                    Some((Some(e), _))
-                        if RDKafkaErrorCode::from(e)
-                            == RDKafkaErrorCode::UnknownTopicOrPartition =>
-                    {
-                        return Err(SinkSetupError(format!(
-                            "the Kafka topic {} does not exist on {}: create it (kafka-topics.sh \
-                             --create --topic {} --partitions N --replication-factor 3), then start \
-                             again",
-                            config.topic, config.bootstrap, config.topic
-                        )));
-                    }
-                    other => {
-                        warn!(topic = %config.topic, answer = ?other, "the Kafka cluster's answer about the topic is unclear; deliveries will tell")
-                    }
-                }
+        match probe(&producer, &config.topic, &config.bootstrap).await {
+            Probe::Found(partitions) => {
+                metrics::gauge!(crate::metrics::SINK_UP).set(1.0);
+                info!(topic = %config.topic, partitions, bootstrap = %config.bootstrap, "Kafka topic found");
             }
-            Err(e) => {
+            Probe::NoTopic(reason) => return Err(SinkSetupError(reason)),
+            Probe::NoAnswer(reason) => {
                 metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
-                warn!(
-                    bootstrap = %config.bootstrap,
-                    error = %e,
-                    "Kafka did not answer within 5 s; deliveries are retried until it does (check \
-                     the host and port in the sink URL if it never does)"
-                );
+                warn!("{reason}; deliveries are retried until it answers");
             }
         }
         Ok(KafkaSink {
@@ -239,6 +207,73 @@ impl KafkaSink {
             config: Arc::new(config),
             timeout,
         })
+    }
+}
+
+/// What the cluster said about the sink's topic.
+enum Probe {
+    /// It exists, with this many partitions.
+    Found(usize),
+    /// The cluster answered that it does not exist (what to do, said).
+    NoTopic(String),
+    /// No answer within the probe's time, or one that says nothing about the topic.
+    NoAnswer(String),
+}
+
+/// Asks the cluster about `topic` (metadata, 5 s at most).
+async fn probe(producer: &FutureProducer, topic: &str, bootstrap: &str) -> Probe {
+    let client = producer.clone();
+    let name = topic.to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(5))
+    })
+    .await;
+    let metadata = match answer {
+        Ok(Ok(metadata)) => metadata,
+        Ok(Err(e)) => {
+            return Probe::NoAnswer(format!(
+                "Kafka at {bootstrap} did not answer within 5 s ({e}): check the host and port \
+                 in the sink URL, and that the broker's advertised listeners are reachable from here"
+            ));
+        }
+        Err(e) => return Probe::NoAnswer(format!("the Kafka metadata request failed: {e}")),
+    };
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    match found.map(|t| (t.error(), t.partitions().len())) {
+        Some((None, partitions)) if partitions > 0 => Probe::Found(partitions),
+        Some((Some(e), _))
+            if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition =>
+        {
+            Probe::NoTopic(format!(
+                "the Kafka topic {topic} does not exist on {bootstrap}: create it \
+                 (kafka-topics.sh --create --topic {topic} --partitions N --replication-factor 3), \
+                 then start again"
+            ))
+        }
+        other => Probe::NoAnswer(format!(
+            "Kafka at {bootstrap} answered about topic {topic} without saying it is usable: \
+             {other:?}"
+        )),
+    }
+}
+
+impl KafkaSinkConfig {
+    /// What `serve --check-config` asks: the cluster answers, and the topic is there. `Ok`
+    /// with what was found, `Err` with what to fix.
+    pub async fn check(&self) -> Result<String, String> {
+        let producer: FutureProducer = self
+            .client_config(Duration::from_secs(10))
+            .create()
+            .map_err(|e| format!("cannot make a Kafka producer: {e}"))?;
+        match probe(&producer, &self.topic, &self.bootstrap).await {
+            Probe::Found(partitions) => Ok(format!(
+                "Kafka at {} has topic {} ({partitions} partitions)",
+                self.bootstrap, self.topic
+            )),
+            Probe::NoTopic(reason) | Probe::NoAnswer(reason) => Err(reason),
+        }
     }
 }
 

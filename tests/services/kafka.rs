@@ -352,7 +352,8 @@ pub async fn sigkills_and_a_broker_restart_lose_no_acked_message() -> Outcome {
     Ok(())
 }
 
-/// A topic that does not exist fails the start, naming it; a record over the sink's
+/// A topic that does not exist fails the start, naming it, as `--check-config` does (which
+/// also names a cluster that does not answer); a record over the sink's
 /// `max_record_bytes` is refused by Kafka and dead-lettered with the reason, not retried.
 pub async fn a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered() -> Outcome {
     let kafka = Kafka::start().await?;
@@ -374,7 +375,33 @@ pub async fn a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lett
         "{stderr}"
     );
 
+    // --check-config asks the cluster too: the missing topic, and a host nothing answers on.
+    let check = |sink: String| {
+        Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(["serve", "--check-config", "--sink", &sink])
+            .output()
+            .unwrap()
+    };
+    let out = check(format!("kafka://{}/no-such-topic", kafka.bootstrap));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the Kafka topic no-such-topic does not exist"),
+        "{stderr}"
+    );
+    let out = check(format!("kafka://127.0.0.1:{}/t", free_port().port()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not answer within 5 s"), "{stderr}");
+
     kafka.create_topic("small", 1).await;
+    let out = check(format!("kafka://{}/small", kafka.bootstrap));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has topic small (1 partitions)"));
     let sink = format!("kafka://{}/small?max_record_bytes=2000", kafka.bootstrap);
     let mut sidelog = Sidelog::new(&data, &["--sink", &sink]);
     sidelog.start().await;

@@ -191,6 +191,19 @@ fn main() -> ExitCode {
                 } = *command;
                 let config = Config::load(args)?;
                 if check_config {
+                    // The next tier too, where asking it is cheap and says what a start would
+                    // meet: a Kafka topic that is not there, a cluster that does not answer.
+                    if let Ok(sidelog::sink::SinkTarget::Kafka(kafka)) = config.sink_target() {
+                        match kafka.check().await {
+                            Ok(found) => eprintln!("checked: {found}"),
+                            Err(reason) => {
+                                eprintln!(
+                                    "error: invalid setting sink (--sink, SIDELOG_SINK): {reason}"
+                                );
+                                return Ok(ExitCode::FAILURE);
+                            }
+                        }
+                    }
                     return print_effective(&config);
                 }
                 ignore_sighup();
