@@ -239,3 +239,28 @@ pub(super) async fn wait_delivered(
     }
     Ok(())
 }
+
+/// [`wait_delivered`] for an external sink (`--sink`): reads sidelog's
+/// `sidelog_delivered_total` from its metrics at `metrics` until it reaches `want`.
+pub(super) async fn wait_delivered_external(
+    metrics: std::net::SocketAddr,
+    want: u64,
+    mode: LoggingMode,
+) -> anyhow::Result<()> {
+    let delivered = AtomicU64::new(0);
+    let poll = async {
+        loop {
+            let now = super::report::scrape(metrics)
+                .await
+                .ok()
+                .and_then(|m| m.get("sidelog_delivered_total").copied())
+                .unwrap_or(0.0);
+            delivered.store(now as u64, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        never = poll => never,
+        done = wait_delivered(&delivered, want, mode) => done,
+    }
+}

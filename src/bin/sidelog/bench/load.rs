@@ -50,6 +50,8 @@ pub(super) enum Target {
     Sidelog(SocketAddr),
     /// A JetStream subject (each producer opens its own connection).
     Nats { addr: String, subject: String },
+    /// A Kafka topic (each producer has its own producer).
+    Kafka { bootstrap: String, topic: String },
     /// A sidelog HTTP door (`POST /v1/publish`).
     Http(SocketAddr),
     /// MQTT devices publishing to a broker sidelog subscribes to.
@@ -126,6 +128,13 @@ pub(super) async fn load(
                 );
                 let publisher = mqtt::Publisher::connect(devices, &label, ctx.id).await?;
                 tokio::spawn(ctx.closed_loop(publisher))
+            }
+            Target::Kafka { bootstrap, topic } => {
+                let publisher = super::kafka::Publisher::connect(bootstrap, topic)?;
+                match per_producer {
+                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
+                    None => tokio::spawn(ctx.closed_loop(publisher)),
+                }
             }
             Target::Nats { addr, subject } => {
                 let publisher = nats::Publisher::connect(addr, subject).await?;

@@ -1,4 +1,5 @@
-//! The peer in the bench table: NATS JetStream, publish with ack, under the same workload.
+//! The peers in the bench table (`--peer`): NATS JetStream here, publish with ack, under the
+//! same workload; Apache Kafka in `kafka.rs`.
 //!
 //! Each producer opens its own connection (as each sidelog producer has its own gRPC channel)
 //! and publishes every message of a request with `Nats-Msg-Id` set to the message id (JetStream
@@ -19,28 +20,47 @@ use super::{BenchArgs, ModeResult};
 use sidelog::proto::Message;
 use sidelog::testkit::proc_usage;
 
-/// `--peer nats://HOST:PORT[?label=NAME&pid=PID]`.
+/// `--peer nats://HOST:PORT[?label=NAME&pid=PID]` or `--peer kafka://HOST:PORT[?...]`.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    pub kind: PeerKind,
     /// Its row's name in the table.
     pub label: String,
-    /// `HOST:PORT`.
+    /// `HOST:PORT` (Kafka: the bootstrap servers, comma-separated).
     pub addr: String,
     /// The server's process id, to read its CPU time and peak RSS from /proc.
     pub pid: Option<u32>,
 }
 
+/// Which server a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    Nats,
+    Kafka,
+}
+
 impl Peer {
     pub fn parse(s: &str) -> Result<Peer, String> {
-        let rest = s
-            .strip_prefix("nats://")
-            .ok_or_else(|| format!("{s:?}: a peer is nats://HOST:PORT[?label=NAME&pid=PID]"))?;
+        let (kind, rest) = match (s.strip_prefix("nats://"), s.strip_prefix("kafka://")) {
+            (Some(rest), _) => (PeerKind::Nats, rest),
+            (_, Some(rest)) => (PeerKind::Kafka, rest),
+            _ => {
+                return Err(format!(
+                    "{s:?}: a peer is nats://HOST:PORT or kafka://HOST:PORT, with \
+                     [?label=NAME&pid=PID]"
+                ));
+            }
+        };
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         if addr.is_empty() || !addr.contains(':') {
             return Err(format!("{s:?}: give the server as HOST:PORT"));
         }
         let mut peer = Peer {
-            label: "nats".into(),
+            kind,
+            label: match kind {
+                PeerKind::Nats => "nats".into(),
+                PeerKind::Kafka => "kafka".into(),
+            },
             addr: addr.to_owned(),
             pid: None,
         };
@@ -100,12 +120,20 @@ impl Send1 for Publisher {
     }
 }
 
-/// Runs the workload against one JetStream server and reports it like a mode.
+/// Runs the workload against one peer server and reports it like a mode.
 pub(super) async fn run_peer(
     args: &BenchArgs,
     peer: &Peer,
     base: Instant,
 ) -> anyhow::Result<ModeResult> {
+    match peer.kind {
+        PeerKind::Nats => run_nats(args, peer, base).await,
+        PeerKind::Kafka => super::kafka::run_peer(args, peer, base).await,
+    }
+}
+
+/// Runs the workload against one JetStream server and reports it like a mode.
+async fn run_nats(args: &BenchArgs, peer: &Peer, base: Instant) -> anyhow::Result<ModeResult> {
     let (js, name, mut stream, target) = create_stream(peer).await?;
     let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
     load(
@@ -196,7 +224,7 @@ async fn create_stream(
 }
 
 /// The peer's row: what its producers measured and what was read from the server.
-fn peer_result(
+pub(super) fn peer_result(
     args: &BenchArgs,
     label: &str,
     run: &Load,
@@ -241,6 +269,16 @@ mod tests {
         );
         let p = Peer::parse("nats://127.0.0.1:4222").unwrap();
         assert_eq!((p.label.as_str(), p.pid), ("nats", None));
+        let p = Peer::parse("kafka://127.0.0.1:9092?label=kafka-fsync&pid=7").unwrap();
+        assert_eq!(
+            (p.kind, p.label.as_str(), p.addr.as_str(), p.pid),
+            (
+                super::PeerKind::Kafka,
+                "kafka-fsync",
+                "127.0.0.1:9092",
+                Some(7)
+            )
+        );
         assert!(Peer::parse("http://127.0.0.1:4222").is_err());
         assert!(Peer::parse("nats://127.0.0.1").is_err());
         assert!(Peer::parse("nats://127.0.0.1:4222?color=red").is_err());
