@@ -340,7 +340,11 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
         wait_delivered(&rig.delivered, run.acked * rig.outputs_per_input, mode).await?;
         Some(started.elapsed())
     } else {
-        None
+        // An external sink: sidelog's own counter says when it has everything (the warm-up's
+        // deliveries were counted too).
+        let want = warm_outputs + run.acked * rig.outputs_per_input;
+        wait_delivered_external(metrics, want, mode).await?;
+        Some(started.elapsed())
     };
     let after = scrape(metrics).await.unwrap_or_default();
     let (cpu_after, peak_rss) = usage(&child);
