@@ -1116,13 +1116,21 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     .await;
     sidelog.wait_summary("backlog inputs", 0).await;
 
-    // A backlog left by a SIGKILL is counted as replayed after the restart.
+    // A backlog left by a SIGKILL is counted as replayed after the restart. The handler fails
+    // too until then: an input it makes no outputs of would otherwise complete before the kill
+    // whenever the kill is late, and not be replayed.
     sink.failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    handler
+        .failing
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let more: Vec<Message> = (0..10).map(|i| msg(&format!("r{i}"), b"x")).collect();
     publish(&sidelog, more.clone()).await.unwrap();
     sidelog.kill9().await;
     sink.failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    handler
+        .failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
     sidelog.start().await;
     let after_restart = scrape(metrics).await;
