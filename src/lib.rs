@@ -34,8 +34,8 @@ pub mod sink;
 pub mod testkit;
 
 pub use config::{
-    Config, ConfigError, ReplayPolicy, ServeArgs, example_toml as example_config,
-    markdown_table as config_reference, read_token_file,
+    Config, ConfigError, ReplayPolicy, ServeArgs, check_environment,
+    example_toml as example_config, markdown_table as config_reference, read_token_file,
 };
 pub use mode::LoggingMode;
 pub use node::{Hops, Node, Opened, journal_config, replay_options};

@@ -10,19 +10,20 @@ use crate::runtime::Backoff;
 use crate::sink::SinkTarget;
 
 impl Config {
-    /// [`Config::effective`] with secrets hidden: the values of a sink URL's `token=` and
-    /// `password=` options. (Token and key settings name files; their contents are never read
-    /// into it.)
+    /// Every setting's key and value as people read it (`none` when not set), with secrets
+    /// hidden: the values of a sink URL's `token=` and `password=` options. (Token and key
+    /// settings name files; their contents are never read into it.) The same values as
+    /// [`Config::to_toml_redacted`], without TOML's quotes.
     pub fn effective_redacted(&self) -> Vec<(&'static str, String)> {
-        self.effective()
+        self.effective_toml()
             .into_iter()
-            .map(|(key, value)| match key {
-                // No sink set is the file sink in the data directory: say where.
-                "sink" if self.sink.is_none() => {
-                    (key, format!("file:{}", self.data_dir.join("out").display()))
-                }
-                "sink" | "mqtt_source" => (key, redact_url(&value)),
-                _ => (key, value),
+            .map(|(key, value)| {
+                let text = match self.shown(key, value) {
+                    Some(toml::Value::String(text)) => text,
+                    Some(other) => other.to_string(),
+                    None => "none".to_owned(),
+                };
+                (key, text)
             })
             .collect()
     }

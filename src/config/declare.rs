@@ -340,19 +340,6 @@ macro_rules! settings {
         }
 
         impl $root {
-            /// Every setting's key and value as this configuration has it, in declaration
-            /// order (secrets not redacted: see `Config::effective_redacted`).
-            pub fn effective(&self) -> Vec<(&'static str, String)> {
-                use $crate::config::declare::SettingValue;
-                vec![
-                    $( (stringify!($field), self.$field.show()), )*
-                    $($( (
-                        concat!(stringify!($section), ".", stringify!($sfield)),
-                        self.$section.$sfield.show(),
-                    ), )*)*
-                ]
-            }
-
             /// Every setting's key and value as a config file says it (`None`: not set), in
             /// declaration order (secrets not redacted: see `Config::to_toml_redacted`).
             pub fn effective_toml(&self) -> Vec<(&'static str, Option<toml::Value>)> {

@@ -116,8 +116,6 @@ impl Config {
 
     /// Defaults, then the file named by `--config`, then the environment and flags; validated.
     pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
-        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
-        units::check_environment(names, &settings())?;
         let config = Self::layered(args.config.as_deref(), &args.given)?;
         config.validate()?;
         Ok(config)

@@ -24,6 +24,7 @@ pub use checks::{TlsPem, read_token_file};
 pub use load::ServeArgs;
 pub use reference::{example_toml, markdown_table};
 pub use settings::{Config, ReplayPolicy};
+pub use units::check_environment;
 
 /// A configuration that cannot be used, naming the file or the setting. Never retryable: the
 /// configuration must change (sidelog exits with the message at start-up).

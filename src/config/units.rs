@@ -184,10 +184,8 @@ pub(super) fn normalize_value(
             }
             toml::Value::String(text) => match Unit::of(setting.key) {
                 Some(unit) => unit.parse(text).map_err(invalid)?,
-                None => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("expected a whole number".into()))?,
+                // A plain count: the setting's own reading of a flag's text.
+                None => return (setting.parse)(text.trim()).map_err(invalid),
             },
             _ => return Err(invalid(expected_number(setting.key))),
         };
@@ -232,38 +230,36 @@ fn expected_number(key: &str) -> String {
     }
 }
 
-/// Variables named `SIDELOG_*` that are not settings but are read all the same.
-const OTHER_VARIABLES: &[&str] = &[
-    "SIDELOG_CONFIG",
-    "SIDELOG_LOG_FORMAT",
-    "SIDELOG_TARGET",
-    "SIDELOG_ADMIN",
-    "SIDELOG_TLS_CA_FILE",
-    "SIDELOG_UNSAFE_SKIP_FSYNC",
-];
+/// Variables the library reads itself, outside the command line's flags.
+const READ_OUTSIDE_THE_CLI: &[&str] = &["SIDELOG_UNSAFE_SKIP_FSYNC"];
 
 /// Variables of the test harness (`SIDELOG_TEST_SERVICES` and the like), which a test's
 /// sidelog inherits.
 const TEST_PREFIX: &str = "SIDELOG_TEST_";
 
 /// An unknown `SIDELOG_*` variable among `names` is an error (a typo would otherwise leave the
-/// setting at its default without a word), naming the nearest known one.
-pub(super) fn check_environment(
+/// setting at its default without a word), naming the nearest known one. `cli_variables` are
+/// the variables the command line reads (every setting's, and the other commands' own): the
+/// binary collects them from its clap command, so the list cannot drift from what is read.
+pub fn check_environment(
     names: impl IntoIterator<Item = String>,
-    all: &[Setting],
+    cli_variables: &[String],
 ) -> Result<(), ConfigError> {
-    let known: Vec<String> = all
+    let known: Vec<&str> = cli_variables
         .iter()
-        .map(Setting::env)
-        .chain(OTHER_VARIABLES.iter().map(|s| (*s).to_owned()))
+        .map(String::as_str)
+        .chain(READ_OUTSIDE_THE_CLI.iter().copied())
         .collect();
     for name in names {
-        if !name.starts_with("SIDELOG_") || name.starts_with(TEST_PREFIX) || known.contains(&name) {
+        if !name.starts_with("SIDELOG_")
+            || name.starts_with(TEST_PREFIX)
+            || known.contains(&name.as_str())
+        {
             continue;
         }
         return Err(ConfigError::Unknown {
             what: format!("environment variable {name}"),
-            hint: nearest(&name, known.iter().map(String::as_str))
+            hint: nearest(&name, known.iter().copied())
                 .map(|k| format!("; did you mean {k}?"))
                 .unwrap_or_default(),
         });
@@ -362,9 +358,14 @@ mod tests {
 
     #[test]
     fn unknown_variables_are_refused_and_known_ones_pass() {
-        let all = crate::config::settings::settings();
+        // As the binary gives them: every setting's variable and the commands' own.
+        let cli: Vec<String> = crate::config::settings::settings()
+            .iter()
+            .map(Setting::env)
+            .chain(["SIDELOG_CONFIG".to_owned(), "SIDELOG_LOG_FORMAT".to_owned()])
+            .collect();
         let check = |names: &[&str]| {
-            check_environment(names.iter().map(|s| (*s).to_owned()), &all)
+            check_environment(names.iter().map(|s| (*s).to_owned()), &cli)
                 .map_err(|e| e.to_string())
         };
         check(&[
@@ -373,6 +374,7 @@ mod tests {
             "SIDELOG_TEST_SERVICES",
             "PATH",
             "SIDELOG_LOG_FORMAT",
+            "SIDELOG_UNSAFE_SKIP_FSYNC",
         ])
         .unwrap();
         let err = check(&["SIDELOG_DELIVERY_LANS"]).unwrap_err();

@@ -330,7 +330,6 @@ impl Sink for KafkaSink {
                 if m.event_time_ms > 0 {
                     record = record.timestamp(m.event_time_ms);
                 }
-                let mut record = record;
                 let report = loop {
                     match this.producer.send_result(record) {
                         Ok(report) => break report,

@@ -17,6 +17,8 @@ use crate::common::{Sidelog, free_port, produce};
 /// A Kafka node of the test's own, killed when dropped.
 pub struct Kafka {
     pub bootstrap: String,
+    /// `target/kafka/lib/*`, found (and fetched) once at start.
+    cp: String,
     child: Option<Child>,
     properties: PathBuf,
     log: PathBuf,
@@ -91,23 +93,24 @@ impl Kafka {
         );
         let mut kafka = Kafka {
             bootstrap: format!("127.0.0.1:{port}"),
+            cp: cp.clone(),
             child: None,
             log: dir.path().join("kafka.log"),
             properties,
             _dir: dir,
         };
-        kafka.run(&cp).await;
+        kafka.run().await;
         Ok(kafka)
     }
 
-    async fn run(&mut self, cp: &str) {
+    async fn run(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open the Kafka log");
         let child = Command::new("java")
-            .args(["-Xmx512m", "-cp", cp, "kafka.Kafka"])
+            .args(["-Xmx512m", "-cp", &self.cp, "kafka.Kafka"])
             .arg(&self.properties)
             .stdout(Stdio::from(log.try_clone().expect("a second handle")))
             .stderr(Stdio::from(log))
@@ -137,8 +140,7 @@ impl Kafka {
                 .status();
             let _ = child.wait();
         }
-        self.run(&classpath().expect("Kafka was found at start"))
-            .await;
+        self.run().await;
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
@@ -161,7 +163,7 @@ impl Kafka {
     /// Every committed record of `topic`, read by Kafka's own console consumer.
     pub fn read_back(&self, topic: &str) -> Vec<Record> {
         let out = Command::new("java")
-            .args(["-cp", &classpath().expect("Kafka was found at start")])
+            .args(["-cp", &self.cp])
             .arg("org.apache.kafka.tools.consumer.ConsoleConsumer")
             .args(["--bootstrap-server", &self.bootstrap, "--topic", topic])
             .args(["--from-beginning", "--isolation-level", "read_committed"])

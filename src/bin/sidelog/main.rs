@@ -189,6 +189,8 @@ fn main() -> ExitCode {
                     discard_wal,
                     args,
                 } = *command;
+                let variables = std::env::vars_os().filter_map(|(n, _)| n.into_string().ok());
+                sidelog::check_environment(variables, &cli_variables())?;
                 let config = Config::load(args)?;
                 if check_config {
                     // The next tier too, where asking it is cheap and says what a start would
@@ -286,6 +288,26 @@ fn print_effective(config: &Config) -> anyhow::Result<ExitCode> {
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Every environment variable the command line reads, from its clap command (the settings'
+/// and each subcommand's own).
+fn cli_variables() -> Vec<String> {
+    use clap::CommandFactory as _;
+    fn walk(command: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            command
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|env| env.to_string_lossy().into_owned()),
+        );
+        for sub in command.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Cli::command(), &mut out);
+    out
 }
 
 /// Writes the man page of `command` and of each of its subcommands, recursively, into `dir`

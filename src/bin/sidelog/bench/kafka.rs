@@ -14,11 +14,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::Instant;
 
-use super::load::{Send1, Target, load};
-use super::nats::{Peer, peer_result};
+use super::load::{Send1, Target};
+use super::nats::{Peer, measure, peer_result, warm_up};
 use super::{BenchArgs, ModeResult};
 use sidelog::proto::Message;
-use sidelog::testkit::proc_usage;
 
 /// A producer's own Kafka producer.
 #[derive(Clone)]
@@ -108,39 +107,16 @@ pub(super) async fn run_peer(
         bootstrap: peer.addr.clone(),
         topic: topic.clone(),
     };
-    let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    load(
-        args,
-        &target,
-        &peer.label,
-        base,
-        1_000_000,
-        Some(warmup),
-        u64::MAX,
-    )
-    .await?;
-    let (cpu_before, _) = peer.pid.map(proc_usage).unwrap_or((0, 0));
-    let run = load(
-        args,
-        &target,
-        &peer.label,
-        base,
-        0,
-        args.messages.is_none().then_some(args.duration),
-        args.messages.unwrap_or(u64::MAX),
-    )
-    .await?;
-    run.report_lateness(&peer.label);
-    let usage = peer.pid.map(proc_usage);
+    warm_up(args, &target, peer, base).await?;
+    let (run, cpu_us_per_msg, peak_rss) = measure(args, &target, peer, base).await?;
     let _ = admin.delete_topics(&[&topic], &options).await;
-    let cpu_us_per_msg =
-        usage.map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64);
+    // Bytes per message on the broker's disk are not read here (0 in the table).
     Ok(peer_result(
         args,
         &peer.label,
         &run,
         0.0,
         cpu_us_per_msg,
-        usage.map(|(_, rss)| rss),
+        peak_rss,
     ))
 }

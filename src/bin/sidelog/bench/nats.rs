@@ -135,42 +135,20 @@ pub(super) async fn run_peer(
 /// Runs the workload against one JetStream server and reports it like a mode.
 async fn run_nats(args: &BenchArgs, peer: &Peer, base: Instant) -> anyhow::Result<ModeResult> {
     let (js, name, mut stream, target) = create_stream(peer).await?;
-    let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    load(
-        args,
-        &target,
-        &peer.label,
-        base,
-        1_000_000,
-        Some(warmup),
-        u64::MAX,
-    )
-    .await?;
+    warm_up(args, &target, peer, base).await?;
     let before = stream
         .info()
         .await
         .context("reading stream info")?
         .state
         .clone();
-    let (cpu_before, _) = peer.pid.map(proc_usage).unwrap_or((0, 0));
-    let run = load(
-        args,
-        &target,
-        &peer.label,
-        base,
-        0,
-        args.messages.is_none().then_some(args.duration),
-        args.messages.unwrap_or(u64::MAX),
-    )
-    .await?;
-    run.report_lateness(&peer.label);
+    let (run, cpu_us_per_msg, peak_rss) = measure(args, &target, peer, base).await?;
     let after = stream
         .info()
         .await
         .context("reading stream info")?
         .state
         .clone();
-    let usage = peer.pid.map(proc_usage);
     let _ = js.delete_stream(&name).await;
 
     let stored = after.messages.saturating_sub(before.messages);
@@ -179,16 +157,61 @@ async fn run_nats(args: &BenchArgs, peer: &Peer, base: Instant) -> anyhow::Resul
     } else {
         after.bytes.saturating_sub(before.bytes) as f64 / stored as f64
     };
-    let cpu_us_per_msg =
-        usage.map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64);
     Ok(peer_result(
         args,
         &peer.label,
         &run,
         bytes_per_msg,
         cpu_us_per_msg,
-        usage.map(|(_, rss)| rss),
+        peak_rss,
     ))
+}
+
+/// A peer's warm-up: the workload for a fifth of the run (0.2-1 s), ids of their own.
+pub(super) async fn warm_up(
+    args: &BenchArgs,
+    target: &Target,
+    peer: &Peer,
+    base: Instant,
+) -> anyhow::Result<()> {
+    let warmup = (args.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    load(
+        args,
+        target,
+        &peer.label,
+        base,
+        1_000_000,
+        Some(warmup),
+        u64::MAX,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A peer's measured run, with the server's CPU µs per acked message and peak RSS when its
+/// pid was given.
+pub(super) async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    peer: &Peer,
+    base: Instant,
+) -> anyhow::Result<(Load, Option<f64>, Option<u64>)> {
+    let (cpu_before, _) = peer.pid.map(proc_usage).unwrap_or((0, 0));
+    let run = load(
+        args,
+        target,
+        &peer.label,
+        base,
+        0,
+        args.messages.is_none().then_some(args.duration),
+        args.messages.unwrap_or(u64::MAX),
+    )
+    .await?;
+    run.report_lateness(&peer.label);
+    let usage = peer.pid.map(proc_usage);
+    let cpu_us_per_msg =
+        usage.map(|(cpu, _)| cpu.saturating_sub(cpu_before) as f64 / (run.acked.max(1)) as f64);
+    Ok((run, cpu_us_per_msg, usage.map(|(_, rss)| rss)))
 }
 
 /// A fresh stream for this run, and the target its producers publish to.
