@@ -68,6 +68,10 @@ impl Node {
 }
 
 impl Opened {
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// The dedup window as the journal held it.
     pub fn recovered(&self) -> &[DedupRecord] {
         &self.recovered

@@ -72,7 +72,12 @@ pub async fn serve(
     // Once the journal is this process's: the pid file names the sidelog of this data
     // directory, not every sidelog on the machine (`kill -9 $(cat sidelog-data/sidelog.pid)`).
     let _pid_file = PidFile::write(&config.data_dir)?;
-    let (hops, readback) = open_hops(&config, clock.clone(), &entropy).await?;
+    let delivery_state = opened
+        .journal()
+        .delivery_state()
+        .await
+        .context("cannot read the journal's delivery progress")?;
+    let (hops, readback) = open_hops(&config, delivery_state, clock.clone(), &entropy).await?;
     let node = opened.assemble(&config, hops, clock.clone(), entropy);
     let Node {
         journal, pipeline, ..
@@ -248,6 +253,7 @@ async fn open_journal(
 /// what a crash left uploaded.
 async fn open_hops(
     config: &Config,
+    journal: crate::journal::DeliveryState,
     clock: SharedClock,
     entropy: &Entropy,
 ) -> anyhow::Result<(Hops, Option<Arc<ChunkSink>>)> {
@@ -266,6 +272,7 @@ async fn open_hops(
             max_age: Duration::from_millis(config.file_sink.chunk_max_age_ms),
             format: config.file_sink.format,
         },
+        journal: Some(journal),
     };
     let opened = crate::sink::open(&config.sink_target()?, settings, clock, entropy)
         .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sidelog::proto::Message;
 use sidelog::runtime::BoxFuture;
-use sidelog::sink::{Batch, SEQ_HEADER, Sink, SinkError};
+use sidelog::sink::{Batch, Receipt, SEQ_HEADER, Sink, SinkError};
 use sidelog::{Handler, HandlerError};
 
 use crate::net::{Hop, LOST_AFTER, Link};
@@ -98,7 +98,7 @@ pub(crate) struct SimSink {
 }
 
 impl Sink for SimSink {
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
         let fate = self.link.fate();
         let (link, hop, stored) = (self.link.clone(), self.hop.clone(), self.stored.clone());
         Box::pin(async move {
@@ -145,7 +145,7 @@ impl Sink for SimSink {
                 tokio::time::sleep(LOST_AFTER).await;
                 return Err(SinkError::retry(format!("{}: response lost", link.name)));
             }
-            Ok(())
+            Ok(Receipt::none())
         })
     }
 }

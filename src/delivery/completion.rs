@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::DeliveryItem;
 use crate::journal::{EntryRef, Journal, NewDeadLetter, Seq};
 use crate::proto::Message;
 use crate::proto::journal::dead_letter;
+use crate::sink::Receipt;
 
 /// Counters of what delivery did (exported as metrics by the operations work).
 #[derive(Debug, Default)]
@@ -87,8 +88,9 @@ impl Completion {
         done
     }
 
-    /// The sink acked `items`.
-    pub async fn delivered(&self, items: &[DeliveryItem]) {
+    /// The sink acked `items`; `receipt` is marked once their marks are queued, and the sink
+    /// progress it answers, if any, is queued after them.
+    pub async fn delivered(&self, items: &[DeliveryItem], receipt: Receipt) {
         self.stats
             .delivered
             .fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -97,8 +99,15 @@ impl Completion {
         let inputs = self.finished_inputs(items);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
         if let Err(e) = self.journal.complete(outputs, inputs).await {
-            // The marks are lost: the entries stay and are re-sent after a restart (duplicates).
+            // The marks are lost: the entries stay and are re-sent after a restart (duplicates,
+            // or, for a sink with progress records, skipped: its progress stays where it was).
             warn!(error = %e, "cannot record deliveries in the journal");
+            return;
+        }
+        if let Some(progress) = receipt.marked() {
+            if let Err(e) = self.journal.record_delivery_progress(progress).await {
+                debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
+            }
         }
     }
 

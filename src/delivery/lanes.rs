@@ -15,7 +15,7 @@ use tracing::{debug, error};
 
 use super::{Completion, DeliveryConfig, DeliveryItem};
 use crate::runtime::Entropy;
-use crate::sink::{Batch, Sink, set_seq_header};
+use crate::sink::{Batch, Receipt, Sink, set_seq_header};
 
 /// The sending side of delivery.
 #[derive(Clone)]
@@ -72,6 +72,11 @@ impl Delivery {
     /// Asks the sink to send what it holds back for batching now ([`Sink::flush`]).
     pub fn flush_sink(&self) {
         self.sink.flush();
+    }
+
+    /// The start's replay is over ([`Sink::replayed`]).
+    pub fn sink_replayed(&self) -> Option<crate::journal::DeliveryProgress> {
+        self.sink.replayed()
     }
 
     /// Queues an output for delivery; waits while its lane is full (backpressure).
@@ -191,7 +196,7 @@ fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
 }
 
 async fn deliver_with_retries(
-    first_attempt: crate::runtime::BoxFuture<'static, Result<(), crate::sink::SinkError>>,
+    first_attempt: crate::runtime::BoxFuture<'static, Result<Receipt, crate::sink::SinkError>>,
     mut batch: Batch,
     mut items: Vec<DeliveryItem>,
     sink: Arc<dyn Sink>,
@@ -205,7 +210,7 @@ async fn deliver_with_retries(
     loop {
         let started = tokio::time::Instant::now();
         let outcome = tokio::time::timeout(timeout, pending).await;
-        let label = if matches!(outcome, Ok(Ok(()))) {
+        let label = if matches!(outcome, Ok(Ok(_))) {
             "ok"
         } else {
             "error"
@@ -214,10 +219,15 @@ async fn deliver_with_retries(
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!(crate::metrics::SINK_UP).set(if label == "ok" { 1.0 } else { 0.0 });
         let error = match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(receipt)) => {
                 config.outage.succeeded();
                 completion.stats.batches.fetch_add(1, Ordering::Relaxed);
-                completion.delivered(&items).await;
+                completion.delivered(&items, receipt).await;
+                return;
+            }
+            Ok(Err(e)) if e.halted => {
+                // The entries stay in the journal; the next start delivers them.
+                debug!(messages = items.len(), reason = %e.reason, "the sink has halted; leaving the batch in the journal");
                 return;
             }
             Ok(Err(e)) if e.refused => {

@@ -7,8 +7,9 @@ use tokio::sync::oneshot;
 
 use super::error::{JournalError, Result};
 use super::types::{
-    Appended, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup, RecordedOutputs,
-    ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    Appended, DeadLetterSelection, DedupRecord, DeliveryProgress, DeliveryState, NewDeadLetter,
+    OutputGroup, RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput,
+    Summary,
 };
 use crate::proto::Message;
 
@@ -89,6 +90,11 @@ pub(super) enum Write {
     Sync {
         answer: Answer<()>,
     },
+    /// A sink's delivery progress, after the marks it covers (not durable, like them).
+    Progress {
+        progress: DeliveryProgress,
+        answer: Answer<()>,
+    },
     /// From the sync ticker: make non-durable commits durable, if there are any.
     SyncIfDirty,
     /// Moves dead letters back into the backlog under new sequences (an input to `inputs`, an
@@ -113,7 +119,7 @@ impl Write {
             | Write::Requeue { .. }
             | Write::Purge { .. } => true,
             Write::RecordOutputs { durable, .. } => *durable,
-            Write::Complete { .. } | Write::SyncIfDirty => false,
+            Write::Complete { .. } | Write::Progress { .. } | Write::SyncIfDirty => false,
         }
     }
 
@@ -165,6 +171,7 @@ impl Write {
             Write::RecordOutputs { answer, .. } => answer.ok(),
             Write::Complete { answer, .. } | Write::Sync { answer } => answer.ok(),
             Write::Purge { answer, .. } => answer.ok(),
+            Write::Progress { answer, .. } => answer.ok(),
             Write::SyncIfDirty => {}
         }
     }
@@ -176,6 +183,7 @@ impl Write {
             Write::RecordOutputs { answer, .. } => answer.err(err),
             Write::Complete { answer, .. } | Write::Sync { answer } => answer.err(err),
             Write::Purge { answer, .. } => answer.err(err),
+            Write::Progress { answer, .. } => answer.err(err),
             Write::SyncIfDirty => {}
         }
     }
@@ -208,6 +216,9 @@ pub(super) enum Read {
     OldestBacklog {
         reply: Reply<Option<i64>>,
     },
+    DeliveryState {
+        reply: Reply<DeliveryState>,
+    },
 }
 
 impl Read {
@@ -220,6 +231,7 @@ impl Read {
             Read::LoadDedup { reply } => drop(reply.send(Err(err))),
             Read::Summary { reply } => drop(reply.send(Err(err))),
             Read::OldestBacklog { reply } => drop(reply.send(Err(err))),
+            Read::DeliveryState { reply } => drop(reply.send(Err(err))),
         }
     }
 }

@@ -12,9 +12,9 @@ use super::config::JournalConfig;
 use super::error::{JournalError, Result};
 use super::store::{FileStore, JournalStore};
 use super::types::{
-    Appended, Backlog, DeadLetterSelection, DedupRecord, NewDeadLetter, OutputGroup,
-    RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput, StoredOutput,
-    Summary,
+    Appended, Backlog, DeadLetterSelection, DedupRecord, DeliveryProgress, DeliveryState,
+    NewDeadLetter, OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter,
+    StoredInput, StoredOutput, Summary,
 };
 use super::writer::Writer;
 use crate::proto::Message;
@@ -202,6 +202,24 @@ impl Journal {
             }))
             .await
             .map_err(|_| JournalError::Closed)
+    }
+
+    /// Records a sink's delivery progress. **Not durable**, and written after every mark
+    /// queued before it (in the same commit or a later one), so after a crash the journal holds
+    /// either it and those marks, or an older progress: never a progress past its marks.
+    pub async fn record_delivery_progress(&self, progress: DeliveryProgress) -> Result<()> {
+        self.tx
+            .send(Command::Write(Write::Progress {
+                progress,
+                answer: Answer::none(),
+            }))
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// The journal's identity and the delivery progress it holds.
+    pub async fn delivery_state(&self) -> Result<DeliveryState> {
+        self.read(|reply| Read::DeliveryState { reply }).await
     }
 
     /// Moves messages to the dead-letter table, removing the entries they replace. **Durable.**

@@ -117,9 +117,9 @@ pub use record::{
 pub use salvage::{SalvagedTable, salvage};
 pub use store::{FILE_NAME, FileStore, JournalStore, reserve_bytes};
 pub use types::{
-    Appended, Backlog, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter,
-    OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange, StoredDeadLetter, StoredInput,
-    StoredOutput, Summary,
+    Appended, Backlog, DeadLetterSelection, DedupRecord, DeliveryProgress, DeliveryState, EntryRef,
+    InputState, NewDeadLetter, OutputGroup, RecordedOutputs, ScanLimit, Seq, SeqRange,
+    StoredDeadLetter, StoredInput, StoredOutput, Summary,
 };
 pub use wal::{
     DbFingerprint, FileHeader, FrameHeader, FrameInfo, WAL_FILE_NAME, WalReport, read_report,

@@ -17,8 +17,9 @@ use super::error::Failure;
 use super::idlog::{self, IdLogBuilder, IdWindow};
 use super::record::{FILE_FORMAT, decode_record, encode_record};
 use super::types::{
-    Appended, DeadLetterSelection, DedupRecord, EntryRef, InputState, NewDeadLetter, OutputGroup,
-    RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput, Summary,
+    Appended, DeadLetterSelection, DedupRecord, DeliveryProgress, DeliveryState, EntryRef,
+    InputState, NewDeadLetter, OutputGroup, RecordedOutputs, ScanLimit, Seq, StoredDeadLetter,
+    StoredInput, StoredOutput, Summary,
 };
 use super::wal::{self, BytesTable, Recovered, Redo, Refusal, Wal};
 use crate::proto::Message;
@@ -41,6 +42,10 @@ pub(super) const META_WAL_EPOCH: &str = "wal_epoch";
 pub(super) const META_WAL_FRAMES: &str = "wal_frames";
 /// The journal's identity: random, made with the database; the redo log's frames carry it.
 pub(super) const META_JOURNAL_ID: &str = "journal_id";
+/// A sink's delivery progress ([`DeliveryProgress`]): its log, partition and position.
+const META_PROGRESS_KEY: &str = "delivery_progress_key";
+const META_PROGRESS_PARTITION: &str = "delivery_progress_partition";
+const META_PROGRESS_POSITION: &str = "delivery_progress_position";
 
 /// Dedup log values (one per past commit) evicted at most per commit, so that age-based
 /// eviction catches up without making one transaction unboundedly large.
@@ -409,6 +414,17 @@ impl Tables<'_> {
                 answer.set(purged);
             }
             Write::Sync { answer } => answer.set(()),
+            Write::Progress { progress, answer } => {
+                for (name, value) in [
+                    (META_PROGRESS_KEY, progress.key),
+                    (META_PROGRESS_PARTITION, progress.partition),
+                    (META_PROGRESS_POSITION, progress.position),
+                ] {
+                    self.meta.insert(name, value)?;
+                    self.redo.put_meta(name, value);
+                }
+                answer.set(());
+            }
             Write::SyncIfDirty => {}
         }
         Ok(())
@@ -746,6 +762,7 @@ pub(super) fn answer(db: &Database, read: Read, next_seq: u64, backlog_bytes: u6
             drop(reply.send(summary(&txn, next_seq, backlog_bytes).map_err(at)))
         }
         Read::OldestBacklog { reply } => drop(reply.send(oldest_backlog(&txn).map_err(at))),
+        Read::DeliveryState { reply } => drop(reply.send(delivery_state(&txn).map_err(at))),
     }
 }
 
@@ -931,5 +948,26 @@ fn oldest_backlog(txn: &ReadTransaction) -> Step<Option<i64>> {
     Ok(match heads.first()? {
         Some((k, v)) => Some(Head::decode(k.value(), v.value())?.oldest_ms),
         None => None,
+    })
+}
+
+fn delivery_state(txn: &ReadTransaction) -> Step<DeliveryState> {
+    let meta = txn.open_table(META)?;
+    let get = |k: &str| -> Step<Option<u64>> { Ok(meta.get(k)?.map(|v| v.value())) };
+    let progress = match (
+        get(META_PROGRESS_KEY)?,
+        get(META_PROGRESS_PARTITION)?,
+        get(META_PROGRESS_POSITION)?,
+    ) {
+        (Some(key), Some(partition), Some(position)) => Some(DeliveryProgress {
+            key,
+            partition,
+            position,
+        }),
+        _ => None,
+    };
+    Ok(DeliveryState {
+        identity: get(META_JOURNAL_ID)?.unwrap_or(0),
+        progress,
     })
 }

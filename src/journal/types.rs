@@ -149,6 +149,26 @@ pub struct Summary {
     pub oldest_backlog_ms: Option<i64>,
 }
 
+/// How far a sink that can read back what it holds has got (the Kafka sink's progress
+/// records): opaque to the journal, kept in `meta` and written after the completion marks it
+/// covers, in the writer's order, so it never claims more than the journal has marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryProgress {
+    /// Which log the position is in (a hash of the sink's cluster, topic and producer).
+    pub key: u64,
+    /// The partition of that log.
+    pub partition: u64,
+    /// Everything in the partition before this position is covered by the journal's marks.
+    pub position: u64,
+}
+
+/// The journal's identity (random, made with the file) and the delivery progress it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryState {
+    pub identity: u64,
+    pub progress: Option<DeliveryProgress>,
+}
+
 /// Which dead letters an operator acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadLetterSelection {

@@ -518,7 +518,10 @@ impl Writer {
                 }
                 for cmd in cmds.drain(..) {
                     match cmd {
-                        Write::Complete { .. } if err.is_retryable() => self.retry_marks.push(cmd),
+                        // Marks, and the progress that follows them, in their order.
+                        Write::Complete { .. } | Write::Progress { .. } if err.is_retryable() => {
+                            self.retry_marks.push(cmd)
+                        }
                         cmd => cmd.fail(err.clone()),
                     }
                 }

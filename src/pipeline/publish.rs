@@ -163,6 +163,16 @@ impl Pipeline {
         self.delivery.flush_sink();
     }
 
+    /// Tells the sink that the start's replay is over (every replayed entry delivered and
+    /// marked), and records the progress it answers after those marks.
+    pub async fn sink_replayed(&self) {
+        if let Some(progress) = self.delivery.sink_replayed() {
+            if let Err(e) = self.journal.record_delivery_progress(progress).await {
+                debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
+            }
+        }
+    }
+
     /// Undelivered bytes: in the journal, plus what mode `none` holds in memory.
     pub fn backlog_bytes(&self) -> u64 {
         self.journal.backlog().bytes() + self.completion.memory_bytes()

@@ -94,6 +94,15 @@ pub async fn replay(
     pipeline: &Arc<Pipeline>,
     options: &ReplayOptions,
 ) -> Result<ReplayStats, JournalError> {
+    let stats = replay_backlog(pipeline, options).await?;
+    pipeline.sink_replayed().await;
+    Ok(stats)
+}
+
+async fn replay_backlog(
+    pipeline: &Arc<Pipeline>,
+    options: &ReplayOptions,
+) -> Result<ReplayStats, JournalError> {
     let journal = pipeline.journal().clone();
     let start_entries = journal.backlog().entries();
     if start_entries == 0 {

@@ -9,7 +9,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic_prost::ProstCodec;
 
-use super::{Batch, SEQ_HEADER, Sink, SinkError, SinkSetupError, set_seq_header};
+use super::{Batch, Receipt, SEQ_HEADER, Sink, SinkError, SinkSetupError, set_seq_header};
 use crate::proto::{DeliverResponse, Message};
 use crate::runtime::BoxFuture;
 
@@ -33,7 +33,7 @@ impl GrpcSink {
 }
 
 impl Sink for GrpcSink {
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
         let mut grpc = self.grpc.clone();
         Box::pin(async move {
             grpc.ready()
@@ -46,7 +46,7 @@ impl Sink for GrpcSink {
             let codec = ProstCodec::<SharedDeliverRequest, DeliverResponse>::default();
             grpc.unary(request, PathAndQuery::from_static(DELIVER_PATH), codec)
                 .await
-                .map(|_| ())
+                .map(|_| Receipt::none())
                 .map_err(|status| {
                     let reason = format!("sink answered {status}");
                     match status.code() {

@@ -22,6 +22,7 @@ mod open;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::journal::DeliveryProgress;
 use crate::proto::Message;
 use crate::runtime::BoxFuture;
 
@@ -32,7 +33,7 @@ pub use chunk::{
     ChunkStore, FileSink, FileSinkConfig, list_chunks, parse_chunk, read_chunk,
 };
 pub use grpc::GrpcSink;
-pub use kafka::{KafkaSink, KafkaSinkConfig};
+pub use kafka::{KafkaSink, KafkaSinkConfig, NO_PROGRESS_VAR as KAFKA_NO_PROGRESS_VAR};
 pub use nats::{NatsSink, NatsSinkConfig};
 pub use open::{OpenedSink, SinkSettings, SinkTarget, open};
 
@@ -81,6 +82,40 @@ impl Batch {
     }
 }
 
+/// What a sink hands back with a delivered batch: for a sink that keeps its own record of
+/// what it holds (the Kafka sink's progress records), the way to tell it that the batch's
+/// completion marks are queued in the journal; nothing for the others.
+pub struct Receipt(Option<Box<dyn FnOnce() -> Option<DeliveryProgress> + Send>>);
+
+impl Receipt {
+    /// Nothing to tell the sink.
+    pub fn none() -> Receipt {
+        Receipt(None)
+    }
+
+    /// Calls `marked` once the batch's marks are queued.
+    pub fn new(marked: impl FnOnce() -> Option<DeliveryProgress> + Send + 'static) -> Receipt {
+        Receipt(Some(Box::new(marked)))
+    }
+
+    /// The batch's completion marks are queued in the journal: the sink's progress, when this
+    /// moves it, to be written after them. A receipt dropped unmarked (the marks failed) holds
+    /// the sink's progress where it is for the rest of the run.
+    pub fn marked(self) -> Option<DeliveryProgress> {
+        self.0.and_then(|marked| marked())
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Receipt(..)"
+        } else {
+            "Receipt(none)"
+        })
+    }
+}
+
 /// Why a delivery failed: retryable (the sink is down, slow, overloaded: the whole batch is
 /// sent again, for as long as it takes), or a refusal (the next tier will never take it: a
 /// message too large, one it calls invalid), which no retry can heal.
@@ -90,6 +125,9 @@ pub struct SinkError {
     pub reason: String,
     /// The next tier refused the batch: retrying it as it is cannot succeed.
     pub refused: bool,
+    /// The sink will take nothing more from this process (a Kafka producer fenced by another
+    /// sidecar with its transactional id): the batch stays in the journal, for the next start.
+    pub halted: bool,
 }
 
 impl SinkError {
@@ -98,6 +136,7 @@ impl SinkError {
         SinkError {
             reason: reason.into(),
             refused: false,
+            halted: false,
         }
     }
 
@@ -106,6 +145,16 @@ impl SinkError {
         SinkError {
             reason: reason.into(),
             refused: true,
+            halted: false,
+        }
+    }
+
+    /// The sink has stopped for good in this process; nothing is retried or dead-lettered.
+    pub fn halted(reason: impl Into<String>) -> SinkError {
+        SinkError {
+            reason: reason.into(),
+            refused: false,
+            halted: true,
         }
     }
 }
@@ -121,7 +170,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch: `Ok` means every message in it is acked by the next tier, an error
     /// means none is (the batch is retried). Work that fixes the batch's place in the sink's
     /// order happens before the future is returned, so calls made in order are taken in order.
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>>;
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>>;
+
+    /// The start's replay is over: every entry the journal held is delivered (or
+    /// dead-lettered) and its marks are applied. A sink that skipped what it already held
+    /// answers the progress that covers all of that, to be recorded.
+    fn replayed(&self) -> Option<DeliveryProgress> {
+        None
+    }
 
     /// Whether the sink writes each message's [`SEQ_HEADER`] itself, from [`Batch::seqs`], as it
     /// encodes the message. Otherwise (the default) delivery inserts it into every message's

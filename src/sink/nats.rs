@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use tracing::{info, warn};
 
-use super::{Batch, Sink, SinkError, SinkSetupError};
+use super::{Batch, Receipt, Sink, SinkError, SinkSetupError};
 use crate::proto::Message;
 use crate::runtime::BoxFuture;
 
@@ -300,7 +300,7 @@ fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
 }
 
 impl Sink for NatsSink {
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
         let this = self.clone();
         Box::pin(async move {
             let publish_all = async {
@@ -329,7 +329,7 @@ impl Sink for NatsSink {
                     ack.await
                         .map_err(|e| SinkError::retry(format!("no JetStream ack: {e}")))?;
                 }
-                Ok(())
+                Ok(Receipt::none())
             };
             tokio::time::timeout(this.timeout, publish_all)
                 .await

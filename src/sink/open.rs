@@ -32,6 +32,8 @@ pub struct SinkSettings {
     pub timeout: Duration,
     /// When chunks are sealed, and their format (file and object sinks).
     pub chunks: ChunkSettings,
+    /// The journal's identity and stored delivery progress (the exactly-once Kafka sink).
+    pub journal: Option<crate::journal::DeliveryState>,
 }
 
 /// A sink ready for delivery.
@@ -59,7 +61,7 @@ pub async fn open(
             NatsSink::connect((**nats).clone(), settings.timeout).await?,
         )),
         SinkTarget::Kafka(kafka) => plain(Arc::new(
-            KafkaSink::connect((**kafka).clone(), settings.timeout).await?,
+            KafkaSink::connect((**kafka).clone(), settings.timeout, settings.journal).await?,
         )),
         SinkTarget::Object(object) => {
             let chunks = ObjectSink::start(

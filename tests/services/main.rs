@@ -60,8 +60,12 @@ fn main() {
     let args = Arguments::from_args();
     let trials = vec![
         trial(
-            "kafka::sigkills_and_a_broker_restart_lose_no_acked_message",
-            kafka::sigkills_and_a_broker_restart_lose_no_acked_message,
+            "kafka::sigkills_and_a_broker_restart_leave_every_acked_message_once",
+            kafka::sigkills_and_a_broker_restart_leave_every_acked_message_once,
+        ),
+        trial(
+            "kafka::without_progress_records_the_same_crashes_leave_duplicates",
+            kafka::without_progress_records_the_same_crashes_leave_duplicates,
         ),
         trial(
             "kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered",

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::proto::Message;
 use crate::runtime::{BoxFuture, Entropy, SharedClock};
-use crate::sink::{Batch, Sink, SinkError, sequence_of};
+use crate::sink::{Batch, Receipt, Sink, SinkError, sequence_of};
 
 pub use dir::{ChunkDir, FileSink, FileSinkConfig};
 pub(crate) use format::encode_chunk_record;
@@ -376,13 +376,14 @@ impl ChunkSink {
 }
 
 impl Sink for Arc<ChunkSink> {
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
         // Appending now, not when the future is first polled, fixes the batch's place.
         let appended = self.append(&batch.messages);
         Box::pin(async move {
             appended?
                 .await
                 .unwrap_or_else(|_| Err(SinkError::retry("the chunk sink stopped")))
+                .map(|()| Receipt::none())
         })
     }
 

@@ -9,23 +9,38 @@
 //! - `acks=all` and the idempotent producer: a record the broker acked is on every in-sync
 //!   replica, and librdkafka's own retries neither reorder nor duplicate within a partition.
 //!   A batch is acked to delivery only once every record of it is acked by the broker.
-//! - Delivery is at least once: a batch retried after a failure, or replayed after a crash,
-//!   may add records the topic already holds; their `sidelog-id` tells them apart.
+//! - **Exactly once** (the default, `exactly_once=false` turns it off): a transactional
+//!   producer with one `transactional.id` per sidecar commits each delivered batch in a
+//!   transaction that also writes a progress record; at start the records are read back and
+//!   what the topic holds is not sent again (`txn.rs`, `progress.rs`). Without it, delivery is
+//!   at least once: a batch retried after a failure, or replayed after a crash, may add
+//!   records the topic already holds; their `sidelog-id` tells them apart.
 //! - A record the broker (or librdkafka, before sending) refuses as too large is refused for
 //!   good (dead-lettered with the reason); a broker that is down or a leader that moves is
 //!   retried for as long as it takes.
 
+mod progress;
+mod txn;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Offset};
 use tracing::{info, warn};
 
-use super::{Batch, SEQ_HEADER, Sink, SinkError, SinkSetupError};
+use super::{Batch, Receipt, SEQ_HEADER, Sink, SinkError, SinkSetupError};
+use crate::journal::{DeliveryProgress, DeliveryState};
+use crate::proto::Message;
 use crate::runtime::BoxFuture;
+
+/// Set to 1 in a test, the exactly-once sink writes and reads no progress records, so the
+/// test can show that its read-back is what keeps duplicates out.
+pub const NO_PROGRESS_VAR: &str = "SIDELOG_TEST_KAFKA_NO_PROGRESS";
 
 /// The record header that carries the message id.
 pub const ID_HEADER: &str = "sidelog-id";
@@ -63,10 +78,19 @@ pub struct KafkaSinkConfig {
     /// topic's `max.message.bytes`.
     pub max_record_bytes: u64,
     pub client_id: String,
+    /// Transactions and progress records (the default), or the idempotent producer alone.
+    pub exactly_once: bool,
+    /// The producer's `transactional.id`; empty: `sidelog-` and the journal's identity.
+    pub transactional_id: String,
+    /// Where the progress records go.
+    pub progress_topic: String,
 }
 
 const OPTIONS: &str = "compression (zstd, lz4, none), linger_ms, batch_bytes, max_record_bytes, \
-                       client_id";
+                       client_id, exactly_once (true, false), transactional_id, progress_topic";
+
+/// The progress topic when the URL names none.
+pub const DEFAULT_PROGRESS_TOPIC: &str = "sidelog-progress";
 
 impl KafkaSinkConfig {
     /// Parses `kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?option=value&...]`.
@@ -97,6 +121,9 @@ impl KafkaSinkConfig {
             batch_bytes: 1 << 20,
             max_record_bytes: 1_000_000,
             client_id: "sidelog".into(),
+            exactly_once: true,
+            transactional_id: String::new(),
+            progress_topic: DEFAULT_PROGRESS_TOPIC.into(),
         };
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let number = |max: u64| {
@@ -121,6 +148,22 @@ impl KafkaSinkConfig {
                 "batch_bytes" => config.batch_bytes = number(1 << 30)?,
                 "max_record_bytes" => config.max_record_bytes = number(1_000_000_000)?,
                 "client_id" if !value.is_empty() => config.client_id = value.into_owned(),
+                "exactly_once" => {
+                    config.exactly_once = match value.as_ref() {
+                        "true" => true,
+                        "false" => false,
+                        other => {
+                            return Err(format!("exactly_once={other}: expected true or false"));
+                        }
+                    }
+                }
+                "transactional_id" if !value.is_empty() => {
+                    config.transactional_id = value.into_owned()
+                }
+                "progress_topic" => {
+                    check_topic(&value).map_err(|e| format!("progress_topic: {e}"))?;
+                    config.progress_topic = value.into_owned();
+                }
                 other => {
                     return Err(format!(
                         "unknown option {other:?}; the Kafka sink takes {OPTIONS}"
@@ -129,6 +172,14 @@ impl KafkaSinkConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The settings of a client that only asks (metadata, topic creation).
+    fn admin_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", &self.client_id);
+        c
     }
 
     fn client_config(&self, timeout: Duration) -> ClientConfig {
@@ -149,6 +200,13 @@ impl KafkaSinkConfig {
                 "message.timeout.ms",
                 timeout.as_millis().max(1000).to_string(),
             );
+        if self.exactly_once {
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+            c.set("transactional.id", &self.transactional_id).set(
+                "transaction.timeout.ms",
+                timeout.as_millis().max(60_000).to_string(),
+            );
+        }
         c
     }
 }
@@ -174,40 +232,234 @@ fn check_topic(topic: &str) -> Result<(), String> {
 /// Delivers into a Kafka topic (see the module docs).
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    how: How,
     config: Arc<KafkaSinkConfig>,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+enum How {
+    /// The idempotent producer alone: at least once.
+    Plain(FutureProducer),
+    /// Transactions and progress records: exactly once.
+    Transactional(txn::Transactions),
 }
 
 impl KafkaSink {
     /// Makes the producer and asks the cluster about the topic: a topic the cluster says does
     /// not exist fails the start; a cluster that does not answer yet is said in the log (it
-    /// may be starting too) and retried by delivery.
+    /// may be starting too) and retried by delivery. With exactly once, `journal` (its
+    /// identity and stored progress) names the producer and says where to read back from; the
+    /// progress topic is made when it is missing.
     pub async fn connect(
-        config: KafkaSinkConfig,
+        mut config: KafkaSinkConfig,
         timeout: Duration,
+        journal: Option<DeliveryState>,
     ) -> Result<KafkaSink, SinkSetupError> {
-        let producer: FutureProducer = config
-            .client_config(timeout)
-            .create()
-            .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
-        match probe(&producer, &config.topic, &config.bootstrap).await {
+        if config.exactly_once && config.transactional_id.is_empty() {
+            let identity = journal.map(|j| j.identity).ok_or_else(|| {
+                SinkSetupError(
+                    "the exactly-once Kafka sink needs the journal's identity or a \
+                     transactional_id in the sink URL"
+                        .into(),
+                )
+            })?;
+            config.transactional_id = format!("sidelog-{identity:016x}");
+        }
+        let reachable = match probe(&config.admin_config(), &config.topic, &config.bootstrap).await
+        {
             Probe::Found(partitions) => {
                 metrics::gauge!(crate::metrics::SINK_UP).set(1.0);
                 info!(topic = %config.topic, partitions, bootstrap = %config.bootstrap, "Kafka topic found");
+                true
             }
             Probe::NoTopic(reason) => return Err(SinkSetupError(reason)),
             Probe::NoAnswer(reason) => {
                 metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
                 warn!("{reason}; deliveries are retried until it answers");
+                false
             }
-        }
+        };
+        let client = config.client_config(timeout);
+        let producer: FutureProducer = client
+            .create()
+            .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
+        let config = Arc::new(config);
+        let how = if config.exactly_once {
+            if !reachable {
+                return Err(SinkSetupError(format!(
+                    "Kafka at {} does not answer, and the exactly-once sink must read its \
+                     progress records before the replay: start it when Kafka is up (or set \
+                     exactly_once=false)",
+                    config.bootstrap
+                )));
+            }
+            let (progress, tracker) = progress_log(&config, journal).await?;
+            How::Transactional(txn::Transactions::start(
+                producer,
+                config.clone(),
+                client,
+                progress,
+                tracker,
+                timeout,
+            ))
+        } else {
+            How::Plain(producer)
+        };
         Ok(KafkaSink {
-            producer,
-            config: Arc::new(config),
+            how,
+            config,
             timeout,
         })
     }
+}
+
+/// Where this sidecar's progress records go (the progress topic made if missing), where to
+/// read them back from, and the tracker of the position to store.
+async fn progress_log(
+    config: &KafkaSinkConfig,
+    journal: Option<DeliveryState>,
+) -> Result<(Option<txn::ProgressLog>, progress::Tracker), SinkSetupError> {
+    let Some(journal) = journal else {
+        return Ok((None, progress::Tracker::new(0, 0, 0)));
+    };
+    if std::env::var_os(NO_PROGRESS_VAR).is_some_and(|v| v == "1") {
+        warn!("{NO_PROGRESS_VAR}=1: no progress records; a crash leaves duplicates in the topic");
+        return Ok((None, progress::Tracker::new(0, 0, 0)));
+    }
+    let topic = &config.progress_topic;
+    let cluster = cluster(&config.admin_config(), &config.bootstrap)
+        .await
+        .map_err(SinkSetupError)?;
+    let partitions = match probe(&config.admin_config(), topic, &config.bootstrap).await {
+        Probe::Found(partitions) => partitions,
+        Probe::NoTopic(_) => {
+            create_progress_topic(config, cluster.brokers).await?;
+            made_topic_partitions(config).await?
+        }
+        Probe::NoAnswer(reason) => return Err(SinkSetupError(reason)),
+    };
+    let partition = (twox_hash::XxHash3_64::oneshot(config.transactional_id.as_bytes())
+        % partitions as u64) as i32;
+    // The position means something only in this partition of this cluster's progress topic,
+    // for this producer and data topic: otherwise the records are read from the start.
+    let key = twox_hash::XxHash3_64::oneshot(
+        format!(
+            "{}\0{topic}\0{partitions}\0{}\0{}",
+            cluster.id, config.transactional_id, config.topic
+        )
+        .as_bytes(),
+    );
+    let stored = journal
+        .progress
+        .filter(|p| p.key == key && p.partition == partition as u64);
+    let from = stored.map_or(Offset::Beginning, |p| Offset::Offset(p.position as i64));
+    info!(
+        transactional_id = %config.transactional_id,
+        progress_topic = %topic,
+        partition,
+        from = ?from,
+        "exactly once into Kafka: the progress records are read back before the replay"
+    );
+    Ok((
+        Some(txn::ProgressLog {
+            topic: topic.clone(),
+            partition,
+            identity: journal.identity,
+            from,
+        }),
+        progress::Tracker::new(key, partition as u64, stored.map_or(0, |p| p.position)),
+    ))
+}
+
+/// What the cluster says of itself.
+struct Cluster {
+    /// Its id (empty when it does not say).
+    id: String,
+    brokers: usize,
+}
+
+async fn cluster(config: &ClientConfig, bootstrap: &str) -> Result<Cluster, String> {
+    let config = config.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<Cluster, KafkaError> {
+        let client: BaseProducer = config.create()?;
+        let metadata = client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))?;
+        let id = client
+            .client()
+            .fetch_cluster_id(Duration::from_secs(5))
+            .unwrap_or_default();
+        Ok(Cluster {
+            id,
+            brokers: metadata.brokers().len(),
+        })
+    })
+    .await
+    .map_err(|e| format!("the Kafka metadata request failed: {e}"))?;
+    answer.map_err(|e| format!("Kafka at {bootstrap} did not answer within 5 s ({e})"))
+}
+
+/// Makes the progress topic: one partition, as replicated as the cluster allows (up to 3),
+/// records kept for 7 days.
+async fn create_progress_topic(
+    config: &KafkaSinkConfig,
+    brokers: usize,
+) -> Result<(), SinkSetupError> {
+    let topic = &config.progress_topic;
+    let admin: AdminClient<DefaultClientContext> = config
+        .admin_config()
+        .create()
+        .map_err(|e| SinkSetupError(format!("cannot make a Kafka admin client: {e}")))?;
+    let replicas = brokers.clamp(1, 3) as i32;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replicas))
+        .set("retention.ms", "604800000")
+        .set("cleanup.policy", "delete");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let made = admin.create_topics([&new], &options).await;
+    let what_to_do = format!(
+        "create it (kafka-topics.sh --create --topic {topic} --partitions 1 \
+         --replication-factor 3) or name another with progress_topic="
+    );
+    match made.map(|r| r.into_iter().next()) {
+        Ok(Some(Ok(_))) => info!(topic = %topic, replicas, "made the Kafka progress topic"),
+        Ok(Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))) => {}
+        Ok(Some(Err((_, code)))) => {
+            return Err(SinkSetupError(format!(
+                "cannot create the Kafka progress topic {topic} ({code}): {what_to_do}"
+            )));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Err(SinkSetupError(format!(
+                "cannot create the Kafka progress topic {topic} ({e}): {what_to_do}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of the progress topic just made (the cluster's metadata may take a
+/// moment to show it; another sidecar may have made it first, with more).
+async fn made_topic_partitions(config: &KafkaSinkConfig) -> Result<usize, SinkSetupError> {
+    let mut last = String::new();
+    for _ in 0..25 {
+        match probe(
+            &config.admin_config(),
+            &config.progress_topic,
+            &config.bootstrap,
+        )
+        .await
+        {
+            Probe::Found(partitions) => return Ok(partitions),
+            Probe::NoTopic(reason) | Probe::NoAnswer(reason) => last = reason,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(SinkSetupError(format!(
+        "the Kafka progress topic {} was made but does not show: {last}",
+        config.progress_topic
+    )))
 }
 
 /// What the cluster said about the sink's topic.
@@ -221,10 +473,11 @@ enum Probe {
 }
 
 /// Asks the cluster about `topic` (metadata, 5 s at most).
-async fn probe(producer: &FutureProducer, topic: &str, bootstrap: &str) -> Probe {
-    let client = producer.clone();
+async fn probe(config: &ClientConfig, topic: &str, bootstrap: &str) -> Probe {
+    let config = config.clone();
     let name = topic.to_owned();
     let answer = tokio::task::spawn_blocking(move || {
+        let client: BaseProducer = config.create()?;
         client
             .client()
             .fetch_metadata(Some(&name), Duration::from_secs(5))
@@ -263,11 +516,7 @@ impl KafkaSinkConfig {
     /// What `serve --check-config` asks: the cluster answers, and the topic is there. `Ok`
     /// with what was found, `Err` with what to fix.
     pub async fn check(&self) -> Result<String, String> {
-        let producer: FutureProducer = self
-            .client_config(Duration::from_secs(10))
-            .create()
-            .map_err(|e| format!("cannot make a Kafka producer: {e}"))?;
-        match probe(&producer, &self.topic, &self.bootstrap).await {
+        match probe(&self.admin_config(), &self.topic, &self.bootstrap).await {
             Probe::Found(partitions) => Ok(format!(
                 "Kafka at {} has topic {} ({partitions} partitions)",
                 self.bootstrap, self.topic
@@ -291,47 +540,77 @@ fn refused(e: &KafkaError) -> bool {
     )
 }
 
+/// The record of message `m` with journal sequence `seq`, for `topic` (see the module docs).
+fn build_record<'a>(
+    topic: &'a str,
+    m: &'a Message,
+    seq: Option<u64>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 2).insert(Header {
+        key: ID_HEADER,
+        value: Some(m.id.as_bytes()),
+    });
+    if let Some(seq) = seq {
+        let mut digits = itoa::Buffer::new();
+        headers = headers.insert(Header {
+            key: SEQ_HEADER,
+            value: Some(digits.format(seq).as_bytes()),
+        });
+    }
+    for (name, value) in m.headers.iter().filter(|(n, _)| *n != SEQ_HEADER) {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let mut record = FutureRecord::to(topic)
+        .payload(m.payload.as_ref())
+        .headers(headers);
+    if !m.key.is_empty() {
+        record = record.key(m.key.as_bytes());
+    }
+    if m.event_time_ms > 0 {
+        record = record.timestamp(m.event_time_ms);
+    }
+    record
+}
+
 impl Sink for KafkaSink {
     fn writes_seq_header(&self) -> bool {
         true
     }
 
-    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<(), SinkError>> {
-        let this = self.clone();
+    fn ack_delay_max(&self) -> Duration {
+        match self.how {
+            How::Plain(_) => Duration::ZERO,
+            // The driver answers every batch itself once its transaction's outcome is known
+            // (`txn.rs`): a lane that gave up on it and sent it again could put it into a
+            // second transaction while the first may still commit.
+            How::Transactional(_) => Duration::from_secs(24 * 3600),
+        }
+    }
+
+    fn replayed(&self) -> Option<DeliveryProgress> {
+        match &self.how {
+            How::Plain(_) => None,
+            How::Transactional(t) => t.replayed(),
+        }
+    }
+
+    fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
+        let producer = match &self.how {
+            How::Plain(producer) => producer.clone(),
+            How::Transactional(t) => return t.deliver(batch),
+        };
+        let (config, timeout) = (self.config.clone(), self.timeout);
         Box::pin(async move {
             // Every record is queued first (in order: the idempotent producer keeps it per
             // partition), then every delivery report is awaited.
             let mut reports = Vec::with_capacity(batch.len());
             for (m, seq) in batch.messages.iter().zip(batch.seqs.iter()) {
-                let seq_text = seq.map(|s| s.to_string());
-                let mut headers =
-                    OwnedHeaders::new_with_capacity(m.headers.len() + 2).insert(Header {
-                        key: ID_HEADER,
-                        value: Some(m.id.as_bytes()),
-                    });
-                if let Some(seq) = &seq_text {
-                    headers = headers.insert(Header {
-                        key: SEQ_HEADER,
-                        value: Some(seq.as_bytes()),
-                    });
-                }
-                for (name, value) in m.headers.iter().filter(|(n, _)| *n != SEQ_HEADER) {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: Some(value.as_bytes()),
-                    });
-                }
-                let mut record = FutureRecord::to(&this.config.topic)
-                    .payload(m.payload.as_ref())
-                    .headers(headers);
-                if !m.key.is_empty() {
-                    record = record.key(m.key.as_bytes());
-                }
-                if m.event_time_ms > 0 {
-                    record = record.timestamp(m.event_time_ms);
-                }
+                let mut record = build_record(&config.topic, m, *seq);
                 let report = loop {
-                    match this.producer.send_result(record) {
+                    match producer.send_result(record) {
                         Ok(report) => break report,
                         Err((e, back))
                             if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
@@ -377,16 +656,15 @@ impl Sink for KafkaSink {
                         }
                     }
                 }
-                Ok(())
+                Ok(Receipt::none())
             };
             // librdkafka gives up at message.timeout.ms (the delivery timeout); the margin lets
             // its own report arrive first.
-            tokio::time::timeout(this.timeout + Duration::from_secs(5), wait)
+            tokio::time::timeout(timeout + Duration::from_secs(5), wait)
                 .await
                 .unwrap_or_else(|_| {
                     Err(SinkError::retry(format!(
-                        "Kafka did not ack within {:?}",
-                        this.timeout
+                        "Kafka did not ack within {timeout:?}"
                     )))
                 })
         })
