@@ -427,6 +427,88 @@ pub async fn without_progress_records_the_same_crashes_leave_duplicates() -> Out
     Ok(())
 }
 
+/// Two sidecars given one `transactional_id`: the second one's start fences the first, which
+/// says so once and stops delivering (its acked messages stay in its journal, nothing is
+/// retried in a loop, the second delivers undisturbed); restarted alone, the first delivers
+/// its backlog, and the topic holds every message once.
+pub async fn a_second_sidecar_with_the_same_transactional_id_fences_the_first() -> Outcome {
+    let kafka = Kafka::start().await?;
+    let topic = "fenced";
+    kafka.create_topic(topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "kafka://{}/{topic}?transactional_id=shared&linger_ms=1",
+        kafka.bootstrap
+    );
+    let messages = |prefix: &str, range: std::ops::Range<u32>| -> Vec<_> {
+        range
+            .map(|i| crate::common::msg(&format!("{prefix}-{i}"), b"x"))
+            .collect()
+    };
+    let mut first = Sidelog::new(&dir.path().join("first"), &["--sink", &sink]);
+    first.start().await;
+    crate::common::publish(&first, messages("a", 0..50))
+        .await
+        .unwrap();
+    first.wait_summary("backlog inputs", 0).await;
+
+    let mut second = Sidelog::new(&dir.path().join("second"), &["--sink", &sink]);
+    second.start().await;
+    crate::common::publish(&second, messages("b", 0..10))
+        .await
+        .unwrap();
+    second.wait_summary("backlog inputs", 0).await;
+
+    // Acked (journaled), never delivered: the first has been fenced.
+    let acks = crate::common::publish(&first, messages("a", 50..100))
+        .await
+        .unwrap();
+    assert_eq!(acks.len(), 50);
+    first
+        .wait_log("has taken over", Duration::from_secs(30))
+        .await;
+    crate::common::publish(&second, messages("b", 10..20))
+        .await
+        .unwrap();
+    second.wait_summary("backlog inputs", 0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = first.inspect(&[]).await.unwrap();
+    assert_eq!(
+        sidelog::testkit::summary_field(&summary, "backlog inputs"),
+        50,
+        "the fenced sidecar keeps its backlog: {summary}"
+    );
+    let halts = first.log().matches("has taken over").count();
+    assert_eq!(
+        halts,
+        1,
+        "said once, not retried in a loop:\n{}",
+        first.log_tail()
+    );
+    assert!(
+        second.log().matches("has taken over").count() == 0,
+        "the second goes on: {}",
+        second.log_tail()
+    );
+
+    // The first alone again: it takes the id back and delivers what it kept.
+    second.kill9().await;
+    first.kill9().await;
+    first.start().await;
+    first.wait_summary("backlog inputs", 0).await;
+    let records = kafka.read_back(topic);
+    let mut ids: Vec<&str> = records.iter().map(Record::id).collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..100)
+        .map(|i| format!("a-{i}"))
+        .chain((0..20).map(|i| format!("b-{i}")))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "every message once");
+    first.kill9().await;
+    Ok(())
+}
+
 /// A topic that does not exist fails the start, naming it, as `--check-config` does (which
 /// also names a cluster that does not answer); a record over the sink's
 /// `max_record_bytes` is refused by Kafka and dead-lettered with the reason, not retried.

@@ -68,6 +68,10 @@ fn main() {
             kafka::without_progress_records_the_same_crashes_leave_duplicates,
         ),
         trial(
+            "kafka::a_second_sidecar_with_the_same_transactional_id_fences_the_first",
+            kafka::a_second_sidecar_with_the_same_transactional_id_fences_the_first,
+        ),
+        trial(
             "kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered",
             kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered,
         ),

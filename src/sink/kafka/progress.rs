@@ -312,4 +312,151 @@ mod tests {
         t.committed(0, 1, 120);
         assert_eq!(t.marked(0).map(|p| p.position), Some(121));
     }
+
+    /// A model of the whole protocol: a journal whose marks and stored position are lost on a
+    /// crash unless a sync made them durable, a topic and its progress partition, transactions
+    /// of two batches marked in either order, and a crash at any step (between the commit and
+    /// the marks, between the marks and the position, mid-replay). Every message must end in
+    /// the topic exactly once.
+    #[test]
+    fn a_model_with_crashes_between_commit_marks_and_position_delivers_each_message_once() {
+        use std::collections::BTreeSet;
+
+        #[derive(Clone)]
+        struct Journal {
+            backlog: BTreeSet<u32>,
+            stored: u64,
+        }
+        enum Entry {
+            Delivered(Vec<u128>),
+            Start,
+        }
+        let hash = |id: u32| id_hash(&format!("m-{id}"));
+        for seed in 0..300 {
+            let rng = crate::runtime::Entropy::from_seed(seed);
+            let chance = |percent: u64| rng.below(100) < percent;
+            let mut durable = Journal {
+                backlog: (0..20).collect(),
+                stored: 0,
+            };
+            let mut next_id = 20;
+            let mut topic: Vec<u32> = Vec::new();
+            let mut log: Vec<Entry> = Vec::new();
+            let mut lives = 0;
+            while !durable.backlog.is_empty() || lives == 0 {
+                lives += 1;
+                assert!(lives < 1000, "seed {seed}: no progress");
+                let mut journal = durable.clone();
+                // Start: a marker, then the records from the stored position up to it.
+                log.push(Entry::Start);
+                let marker = log.len() as u64 - 1;
+                let mut held = Held::default();
+                for entry in &log[journal.stored as usize..marker as usize] {
+                    if let Entry::Delivered(ids) = entry {
+                        held.add(ids);
+                    }
+                }
+                let mut tracker = Tracker::new(1, 0, journal.stored);
+                tracker.started(marker);
+                // The replay: the whole backlog goes to the sink, which acks what is held, in
+                // any order (lanes run side by side).
+                let mut to_send: Vec<u32> = journal.backlog.iter().copied().collect();
+                for i in (1..to_send.len()).rev() {
+                    to_send.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let mut replaying = true;
+                let mut txn = 0;
+                let crashed = loop {
+                    if to_send.is_empty() {
+                        if replaying {
+                            replaying = false;
+                            if let Some(p) = tracker.replayed() {
+                                journal.stored = p.position;
+                            }
+                        }
+                        // New traffic: appended durably (with whatever came before it).
+                        if next_id < 60 && chance(50) {
+                            for _ in 0..1 + rng.below(4) {
+                                journal.backlog.insert(next_id);
+                                to_send.push(next_id);
+                                next_id += 1;
+                            }
+                            durable = journal.clone();
+                        } else if !chance(90) || next_id >= 60 {
+                            break chance(50);
+                        }
+                        continue;
+                    }
+                    // One transaction of up to two batches, but for what the topic holds:
+                    // acked at once, marked like any delivered message.
+                    let n = to_send.len().min(1 + rng.below(4) as usize);
+                    let (skipped, ids): (Vec<u32>, Vec<u32>) =
+                        to_send.drain(..n).partition(|&id| held.take(hash(id)));
+                    if !skipped.is_empty() {
+                        if chance(10) {
+                            break true; // before these marks
+                        }
+                        for id in &skipped {
+                            journal.backlog.remove(id);
+                        }
+                        if chance(20) {
+                            durable = journal.clone();
+                        }
+                    }
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let cut = ids.len().div_ceil(2);
+                    let batches: Vec<Vec<u32>> = [&ids[..cut], &ids[cut..]]
+                        .into_iter()
+                        .filter(|b| !b.is_empty())
+                        .map(<[u32]>::to_vec)
+                        .collect();
+                    if chance(5) {
+                        break true; // crashed with the transaction open: aborted at start
+                    }
+                    topic.extend(&ids);
+                    log.push(Entry::Delivered(ids.iter().map(|&i| hash(i)).collect()));
+                    tracker.committed(txn, batches.len(), log.len() as u64 - 1);
+                    let mut order: Vec<Vec<u32>> = batches;
+                    if chance(50) {
+                        order.reverse();
+                    }
+                    let mut died = false;
+                    for batch in order {
+                        if chance(10) {
+                            died = true; // between the commit and these marks
+                            break;
+                        }
+                        for id in &batch {
+                            journal.backlog.remove(id);
+                        }
+                        if let Some(p) = tracker.marked(txn) {
+                            journal.stored = p.position;
+                        }
+                        if chance(20) {
+                            durable = journal.clone(); // a sync
+                        }
+                    }
+                    if died {
+                        break true;
+                    }
+                    txn += 1;
+                };
+                if !crashed {
+                    durable = journal; // a clean stop syncs
+                }
+            }
+            let mut copies = std::collections::BTreeMap::new();
+            for id in &topic {
+                *copies.entry(*id).or_insert(0) += 1;
+            }
+            assert_eq!(copies.len(), next_id as usize, "seed {seed}: every message");
+            assert!(
+                copies.values().all(|n| *n == 1),
+                "seed {seed}: duplicates {:?}",
+                copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+            );
+        }
+    }
 }
