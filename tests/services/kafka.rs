@@ -55,37 +55,124 @@ fn classpath() -> Result<String, Missing> {
 impl Kafka {
     /// Formats a new node's storage and starts it; waits until it answers.
     pub async fn start() -> Result<Kafka, Missing> {
+        Kafka::start_with(None).await
+    }
+
+    /// A node with a second listener, SASL over TLS (SCRAM-SHA-512 and PLAIN, user `alice`
+    /// with password `alice-secret`), its certificate made by the JDK's keytool for
+    /// 127.0.0.1; answers the node, that listener's address and the CA file (PEM) to trust.
+    pub async fn start_secured() -> Result<(Kafka, String, PathBuf), Missing> {
+        let secured = free_port().port();
+        let kafka = Kafka::start_with(Some(secured)).await?;
+        let ca = kafka._dir.path().join("ca.pem");
+        Ok((kafka, format!("127.0.0.1:{secured}"), ca))
+    }
+
+    async fn start_with(secured: Option<u16>) -> Result<Kafka, Missing> {
         let cp = classpath()?;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (port, controller) = (free_port().port(), free_port().port());
         let properties = dir.path().join("server.properties");
+        let mut listeners = format!("PLAINTEXT://127.0.0.1:{port}");
+        let mut protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string();
+        let mut extra = String::new();
+        if let Some(secured) = secured {
+            let keystore = dir.path().join("broker.p12");
+            let keytool = |args: &[&str]| {
+                let out = Command::new("keytool")
+                    .args(args)
+                    .output()
+                    .expect("run the JDK's keytool");
+                assert!(
+                    out.status.success(),
+                    "keytool: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let ks = keystore.to_str().unwrap();
+            keytool(&[
+                "-genkeypair",
+                "-alias",
+                "broker",
+                "-keyalg",
+                "RSA",
+                "-keysize",
+                "2048",
+                "-dname",
+                "CN=localhost",
+                "-ext",
+                "SAN=IP:127.0.0.1,DNS:localhost",
+                "-validity",
+                "2",
+                "-keystore",
+                ks,
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                "changeit",
+                "-keypass",
+                "changeit",
+            ]);
+            let ca = dir.path().join("ca.pem");
+            keytool(&[
+                "-exportcert",
+                "-rfc",
+                "-alias",
+                "broker",
+                "-keystore",
+                ks,
+                "-storepass",
+                "changeit",
+                "-file",
+                ca.to_str().unwrap(),
+            ]);
+            listeners.push_str(&format!(",SASL_SSL://127.0.0.1:{secured}"));
+            protocols.push_str(",SASL_SSL:SASL_SSL");
+            extra = format!(
+                "sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+                 org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.sasl_ssl.plain.sasl.jaas.config=\
+                 org.apache.kafka.common.security.plain.PlainLoginModule required \
+                 user_alice=\"alice-secret\";\n\
+                 ssl.keystore.location={ks}\n\
+                 ssl.keystore.password=changeit\n\
+                 ssl.keystore.type=PKCS12\n"
+            );
+        }
         std::fs::write(
             &properties,
             format!(
                 "process.roles=broker,controller\n\
                  node.id=1\n\
                  controller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 listeners={listeners},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners={listeners}\n\
                  controller.listener.names=CONTROLLER\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 listener.security.protocol.map={protocols}\n\
                  log.dirs={}\n\
                  auto.create.topics.enable=false\n\
                  offsets.topic.replication.factor=1\n\
                  transaction.state.log.replication.factor=1\n\
                  transaction.state.log.min.isr=1\n\
-                 group.initial.rebalance.delay.ms=0\n",
+                 group.initial.rebalance.delay.ms=0\n{extra}",
                 dir.path().join("data").display()
             ),
         )
         .expect("write server.properties");
-        let format = Command::new("java")
+        let mut format = Command::new("java");
+        format
             .args(["-cp", &cp, "kafka.tools.StorageTool", "format", "-t"])
             .arg("c2lkZWxvZy10ZXN0LWthZmthLWNsdXN0ZXI") // any 22-character base64 cluster id
             .arg("-c")
-            .arg(&properties)
-            .output()
-            .expect("run Kafka's storage tool");
+            .arg(&properties);
+        if secured.is_some() {
+            format.args([
+                "--add-scram",
+                "SCRAM-SHA-512=[name=alice,password=alice-secret]",
+            ]);
+        }
+        let format = format.output().expect("run Kafka's storage tool");
         assert!(
             format.status.success(),
             "kafka-storage format failed: {}",
@@ -506,6 +593,80 @@ pub async fn a_second_sidecar_with_the_same_transactional_id_fences_the_first() 
     want.sort_unstable();
     assert_eq!(ids, want, "every message once");
     first.kill9().await;
+    Ok(())
+}
+
+/// TLS with the broker's own CA and SASL (SCRAM-SHA-512, and PLAIN) reach a secured listener,
+/// and deliver exactly once; a wrong password, or TLS without the CA, fails `--check-config`
+/// and the start with what to fix; the password shows nowhere (config, log).
+pub async fn tls_and_sasl_reach_a_secured_broker_and_a_wrong_password_is_named() -> Outcome {
+    let (kafka, secured, ca) = Kafka::start_secured().await?;
+    kafka.create_topic("secured", 1).await;
+    let sink = |mechanism: &str, password: &str, with_ca: bool| {
+        let tls = if with_ca {
+            format!("ca_file={}", ca.display())
+        } else {
+            "tls=true".to_string()
+        };
+        format!(
+            "kafka://{secured}/secured?{tls}&sasl_mechanism={mechanism}&username=alice&password={password}"
+        )
+    };
+    let check = |sink: String| {
+        Command::new(env!("CARGO_BIN_EXE_sidelog"))
+            .args(["serve", "--check-config", "--sink", &sink])
+            .output()
+            .unwrap()
+    };
+    let out = check(sink("SCRAM-SHA-512", "wrong", true));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("credentials were refused"), "{stderr}");
+    let out = check(sink("SCRAM-SHA-512", "alice-secret", false));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TLS failed"), "{stderr}");
+    let out = check(sink("SCRAM-SHA-512", "alice-secret", true));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("has topic secured"), "{stderr}");
+    assert!(
+        !stdout.contains("alice-secret") && !stderr.contains("alice-secret"),
+        "the password is redacted: {stdout}{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sidelog"))
+        .args(["serve", "--admin-listen", "off", "--listen"])
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--sink", &sink("SCRAM-SHA-512", "wrong", true)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("credentials were refused"), "{stderr}");
+
+    for (n, mechanism) in ["SCRAM-SHA-512", "PLAIN"].into_iter().enumerate() {
+        let mut sidelog = Sidelog::new(
+            &dir.path().join(mechanism),
+            &["--sink", &sink(mechanism, "alice-secret", true)],
+        );
+        sidelog.start().await;
+        let messages = (0..20)
+            .map(|i| crate::common::msg(&format!("{mechanism}-{i}"), b"over TLS"))
+            .collect();
+        crate::common::publish(&sidelog, messages).await.unwrap();
+        sidelog.wait_summary("backlog inputs", 0).await;
+        assert!(!sidelog.log().contains("alice-secret"), "{}", sidelog.log());
+        sidelog.kill9().await;
+        let records = kafka.read_back("secured");
+        assert_eq!(records.len(), 20 * (n + 1), "{records:?}");
+    }
     Ok(())
 }
 

@@ -72,6 +72,10 @@ fn main() {
             kafka::a_second_sidecar_with_the_same_transactional_id_fences_the_first,
         ),
         trial(
+            "kafka::tls_and_sasl_reach_a_secured_broker_and_a_wrong_password_is_named",
+            kafka::tls_and_sasl_reach_a_secured_broker_and_a_wrong_password_is_named,
+        ),
+        trial(
             "kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered",
             kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered,
         ),

@@ -84,10 +84,86 @@ pub struct KafkaSinkConfig {
     pub transactional_id: String,
     /// Where the progress records go.
     pub progress_topic: String,
+    /// TLS and SASL.
+    pub security: Security,
 }
 
+/// How the sink reaches the brokers: TLS (with a CA of its own, and a client certificate for
+/// mutual TLS) and SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub tls: bool,
+    /// `ca_file`: the CA certificates (PEM) that sign the brokers'; the system's otherwise.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `cert_file` and `key_file`: the sink's own certificate and key (PEM), for mutual TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub sasl: Option<Sasl>,
+}
+
+/// SASL credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Sasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Security {
+    /// librdkafka's `security.protocol`.
+    fn protocol(&self) -> &'static str {
+        match (self.tls, self.sasl.is_some()) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        }
+    }
+
+    fn apply(&self, c: &mut ClientConfig) {
+        c.set("security.protocol", self.protocol());
+        if let Some(ca) = &self.ca_file {
+            c.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            c.set("ssl.certificate.location", cert.to_string_lossy())
+                .set("ssl.key.location", key.to_string_lossy());
+        }
+        if let Some(sasl) = &self.sasl {
+            c.set("sasl.mechanism", sasl.mechanism)
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", &sasl.password);
+        }
+    }
+
+    /// The files it names can be read (librdkafka reads them itself, with a vaguer error).
+    fn check_files(&self) -> Result<(), String> {
+        let files = self.ca_file.iter().map(|f| ("ca_file", f)).chain(
+            self.client_cert
+                .iter()
+                .flat_map(|(c, k)| [("cert_file", c), ("key_file", k)]),
+        );
+        for (option, file) in files {
+            std::fs::read(file)
+                .map_err(|e| format!("{option}={}: cannot read it: {e}", file.display()))?;
+        }
+        Ok(())
+    }
+}
 const OPTIONS: &str = "compression (zstd, lz4, none), linger_ms, batch_bytes, max_record_bytes, \
-                       client_id, exactly_once (true, false), transactional_id, progress_topic";
+                       client_id, exactly_once (true, false), transactional_id, progress_topic, \
+                       tls (true, false), ca_file, cert_file, key_file, sasl_mechanism (PLAIN, \
+                       SCRAM-SHA-256, SCRAM-SHA-512), username, password";
 
 /// The progress topic when the URL names none.
 pub const DEFAULT_PROGRESS_TOPIC: &str = "sidelog-progress";
@@ -107,6 +183,12 @@ impl KafkaSinkConfig {
             let (name, port) = host
                 .rsplit_once(':')
                 .ok_or_else(|| format!("{host:?}: expected HOST:PORT"))?;
+            if name.contains('@') {
+                return Err(format!(
+                    "{host:?}: credentials go in the username= and password= options (the \
+                     password is redacted wherever the URL is shown)"
+                ));
+            }
             if name.is_empty() || port.parse::<u16>().is_err() {
                 return Err(format!("{host:?}: expected HOST:PORT"));
             }
@@ -124,7 +206,10 @@ impl KafkaSinkConfig {
             exactly_once: true,
             transactional_id: String::new(),
             progress_topic: DEFAULT_PROGRESS_TOPIC.into(),
+            security: Security::default(),
         };
+        let (mut tls, mut cert, mut key) = (None, None, None);
+        let (mut mechanism, mut username, mut password) = (None, None, None);
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let number = |max: u64| {
                 value
@@ -164,6 +249,33 @@ impl KafkaSinkConfig {
                     check_topic(&value).map_err(|e| format!("progress_topic: {e}"))?;
                     config.progress_topic = value.into_owned();
                 }
+                "tls" => {
+                    tls = Some(match value.as_ref() {
+                        "true" => true,
+                        "false" => false,
+                        other => return Err(format!("tls={other}: expected true or false")),
+                    })
+                }
+                "ca_file" if !value.is_empty() => {
+                    config.security.ca_file = Some(value.into_owned().into())
+                }
+                "cert_file" if !value.is_empty() => cert = Some(value.into_owned()),
+                "key_file" if !value.is_empty() => key = Some(value.into_owned()),
+                "sasl_mechanism" => {
+                    mechanism = Some(
+                        ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                            .into_iter()
+                            .find(|m| m.eq_ignore_ascii_case(&value))
+                            .ok_or_else(|| {
+                                format!(
+                                    "sasl_mechanism={value}: expected PLAIN, SCRAM-SHA-256 or \
+                                     SCRAM-SHA-512"
+                                )
+                            })?,
+                    )
+                }
+                "username" if !value.is_empty() => username = Some(value.into_owned()),
+                "password" if !value.is_empty() => password = Some(value.into_owned()),
                 other => {
                     return Err(format!(
                         "unknown option {other:?}; the Kafka sink takes {OPTIONS}"
@@ -171,19 +283,56 @@ impl KafkaSinkConfig {
                 }
             }
         }
+        config.security.client_cert = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => return Err("cert_file and key_file go together (mutual TLS)".into()),
+        };
+        config.security.sasl = match (mechanism, username, password) {
+            (Some(mechanism), Some(username), Some(password)) => Some(Sasl {
+                mechanism,
+                username,
+                password,
+            }),
+            (None, None, None) => None,
+            (None, ..) => {
+                return Err(
+                    "username and password need sasl_mechanism= (PLAIN, SCRAM-SHA-256 or \
+                     SCRAM-SHA-512)"
+                        .into(),
+                );
+            }
+            _ => return Err("sasl_mechanism needs both username= and password=".into()),
+        };
+        // A CA or a client certificate means TLS, unless it is turned off outright.
+        let files = config.security.ca_file.is_some() || config.security.client_cert.is_some();
+        config.security.tls = match tls {
+            Some(false) if files => {
+                return Err(
+                    "tls=false with ca_file, cert_file or key_file: TLS files need TLS".into(),
+                );
+            }
+            Some(tls) => tls,
+            None => files,
+        };
         Ok(config)
     }
 
+    fn sasl_over_plaintext(&self) -> bool {
+        self.security.sasl.is_some() && !self.security.tls
+    }
+
     /// The settings of a client that only asks (metadata, topic creation).
-    fn admin_config(&self) -> ClientConfig {
+    pub(super) fn admin_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id);
+        self.security.apply(&mut c);
         c
     }
 
     fn client_config(&self, timeout: Duration) -> ClientConfig {
-        let mut c = ClientConfig::new();
+        let mut c = self.admin_config();
         c.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id)
             .set("acks", "all")
@@ -256,6 +405,10 @@ impl KafkaSink {
         timeout: Duration,
         journal: Option<DeliveryState>,
     ) -> Result<KafkaSink, SinkSetupError> {
+        config.security.check_files().map_err(SinkSetupError)?;
+        if config.sasl_over_plaintext() {
+            warn!("SASL without tls=true: the credentials cross the network in the clear");
+        }
         if config.exactly_once && config.transactional_id.is_empty() {
             let identity = journal.map(|j| j.identity).ok_or_else(|| {
                 SinkSetupError(
@@ -462,6 +615,67 @@ async fn made_topic_partitions(config: &KafkaSinkConfig) -> Result<usize, SinkSe
     )))
 }
 
+/// The last failure librdkafka reported on a client (the cause behind a metadata timeout:
+/// a refused login, a failed handshake), from its error events and its `FAIL` log lines.
+#[derive(Clone, Default)]
+struct LastError(Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastError {
+    fn take(&self) -> Option<String> {
+        self.0.lock().expect("never held across a panic").take()
+    }
+
+    fn set(&self, reason: String) {
+        *self.0.lock().expect("never held across a panic") = Some(reason);
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            // "sasl_ssl://host:port/bootstrap: SASL authentication error: ..."
+            let reason = message
+                .split_once("/bootstrap: ")
+                .map_or(message, |(_, r)| r);
+            self.set(reason.to_owned());
+        }
+        DefaultClientContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.set(format!("{error}: {reason}"));
+        DefaultClientContext.error(error, reason);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LastError {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Why the cluster did not answer, and what to fix.
+fn no_answer(bootstrap: &str, e: &KafkaError, cause: Option<String>) -> String {
+    let Some(cause) = cause else {
+        return format!(
+            "Kafka at {bootstrap} did not answer within 5 s ({e}): check the host and port in \
+             the sink URL, and that the broker's advertised listeners are reachable from here"
+        );
+    };
+    let advice =
+        if cause.contains("SASL authentication error") || cause.contains("Authentication failed") {
+            "the credentials were refused: check username=, password= and sasl_mechanism= (the \
+         broker's listener must enable that mechanism)"
+        } else if cause.contains("SSL") || cause.contains("certificate") {
+            "TLS failed: check tls=, and that ca_file= holds the CA that signed the broker's \
+         certificate (and cert_file=/key_file= if the broker wants a client certificate)"
+        } else {
+            "check the host and port in the sink URL, that the broker's advertised listeners are \
+         reachable from here, and that tls= and sasl_mechanism= match its listener"
+        };
+    format!("Kafka at {bootstrap} did not answer within 5 s: {cause}: {advice}")
+}
+
 /// What the cluster said about the sink's topic.
 enum Probe {
     /// It exists, with this many partitions.
@@ -477,20 +691,21 @@ async fn probe(config: &ClientConfig, topic: &str, bootstrap: &str) -> Probe {
     let config = config.clone();
     let name = topic.to_owned();
     let answer = tokio::task::spawn_blocking(move || {
-        let client: BaseProducer = config.create()?;
-        client
+        let context = LastError::default();
+        let client: BaseProducer<LastError> = config
+            .create_with_context(context.clone())
+            .map_err(|e| (e, None))?;
+        let metadata = client
             .client()
-            .fetch_metadata(Some(&name), Duration::from_secs(5))
+            .fetch_metadata(Some(&name), Duration::from_secs(5));
+        // Serves the error events (a failed handshake, refused credentials) to the context.
+        client.poll(Duration::ZERO);
+        metadata.map_err(|e| (e, context.take()))
     })
     .await;
     let metadata = match answer {
         Ok(Ok(metadata)) => metadata,
-        Ok(Err(e)) => {
-            return Probe::NoAnswer(format!(
-                "Kafka at {bootstrap} did not answer within 5 s ({e}): check the host and port \
-                 in the sink URL, and that the broker's advertised listeners are reachable from here"
-            ));
-        }
+        Ok(Err((e, cause))) => return Probe::NoAnswer(no_answer(bootstrap, &e, cause)),
         Err(e) => return Probe::NoAnswer(format!("the Kafka metadata request failed: {e}")),
     };
     let found = metadata.topics().iter().find(|t| t.name() == topic);
@@ -516,6 +731,7 @@ impl KafkaSinkConfig {
     /// What `serve --check-config` asks: the cluster answers, and the topic is there. `Ok`
     /// with what was found, `Err` with what to fix.
     pub async fn check(&self) -> Result<String, String> {
+        self.security.check_files()?;
         match probe(&self.admin_config(), &self.topic, &self.bootstrap).await {
             Probe::Found(partitions) => Ok(format!(
                 "Kafka at {} has topic {} ({partitions} partitions)",
@@ -687,6 +903,35 @@ mod tests {
         assert_eq!(c.linger_ms, 0);
         let defaults = KafkaSinkConfig::parse("kafka://k:9092/t").unwrap();
         assert_eq!(defaults.compression, Compression::Zstd);
+        assert!(defaults.exactly_once);
+        assert_eq!(defaults.security.protocol(), "plaintext");
+        let secured = KafkaSinkConfig::parse(
+            "kafka://k:9093/t?ca_file=%2Fetc%2Fca.pem&sasl_mechanism=scram-sha-512&username=u&\
+             password=s3cret&transactional_id=edge-1&progress_topic=p",
+        )
+        .unwrap();
+        assert_eq!(secured.security.protocol(), "sasl_ssl");
+        assert_eq!(
+            secured.security.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(secured.transactional_id, "edge-1");
+        let shown = format!("{secured:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("SCRAM-SHA-512"),
+            "{shown}"
+        );
+        let plain =
+            KafkaSinkConfig::parse("kafka://k:9092/t?sasl_mechanism=PLAIN&username=u&password=p")
+                .unwrap();
+        assert_eq!(plain.security.protocol(), "sasl_plaintext");
+        assert_eq!(
+            KafkaSinkConfig::parse("kafka://k:9092/t?tls=true")
+                .unwrap()
+                .security
+                .protocol(),
+            "ssl"
+        );
         for (url, want) in [
             ("kafka://k:9092", "the topic is missing"),
             ("kafka://k/t", "expected HOST:PORT"),
@@ -698,6 +943,31 @@ mod tests {
             ),
             ("kafka://k:9092/t?acks=1", "unknown option \"acks\""),
             ("kafka://k:9092/t?batch_bytes=0", "batch_bytes=0"),
+            (
+                "kafka://u:p@k:9092/t",
+                "credentials go in the username= and password=",
+            ),
+            (
+                "kafka://k:9092/t?username=u&password=p",
+                "need sasl_mechanism=",
+            ),
+            (
+                "kafka://k:9092/t?sasl_mechanism=PLAIN&username=u",
+                "needs both",
+            ),
+            (
+                "kafka://k:9092/t?sasl_mechanism=GSSAPI",
+                "expected PLAIN, SCRAM-SHA-256",
+            ),
+            ("kafka://k:9092/t?cert_file=c.pem", "go together"),
+            (
+                "kafka://k:9092/t?ca_file=ca.pem&tls=false",
+                "TLS files need TLS",
+            ),
+            (
+                "kafka://k:9092/t?exactly_once=maybe",
+                "expected true or false",
+            ),
         ] {
             let err = KafkaSinkConfig::parse(url).unwrap_err();
             assert!(err.contains(want), "{url}: {err}");

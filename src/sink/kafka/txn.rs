@@ -334,7 +334,7 @@ impl Driver {
             Ok(Err((e, _))) => return Err(Some(e)),
             Err(_) => return Err(None),
         };
-        let client = self.client.clone();
+        let client = self.config.admin_config();
         let topic = self.config.topic.clone();
         let log = log.clone();
         let read = tokio::task::spawn_blocking(move || read_progress(&client, &log, &topic, nonce))
@@ -714,19 +714,15 @@ impl Driver {
 }
 
 /// Reads the progress partition from `log.from` up to this start's marker (`nonce`), at
-/// `read_committed`, gathering the ids of this journal's messages in `topic`.
+/// `read_committed`, gathering the ids of this journal's messages in `topic`. `client`: the
+/// brokers and how to reach them.
 fn read_progress(
     client: &ClientConfig,
     log: &ProgressLog,
     topic: &str,
     nonce: u64,
 ) -> Result<Held, KafkaError> {
-    let mut c = ClientConfig::new();
-    for key in ["bootstrap.servers", "client.id"] {
-        if let Some(v) = client.get(key) {
-            c.set(key, v);
-        }
-    }
+    let mut c = client.clone();
     let consumer: BaseConsumer = c
         .set("group.id", "sidelog-progress-reader")
         .set("enable.auto.commit", "false")
