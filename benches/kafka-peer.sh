@@ -11,6 +11,10 @@
 #
 #   benches/kafka-peer.sh --modes none,hml --duration 5s --batch 100 --producers 16
 #
+# The Kafka sink is exactly once (transactions and progress records) unless
+# KAFKA_SINK_OPTIONS says otherwise, e.g. KAFKA_SINK_OPTIONS=exactly_once=false for the
+# idempotent producer alone (at least once).
+#
 # Needs Java 17+ and Maven (for the first fetch), and a release build of sidelog (built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +67,7 @@ java -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:
   --create --topic sidelog-bench-e2e --partitions 8 --replication-factor 1 >/dev/null
 
 target/release/sidelog bench \
-  --sink "kafka://127.0.0.1:19192/sidelog-bench-e2e" \
+  --sink "kafka://127.0.0.1:19192/sidelog-bench-e2e${KAFKA_SINK_OPTIONS:+?$KAFKA_SINK_OPTIONS}" \
   --peer "kafka://127.0.0.1:19192?label=kafka-default&pid=$default_pid" \
   --peer "kafka://127.0.0.1:19194?label=kafka-fsync&pid=$fsync_pid" \
   "$@"

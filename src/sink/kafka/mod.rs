@@ -351,10 +351,16 @@ impl KafkaSinkConfig {
             );
         if self.exactly_once {
             // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
-            c.set("transactional.id", &self.transactional_id).set(
-                "transaction.timeout.ms",
-                timeout.as_millis().max(60_000).to_string(),
-            );
+            c.set("transactional.id", &self.transactional_id)
+                .set(
+                    "transaction.timeout.ms",
+                    timeout.as_millis().max(60_000).to_string(),
+                )
+                // A transaction begun right after a commit finds the partitions still busy
+                // with the last one's markers (CONCURRENT_TRANSACTIONS) and is retried after
+                // this: librdkafka's 100 ms default was most of each transaction's time.
+                .set("retry.backoff.ms", "5")
+                .set("retry.backoff.max.ms", "100");
         }
         c
     }
