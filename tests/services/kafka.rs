@@ -218,6 +218,19 @@ impl Kafka {
         }
     }
 
+    /// Kills the node (SIGKILL), leaving its data for [`Kafka::resume`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on the same ports and data.
+    pub async fn resume(&mut self) {
+        self.run().await;
+    }
+
     /// Stops the node as an operator's restart does (SIGTERM: a controlled shutdown) and
     /// starts it again on the same ports and data.
     pub async fn restart(&mut self) {
@@ -593,6 +606,44 @@ pub async fn a_second_sidecar_with_the_same_transactional_id_fences_the_first() 
     want.sort_unstable();
     assert_eq!(ids, want, "every message once");
     first.kill9().await;
+    Ok(())
+}
+
+/// A cluster that is down when sidelog starts holds the delivery, not the start: sidelog
+/// serves and journals, and once Kafka is back the progress topic is made, read back, and
+/// everything is delivered once.
+pub async fn a_cluster_down_at_start_holds_delivery_not_the_start() -> Outcome {
+    let mut kafka = Kafka::start().await?;
+    kafka.create_topic("later", 1).await;
+    kafka.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("kafka://{}/later", kafka.bootstrap);
+    let mut sidelog = Sidelog::new(&dir.path().join("data"), &["--sink", &sink]);
+    sidelog.start().await;
+    let messages = (0..50)
+        .map(|i| crate::common::msg(&format!("later-{i}"), b"held"))
+        .collect();
+    let acks = crate::common::publish(&sidelog, messages).await.unwrap();
+    assert_eq!(acks.len(), 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summary = sidelog.inspect(&[]).await.unwrap();
+    assert_eq!(
+        sidelog::testkit::summary_field(&summary, "backlog inputs"),
+        50,
+        "{summary}"
+    );
+    kafka.resume().await;
+    sidelog.wait_summary("backlog inputs", 0).await;
+    let mut ids: Vec<String> = kafka
+        .read_back("later")
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..50).map(|i| format!("later-{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    sidelog.kill9().await;
     Ok(())
 }
 

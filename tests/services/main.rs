@@ -76,6 +76,10 @@ fn main() {
             kafka::tls_and_sasl_reach_a_secured_broker_and_a_wrong_password_is_named,
         ),
         trial(
+            "kafka::a_cluster_down_at_start_holds_delivery_not_the_start",
+            kafka::a_cluster_down_at_start_holds_delivery_not_the_start,
+        ),
+        trial(
             "kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered",
             kafka::a_missing_topic_fails_the_start_and_a_record_too_large_is_dead_lettered,
         ),

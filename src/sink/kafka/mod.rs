@@ -323,7 +323,7 @@ impl KafkaSinkConfig {
     }
 
     /// The settings of a client that only asks (metadata, topic creation).
-    pub(super) fn admin_config(&self) -> ClientConfig {
+    fn admin_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id);
@@ -432,7 +432,9 @@ impl KafkaSink {
                 info!(topic = %config.topic, partitions, bootstrap = %config.bootstrap, "Kafka topic found");
                 true
             }
-            Probe::NoTopic(reason) => return Err(SinkSetupError(reason)),
+            Probe::NoTopic(reason) | Probe::Misconfigured(reason) => {
+                return Err(SinkSetupError(reason));
+            }
             Probe::NoAnswer(reason) => {
                 metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
                 warn!("{reason}; deliveries are retried until it answers");
@@ -445,21 +447,14 @@ impl KafkaSink {
             .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
         let config = Arc::new(config);
         let how = if config.exactly_once {
-            if !reachable {
-                return Err(SinkSetupError(format!(
-                    "Kafka at {} does not answer, and the exactly-once sink must read its \
-                     progress records before the replay: start it when Kafka is up (or set \
-                     exactly_once=false)",
-                    config.bootstrap
-                )));
-            }
-            let (progress, tracker) = progress_log(&config, journal).await?;
+            // The progress topic is found (or made) and read back by the transaction driver,
+            // retried until Kafka answers: a cluster down at start holds the replay, not the
+            // start.
+            let _ = reachable;
             How::Transactional(txn::Transactions::start(
                 producer,
                 config.clone(),
-                client,
-                progress,
-                tracker,
+                journal,
                 timeout,
             ))
         } else {
@@ -496,7 +491,9 @@ async fn progress_log(
             create_progress_topic(config, cluster.brokers).await?;
             made_topic_partitions(config).await?
         }
-        Probe::NoAnswer(reason) => return Err(SinkSetupError(reason)),
+        Probe::NoAnswer(reason) | Probe::Misconfigured(reason) => {
+            return Err(SinkSetupError(reason));
+        }
     };
     let partition = (twox_hash::XxHash3_64::oneshot(config.transactional_id.as_bytes())
         % partitions as u64) as i32;
@@ -611,7 +608,9 @@ async fn made_topic_partitions(config: &KafkaSinkConfig) -> Result<usize, SinkSe
         .await
         {
             Probe::Found(partitions) => return Ok(partitions),
-            Probe::NoTopic(reason) | Probe::NoAnswer(reason) => last = reason,
+            Probe::NoTopic(reason) | Probe::NoAnswer(reason) | Probe::Misconfigured(reason) => {
+                last = reason
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -660,6 +659,14 @@ impl rdkafka::producer::ProducerContext for LastError {
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }
 
+fn refused_login(cause: &str) -> bool {
+    cause.contains("SASL authentication error") || cause.contains("Authentication failed")
+}
+
+fn failed_tls(cause: &str) -> bool {
+    cause.contains("SSL") || cause.contains("certificate")
+}
+
 /// Why the cluster did not answer, and what to fix.
 fn no_answer(bootstrap: &str, e: &KafkaError, cause: Option<String>) -> String {
     let Some(cause) = cause else {
@@ -668,17 +675,16 @@ fn no_answer(bootstrap: &str, e: &KafkaError, cause: Option<String>) -> String {
              the sink URL, and that the broker's advertised listeners are reachable from here"
         );
     };
-    let advice =
-        if cause.contains("SASL authentication error") || cause.contains("Authentication failed") {
-            "the credentials were refused: check username=, password= and sasl_mechanism= (the \
+    let advice = if refused_login(&cause) {
+        "the credentials were refused: check username=, password= and sasl_mechanism= (the \
          broker's listener must enable that mechanism)"
-        } else if cause.contains("SSL") || cause.contains("certificate") {
-            "TLS failed: check tls=, and that ca_file= holds the CA that signed the broker's \
+    } else if failed_tls(&cause) {
+        "TLS failed: check tls=, and that ca_file= holds the CA that signed the broker's \
          certificate (and cert_file=/key_file= if the broker wants a client certificate)"
-        } else {
-            "check the host and port in the sink URL, that the broker's advertised listeners are \
+    } else {
+        "check the host and port in the sink URL, that the broker's advertised listeners are \
          reachable from here, and that tls= and sasl_mechanism= match its listener"
-        };
+    };
     format!("Kafka at {bootstrap} did not answer within 5 s: {cause}: {advice}")
 }
 
@@ -690,6 +696,8 @@ enum Probe {
     NoTopic(String),
     /// No answer within the probe's time, or one that says nothing about the topic.
     NoAnswer(String),
+    /// The cluster is there but refuses the sink's credentials, or TLS fails: a setting to fix.
+    Misconfigured(String),
 }
 
 /// Asks the cluster about `topic` (metadata, 5 s at most).
@@ -711,7 +719,17 @@ async fn probe(config: &ClientConfig, topic: &str, bootstrap: &str) -> Probe {
     .await;
     let metadata = match answer {
         Ok(Ok(metadata)) => metadata,
-        Ok(Err((e, cause))) => return Probe::NoAnswer(no_answer(bootstrap, &e, cause)),
+        Ok(Err((e, cause))) => {
+            let misconfigured = cause
+                .as_deref()
+                .is_some_and(|c| refused_login(c) || failed_tls(c));
+            let reason = no_answer(bootstrap, &e, cause);
+            return if misconfigured {
+                Probe::Misconfigured(reason)
+            } else {
+                Probe::NoAnswer(reason)
+            };
+        }
         Err(e) => return Probe::NoAnswer(format!("the Kafka metadata request failed: {e}")),
     };
     let found = metadata.topics().iter().find(|t| t.name() == topic);
@@ -743,7 +761,9 @@ impl KafkaSinkConfig {
                 "Kafka at {} has topic {} ({partitions} partitions)",
                 self.bootstrap, self.topic
             )),
-            Probe::NoTopic(reason) | Probe::NoAnswer(reason) => Err(reason),
+            Probe::NoTopic(reason) | Probe::NoAnswer(reason) | Probe::Misconfigured(reason) => {
+                Err(reason)
+            }
         }
     }
 }

@@ -212,6 +212,10 @@ impl Tracker {
         self.advance()
     }
 
+    pub fn is_replayed(&self) -> bool {
+        self.replayed
+    }
+
     /// The start's replay is over.
     pub fn replayed(&mut self) -> Option<DeliveryProgress> {
         self.replayed = true;

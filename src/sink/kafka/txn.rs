@@ -81,16 +81,18 @@ pub(super) struct Transactions {
 }
 
 impl Transactions {
+    /// Starts the driver. With `journal` (its identity and stored position) it writes and
+    /// reads progress records; the progress topic is looked up (made if missing) when Kafka
+    /// answers.
     pub fn start(
         producer: FutureProducer,
         config: Arc<KafkaSinkConfig>,
-        client: ClientConfig,
-        progress: Option<ProgressLog>,
-        tracker: Tracker,
+        journal: Option<crate::journal::DeliveryState>,
         timeout: Duration,
     ) -> Transactions {
+        let client = config.client_config(timeout);
         let shared = Arc::new(Shared {
-            tracker: Mutex::new(tracker),
+            tracker: Mutex::new(Tracker::new(0, 0, 0)),
             held: Mutex::new(None),
             halted: Mutex::new(None),
             skipped: Default::default(),
@@ -100,7 +102,8 @@ impl Transactions {
             producer,
             config,
             client,
-            progress,
+            journal,
+            progress: None,
             shared: shared.clone(),
             timeout,
             next_txn: 0,
@@ -186,6 +189,8 @@ struct Driver {
     producer: FutureProducer,
     config: Arc<KafkaSinkConfig>,
     client: ClientConfig,
+    /// The journal's state, until the progress topic is looked up.
+    journal: Option<crate::journal::DeliveryState>,
     progress: Option<ProgressLog>,
     shared: Arc<Shared>,
     timeout: Duration,
@@ -278,6 +283,34 @@ impl Driver {
     async fn start(&mut self) -> bool {
         let mut attempt = 1;
         loop {
+            if let Some(journal) = self.journal {
+                match super::progress_log(&self.config, Some(journal)).await {
+                    Ok((progress, tracker)) => {
+                        self.progress = progress;
+                        self.journal = None;
+                        let mut t = self
+                            .shared
+                            .tracker
+                            .lock()
+                            .expect("never held across a panic");
+                        let replayed = t.is_replayed();
+                        *t = tracker;
+                        if replayed {
+                            // The replay had nothing to do; the floor comes with the marker.
+                            let _ = t.replayed();
+                        }
+                    }
+                    Err(e) => {
+                        self.down(
+                            &format!("cannot set up the Kafka progress records: {e}"),
+                            attempt,
+                        )
+                        .await;
+                        attempt += 1;
+                        continue;
+                    }
+                }
+            }
             let timeout = self.timeout.max(Duration::from_secs(10));
             match self.blocking(move |p| p.init_transactions(timeout)).await {
                 Ok(()) => {}
