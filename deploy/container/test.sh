@@ -36,7 +36,10 @@ if ! podman image exists "$BASE"; then
 fi
 mkdir -p "$work/binary/out"
 cp "$BIN" "$work/binary/out/sidelog"
-printf 'FROM scratch\nCOPY out/sidelog /out/sidelog\n' > "$work/binary/Containerfile"
+# The OpenSSL the binary links (the Kafka sink's TLS), as the Dockerfile's build stage puts it.
+mkdir -p "$work/binary/out/lib"
+ldd "$BIN" | awk '/libssl\.so|libcrypto\.so/ {print $3}' | xargs -r cp -t "$work/binary/out/lib"
+printf 'FROM scratch\nCOPY out/ /out/\n' > "$work/binary/Containerfile"
 podman build --quiet -t localhost/sidelog-binary:test "$work/binary" >/dev/null
 podman "${RUN_OPTS[@]}" build --quiet --format docker --layers=false "${LIMITS[@]}" -f "$ROOT/deploy/container/Dockerfile" \
     --build-arg BINARY_FROM=localhost/sidelog-binary:test -t localhost/sidelog:test "$ROOT" >/dev/null
