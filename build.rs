@@ -1,6 +1,7 @@
-//! Generates the `sidelog.v1` gRPC code, the journal's record types, and the descriptor set that
-//! server reflection serves. protoc comes from `protoc-bin-vendored` unless `PROTOC` is set, so a
-//! fresh machine needs no system package.
+//! Generates the `sidelog.v1` gRPC services (servers and clients) and the descriptor set that
+//! server reflection serves. Their messages are `sidelog-proto`'s (`extern_path`): the journal
+//! and the core use those without the gRPC stack. protoc comes from `protoc-bin-vendored`
+//! unless `PROTOC` is set, so a fresh machine needs no system package.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
@@ -8,22 +9,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(protoc) => config.protoc_executable(protoc),
         None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
     };
-    // Payloads as `bytes::Bytes`: handed from request to journal to sink without copying.
-    config.bytes(["."]);
-    // Maps as BTreeMap: headers encode in one order, so a simulated run is reproducible.
-    config.btree_map(["."]);
+    config.extern_path(".sidelog.v1", "::sidelog_proto::v1");
+    config.extern_path(".sidelog.journal.v1", "::sidelog_proto::journal");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = "crates/proto/proto";
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sidelog_descriptor.bin"))
         .compile_with_config(
             config,
             &[
-                "proto/sidelog/v1/sidelog.proto",
-                "proto/sidelog/v1/journal.proto",
-                "proto/sidelog/v1/admin.proto",
+                format!("{protos}/sidelog/v1/sidelog.proto"),
+                format!("{protos}/sidelog/v1/admin.proto"),
             ],
-            &["proto"],
+            &[protos.to_string()],
         )?;
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed={protos}");
     Ok(())
 }

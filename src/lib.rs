@@ -22,7 +22,7 @@ mod config;
 mod delivery;
 #[doc(hidden)]
 pub mod fuzz_checks;
-pub mod journal;
+pub use sidelog_journal as journal;
 mod metrics;
 mod mode;
 mod node;
@@ -46,28 +46,18 @@ pub use pipeline::{
 pub use server::{ThisStart, serve};
 pub use service::{AdminService, MAX_LIST_LIMIT, asks_for_retry};
 
-/// Generated protobuf code, laid out by package as prost's cross-package paths expect.
+/// The generated services (their messages are `sidelog-proto`'s).
 mod generated {
-    pub mod sidelog {
-        pub mod v1 {
-            tonic::include_proto!("sidelog.v1");
-        }
-        pub mod journal {
-            pub mod v1 {
-                tonic::include_proto!("sidelog.journal.v1");
-            }
-        }
-    }
+    tonic::include_proto!("sidelog.v1");
 }
 
 /// The `sidelog.v1` contract (messages, clients, servers) and the journal's record types.
 pub mod proto {
-    pub use crate::generated::sidelog::v1::*;
+    pub use crate::generated::*;
+    pub use sidelog_proto::v1::*;
 
     /// The journal's on-disk records (internal, but stable).
-    pub mod journal {
-        pub use crate::generated::sidelog::journal::v1::*;
-    }
+    pub use sidelog_proto::journal;
 
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -9,20 +9,11 @@ use std::sync::{Arc, OnceLock};
 
 use crate::pipeline::Pipeline;
 
+// The journal's own metrics (commits, fsyncs, backlog, dead letters).
+pub use sidelog_journal::metrics::*;
+
 /// Messages received, by door (grpc, http, mqtt) and outcome: accepted, duplicate, rejected.
 pub const MESSAGES: &str = "sidelog_messages_total";
-/// Journal commits, by durability: fsync or none.
-pub const JOURNAL_COMMITS: &str = "sidelog_journal_commits_total";
-/// Records written to the journal (inputs, outputs, dead letters).
-pub const JOURNAL_RECORDS: &str = "sidelog_journal_records_total";
-/// Encoded bytes of the records written to the journal.
-pub const JOURNAL_RECORD_BYTES: &str = "sidelog_journal_record_bytes_total";
-/// Records per commit.
-pub const JOURNAL_RECORDS_PER_COMMIT: &str = "sidelog_journal_records_per_commit";
-/// Seconds a commit took, fsync included.
-pub const JOURNAL_COMMIT_SECONDS: &str = "sidelog_journal_commit_seconds";
-/// Seconds an fsync of the journal file took (part of a durable commit's time).
-pub const JOURNAL_FSYNC_SECONDS: &str = "sidelog_journal_fsync_seconds";
 /// Age of the oldest undelivered entry in the journal, in seconds (0 with no backlog).
 pub const BACKLOG_OLDEST_AGE_SECONDS: &str = "sidelog_backlog_oldest_age_seconds";
 /// Journal entries dispatched again by a replay, by kind: input (to the handler) or output.
@@ -32,9 +23,6 @@ pub const DEAD_LETTERS_HANDLED: &str = "sidelog_dead_letters_handled_total";
 /// Whole Publish requests refused, by gRPC code (invalid_argument, resource_exhausted,
 /// unavailable, internal).
 pub const REQUESTS_REFUSED: &str = "sidelog_requests_refused_total";
-/// Undelivered entries and bytes in the journal.
-pub const BACKLOG_ENTRIES: &str = "sidelog_backlog_entries";
-pub const BACKLOG_BYTES: &str = "sidelog_backlog_bytes";
 /// 1 while the sink's last delivery (or the check at start) succeeded, 0 once one failed.
 pub const SINK_UP: &str = "sidelog_sink_up";
 /// Messages delivered to the sink (acked by it).
@@ -53,8 +41,6 @@ pub const HANDLER_CALL_SECONDS: &str = "sidelog_handler_call_seconds";
 /// input goes through the handler again).
 pub const RESENT: &str = "sidelog_resent_messages_total";
 
-/// Dead letters waiting for an operator (`sidelog inspect requeue` / `purge`).
-pub const DEAD_LETTERS: &str = "sidelog_dead_letters";
 /// 1, with the version as a label (the Prometheus convention for what is running).
 pub const BUILD_INFO: &str = "sidelog_build_info";
 

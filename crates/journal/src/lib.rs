@@ -1,6 +1,8 @@
 //! The journal: sidelog's one durable store, a redb file under `--data-dir` and its redo log.
 //!
-//! Only this module imports redb. It speaks in domain verbs ([`Journal::append_inputs`],
+//! It owns the files and their formats; it knows messages (`sidelog-proto`) and the runtime's
+//! seams (`sidelog-runtime`), and nothing of modes, doors, handlers or sinks. Only this crate
+//! imports redb. It speaks in domain verbs ([`Journal::append_inputs`],
 //! [`Journal::record_outputs`], [`Journal::complete`], [`Journal::dead_letter`],
 //! [`Journal::scan_outputs`], ...) and each verb states its durability.
 //!
@@ -76,6 +78,7 @@ mod config;
 mod error;
 mod handle;
 mod idlog;
+pub mod metrics;
 mod record;
 mod salvage;
 mod store;

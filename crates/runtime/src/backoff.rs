@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::runtime::Entropy;
+use crate::Entropy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {

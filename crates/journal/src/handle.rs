@@ -17,8 +17,8 @@ use super::types::{
     StoredInput, StoredOutput, Summary,
 };
 use super::writer::Writer;
-use crate::proto::Message;
-use crate::runtime::SharedClock;
+use sidelog_proto::v1::Message;
+use sidelog_runtime::SharedClock;
 
 /// Commands the queue to the writer holds before senders wait.
 const QUEUE_CAPACITY: usize = 4096;

@@ -75,7 +75,7 @@ pub struct FileStore {
 impl FileStore {
     /// `journal.redb` in `data_dir`, which is created if missing.
     pub fn in_dir(data_dir: &Path, config: &JournalConfig) -> Result<FileStore> {
-        crate::runtime::create_dir_all_durably(data_dir).map_err(|e| {
+        sidelog_runtime::create_dir_all_durably(data_dir).map_err(|e| {
             JournalError::Io(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
@@ -139,7 +139,7 @@ impl JournalStore for FileStore {
 
     fn publish_temp(&self) -> std::io::Result<()> {
         std::fs::rename(self.temp_path(), &self.path)?;
-        crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        sidelog_runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }
 
     fn room(&self) -> std::io::Result<u64> {
@@ -196,7 +196,7 @@ impl JournalStore for FileStore {
         )?;
         // Whether this open or an earlier one that crashed before its own sync created the
         // file, its directory entry is made durable before a frame in it can be acknowledged.
-        crate::runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        sidelog_runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         // Not under the journal's size limit: the log is allocated once, at its full size.
         Ok(Box::new(QuotaBackend {
@@ -650,7 +650,7 @@ mod tests {
     fn a_file_stores_map_covers_what_was_written() {
         use std::io::{Seek as _, Write as _};
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::in_dir(dir.path(), &super::super::JournalConfig::default()).unwrap();
+        let store = FileStore::in_dir(dir.path(), &crate::JournalConfig::default()).unwrap();
         let mut file = std::fs::File::create(&store.path).unwrap();
         file.set_len(8 << 20).unwrap();
         file.seek(std::io::SeekFrom::Start(4 << 20)).unwrap();

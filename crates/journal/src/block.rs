@@ -16,7 +16,7 @@
 
 use super::error::JournalError;
 use super::record::{encode_input_into, encode_output_into};
-use crate::proto::Message;
+use sidelog_proto::v1::Message;
 
 const BLOCK_FORMAT: u8 = 1;
 const HEAD_FORMAT: u8 = 1;

@@ -22,8 +22,8 @@ use super::types::{
     StoredInput, StoredOutput, Summary,
 };
 use super::wal::{self, BytesTable, Recovered, Redo, Refusal, Wal};
-use crate::proto::Message;
-use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+use sidelog_proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+use sidelog_proto::v1::Message;
 
 pub(super) const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 pub(super) const HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("heads");

@@ -464,14 +464,14 @@ pub(super) struct Wal {
     /// Where the last frame starts, until the next reset.
     last: Option<u64>,
     /// Draws each reset's salt.
-    entropy: crate::runtime::Entropy,
+    entropy: sidelog_runtime::Entropy,
 }
 
 impl Wal {
     /// Opens the log in `file` and reads its header. Nothing is written.
     pub fn open(
         file: Box<dyn redb::StorageBackend>,
-        entropy: crate::runtime::Entropy,
+        entropy: sidelog_runtime::Entropy,
     ) -> std::io::Result<Wal> {
         let len = file.len()?;
         let mut raw = [0u8; FILE_HEADER];
@@ -968,7 +968,7 @@ pub struct WalReport {
 /// run that begins there, where it ends, and whole frames found after it. Never fails on
 /// damage; reads one frame at a time.
 pub fn read_report(file: Box<dyn redb::StorageBackend>) -> std::io::Result<WalReport> {
-    let wal = Wal::open(file, crate::runtime::Entropy::from_seed(0))?;
+    let wal = Wal::open(file, sidelog_runtime::Entropy::from_seed(0))?;
     let format = wal.format;
     let len = wal.file.len()?;
     let header_len = format.header_len();
@@ -1055,7 +1055,7 @@ fn describe_ops(payload: &[u8]) -> Vec<String> {
                 match code {
                     op::BLOCK_PUT => describe_block(k, v, &mut line),
                     op::DEAD_PUT => {
-                        match super::record::decode_record::<crate::proto::journal::DeadLetter>(
+                        match super::record::decode_record::<sidelog_proto::journal::DeadLetter>(
                             "dead_letters",
                             k,
                             v,
@@ -1097,7 +1097,7 @@ fn describe_ops(payload: &[u8]) -> Vec<String> {
 
 /// Appends a block's entries to `line`: each one's kind, sequence and message id.
 fn describe_block(first: u64, block: &[u8], line: &mut String) {
-    use crate::proto::journal::{InputEntry, OutputEntry};
+    use sidelog_proto::journal::{InputEntry, OutputEntry};
     for entry in super::block::entries(first, block) {
         let entry = match entry {
             Ok(e) => e,
@@ -1270,7 +1270,7 @@ mod tests {
     fn wal_on(file: &Shared, seed: u64) -> Wal {
         Wal::open(
             Box::new(file.clone()),
-            crate::runtime::Entropy::from_seed(seed),
+            sidelog_runtime::Entropy::from_seed(seed),
         )
         .unwrap()
     }
@@ -1623,7 +1623,7 @@ mod tests {
     /// later frames torn) or after it. Opening applies exactly the frames it lacks.
     #[test]
     fn opening_applies_only_the_frames_the_database_lacks() {
-        use crate::journal::tables::{LogAtOpen, META_JOURNAL_ID, META_WAL_FRAMES, load_state};
+        use crate::tables::{LogAtOpen, META_JOURNAL_ID, META_WAL_FRAMES, load_state};
         let frame = |n: u64| {
             let mut r = Redo::default();
             r.put_recorded(1, n, 1);

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proto::Message;
-use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+use sidelog_proto::journal::{DeadLetter, InputEntry, OutputEntry, dead_letter};
+use sidelog_proto::v1::Message;
 
 /// A journal sequence number: the key of an entry, unique for the life of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

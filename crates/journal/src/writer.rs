@@ -19,7 +19,7 @@ use super::store::{Fsync, FsyncFailure, JournalStore, Rewrite, open_database};
 use super::tables::{self, FileState, Tables};
 use super::types::{Backlog, Seq, SeqRange};
 use super::wal::Wal;
-use crate::runtime::SharedClock;
+use sidelog_runtime::SharedClock;
 
 /// Sequences reserved past each durable commit (see the module's invariants).
 pub(super) const SEQ_RESERVE: u64 = 1 << 20;
@@ -117,8 +117,8 @@ impl Writer {
             failed: Arc::default(),
         };
         let entropy = match config.entropy_seed {
-            Some(seed) => crate::runtime::Entropy::from_seed(seed),
-            None => crate::runtime::Entropy::from_os()
+            Some(seed) => sidelog_runtime::Entropy::from_seed(seed),
+            None => sidelog_runtime::Entropy::from_os()
                 .map_err(|e| JournalError::Io(format!("cannot draw random numbers: {e}")))?,
         };
         let wal_path = path.with_file_name(super::wal::WAL_FILE_NAME);
@@ -231,8 +231,8 @@ impl Writer {
                     .map_err(|e| cannot("the journal sync ticker", e))?;
             }
             WriterRuntime::Task => {
-                crate::runtime::spawn(self.run(rx));
-                crate::runtime::spawn(async move {
+                sidelog_runtime::spawn(self.run(rx));
+                sidelog_runtime::spawn(async move {
                     let mut interval = tokio::time::interval(sync_interval);
                     interval.tick().await;
                     interval.tick().await;

@@ -1,4 +1,4 @@
-//! The journal's validated settings (built from the configuration by `crate::node`).
+//! The journal's validated settings (built from the configuration by the `sidelog` crate's `node.rs`).
 
 /// Validated settings of the journal.
 #[derive(Debug, Clone)]

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::proto::Message;
-use crate::proto::journal::{InputEntry, OutputEntry, dead_letter};
-use crate::runtime::SystemClock;
+use sidelog_proto::journal::{InputEntry, OutputEntry, dead_letter};
+use sidelog_proto::v1::Message;
+use sidelog_runtime::SystemClock;
 
 fn config() -> JournalConfig {
     JournalConfig {
@@ -537,7 +537,7 @@ async fn a_format_1_file_is_rewritten_keeping_everything() {
             outputs
                 .insert(6, encode_output(&msg("b/0"), 5, 13).as_slice())
                 .unwrap();
-            let letter = crate::proto::journal::DeadLetter {
+            let letter = sidelog_proto::journal::DeadLetter {
                 kind: dead_letter::Kind::Output as i32,
                 message: Some(msg("z/0")),
                 reason: "refused".into(),

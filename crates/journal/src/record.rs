@@ -2,7 +2,7 @@
 //! ([`RECORD_FORMAT`]) followed by a protobuf message of `proto/sidelog/journal/v1`.
 
 use super::error::{JournalError, Result};
-use crate::proto::Message;
+use sidelog_proto::v1::Message;
 
 /// The journal file's layout version; a file with another one is refused.
 pub const FILE_FORMAT: u64 = 2;

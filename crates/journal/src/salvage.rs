@@ -9,7 +9,7 @@ use super::block::{self, Head, Kind};
 use super::idlog;
 use super::record::decode_record;
 use super::tables::{BLOCKS, DEAD_LETTERS, DEDUP_LOG, HEADS};
-use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry};
+use sidelog_proto::journal::{DeadLetter, InputEntry, OutputEntry};
 
 /// What can still be read of one table of a damaged journal.
 #[derive(Debug, Clone, PartialEq, Eq)]

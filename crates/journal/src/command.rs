@@ -11,7 +11,7 @@ use super::types::{
     OutputGroup, RecordedOutputs, ScanLimit, Seq, StoredDeadLetter, StoredInput, StoredOutput,
     Summary,
 };
-use crate::proto::Message;
+use sidelog_proto::v1::Message;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
