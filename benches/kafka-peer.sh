@@ -7,7 +7,7 @@
 # `log.flush.interval.messages=1` (fsync before every ack, as sidelog does). Runs `sidelog
 # bench` with both as peers (a librdkafka producer workload, acks=all, idempotent), and with
 # sidelog's modes delivering through the Kafka sink into the first broker (end to end), then
-# stops them. Extra arguments go to `sidelog bench`, e.g.:
+# stops them. Extra arguments go to `sidelog-bench`, e.g.:
 #
 #   benches/kafka-peer.sh --modes none,hml --duration 5s --batch 100 --producers 16
 #
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 tests/services/kafka/fetch.sh
 cp="$PWD/target/kafka/lib/*"
-cargo build --release --quiet
+cargo build --release --quiet -p sidelog -p sidelog-bench
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -66,7 +66,7 @@ fsync_pid=${pids[-1]}
 java -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:19192 \
   --create --topic sidelog-bench-e2e --partitions 8 --replication-factor 1 >/dev/null
 
-target/release/sidelog bench \
+target/release/sidelog-bench \
   --sink "kafka://127.0.0.1:19192/sidelog-bench-e2e${KAFKA_SINK_OPTIONS:+?$KAFKA_SINK_OPTIONS}" \
   --peer "kafka://127.0.0.1:19192?label=kafka-default&pid=$default_pid" \
   --peer "kafka://127.0.0.1:19194?label=kafka-fsync&pid=$fsync_pid" \

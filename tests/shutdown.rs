@@ -295,7 +295,7 @@ async fn check_config_survives_a_closed_pipe() {
         .arg(format!(
             "{{ sleep 0.3; '{}' serve --check-config --data-dir '{}'; }} | head -0; \
              echo \"status=${{PIPESTATUS[0]}}\"",
-            sidelog::testkit::binary().display(),
+            sidelog_testkit::binary().display(),
             dir.path().display()
         ))
         .output()

@@ -1,4 +1,4 @@
-//! Shared harness of the integration tests: the test kit of the library (`sidelog::testkit`:
+//! Shared harness of the integration tests: the test kit of the library (`sidelog_testkit`:
 //! the real `sidelog` binary as a child process, in-process handler and sink servers that a
 //! test can stop, restart on the same port, slow down or make fail, polling with a deadline),
 //! and the producers that the tests run against it.
@@ -13,7 +13,7 @@ use std::time::Duration;
 use sidelog::proto::ingest_client::IngestClient;
 use sidelog::proto::{Ack, Message, PublishRequest, ack};
 #[allow(unused_imports)] // each test file uses a different part of the kit
-pub use sidelog::testkit::{
+pub use sidelog_testkit::{
     Arrival, HandlerOutputs, Restartable, Sidelog, TestHandler, TestSink, eventually,
     expected_outputs, inspect, poll_until, summary_field,
 };
@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 /// A free loopback port (bound, read, released; the test reuses it across restarts).
 pub fn free_port() -> SocketAddr {
-    sidelog::testkit::free_port().expect("bind a loopback port")
+    sidelog_testkit::free_port().expect("bind a loopback port")
 }
 
 /// What producers learned from their acks.

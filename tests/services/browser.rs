@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Missing, Outcome};
 use crate::common::{Sidelog, chunk_ids, eventually, free_port, poll_until};
-use sidelog::testkit::find_program;
+use sidelog_testkit::find_program;
 
 /// A WebDriver session of a headless Chromium, and the `chromedriver` serving it.
 struct Browser {

@@ -577,7 +577,7 @@ pub async fn a_second_sidecar_with_the_same_transactional_id_fences_the_first() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let summary = first.inspect(&[]).await.unwrap();
     assert_eq!(
-        sidelog::testkit::summary_field(&summary, "backlog inputs"),
+        sidelog_testkit::summary_field(&summary, "backlog inputs"),
         50,
         "the fenced sidecar keeps its backlog: {summary}"
     );
@@ -631,7 +631,7 @@ pub async fn a_cluster_down_at_start_holds_delivery_not_the_start() -> Outcome {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let summary = sidelog.inspect(&[]).await.unwrap();
     assert_eq!(
-        sidelog::testkit::summary_field(&summary, "backlog inputs"),
+        sidelog_testkit::summary_field(&summary, "backlog inputs"),
         50,
         "{summary}"
     );

@@ -12,7 +12,7 @@ use super::{Missing, Outcome};
 use crate::common::{Sidelog, eventually, free_port};
 
 fn find(tool: &str) -> Option<PathBuf> {
-    sidelog::testkit::find_program(&[tool])
+    sidelog_testkit::find_program(&[tool])
 }
 
 /// A Mosquitto of the test's own, its state in `dir`, on one port across restarts.
@@ -431,7 +431,7 @@ pub async fn mqtt_over_tls_with_a_password() -> Outcome {
 
     // The printed configuration hides the password.
     let good = url("tls-good", "s3cret-pass");
-    let checked = Command::new(sidelog::testkit::binary())
+    let checked = Command::new(sidelog_testkit::binary())
         .args(["serve", "--check-config", "--mqtt-source", &good])
         .output()
         .unwrap();

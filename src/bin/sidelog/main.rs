@@ -12,7 +12,6 @@ use sidelog::{Config, ServeArgs};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod bench;
 mod chunk;
 mod inspect;
 mod publish;
@@ -111,8 +110,6 @@ enum Command {
     /// Send messages to a running sidelog and print a summary of the acks; exit 1 when any
     /// message was rejected or never acknowledged.
     Publish(PublishArgs),
-    /// Benchmark the logging modes side by side on the real pipeline.
-    Bench(Box<bench::BenchArgs>),
     /// What the journal holds, and its dead letters (list, show, re-queue, purge): through a
     /// running sidelog's admin service, or from the file when none runs.
     Inspect(inspect::InspectArgs),
@@ -164,7 +161,7 @@ fn main() -> ExitCode {
         | Command::Health(_)
         | Command::Completions { .. }
         | Command::Man { .. } => "warn",
-        // The NATS client (bench --peer) logs every connection event at INFO.
+        // The NATS client logs every connection event at INFO.
         _ => "info,async_nats=warn",
     };
     if let Err(e) = init_logs(&cli.log_format, default_filter) {
@@ -234,7 +231,6 @@ fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench(args) => bench::run(*args).await.map(|_| ExitCode::SUCCESS),
             Command::Inspect(args) => inspect::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Health(args) => health(args).await,
             Command::Completions { shell } => {

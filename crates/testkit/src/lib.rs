@@ -1,10 +1,10 @@
-//! The test kit: what the integration tests (`tests/`) and `sidelog bench` need to drive a real
+//! The test kit: what the integration tests (`tests/`) and `sidelog-bench` need to drive a real
 //! sidelog from outside. Free loopback ports and in-process gRPC servers that can be stopped
 //! and restarted (`net.rs`), a test sink and a test handler (`hops.rs`), the real `sidelog`
 //! binary as a child process (`process.rs`), and polling with a deadline (`wait.rs`).
 //!
-//! It is part of the library so that the benchmark (in the binary) and the tests use the same
-//! code; nothing in `serve` uses it.
+//! The integration tests and `sidelog-bench` use it; the shipped `sidelog` binary does not
+//! link it.
 
 mod hops;
 mod net;

@@ -1,4 +1,4 @@
-//! `sidelog bench --recovery N`: how fast a restart drains a large backlog, and in how much
+//! `sidelog-bench --recovery N`: how fast a restart drains a large backlog, and in how much
 //! memory.
 //!
 //! The backlog is built the way a sidelog whose sink was down would have left it: N inputs
@@ -163,7 +163,7 @@ async fn restart(
     program: Option<&std::path::PathBuf>,
 ) -> anyhow::Result<Restart> {
     use sidelog::proto::ingest_client::IngestClient;
-    let nowhere = sidelog::testkit::free_port().context("binding a loopback port")?;
+    let nowhere = sidelog_testkit::free_port().context("binding a loopback port")?;
     let (child, _metrics) = sidelog_child(
         dir,
         mode,

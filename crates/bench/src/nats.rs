@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::load::{Load, Send1, Target, load};
 use super::{BenchArgs, ModeResult};
 use sidelog::proto::Message;
-use sidelog::testkit::proc_usage;
+use sidelog_testkit::proc_usage;
 
 /// `--peer nats://HOST:PORT[?label=NAME&pid=PID]` or `--peer kafka://HOST:PORT[?...]`.
 #[derive(Debug, Clone)]

@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use sidelog::LoggingMode;
 use sidelog::proto::Message;
-use sidelog::testkit::{self, HandlerOutputs, Restartable, Sidelog, TestHandler, TestSink};
+use sidelog_testkit::{
+    self as testkit, HandlerOutputs, Restartable, Sidelog, TestHandler, TestSink,
+};
 use tokio::time::Instant;
 
 use super::{BenchArgs, SENT_HEADER};

@@ -1,4 +1,4 @@
-//! `sidelog bench --targets`: every workload the lean durable path is judged on, in one run,
+//! `sidelog-bench --targets`: every workload the lean durable path is judged on, in one run,
 //! and one table saying which targets are met.
 //!
 //! The targets are ratios within this run on this machine (the README's Performance section

@@ -49,11 +49,11 @@ pub(super) struct OwnBroker {
 
 impl OwnBroker {
     pub async fn start() -> anyhow::Result<OwnBroker> {
-        let binary = sidelog::testkit::find_program(&["mosquitto"]).context(
+        let binary = sidelog_testkit::find_program(&["mosquitto"]).context(
             "--door mqtt without --mqtt-broker starts a Mosquitto, and there is none \
                  (Debian: apt-get install mosquitto), or name a broker with --mqtt-broker",
         )?;
-        let port = sidelog::testkit::free_port()
+        let port = sidelog_testkit::free_port()
             .context("binding a loopback port")?
             .port();
         let dir = std::env::temp_dir().join(format!("sidelog-bench-mqtt-{}", std::process::id()));

@@ -12,11 +12,11 @@ use tonic::transport::Channel;
 
 use super::net::{free_port, is_serving};
 use super::wait::poll_until;
-use crate::proto::ingest_client::IngestClient;
+use sidelog::proto::ingest_client::IngestClient;
 
-/// The `sidelog` binary: the running executable when it is sidelog itself (`sidelog bench`),
-/// else the one Cargo built beside the running test (`target/<profile>/sidelog`, the parent of
-/// the test's `deps/` folder).
+/// The `sidelog` binary: the running executable when it is sidelog itself, else the one beside
+/// it: Cargo builds `sidelog` in the folder of `sidelog-bench` (`target/<profile>/`) and in the
+/// parent of a test's `deps/` folder.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the running executable has a path");
     if exe.file_stem().is_some_and(|s| s == "sidelog") {

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::net::{Restartable, serve_on};
-use crate::proto::handler_server::{Handler, HandlerServer};
-use crate::proto::sink_server::{Sink, SinkServer};
-use crate::proto::{DeliverRequest, DeliverResponse, HandleRequest, HandleResponse, Message};
-use crate::sink::sequence_of;
+use sidelog::proto::handler_server::{Handler, HandlerServer};
+use sidelog::proto::sink_server::{Sink, SinkServer};
+use sidelog::proto::{DeliverRequest, DeliverResponse, HandleRequest, HandleResponse, Message};
+use sidelog::sink::sequence_of;
 
 /// One message as the sink received it.
 #[derive(Debug, Clone)]

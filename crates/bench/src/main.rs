@@ -1,4 +1,8 @@
-//! `sidelog bench`: the logging modes side by side, on the real pipeline.
+//! `sidelog-bench`: the logging modes side by side, on the real pipeline.
+//!
+//! A binary of its own, so the shipped `sidelog` links none of its dependencies (plotters,
+//! hdrhistogram, the HTTP and Kafka producers). It runs the `sidelog` binary found beside it
+//! (`target/<profile>/sidelog`, or the same folder once installed).
 //!
 //! For each selected mode, a real `sidelog serve` child process (so its CPU time and peak RSS
 //! are its own) runs on a fresh temporary data directory, between an in-process gRPC handler
@@ -16,7 +20,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
 
 use sidelog::LoggingMode;
 
@@ -42,7 +45,41 @@ const STREAM_WINDOW: usize = 32;
 /// counted as latency).
 const OPEN_LOOP_IN_FLIGHT: usize = 4096;
 
-#[derive(Debug, Clone, Args)]
+/// mimalloc, as the `sidelog` binary: the producers' allocations cost what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
+    // The NATS client (--peer) logs every connection event at INFO.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Benchmark the logging modes side by side on the real pipeline.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sidelog-bench", version)]
 pub struct BenchArgs {
     /// Modes to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "none,rbml,sbml,hml")]
@@ -262,7 +299,7 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
     let mut target = match args.door {
         Door::Grpc => Target::Sidelog(child.addr),
         Door::Http => {
-            let addr = sidelog::testkit::free_port().context("binding a loopback port")?;
+            let addr = sidelog_testkit::free_port().context("binding a loopback port")?;
             child.add_args(&["--http-listen", &addr.to_string()]);
             Target::Http(addr)
         }

@@ -19,7 +19,7 @@ pub(super) fn draw(path: &Path, workload: &str, results: &[ModeResult]) -> anyho
     let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
     let root = root
-        .titled(&format!("sidelog bench: {workload}"), ("sans-serif", 18))
+        .titled(&format!("sidelog-bench: {workload}"), ("sans-serif", 18))
         .map_err(e)?;
     let (left, right) = root.split_horizontally(520);
     throughput(&left, results)?;
