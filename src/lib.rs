@@ -19,14 +19,13 @@
 // sinks and the runtime seams are public modules: the simulator, the benchmarks and the fuzz
 // targets build on them. The rest is reached through the names below.
 mod config;
-mod delivery;
+use sidelog_core::{delivery, mode, pipeline};
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub use sidelog_journal as journal;
+mod handler;
 mod metrics;
-mod mode;
 mod node;
-mod pipeline;
 pub mod runtime;
 mod server;
 mod service;

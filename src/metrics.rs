@@ -11,35 +11,16 @@ use crate::pipeline::Pipeline;
 
 // The journal's own metrics (commits, fsyncs, backlog, dead letters).
 pub use sidelog_journal::metrics::*;
+// The pipeline's and delivery's (intake, handler calls, deliveries, replays).
+pub use sidelog_core::metrics::*;
 
-/// Messages received, by door (grpc, http, mqtt) and outcome: accepted, duplicate, rejected.
-pub const MESSAGES: &str = "sidelog_messages_total";
 /// Age of the oldest undelivered entry in the journal, in seconds (0 with no backlog).
 pub const BACKLOG_OLDEST_AGE_SECONDS: &str = "sidelog_backlog_oldest_age_seconds";
-/// Journal entries dispatched again by a replay, by kind: input (to the handler) or output.
-pub const REPLAYED: &str = "sidelog_replayed_entries_total";
 /// Dead letters re-queued or purged by an operator, by action.
 pub const DEAD_LETTERS_HANDLED: &str = "sidelog_dead_letters_handled_total";
 /// Whole Publish requests refused, by gRPC code (invalid_argument, resource_exhausted,
 /// unavailable, internal).
 pub const REQUESTS_REFUSED: &str = "sidelog_requests_refused_total";
-/// 1 while the sink's last delivery (or the check at start) succeeded, 0 once one failed.
-pub const SINK_UP: &str = "sidelog_sink_up";
-/// Messages delivered to the sink (acked by it).
-pub const DELIVERED: &str = "sidelog_delivered_total";
-/// Delivery batches retried.
-pub const DELIVERY_RETRIES: &str = "sidelog_delivery_retries_total";
-/// Entries moved to the dead-letter table.
-pub const DEAD_LETTERED: &str = "sidelog_dead_lettered_total";
-/// Seconds a sink delivery attempt took, by outcome: ok, error (timeouts included).
-pub const SINK_DELIVER_SECONDS: &str = "sidelog_sink_deliver_seconds";
-/// Seconds a handler call took, by outcome: ok, refused, error (timeouts included); only
-/// with a handler (pass-through makes no calls).
-pub const HANDLER_CALL_SECONDS: &str = "sidelog_handler_call_seconds";
-/// What may reach the next tier twice, by cause: retry (messages of a failed or unanswered
-/// batch, sent again) or replay (journal entries dispatched again after a restart; a replayed
-/// input goes through the handler again).
-pub const RESENT: &str = "sidelog_resent_messages_total";
 
 /// 1, with the version as a label (the Prometheus convention for what is running).
 pub const BUILD_INFO: &str = "sidelog_build_info";

@@ -22,9 +22,10 @@ use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ReplayPolicy};
+use crate::handler::GrpcHandler;
 use crate::journal::{FileStore, Journal, JournalError};
 use crate::node::{Hops, Node, Opened};
-use crate::pipeline::{GrpcHandler, Handler, Pipeline};
+use crate::pipeline::{Handler, Pipeline};
 use crate::proto::ingest_server::IngestServer;
 use crate::runtime::{Entropy, SharedClock, SystemClock};
 use crate::service::IngestService;

@@ -1,6 +1,4 @@
-//! The runtime seams (`sidelog-runtime`) and whether a hop is down (`outage.rs`).
+//! The runtime seams (`sidelog-runtime`) and whether a hop is down (the core's `Outage`).
 
-mod outage;
-
-pub use outage::Outage;
+pub use sidelog_core::Outage;
 pub use sidelog_runtime::*;

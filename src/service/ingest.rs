@@ -30,14 +30,21 @@ fn count_refused(code: &'static str) {
 /// `RetryInfo`, HTTP's `Retry-After`).
 pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl From<IngestError> for Status {
-    fn from(e: IngestError) -> Status {
-        count_refused(match &e {
-            IngestError::InvalidArgument(_) => "invalid_argument",
-            IngestError::ResourceExhausted(_) => "resource_exhausted",
-            IngestError::Unavailable(_) => "unavailable",
-            IngestError::Internal(_) => "internal",
-        });
+/// The gRPC status that refuses a whole request for `e`, counted in
+/// `sidelog_requests_refused_total`.
+pub(crate) fn refuse(e: IngestError) -> Status {
+    count_refused(match &e {
+        IngestError::InvalidArgument(_) => "invalid_argument",
+        IngestError::ResourceExhausted(_) => "resource_exhausted",
+        IngestError::Unavailable(_) => "unavailable",
+        IngestError::Internal(_) => "internal",
+    });
+    status(e)
+}
+
+/// The gRPC status that says `e`.
+fn status(e: IngestError) -> Status {
+    {
         match e {
             IngestError::InvalidArgument(m) => Status::invalid_argument(m),
             // Backlog or disk full: retry later, and the status says when (`RetryInfo`), which
@@ -88,7 +95,8 @@ impl Ingest for IngestService {
         let acks = self
             .pipeline
             .publish(request.into_inner().messages, Door::Grpc)
-            .await?;
+            .await
+            .map_err(refuse)?;
         Ok(Response::new(PublishResponse { acks }))
     }
 
@@ -126,7 +134,7 @@ impl Ingest for IngestService {
                 let response = match next {
                     Ok(handle) => match handle.await {
                         Ok(Ok(acks)) => Ok(PublishResponse { acks }),
-                        Ok(Err(e)) => Err(Status::from(e)),
+                        Ok(Err(e)) => Err(refuse(e)),
                         Err(e) => Err(Status::internal(format!("publish task failed: {e}"))),
                     },
                     Err(status) => Err(status),

@@ -72,7 +72,7 @@ pub async fn open(
                 entropy,
             )?;
             OpenedSink {
-                sink: Arc::new(chunks.clone()),
+                sink: chunks.clone(),
                 readback: Some(chunks),
             }
         }
@@ -83,7 +83,7 @@ pub async fn open(
                 chunk_max_age_ms: settings.chunks.max_age.as_millis() as u64,
                 format: settings.chunks.format,
             };
-            plain(Arc::new(FileSink::start(config, clock, entropy)?))
+            plain(FileSink::start(config, clock, entropy)?)
         }
     })
 }

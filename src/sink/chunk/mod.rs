@@ -375,7 +375,7 @@ impl ChunkSink {
     }
 }
 
-impl Sink for Arc<ChunkSink> {
+impl Sink for ChunkSink {
     fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>> {
         // Appending now, not when the future is first polled, fixes the batch's place.
         let appended = self.append(&batch.messages);

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::handler::Call;
 use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
 use crate::delivery::DeliveryItem;
-use crate::journal::{
+use sidelog_journal::{
     InputState, JournalError, ScanLimit, Seq, SeqRange, StoredInput, StoredOutput,
 };
 
@@ -153,7 +153,7 @@ async fn replay_backlog(
 /// The backlog's sequences `[from, to]` and when its oldest entry was written (unix ms), or
 /// `None` without a backlog.
 pub async fn backlog_span(
-    journal: &crate::journal::Journal,
+    journal: &sidelog_journal::Journal,
 ) -> Result<Option<(u64, u64, i64)>, JournalError> {
     if journal.backlog().entries() == 0 {
         return Ok(None);
@@ -201,8 +201,8 @@ async fn retrying<T, Fut>(read: impl FnMut() -> Fut) -> Result<T, JournalError>
 where
     Fut: std::future::Future<Output = Result<T, JournalError>>,
 {
-    crate::runtime::retry_transient(
-        crate::runtime::JOURNAL_RETRY,
+    sidelog_runtime::retry_transient(
+        sidelog_runtime::JOURNAL_RETRY,
         "journal read failed during replay; retrying",
         read,
         JournalError::is_retryable,
@@ -431,7 +431,7 @@ impl Replayer<'_> {
             Call::Replay,
             None,
         );
-        crate::runtime::spawn(async move {
+        sidelog_runtime::spawn(async move {
             drop(task.await);
             drop(permit);
         });

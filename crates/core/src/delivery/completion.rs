@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, error, warn};
 
 use super::DeliveryItem;
-use crate::journal::{EntryRef, Journal, NewDeadLetter, Seq};
-use crate::proto::Message;
-use crate::proto::journal::dead_letter;
 use crate::sink::Receipt;
+use sidelog_journal::{EntryRef, Journal, NewDeadLetter, Seq};
+use sidelog_proto::journal::dead_letter;
+use sidelog_proto::v1::Message;
 
 /// Counters of what delivery did (exported as metrics by the operations work).
 #[derive(Debug, Default)]
@@ -153,13 +153,13 @@ impl Completion {
     async fn write_dead_letters(
         &self,
         letters: Vec<NewDeadLetter>,
-    ) -> Result<(), crate::journal::JournalError> {
+    ) -> Result<(), sidelog_journal::JournalError> {
         let write = || self.journal.dead_letter(letters.clone());
-        crate::runtime::retry_transient(
-            crate::runtime::JOURNAL_RETRY,
+        sidelog_runtime::retry_transient(
+            sidelog_runtime::JOURNAL_RETRY,
             "cannot write dead letters yet; retrying",
             write,
-            crate::journal::JournalError::is_retryable,
+            sidelog_journal::JournalError::is_retryable,
         )
         .await
         .map(drop)

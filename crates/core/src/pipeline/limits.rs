@@ -1,7 +1,7 @@
 //! The limits on what a producer may send, checked for each message before anything else
 //! happens to it. A refusal names the limit (a metric label) and says why (the ack's reason).
 
-use crate::proto::Message;
+use sidelog_proto::v1::Message;
 
 /// A refused message: the limit's name and the reason.
 pub type Refusal = (&'static str, String);

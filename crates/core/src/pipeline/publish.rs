@@ -16,10 +16,10 @@ use super::handler::{Call, HandleOutcome, HandlerRunner};
 use super::limits::Limits;
 use super::order::{KeyOrder, Turn};
 use crate::delivery::{Completion, Delivery, DeliveryItem};
-use crate::journal::{Appended, Journal, JournalError, OutputGroup, Seq};
 use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
-use crate::proto::{Ack, Message, ack};
-use crate::runtime::{Entropy, SharedClock};
+use sidelog_journal::{Appended, Journal, JournalError, OutputGroup, Seq};
+use sidelog_proto::v1::{Ack, Message, ack};
+use sidelog_runtime::{Entropy, SharedClock};
 
 /// The front door a request came in by, a label (`door`) on the intake metrics. gRPC-Web
 /// arrives through the gRPC service and counts as `grpc`.
@@ -70,8 +70,8 @@ impl From<JournalError> for IngestError {
 
 /// At most one warning per period about messages refused at a door (a producer sending
 /// oversized messages would otherwise write a line per message); every one is counted.
-static REJECTED_WARNING: crate::runtime::WarnLimit =
-    crate::runtime::WarnLimit::new(crate::runtime::WARN_EVERY);
+static REJECTED_WARNING: sidelog_runtime::WarnLimit =
+    sidelog_runtime::WarnLimit::new(sidelog_runtime::WARN_EVERY);
 
 /// Everything the publish path and replay act on.
 pub struct Pipeline {
@@ -196,7 +196,7 @@ impl Pipeline {
             let pipeline = self.clone();
             let fresh = claimed.fresh;
             let (answer, accepted) = oneshot::channel();
-            crate::runtime::spawn(async move {
+            sidelog_runtime::spawn(async move {
                 match pipeline.accept(fresh).await {
                     Ok((acks, after)) => {
                         // A producer that went away needs no ack; the rest goes on regardless.
@@ -452,7 +452,9 @@ impl Pipeline {
             .map(|m| {
                 (!self.handler.is_pass_through()).then(|| {
                     let (pipeline, m) = (self.clone(), m.clone());
-                    crate::runtime::spawn(async move { pipeline.handler.run(&m, Call::Live).await })
+                    sidelog_runtime::spawn(
+                        async move { pipeline.handler.run(&m, Call::Live).await },
+                    )
                 })
             })
             .collect();
@@ -486,7 +488,7 @@ impl Pipeline {
         let recorded = self.journal.record_outputs(groups.clone(), true).await?;
         let acks = recorded.iter().map(|r| r.ack_seq).collect();
         let pipeline = self.clone();
-        crate::runtime::spawn(async move {
+        sidelog_runtime::spawn(async move {
             for ((group, rec), turn) in groups.into_iter().zip(recorded).zip(turns) {
                 if let Some(turn) = &turn {
                     turn.ready().await;
@@ -513,7 +515,7 @@ impl Pipeline {
         turn: Option<Turn>,
     ) -> tokio::task::JoinHandle<()> {
         let pipeline = self.clone();
-        crate::runtime::spawn(async move {
+        sidelog_runtime::spawn(async move {
             let outcome = pipeline.handler.run(&input, call).await;
             let input_seq = match input_seq {
                 InputSeq::Known(seq) => Some(seq),

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
 use super::{Completion, DeliveryConfig, DeliveryItem};
-use crate::runtime::Entropy;
 use crate::sink::{Batch, Receipt, Sink, set_seq_header};
+use sidelog_runtime::Entropy;
 
 /// The sending side of delivery.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl Delivery {
         for lane in 0..config.lanes {
             let (tx, rx) = mpsc::channel(config.lane_queue);
             senders.push(tx);
-            tasks.push(crate::runtime::spawn(run_lane(
+            tasks.push(sidelog_runtime::spawn(run_lane(
                 lane,
                 rx,
                 sink.clone(),
@@ -75,7 +75,7 @@ impl Delivery {
     }
 
     /// The start's replay is over ([`Sink::replayed`]).
-    pub fn sink_replayed(&self) -> Option<crate::journal::DeliveryProgress> {
+    pub fn sink_replayed(&self) -> Option<sidelog_journal::DeliveryProgress> {
         self.sink.replayed()
     }
 
@@ -166,7 +166,7 @@ async fn run_lane(
         let batch = take_batch(&mut items, sink.writes_seq_header());
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
-        in_flight.push_back(crate::runtime::spawn(deliver_with_retries(
+        in_flight.push_back(sidelog_runtime::spawn(deliver_with_retries(
             first_attempt,
             batch,
             items,
@@ -196,7 +196,7 @@ fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
 }
 
 async fn deliver_with_retries(
-    first_attempt: crate::runtime::BoxFuture<'static, Result<Receipt, crate::sink::SinkError>>,
+    first_attempt: sidelog_runtime::BoxFuture<'static, Result<Receipt, crate::sink::SinkError>>,
     mut batch: Batch,
     mut items: Vec<DeliveryItem>,
     sink: Arc<dyn Sink>,

@@ -1,6 +1,7 @@
 //! The handler hop: the ingest server's business logic, which turns one input into outputs.
 //!
-//! [`Handler`] is the seam (a gRPC client in production, anything in the simulator);
+//! [`Handler`] is the seam (a gRPC client in production, the `sidelog` crate's `handler.rs`;
+//! anything in the simulator);
 //! [`HandlerRunner`] adds what every call needs: a concurrency limit, a timeout, retries with
 //! backoff and jitter, and, after `max_attempts` or an explicit refusal, a dead letter.
 //!
@@ -13,12 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
-use crate::proto::handler_client::HandlerClient;
-use crate::proto::{HandleRequest, Message};
-use crate::runtime::{Backoff, BoxFuture, Entropy};
+use sidelog_proto::v1::Message;
+use sidelog_runtime::{Backoff, BoxFuture, Entropy};
 
 /// Why a handler call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,54 +65,6 @@ impl Handler for PassThrough {
     }
 }
 
-/// A `sidelog.v1.Handler` served by the ingest server.
-#[derive(Debug, Clone)]
-pub struct GrpcHandler {
-    client: HandlerClient<Channel>,
-}
-
-impl GrpcHandler {
-    /// A client for `url` (`http://host:port`). Connects lazily and reconnects by itself.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("invalid handler URL {url:?}: {e}"))?
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        Ok(GrpcHandler {
-            client: HandlerClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(usize::MAX),
-        })
-    }
-}
-
-impl Handler for GrpcHandler {
-    fn handle(
-        &self,
-        message: Message,
-        attempt: u32,
-        call: Call,
-    ) -> BoxFuture<'_, Result<Vec<Message>, HandlerError>> {
-        let mut client = self.client.clone();
-        Box::pin(async move {
-            let request = HandleRequest {
-                message: Some(message),
-                attempt,
-                replay: call == Call::Replay,
-            };
-            match client.handle(request).await {
-                Ok(response) => Ok(response.into_inner().outputs),
-                Err(status) => match status.code() {
-                    tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::OutOfRange => Err(HandlerError::Refused(status.to_string())),
-                    _ => Err(HandlerError::Failed(status.to_string())),
-                },
-            }
-        })
-    }
-}
-
 /// What became of an input after the handler was called as often as allowed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HandleOutcome {
@@ -132,7 +83,7 @@ pub struct HandlerRunner {
     entropy: Entropy,
     ids: OutputIds,
     /// The handler's outage, said in the log while it lasts.
-    outage: Option<crate::runtime::Outage>,
+    outage: Option<crate::outage::Outage>,
 }
 
 /// How outputs are named.
@@ -174,7 +125,7 @@ impl HandlerRunner {
     }
 
     /// Says the handler's outages in the log (once per period while one lasts).
-    pub fn watched(mut self, outage: crate::runtime::Outage) -> Self {
+    pub fn watched(mut self, outage: crate::outage::Outage) -> Self {
         self.outage = Some(outage);
         self
     }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::journal::{DedupRecord, Seq};
-use crate::runtime::SharedClock;
+use sidelog_journal::{DedupRecord, Seq};
+use sidelog_runtime::SharedClock;
 
 /// What a claim ended as, as seen by a concurrent publish of the same id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,7 @@ pub async fn wait_for(mut rx: watch::Receiver<ClaimOutcome>) -> ClaimOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Clock;
+    use sidelog_runtime::Clock;
     use std::sync::atomic::{AtomicI64, Ordering};
 
     #[derive(Debug, Default)]

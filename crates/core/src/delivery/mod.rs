@@ -20,9 +20,9 @@ mod lanes;
 
 use std::sync::Arc;
 
-use crate::journal::Seq;
-use crate::proto::Message;
-use crate::runtime::Backoff;
+use sidelog_journal::Seq;
+use sidelog_proto::v1::Message;
+use sidelog_runtime::Backoff;
 
 pub use completion::Completion;
 pub use lanes::Delivery;
@@ -69,7 +69,7 @@ pub struct DeliveryConfig {
     pub backoff: Backoff,
     /// Entries older than this are dead-lettered instead of retried; 0 = no limit.
     pub max_age_ms: u64,
-    pub clock: crate::runtime::SharedClock,
+    pub clock: sidelog_runtime::SharedClock,
     /// The sink's outage, said once per period while it lasts.
-    pub outage: std::sync::Arc<crate::runtime::Outage>,
+    pub outage: std::sync::Arc<crate::outage::Outage>,
 }

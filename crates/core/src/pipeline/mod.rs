@@ -14,9 +14,7 @@ mod publish;
 mod recovery;
 
 pub use dedup::{Claim, ClaimOutcome, DedupWindow};
-pub use handler::{
-    Call, GrpcHandler, Handler, HandlerError, HandlerRunner, OutputIds, PassThrough,
-};
+pub use handler::{Call, Handler, HandlerError, HandlerRunner, OutputIds, PassThrough};
 pub use limits::Limits;
 pub use publish::{Door, IngestError, Pipeline};
 pub use recovery::{

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{SharedClock, WARN_EVERY, WarnLimit};
-use crate::journal::Backlog;
+use sidelog_journal::Backlog;
+use sidelog_runtime::{SharedClock, WARN_EVERY, WarnLimit};
 
 /// One hop's outage, if it is in one.
 pub struct Outage {
@@ -120,7 +120,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn down_from_the_first_failure_until_a_success() {
-        let clock: SharedClock = Arc::new(super::super::SystemClock);
+        let clock: SharedClock = Arc::new(sidelog_runtime::SystemClock);
         let outage = Outage::new("sink", None, clock);
         outage.succeeded();
         assert!(outage.down.lock().unwrap().is_none());
