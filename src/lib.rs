@@ -1,27 +1,31 @@
 //! sidelog: a fault-tolerance logging sidecar for streaming-ingestion servers.
 //!
+//! This crate is the product: the doors producers reach it by, the hops it reaches, and the
+//! assembly. The crates under `crates/` hold what it is built on, each with a boundary the
+//! compiler keeps:
+//!
 //! ```text
-//! producers ──Ingest.Publish──▶ service/ ──▶ pipeline/: validate → dedup → journal/handler per mode.rs → ack
-//!                                                 │                    │
-//!                                                 │ journal/           └─▶ Handler ──Handler.Handle──▶ ingest server
-//!                                                 │ (redb, group             │ outputs
-//!                                                 │  commit)                 ▼
-//!                                                 └──────────────────▶ delivery/ (lanes, batches, retries)
-//!                                                                          │
-//!                                                                          └─▶ sink/ ──▶ next tier
-//! on start: node.rs assembles the parts, pipeline/recovery.rs replays the journal, server.rs serves
+//! sidelog (this crate)   doors: service/ (gRPC + gRPC-Web, HTTP, MQTT, admin) · sink/ (gRPC,
+//!   │                    NATS, Kafka, files, object stores) · handler.rs (the gRPC handler
+//!   │                    client) · config/ · node.rs (assembly) · server.rs · metrics.rs · CLI
+//!   ▼
+//! sidelog-core           modes, pipeline (intake, dedup, handler runner, key order, replay),
+//!   │                    delivery, the Handler and Sink seams; no network stack
+//!   ▼
+//! sidelog-journal        the redb file, its redo log, the group-commit writer; redb is private
+//!   ▼
+//! sidelog-proto · sidelog-runtime   messages (prost only) · clock, randomness, spawning, fs steps
 //! ```
 //!
-//! ARCHITECTURE.md in the repository walks through each mode's data path, the journal's layout,
-//! the crash contract, and which folder holds which concern.
+//! Beside them, and not linked into the `sidelog` binary: `sidelog-testkit` (driving a real
+//! sidelog from tests), `sidelog-bench` (the benchmark binary), `sidelog-fuzz-checks`, and the
+//! simulator (`sim/`). ARCHITECTURE.md walks through each mode's data path, the journal's
+//! layout, the crash contract, and where each concern lives.
 
-// The components, each in its own folder (see ARCHITECTURE.md for the map). The journal, the
-// sinks and the runtime seams are public modules: the simulator, the benchmarks and the fuzz
-// targets build on them. The rest is reached through the names below.
+// The journal, the sinks and the runtime seams are public: the simulator and the benchmark
+// build on them. The rest is reached through the names below.
 mod config;
 use sidelog_core::{delivery, mode, pipeline};
-#[doc(hidden)]
-pub mod fuzz_checks;
 pub use sidelog_journal as journal;
 mod handler;
 mod metrics;

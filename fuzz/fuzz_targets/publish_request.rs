@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    sidelog::fuzz_checks::publish_request(data);
+    sidelog_fuzz_checks::publish_request(data);
 });

@@ -90,28 +90,37 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+/// What the fuzz checks (`sidelog-fuzz-checks`) reach inside the journal; compiled only for
+/// them (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{block, idlog};
+
+    /// Reads `data` as each of the journal's own values (a block, a head, a dedup log value), as
+    /// a damaged or hostile file would present them: each decodes or fails, never panics. A head
+    /// that decodes round-trips. Returns how many entries and ids were read (for the fuzz checks).
+    pub fn read_hostile_values(data: &[u8]) -> usize {
+        let mut read = block::entries(7, data).take_while(|e| e.is_ok()).count();
+        if let Ok(head) = block::Head::decode(7, data) {
+            assert_eq!(
+                block::Head::decode(7, &head.encode()).ok(),
+                Some(head.clone()),
+                "a head round-trips"
+            );
+            read += head.count(block::Kind::Input) as usize;
+        }
+        let mut ids = Vec::new();
+        if idlog::read(7, data, &mut ids).is_ok() {
+            read += ids.len();
+        }
+        let _ = idlog::IdWindow::default().load(7, data);
+        read
+    }
+}
+
 pub use config::{JournalConfig, WriterRuntime};
 
-/// Reads `data` as each of the journal's own values (a block, a head, a dedup log value), as
-/// a damaged or hostile file would present them: each decodes or fails, never panics. A head
-/// that decodes round-trips. Returns how many entries and ids were read (for the fuzz checks).
-pub fn read_hostile_values(data: &[u8]) -> usize {
-    let mut read = block::entries(7, data).take_while(|e| e.is_ok()).count();
-    if let Ok(head) = block::Head::decode(7, data) {
-        assert_eq!(
-            block::Head::decode(7, &head.encode()).ok(),
-            Some(head.clone()),
-            "a head round-trips"
-        );
-        read += head.count(block::Kind::Input) as usize;
-    }
-    let mut ids = Vec::new();
-    if idlog::read(7, data, &mut ids).is_ok() {
-        read += ids.len();
-    }
-    let _ = idlog::IdWindow::default().load(7, data);
-    read
-}
 pub use error::{JournalError, Result};
 pub use handle::{Journal, flush};
 pub use record::{

@@ -1,15 +1,16 @@
-//! The properties the fuzz targets (`fuzz/`, cargo-fuzz) check, kept in the library so that
-//! they compile with every build and run in the unit tests on random input too.
+//! The properties the fuzz targets (`fuzz/`, cargo-fuzz) check, kept in a workspace crate so
+//! that they compile with every build and run in the unit tests on random input too. Nothing
+//! shipped depends on it.
 //!
 //! Both take arbitrary bytes, as a damaged file or a hostile client would give them, and must
 //! never panic: whatever the bytes, the answer is a value or an error.
 
 use prost::Message as _;
 
-use crate::journal::{decode_record, encode_input, encode_record};
-use crate::pipeline::Limits;
-use crate::proto::PublishRequest;
-use crate::proto::journal::{DeadLetter, InputEntry, OutputEntry};
+use sidelog_core::pipeline::Limits;
+use sidelog_journal::{decode_record, encode_input, encode_record};
+use sidelog_proto::journal::{DeadLetter, InputEntry, OutputEntry};
+use sidelog_proto::v1::PublishRequest;
 
 /// A journal record (and a block, head or dedup log value) read from a damaged or hostile file:
 /// decoding fails cleanly or yields a
@@ -39,7 +40,7 @@ pub fn journal_record(data: &[u8]) {
             "a dead letter round-trips"
         );
     }
-    crate::journal::read_hostile_values(data);
+    sidelog_journal::fuzzing::read_hostile_values(data);
 }
 
 /// Limits small enough for a fuzzer to cross every one of them.
@@ -108,7 +109,7 @@ mod tests {
 
     /// Messages near the limits (`tight_limits`), on either side of each, about half of them
     /// within all: random bytes alone rarely decode to a request a limit would accept.
-    fn message() -> impl Strategy<Value = crate::proto::Message> {
+    fn message() -> impl Strategy<Value = sidelog_proto::v1::Message> {
         let id = prop_oneof![
             6 => "[a-z0-9-]{1,16}",
             1 => "[a-z0-9-]{17,24}",
@@ -132,7 +133,7 @@ mod tests {
             1 => proptest::collection::vec(any::<u8>(), 500..700),
         ];
         (id, key, headers, payload, any::<i64>()).prop_map(
-            |(id, key, headers, payload, event_time_ms)| crate::proto::Message {
+            |(id, key, headers, payload, event_time_ms)| sidelog_proto::v1::Message {
                 id,
                 key,
                 payload: payload.into(),
@@ -156,7 +157,7 @@ mod tests {
         let counts = std::cell::Cell::new((0usize, 0usize));
         runner
             .run(&strategy, |(messages, flip)| {
-                let mut bytes = crate::proto::PublishRequest { messages }.encode_to_vec();
+                let mut bytes = sidelog_proto::v1::PublishRequest { messages }.encode_to_vec();
                 if let Some((at, byte)) = flip {
                     let at = at % bytes.len();
                     bytes[at] ^= byte;
@@ -179,8 +180,8 @@ mod tests {
     #[test]
     fn valid_requests_are_checked_too() {
         use prost::Message as _;
-        let request = crate::proto::PublishRequest {
-            messages: vec![crate::proto::Message {
+        let request = sidelog_proto::v1::PublishRequest {
+            messages: vec![sidelog_proto::v1::Message {
                 id: "a".into(),
                 key: "k".into(),
                 payload: b"x".to_vec().into(),
@@ -189,6 +190,6 @@ mod tests {
             }],
         };
         super::publish_request(&request.encode_to_vec());
-        super::journal_record(&crate::journal::encode_input(&request.messages[0], 5));
+        super::journal_record(&sidelog_journal::encode_input(&request.messages[0], 5));
     }
 }
