@@ -119,22 +119,25 @@ fn every_setting_has_a_flag_a_variable_and_a_doc() {
     }
 }
 
-/// The README's configuration table is rendered from the declarations; this fails when the
-/// two disagree, and prints the table to paste.
+/// The configuration table of docs/configuration.md is rendered from the declarations; this
+/// fails when the two disagree, and prints the table to paste.
 #[test]
-fn the_readme_lists_every_setting_as_declared() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
+fn the_docs_list_every_setting_as_declared() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("read docs/configuration.md");
     let (start, end) = ("<!-- config-table:begin -->\n", "<!-- config-table:end -->");
     let table = readme
         .split_once(start)
         .and_then(|(_, rest)| rest.split_once(end))
         .map(|(table, _)| table)
-        .expect("README.md has the config-table markers");
+        .expect("docs/configuration.md has the config-table markers");
     let want = markdown_table();
     assert!(
         table == want,
-        "README.md's configuration table differs from src/config/settings.rs; it should read:\n{want}"
+        "docs/configuration.md's configuration table differs from src/config/settings.rs; it should read:\n{want}"
     );
 }
 
@@ -145,12 +148,12 @@ fn dir_missing_config() -> String {
     format!("{:#}", anyhow::Error::from(err))
 }
 
-/// The ports the README shows (the defaults of `listen` and `admin_listen`, and its metrics
-/// example) are the ones the Dockerfile exposes and the Kubernetes example listens on and
+/// The ports the docs show (the defaults of `listen` and `admin_listen`, and the metrics
+/// example of docs/operating.md) are the ones the Dockerfile exposes and the Kubernetes example listens on and
 /// probes.
 #[test]
-fn the_deploy_files_use_the_readmes_ports_and_probes() {
-    let readme = include_str!("../../README.md");
+fn the_deploy_files_use_the_documented_ports_and_probes() {
+    let readme = include_str!("../../docs/operating.md");
     let dockerfile = include_str!("../../deploy/container/Dockerfile");
     let manifest = include_str!("../../deploy/kubernetes/ingest-with-sidelog.yaml");
     let defaults = Config::default();
@@ -159,7 +162,7 @@ fn the_deploy_files_use_the_readmes_ports_and_probes() {
         .split("`--metrics-listen 127.0.0.1:")
         .nth(1)
         .and_then(|rest| rest.split('`').next())
-        .expect("the README's Metrics section shows --metrics-listen with a port");
+        .expect("docs/operating.md's Metrics section shows --metrics-listen with a port");
     let expose = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("EXPOSE "))
