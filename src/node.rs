@@ -133,7 +133,7 @@ impl Opened {
             clock,
             entropy,
         );
-        if let Some(ranges) = pipeline.journal().take_ambiguous_ranges() {
+        if let Some(ranges) = self.journal.take_ambiguous_ranges() {
             crate::runtime::spawn(crate::pipeline::replay_ambiguous(pipeline.clone(), ranges));
         }
         Node {

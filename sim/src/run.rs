@@ -393,9 +393,7 @@ async fn heal(
 async fn drain(world: &Arc<World>, node: &Arc<Node>) {
     let drain_deadline = Instant::now() + DRAIN_LIMIT;
     loop {
-        let idle = node.pipeline.is_serving()
-            && node.journal.backlog().entries() == 0
-            && node.pipeline.completion().memory_bytes() == 0;
+        let idle = node.pipeline.is_serving() && node.pipeline.undelivered().is_empty();
         if idle {
             // Let the last deliveries' completion marks and any straggling calls land.
             tokio::time::sleep(Duration::from_secs(10)).await;

@@ -139,6 +139,7 @@ impl World {
         sidelog::runtime::spawn(replay_then_serve(
             self.clone(),
             pipeline.clone(),
+            journal.clone(),
             incarnation,
             skip_replay,
         ));
@@ -493,16 +494,17 @@ pub(crate) fn sim_sidelog_config(cfg: &SimConfig) -> Config {
 async fn replay_then_serve(
     world: Arc<World>,
     p: Arc<Pipeline>,
+    journal: Journal,
     incarnation: u64,
     skip_replay: bool,
 ) {
     let options = sidelog::replay_options(&world.config);
     let interleave = options.pace.is_some();
     if skip_replay || interleave {
-        serve(&world, &p, incarnation).await;
+        serve(&world, &p, &journal, incarnation).await;
     }
     if !skip_replay {
-        let backlog = p.journal().backlog().entries();
+        let backlog = p.undelivered().journaled_entries;
         match sidelog::replay(&p, &options).await {
             Ok(stats) => {
                 world.trace.log(format!(
@@ -524,16 +526,16 @@ async fn replay_then_serve(
         }
     }
     if !skip_replay && !interleave {
-        serve(&world, &p, incarnation).await;
+        serve(&world, &p, &journal, incarnation).await;
     }
 }
 
 /// Opens intake.
-async fn serve(world: &World, p: &Pipeline, incarnation: u64) {
+async fn serve(world: &World, p: &Pipeline, journal: &Journal, incarnation: u64) {
     p.set_serving(true);
-    let summary = p.journal().summary().await.ok();
+    let summary = journal.summary().await.ok();
     world.trace.log(format!(
         "sidelog #{incarnation} serving; backlog entries {}; journal {summary:?}",
-        p.journal().backlog().entries()
+        journal.backlog().entries()
     ));
 }

@@ -548,7 +548,7 @@ async fn accept(pipeline: &Arc<Pipeline>, batch: &[Taken]) -> Result<(), IngestE
             count = letters.len(),
             "MQTT messages refused (limits, malformed): dead-lettered, then acknowledged"
         );
-        pipeline.journal().dead_letter(letters).await?;
+        pipeline.dead_letter_refused(letters).await?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{Missing, Outcome};
-use crate::common::{Sidelog, eventually, free_port};
+use crate::common::{Sidelog, eventually, free_port, scrape};
 
 fn find(tool: &str) -> Option<PathBuf> {
     sidelog_testkit::find_program(&[tool])
@@ -299,11 +299,15 @@ pub async fn mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered()
     let mut broker = Broker::start(dir.path())?;
     let data = dir.path().join("data");
     let source = broker.source("sidelog-props");
+    let metrics = free_port();
+    let metrics_arg = metrics.to_string();
     let args = [
         "--mqtt-source",
         &source,
         "--limits-max-message-bytes",
         "1024",
+        "--metrics-listen",
+        &metrics_arg,
     ];
     let mut sidelog = Sidelog::new(&data, &args);
     sidelog.start().await;
@@ -363,6 +367,14 @@ pub async fn mqtt_ids_dedup_broker_restarts_and_bad_messages_are_dead_lettered()
     assert!(
         letters.contains("too-big") && letters.contains("max_message_bytes"),
         "{letters}"
+    );
+    // Counted as every other dead letter is.
+    let scraped = scrape(metrics).await;
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("sidelog_dead_lettered_total ") && !l.ends_with(" 0")),
+        "the door's dead letter is counted:\n{scraped}"
     );
     sidelog.terminate().await;
     sidelog.start().await;

@@ -16,7 +16,7 @@ mod recovery;
 pub use dedup::{Claim, ClaimOutcome, DedupWindow};
 pub use handler::{Call, Handler, HandlerError, HandlerRunner, OutputIds, PassThrough};
 pub use limits::Limits;
-pub use publish::{Door, IngestError, Pipeline};
+pub use publish::{Door, IngestError, Pipeline, Undelivered};
 pub use recovery::{
     Pace, ReplayOptions, ReplayStats, backlog_span, replay, replay_ambiguous, replay_range,
 };

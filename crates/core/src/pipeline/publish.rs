@@ -17,7 +17,7 @@ use super::limits::Limits;
 use super::order::{KeyOrder, Turn};
 use crate::delivery::{Completion, Delivery, DeliveryItem};
 use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
-use sidelog_journal::{Appended, Journal, JournalError, OutputGroup, Seq};
+use sidelog_journal::{Appended, Journal, JournalError, NewDeadLetter, OutputGroup, Seq};
 use sidelog_proto::v1::{Ack, Message, ack};
 use sidelog_runtime::{Entropy, SharedClock};
 
@@ -56,6 +56,19 @@ pub enum IngestError {
     /// The journal needs an operator (damaged file). Not retryable.
     #[error("{0}")]
     Internal(String),
+}
+
+/// What [`Pipeline::undelivered`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undelivered {
+    pub journaled_entries: u64,
+    pub in_memory_bytes: u64,
+}
+
+impl Undelivered {
+    pub fn is_empty(&self) -> bool {
+        self.journaled_entries == 0 && self.in_memory_bytes == 0
+    }
 }
 
 impl From<JournalError> for IngestError {
@@ -141,12 +154,34 @@ impl Pipeline {
         self.mode
     }
 
-    pub fn journal(&self) -> &Journal {
+    pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
 
-    pub fn completion(&self) -> &Arc<Completion> {
+    pub(crate) fn completion(&self) -> &Arc<Completion> {
         &self.completion
+    }
+
+    /// What was accepted and has not reached the sink yet: entries in the journal's backlog,
+    /// and bytes held in memory only (mode `none`).
+    pub fn undelivered(&self) -> Undelivered {
+        Undelivered {
+            journaled_entries: self.journal.backlog().entries(),
+            in_memory_bytes: self.completion.memory_bytes(),
+        }
+    }
+
+    /// Dead-letters messages a door refused before they reached the pipeline's intake (a
+    /// malformed MQTT publish, or one a limit rejected that the door cannot answer with a
+    /// refusal): durable before this returns, counted in `sidelog_dead_lettered_total`.
+    pub async fn dead_letter_refused(
+        &self,
+        letters: Vec<NewDeadLetter>,
+    ) -> Result<(), IngestError> {
+        let count = letters.len() as u64;
+        self.journal.dead_letter(letters).await?;
+        metrics::counter!(crate::metrics::DEAD_LETTERED).increment(count);
+        Ok(())
     }
 
     /// Opens or closes intake (closed during replay and shutdown).
