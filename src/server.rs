@@ -97,7 +97,7 @@ pub async fn serve(
     };
     let mqtt = match &config.mqtt_source {
         Some(url) => {
-            let source = crate::service::mqtt::MqttSource::parse(url)
+            let source = crate::config::MqttSource::parse(url)
                 .map_err(|e| anyhow::anyhow!("mqtt_source (--mqtt-source): {e}"))?;
             Some(crate::service::mqtt::MqttDoor::start(
                 &source,

@@ -103,12 +103,10 @@ impl Config {
             ));
         }
         if let Some(url) = &self.mqtt_source {
-            crate::service::mqtt::MqttSource::parse(url).map_err(|reason| {
-                ConfigError::Invalid {
-                    key: "mqtt_source",
-                    value: redact_url(url),
-                    reason,
-                }
+            super::MqttSource::parse(url).map_err(|reason| ConfigError::Invalid {
+                key: "mqtt_source",
+                value: redact_url(url),
+                reason,
             })?;
         }
         if let Some(url) = &self.handler {

@@ -11,6 +11,7 @@
 mod checks;
 pub(crate) mod declare;
 mod load;
+mod mqtt;
 mod reference;
 mod settings;
 mod units;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 pub use checks::{TlsPem, read_token_file};
 pub use load::ServeArgs;
+pub use mqtt::MqttSource;
 pub use reference::{example_toml, markdown_table};
 pub use settings::{Config, ReplayPolicy};
 pub use units::check_environment;
