@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -107,8 +106,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let replay_done = Arc::new(AtomicBool::new(false));
-    let admin = match start_admin(&config, &node, &clock, &replay_done).await {
+    let admin = match start_admin(&config, &node, &clock).await {
         Ok(admin) => admin,
         Err(e) => {
             let _ = ingest.stop.send(());
@@ -124,7 +122,7 @@ pub async fn serve(
         absorb_stored(chunks, journal).await;
     }
     tokio::pin!(shutdown);
-    if !replay(&config, &node, replay_done, &mut shutdown).await? {
+    if !replay(&config, &node, &mut shutdown).await? {
         info!("stopping during replay; the rest is replayed on the next start");
         let _ = ingest.stop.send(()); // the server may have stopped already
         if let Some(admin) = admin {
@@ -405,7 +403,6 @@ async fn start_admin(
     config: &Config,
     node: &Node,
     clock: &SharedClock,
-    replay_done: &Arc<AtomicBool>,
 ) -> anyhow::Result<Option<Running>> {
     let Some(addr) = config.admin_addr()? else {
         return Ok(None);
@@ -415,7 +412,6 @@ async fn start_admin(
         clock.clone(),
         Some(crate::service::Live {
             pipeline: node.pipeline.clone(),
-            replay_done: replay_done.clone(),
         }),
     );
     let (stop, task) = serve_admin(config, addr, service).await?;
@@ -428,17 +424,12 @@ async fn start_admin(
 async fn replay(
     config: &Config,
     node: &Node,
-    replay_done: Arc<AtomicBool>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> anyhow::Result<bool> {
     let interleave = config.replay.policy == ReplayPolicy::Interleave;
     let options = crate::node::replay_options(config);
     let pipeline = node.pipeline.clone();
-    let replay = async move {
-        let result = crate::pipeline::replay(&pipeline, &options).await;
-        replay_done.store(true, Ordering::Release);
-        result
-    };
+    let replay = async move { crate::pipeline::replay(&pipeline, &options).await };
     if interleave {
         // Traffic is taken at once; the backlog follows, paced. A failed replay leaves its
         // entries in the journal for the next start, and says so.

@@ -6,13 +6,12 @@
 //! the next start instead of at once).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::journal::{DeadLetterSelection, InputState, Journal, JournalError, Seq};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, RequeueError};
 use crate::proto::admin_server::Admin;
 use crate::proto::journal::dead_letter;
 use crate::proto::{
@@ -26,16 +25,10 @@ pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Entries one list call returns at most.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 
-/// Re-queued entries under way at once: a large re-queue does not crowd out fresh traffic.
-const REQUEUE_IN_FLIGHT: usize = 256;
-
 /// The running server's side of the admin service, absent when `inspect` reads a file.
 #[derive(Debug, Clone)]
 pub struct Live {
     pub pipeline: Arc<Pipeline>,
-    /// Set once the start-up replay has dispatched the whole backlog: re-queued entries are
-    /// dispatched at once only after that (before, the replay's scan would send them twice).
-    pub replay_done: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,37 +277,29 @@ impl Admin for AdminService {
         request: Request<SelectDeadLetters>,
     ) -> Result<Response<RequeueResponse>, Status> {
         let selection = selection(request.get_ref())?;
-        if let Some(live) = &self.live
-            && !live.replay_done.load(Ordering::Acquire)
-        {
-            return Err(Status::unavailable(
-                "the start-up replay is still dispatching the backlog; re-queue once it is done",
-            ));
-        }
-        let seqs = self
-            .journal
-            .requeue_dead_letters(selection)
-            .await
-            .map_err(status)?;
+        let seqs = match &self.live {
+            // The running pipeline moves them back and dispatches them.
+            Some(live) => live
+                .pipeline
+                .requeue_dead_letters(selection)
+                .await
+                .map_err(|e| match e {
+                    RequeueError::ReplayUnderWay => Status::unavailable(e.to_string()),
+                    RequeueError::Journal(e) => status(e),
+                })?,
+            // Over a file `inspect` opened: the next start replays them.
+            None => self
+                .journal
+                .requeue_dead_letters(selection)
+                .await
+                .map_err(status)?,
+        };
         metrics::counter!(crate::metrics::DEAD_LETTERS_HANDLED, "action" => "requeue")
             .increment(seqs.len() as u64);
         info!(
             entries = seqs.len(),
             "dead letters re-queued by an operator"
         );
-        if let (Some(live), Some(first), Some(last)) = (&self.live, seqs.first(), seqs.last()) {
-            let pipeline = live.pipeline.clone();
-            let (from, to) = (*first, Seq(last.0 + 1));
-            crate::runtime::spawn(async move {
-                let options = crate::pipeline::ReplayOptions {
-                    max_age_ms: 0,
-                    pace: Some(crate::pipeline::Pace::new(REQUEUE_IN_FLIGHT)),
-                };
-                if let Err(e) = crate::pipeline::replay_range(&pipeline, from, to, &options).await {
-                    tracing::warn!(error = %e, "cannot dispatch re-queued entries; they are replayed on the next start");
-                }
-            });
-        }
         Ok(Response::new(RequeueResponse {
             requeued: seqs.len() as u64,
             new_sequences: seqs.into_iter().map(|s| s.0).collect(),

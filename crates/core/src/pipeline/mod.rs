@@ -18,5 +18,6 @@ pub use handler::{Call, Handler, HandlerError, HandlerRunner, OutputIds, PassThr
 pub use limits::Limits;
 pub use publish::{Door, IngestError, Pipeline, Undelivered};
 pub use recovery::{
-    Pace, ReplayOptions, ReplayStats, backlog_span, replay, replay_ambiguous, replay_range,
+    Pace, ReplayOptions, ReplayStats, RequeueError, backlog_span, replay, replay_ambiguous,
+    replay_range,
 };

@@ -99,6 +99,10 @@ pub struct Pipeline {
     clock: SharedClock,
     entropy: Entropy,
     serving: AtomicBool,
+    /// Set once the start's replay has dispatched the whole backlog (or failed): re-queued
+    /// dead letters are dispatched at once only after that (before, its scan would send them
+    /// twice).
+    pub(crate) replay_over: AtomicBool,
     /// Order per key: handler results to the journal (or straight to delivery) ...
     order: Arc<KeyOrder>,
     /// ... and recorded outputs on to delivery (see [`Turn::then`]).
@@ -145,6 +149,7 @@ impl Pipeline {
             clock,
             entropy,
             serving: AtomicBool::new(false),
+            replay_over: AtomicBool::new(false),
             order: Arc::new(KeyOrder::default()),
             delivery_order: Arc::new(KeyOrder::default()),
         })

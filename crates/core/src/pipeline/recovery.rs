@@ -15,6 +15,7 @@
 //! wait when full), and at most [`REPLAY_INPUTS_IN_FLIGHT`] inputs are being handled at once.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -24,7 +25,8 @@ use super::handler::Call;
 use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
 use crate::delivery::DeliveryItem;
 use sidelog_journal::{
-    InputState, JournalError, ScanLimit, Seq, SeqRange, StoredInput, StoredOutput,
+    DeadLetterSelection, InputState, JournalError, ScanLimit, Seq, SeqRange, StoredInput,
+    StoredOutput,
 };
 
 /// Journal entries read per scan, then on to the end of their block.
@@ -94,9 +96,54 @@ pub async fn replay(
     pipeline: &Arc<Pipeline>,
     options: &ReplayOptions,
 ) -> Result<ReplayStats, JournalError> {
-    let stats = replay_backlog(pipeline, options).await?;
-    pipeline.sink_replayed().await;
-    Ok(stats)
+    let result = replay_backlog(pipeline, options).await;
+    if result.is_ok() {
+        pipeline.sink_replayed().await;
+    }
+    pipeline.replay_over.store(true, Ordering::Release);
+    result
+}
+
+/// Re-queued entries under way at once: a large re-queue does not crowd out fresh traffic.
+const REQUEUE_IN_FLIGHT: usize = 256;
+
+/// Why re-queued dead letters were not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError {
+    /// The start's replay is still dispatching the backlog: its scan would send them twice.
+    #[error("the start-up replay is still dispatching the backlog; re-queue once it is done")]
+    ReplayUnderWay,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl Pipeline {
+    /// Moves the selected dead letters back into the backlog (new sequences, durable before
+    /// this returns) and dispatches them beside traffic, paced: the handler for inputs, the
+    /// sink for outputs. Refused while the start's replay is under way.
+    pub async fn requeue_dead_letters(
+        self: &Arc<Self>,
+        selection: DeadLetterSelection,
+    ) -> Result<Vec<Seq>, RequeueError> {
+        if !self.replay_over.load(Ordering::Acquire) {
+            return Err(RequeueError::ReplayUnderWay);
+        }
+        let seqs = self.journal().requeue_dead_letters(selection).await?;
+        if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+            let pipeline = self.clone();
+            let (from, to) = (*first, Seq(last.0 + 1));
+            sidelog_runtime::spawn(async move {
+                let options = ReplayOptions {
+                    max_age_ms: 0,
+                    pace: Some(Pace::new(REQUEUE_IN_FLIGHT)),
+                };
+                if let Err(e) = replay_range(&pipeline, from, to, &options).await {
+                    warn!(error = %e, "cannot dispatch re-queued entries; they are replayed on the next start");
+                }
+            });
+        }
+        Ok(seqs)
+    }
 }
 
 async fn replay_backlog(
