@@ -1,6 +1,8 @@
-//! The gRPC services sidelog serves: `sidelog.v1.Ingest` for producers (`ingest.rs`) and
-//! `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`), both behind the same
-//! optional bearer token (`auth.rs`). Errors become `tonic::Status` here and nowhere else.
+//! The doors and the admin service: `sidelog.v1.Ingest` over gRPC and gRPC-Web for producers
+//! (`ingest.rs`), the HTTP door (`http.rs`, CORS in `cors.rs`), the MQTT door (`mqtt.rs`), and
+//! `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`); gRPC and HTTP behind the
+//! same optional bearer token (`auth.rs`). The pipeline's errors become each door's own answers
+//! (`tonic::Status`, HTTP statuses, withheld PUBACKs) here and nowhere else.
 
 mod admin;
 mod auth;

@@ -1,5 +1,5 @@
 //! The MQTT door (`mqtt_source`): devices publish to an MQTT broker and sidelog subscribes, as
-//! the ingest tier of the seeds does. MQTT 5, QoS 1, a persistent session (clean start off,
+//! an IoT ingest tier does. MQTT 5, QoS 1, a persistent session (clean start off,
 //! a session expiry) and **manual acknowledgement**: a message's PUBACK goes to the broker only
 //! once the pipeline has accepted it per its mode (journaled and fsynced in rbml/sbml/hml), or
 //! answered it `DUPLICATE`. A crash before the PUBACK leaves the message with the broker, which

@@ -97,8 +97,8 @@ pub(super) enum Write {
     },
     /// From the sync ticker: make non-durable commits durable, if there are any.
     SyncIfDirty,
-    /// Moves dead letters back into the backlog under new sequences (an input to `inputs`, an
-    /// output to `outputs`), durably; answers the new sequences, contiguous.
+    /// Moves dead letters back into the backlog under new sequences (each into a new block
+    /// as the input or output it was), durably; answers the new sequences, contiguous.
     Requeue {
         selection: DeadLetterSelection,
         answer: Answer<Vec<Seq>>,

@@ -1,5 +1,8 @@
-//! The record codec: every value of `inputs`, `outputs` and `dead_letters` is one format byte
-//! ([`RECORD_FORMAT`]) followed by a protobuf message of `proto/sidelog/journal/v1`.
+//! The record codec: every input and output inside a block (`block.rs`), and every value of
+//! `dead_letters`, is one format byte ([`RECORD_FORMAT`]) followed by a protobuf message of
+//! `sidelog.journal.v1` (`crates/proto/proto/sidelog/v1/journal.proto`). (`inputs` and
+//! `outputs`, the names the decoder's errors give, were file format 1's tables; the kinds kept
+//! the names.)
 
 use super::error::{JournalError, Result};
 use sidelog_proto::v1::Message;

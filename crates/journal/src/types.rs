@@ -87,7 +87,7 @@ pub struct NewDeadLetter {
     pub complete_input: Option<Seq>,
 }
 
-/// An entry of `inputs` or `outputs`.
+/// A live input or output entry (in a block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryRef {
     Input(Seq),
