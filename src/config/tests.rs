@@ -102,6 +102,22 @@ fn errors_name_the_key_and_its_flag() {
     assert!(err.contains("bad.toml") && err.contains("lanes"), "{err}");
 }
 
+/// A setting whose 0 means off takes "off" too, from a flag and from a file; one that has no
+/// off does not.
+#[test]
+fn off_is_zero_where_zero_means_off() {
+    let config = Config::load(ServeArgs::default().set("journal.wal_bytes", "off")).unwrap();
+    assert_eq!(config.journal.wal_bytes, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("off.toml");
+    std::fs::write(&path, "[delivery]\nmax_attempts = \"OFF\"\n").unwrap();
+    assert_eq!(Config::from_file(&path).unwrap().delivery.max_attempts, 0);
+    let err = Config::load(ServeArgs::default().set("delivery.lanes", "off"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("delivery.lanes"), "{err}");
+}
+
 #[test]
 fn every_setting_has_a_flag_a_variable_and_a_doc() {
     let all = settings();

@@ -182,6 +182,12 @@ pub(super) fn normalize_value(
             toml::Value::Integer(n) => {
                 u64::try_from(*n).map_err(|_| invalid("a negative number is not allowed".into()))?
             }
+            // "off" for a setting whose 0 means off (`journal.wal_bytes = "off"`).
+            toml::Value::String(text)
+                if setting.rule.zero_is_off && text.trim().eq_ignore_ascii_case("off") =>
+            {
+                0
+            }
             toml::Value::String(text) => match Unit::of(setting.key) {
                 Some(unit) => unit.parse(text).map_err(invalid)?,
                 // A plain count: the setting's own reading of a flag's text.

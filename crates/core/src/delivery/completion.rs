@@ -14,15 +14,6 @@ use sidelog_journal::{EntryRef, Journal, NewDeadLetter, Seq};
 use sidelog_proto::journal::dead_letter;
 use sidelog_proto::v1::Message;
 
-/// Counters of what delivery did (exported as metrics by the operations work).
-#[derive(Debug, Default)]
-pub struct DeliveryStats {
-    pub delivered: AtomicU64,
-    pub batches: AtomicU64,
-    pub retries: AtomicU64,
-    pub dead_lettered: AtomicU64,
-}
-
 /// Tracks which inputs are complete and tells the journal.
 #[derive(Debug)]
 pub struct Completion {
@@ -32,7 +23,6 @@ pub struct Completion {
     pending: Mutex<HashMap<Seq, u32>>,
     /// Bytes held only in memory (mode `none`).
     memory_bytes: AtomicU64,
-    pub stats: DeliveryStats,
 }
 
 impl Completion {
@@ -41,12 +31,7 @@ impl Completion {
             journal,
             pending: Mutex::new(HashMap::new()),
             memory_bytes: AtomicU64::new(0),
-            stats: DeliveryStats::default(),
         })
-    }
-
-    pub fn journal(&self) -> &Journal {
-        &self.journal
     }
 
     /// Registers `outputs` more undelivered outputs of `input`. An input registered nowhere
@@ -91,9 +76,6 @@ impl Completion {
     /// The sink acked `items`; `receipt` is marked once their marks are queued, and the sink
     /// progress it answers, if any, is queued after them.
     pub async fn delivered(&self, items: &[DeliveryItem], receipt: Receipt) {
-        self.stats
-            .delivered
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DELIVERED).increment(items.len() as u64);
         let outputs: Vec<Seq> = items.iter().filter_map(|i| i.output_seq).collect();
         let inputs = self.finished_inputs(items);
@@ -121,7 +103,6 @@ impl Completion {
         attempts: u32,
     ) -> NewDeadLetter {
         warn!(id = %input.id, attempts, reason = %reason, "input moved to the dead-letter table");
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DEAD_LETTERED).increment(1);
         NewDeadLetter {
             kind: dead_letter::Kind::Input,
@@ -191,9 +172,6 @@ impl Completion {
                 }
             })
             .collect();
-        self.stats
-            .dead_lettered
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DEAD_LETTERED).increment(items.len() as u64);
         self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
         if let Err(e) = self.write_dead_letters(letters).await {

@@ -6,7 +6,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -221,7 +220,6 @@ async fn deliver_with_retries(
         let error = match outcome {
             Ok(Ok(receipt)) => {
                 config.outage.succeeded();
-                completion.stats.batches.fetch_add(1, Ordering::Relaxed);
                 completion.delivered(&items, receipt).await;
                 return;
             }
@@ -278,7 +276,6 @@ async fn deliver_with_retries(
             batch = take_batch(&mut live, sink.writes_seq_header());
             items = live;
         }
-        completion.stats.retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
         metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
         let delay = config.backoff.delay(attempt, &entropy);
