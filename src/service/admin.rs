@@ -57,7 +57,7 @@ impl AdminService {
 
 fn status(e: JournalError) -> Status {
     match e {
-        JournalError::StorageFull(m) => Status::resource_exhausted(m),
+        JournalError::StorageFull(m) => Status::resource_exhausted(m.to_string()),
         JournalError::Closed => Status::unavailable("the journal is closed (shutting down)"),
         e => Status::internal(e.to_string()),
     }

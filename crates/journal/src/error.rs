@@ -3,6 +3,7 @@
 //! turned into a `JournalError` once, where the file's path is known ([`Failure::at`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::record::FILE_FORMAT;
 
@@ -12,10 +13,10 @@ use super::record::FILE_FORMAT;
 pub enum JournalError {
     /// The disk, or the journal's size limit, is full. Retryable once space returns.
     #[error("journal storage is full: {0}")]
-    StorageFull(String),
+    StorageFull(IoFailure),
     /// Another I/O error. Retryable: the writer reopens the file before the next commit.
     #[error("journal I/O error: {0}")]
-    Io(String),
+    Io(IoFailure),
     /// The file is damaged. Not retryable: an operator must restore or move it.
     #[error("journal {path} is damaged: {reason}")]
     Corrupted { path: PathBuf, reason: String },
@@ -51,10 +52,10 @@ impl JournalError {
                     reason: format!("the file ends early, it was truncated ({io})"),
                 }
             }
-            redb::Error::Io(io) => Self::from_io(&io),
-            redb::Error::PreviousIo => {
-                JournalError::Io("an earlier I/O error left the file to be reopened".into())
-            }
+            redb::Error::Io(io) => Self::from_io(io),
+            redb::Error::PreviousIo => JournalError::Io(IoFailure::new(
+                "an earlier I/O error left the file to be reopened",
+            )),
             redb::Error::Corrupted(reason) => JournalError::Corrupted {
                 path: path.to_owned(),
                 reason,
@@ -62,19 +63,37 @@ impl JournalError {
             redb::Error::DatabaseAlreadyOpen => JournalError::InUse {
                 path: path.to_owned(),
             },
-            other => JournalError::Io(other.to_string()),
+            other => JournalError::Io(IoFailure::new(other.to_string())),
         }
     }
 
-    pub(super) fn from_io(io: &std::io::Error) -> Self {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
-        if io.kind() == std::io::ErrorKind::StorageFull
-            || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
-        {
-            JournalError::StorageFull(io.to_string())
+    /// The operating system's error `io`, as it is.
+    pub(super) fn from_io(io: std::io::Error) -> Self {
+        Self::io("", io)
+    }
+
+    /// The operating system's error `io`, met while doing `what` ("cannot create the data
+    /// directory x"): `StorageFull` for a full disk or quota, else `Io`.
+    pub fn io(what: impl Into<String>, io: std::io::Error) -> Self {
+        let full = disk_full(&io);
+        let failure = IoFailure {
+            what: what.into(),
+            os: Some(Arc::new(io)),
+            advice: None,
+        };
+        if full {
+            JournalError::StorageFull(failure)
         } else {
-            JournalError::Io(io.to_string())
+            JournalError::Io(failure)
+        }
+    }
+
+    /// The operating system's error behind an I/O failure, when there is one: its
+    /// [`kind`](std::io::Error::kind) and OS error number, not only its text.
+    pub fn os_error(&self) -> Option<&std::io::Error> {
+        match self {
+            JournalError::StorageFull(f) | JournalError::Io(f) => f.os.as_deref(),
+            _ => None,
         }
     }
 
@@ -93,6 +112,72 @@ impl JournalError {
 }
 
 pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+/// Whether `io` says the disk (or a quota) is full.
+pub(super) fn disk_full(io: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    io.kind() == std::io::ErrorKind::StorageFull
+        || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+/// An I/O failure: what the journal was doing, and the operating system's error when one
+/// caused it (kept as it is, shared: the writer answers every command of a failed commit with
+/// the same error). Shown as "what: OS error; advice"; its `Debug` is that text, quoted, as
+/// the `String` it replaces was (the simulator's traces, and their hashes, print it).
+#[derive(Clone)]
+pub struct IoFailure {
+    what: String,
+    os: Option<Arc<std::io::Error>>,
+    advice: Option<&'static str>,
+}
+
+impl IoFailure {
+    /// A failure with no operating system error behind it (a timeout, a full size limit).
+    pub fn new(what: impl Into<String>) -> IoFailure {
+        IoFailure {
+            what: what.into(),
+            os: None,
+            advice: None,
+        }
+    }
+
+    /// The same failure with what the operator can do about it after the error.
+    pub(super) fn advising(self, advice: &'static str) -> IoFailure {
+        IoFailure {
+            advice: Some(advice),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Debug for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl std::fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.os, self.what.is_empty()) {
+            (Some(os), true) => write!(f, "{os}")?,
+            (Some(os), false) => write!(f, "{}: {os}", self.what)?,
+            (None, _) => f.write_str(&self.what)?,
+        }
+        match self.advice {
+            Some(advice) => write!(f, "; {advice}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The OS error is part of the message (see `Display`), so the chain goes on from its own
+/// source.
+impl std::error::Error for IoFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.os.as_deref().and_then(std::error::Error::source)
+    }
+}
 
 /// An error inside the journal before it is given the file's path: redb's, or one of ours
 /// (a record that does not decode). Every redb error type converts into it, so the writer's
@@ -137,3 +222,29 @@ from_redb_errors!(
     redb::CommitError,
     redb::DatabaseError
 );
+
+#[cfg(test)]
+mod tests {
+    use super::JournalError;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn an_io_error_keeps_the_os_error_and_says_what_was_done() {
+        const ENOSPC: i32 = 28;
+        let e = JournalError::io("cannot open x", Error::from_raw_os_error(ENOSPC));
+        assert!(e.is_full() && e.is_retryable());
+        assert_eq!(e.os_error().and_then(Error::raw_os_error), Some(ENOSPC));
+        assert!(
+            e.to_string()
+                .starts_with("journal storage is full: cannot open x: "),
+            "{e}"
+        );
+        let e = JournalError::io("", Error::from(ErrorKind::PermissionDenied));
+        assert_eq!(
+            e.os_error().map(Error::kind),
+            Some(ErrorKind::PermissionDenied)
+        );
+        assert!(!e.is_full());
+        assert!(JournalError::Closed.os_error().is_none());
+    }
+}

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Answer, Command, Read, Reply, Write};
 use super::config::JournalConfig;
-use super::error::{JournalError, Result};
+use super::error::{IoFailure, JournalError, Result};
 use super::store::{FileStore, JournalStore};
 use super::types::{
     Appended, Backlog, DeadLetterSelection, DedupRecord, DeliveryProgress, DeliveryState,
@@ -305,6 +305,8 @@ impl Journal {
 pub async fn flush(journal: &Journal, timeout: Duration) -> Result<()> {
     match tokio::time::timeout(timeout, journal.sync()).await {
         Ok(r) => r,
-        Err(_) => Err(JournalError::Io("timed out flushing the journal".into())),
+        Err(_) => Err(JournalError::Io(IoFailure::new(
+            "timed out flushing the journal",
+        ))),
     }
 }

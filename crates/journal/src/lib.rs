@@ -121,7 +121,7 @@ pub mod fuzzing {
 
 pub use config::{JournalConfig, WriterRuntime};
 
-pub use error::{JournalError, Result};
+pub use error::{IoFailure, JournalError, Result};
 pub use handle::{Journal, flush};
 pub use record::{
     FILE_FORMAT, RECORD_FORMAT, decode_record, encode_input, encode_output, encode_record,

@@ -76,10 +76,10 @@ impl FileStore {
     /// `journal.redb` in `data_dir`, which is created if missing.
     pub fn in_dir(data_dir: &Path, config: &JournalConfig) -> Result<FileStore> {
         sidelog_runtime::create_dir_all_durably(data_dir).map_err(|e| {
-            JournalError::Io(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
+            JournalError::io(
+                format!("cannot create data directory {}", data_dir.display()),
+                e,
+            )
         })?;
         Ok(FileStore {
             path: data_dir.join(FILE_NAME),
@@ -242,7 +242,7 @@ pub(super) fn open_database(
     rewrite: Rewrite,
     identity: u64,
 ) -> Result<Database> {
-    let io = |e: std::io::Error| JournalError::from_io(&e);
+    let io = |e: std::io::Error| JournalError::from_io(e);
     let mut rewrite = rewrite;
     if !store.exists().map_err(io)? {
         create_database(store, identity).map_err(|e| e.at(path))?;
@@ -343,9 +343,7 @@ fn rewrite_through(
                 for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
                     let at = offset + i as u64 * PAGE;
                     match backend.write(at, page) {
-                        Err(e)
-                            if page.iter().all(|b| *b == 0)
-                                && JournalError::from_io(&e).is_full() => {}
+                        Err(e) if page.iter().all(|b| *b == 0) && super::error::disk_full(&e) => {}
                         other => other?,
                     }
                 }
@@ -361,7 +359,7 @@ fn rewrite_through(
 /// A new journal with this identity: built and synced under a temporary name, then renamed
 /// into place.
 fn create_database(store: &dyn JournalStore, identity: u64) -> std::result::Result<(), Failure> {
-    let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
+    let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(e));
     let db = redb::Builder::new().create_with_backend(BoxedBackend(
         Arc::from(store.create_temp().map_err(io)?),
         Fsync {
@@ -513,7 +511,7 @@ impl PendingRewrite {
                 ms = started.elapsed().as_millis() as u64,
                 "rewrote the journal through (the last stop was not clean): what the page cache shows is what the disk holds"
             ),
-            Err(e) if self.kind == Rewrite::AtStart && JournalError::from_io(&e).is_full() => {
+            Err(e) if self.kind == Rewrite::AtStart && super::error::disk_full(&e) => {
                 warn!(path = %self.path.display(), error = %e, "cannot rewrite the journal through at start (the disk is full); going on without");
             }
             Err(e) => return Err(e),

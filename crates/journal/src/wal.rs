@@ -549,7 +549,7 @@ impl Wal {
         db_epoch: u64,
         mut apply: impl FnMut(u64, &[u8]) -> Result<(), Failure>,
     ) -> Result<Result<Recovered, Refusal>, Failure> {
-        let io = |e: std::io::Error| Failure::Journal(super::JournalError::from_io(&e));
+        let io = |e: std::io::Error| Failure::Journal(super::JournalError::from_io(e));
         if self.found_empty {
             return Ok(Ok(Recovered::default()));
         }

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::command::{Answer, Command, Read, Write};
 use super::config::{JournalConfig, WriterRuntime};
-use super::error::{Failure, JournalError, Result};
+use super::error::{Failure, IoFailure, JournalError, Result};
 use super::idlog::IdWindow;
 use super::store::{Fsync, FsyncFailure, JournalStore, Rewrite, open_database};
 use super::tables::{self, FileState, Tables};
@@ -119,7 +119,7 @@ impl Writer {
         let entropy = match config.entropy_seed {
             Some(seed) => sidelog_runtime::Entropy::from_seed(seed),
             None => sidelog_runtime::Entropy::from_os()
-                .map_err(|e| JournalError::Io(format!("cannot draw random numbers: {e}")))?,
+                .map_err(|e| JournalError::io("cannot draw random numbers", e))?,
         };
         let wal_path = path.with_file_name(super::wal::WAL_FILE_NAME);
         // The log first: it is read whatever `wal_bytes` says now, its lock keeps a second
@@ -128,10 +128,10 @@ impl Writer {
         let mut wal = storage
             .open_wal()
             .and_then(|file| Wal::open(file, entropy.clone()))
-            .map_err(|e| wal_error(&wal_path, &e, "cannot open"))?;
+            .map_err(|e| wal_error(&wal_path, e, "cannot open"))?;
         let rewrite = rewrite_at_start(storage.as_ref(), &wal);
         wal.clear_fingerprint()
-            .map_err(|e| wal_error(&wal_path, &e, "cannot write the header of"))?;
+            .map_err(|e| wal_error(&wal_path, e, "cannot write the header of"))?;
         // Never 0: that names a database from before identities.
         let identity = entropy.next_u64().max(1);
         let db = open_database(storage.as_ref(), &path, fsync.clone(), rewrite, identity)?;
@@ -167,13 +167,13 @@ impl Writer {
         writer.wal.start(identity, epoch, bytes).map_err(|e| {
             let e = wal_error(
                 &wal_path,
-                &e,
+                e,
                 &format!("cannot allocate {bytes} bytes (journal.wal_bytes) for"),
             );
             match e {
-                JournalError::StorageFull(what) => JournalError::StorageFull(format!(
-                    "{what}; free space, or set journal.wal_bytes lower (0: no log)"
-                )),
+                JournalError::StorageFull(failure) => JournalError::StorageFull(
+                    failure.advising("free space, or set journal.wal_bytes lower (0: no log)"),
+                ),
                 e => e,
             }
         })?;
@@ -213,7 +213,7 @@ impl Writer {
             None => false,
         };
         let cannot =
-            |what: &str, e: std::io::Error| JournalError::Io(format!("cannot start {what}: {e}"));
+            |what: &str, e: std::io::Error| JournalError::io(format!("cannot start {what}"), e);
         match self.config.writer {
             WriterRuntime::Thread => {
                 std::thread::Builder::new()
@@ -478,9 +478,9 @@ impl Writer {
                 if self.full {
                     // Still failing: the rest would fail the same way; it waits with the marks.
                     for cmd in cmds.drain(..) {
-                        cmd.fail(JournalError::StorageFull(
-                            "the journal is full; removing delivered entries first".into(),
-                        ));
+                        cmd.fail(JournalError::StorageFull(IoFailure::new(
+                            "the journal is full; removing delivered entries first",
+                        )));
                     }
                     return;
                 }
@@ -621,7 +621,7 @@ impl Writer {
                 t.dead_delta,
             )
         };
-        let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(&e));
+        let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(e));
         // A checkpoint starts the log over, so it is durable whatever the commands need.
         let immediate = checkpoint && !self.config.bug_ack_before_fsync;
         txn.set_durability(if immediate {
@@ -629,7 +629,7 @@ impl Writer {
         } else {
             redb::Durability::None
         })
-        .map_err(|e| JournalError::Io(e.to_string()))?;
+        .map_err(|e| JournalError::Io(IoFailure::new(e.to_string())))?;
         let logged = !checkpoint && self.log_in_use;
         if logged {
             // Before the commit: the database never holds a change the log lacks.
@@ -796,17 +796,14 @@ fn rewrite_at_start(storage: &dyn JournalStore, wal: &Wal) -> Rewrite {
 }
 
 /// An I/O error of the redo log, naming it.
-fn wal_error(path: &std::path::Path, e: &std::io::Error, what: &str) -> JournalError {
+fn wal_error(path: &std::path::Path, e: std::io::Error, what: &str) -> JournalError {
     if e.kind() == std::io::ErrorKind::ResourceBusy {
         return JournalError::InUse {
             path: path.to_owned(),
         };
     }
-    let text = format!("{what} the redo log {}: {e}", path.display());
-    match JournalError::from_io(e) {
-        JournalError::StorageFull(_) => JournalError::StorageFull(text),
-        _ => JournalError::Io(text),
-    }
+    let what = format!("{what} the redo log {}", path.display());
+    JournalError::io(what, e)
 }
 
 fn fsync_failure(config: &JournalConfig) -> FsyncFailure {
