@@ -484,12 +484,10 @@ fn refuse(status: StatusCode, code: &'static str, reason: &str) -> Response {
 
 fn ingest_error(e: IngestError) -> Response {
     match e {
-        IngestError::InvalidArgument(m) => refuse(StatusCode::BAD_REQUEST, "invalid_argument", &m),
-        IngestError::ResourceExhausted(m) => {
-            refuse(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", &m)
-        }
-        IngestError::Unavailable(m) => refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
-        IngestError::Internal(m) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m),
+        IngestError::Malformed(m) => refuse(StatusCode::BAD_REQUEST, "invalid_argument", &m),
+        IngestError::Full(m) => refuse(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", &m),
+        IngestError::Transient(m) => refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
+        IngestError::NeedsOperator(m) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m),
     }
 }
 

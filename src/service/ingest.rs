@@ -34,10 +34,10 @@ pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// `sidelog_requests_refused_total`.
 pub(crate) fn refuse(e: IngestError) -> Status {
     count_refused(match &e {
-        IngestError::InvalidArgument(_) => "invalid_argument",
-        IngestError::ResourceExhausted(_) => "resource_exhausted",
-        IngestError::Unavailable(_) => "unavailable",
-        IngestError::Internal(_) => "internal",
+        IngestError::Malformed(_) => "invalid_argument",
+        IngestError::Full(_) => "resource_exhausted",
+        IngestError::Transient(_) => "unavailable",
+        IngestError::NeedsOperator(_) => "internal",
     });
     status(e)
 }
@@ -46,13 +46,13 @@ pub(crate) fn refuse(e: IngestError) -> Status {
 fn status(e: IngestError) -> Status {
     {
         match e {
-            IngestError::InvalidArgument(m) => Status::invalid_argument(m),
+            IngestError::Malformed(m) => Status::invalid_argument(m),
             // Backlog or disk full: retry later, and the status says when (`RetryInfo`), which
             // tells it apart from a request too large (RESOURCE_EXHAUSTED without it: never
             // retry).
-            IngestError::ResourceExhausted(m) => retry_later(tonic::Code::ResourceExhausted, m),
-            IngestError::Unavailable(m) => retry_later(tonic::Code::Unavailable, m),
-            IngestError::Internal(m) => Status::internal(m),
+            IngestError::Full(m) => retry_later(tonic::Code::ResourceExhausted, m),
+            IngestError::Transient(m) => retry_later(tonic::Code::Unavailable, m),
+            IngestError::NeedsOperator(m) => Status::internal(m),
         }
     }
 }

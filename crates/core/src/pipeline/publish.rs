@@ -40,22 +40,24 @@ impl Door {
     }
 }
 
-/// Why a whole publish request failed. Each maps to one gRPC status in `service/ingest.rs`.
+/// Why a whole publish request failed, in the pipeline's terms; each door says it its own way
+/// (gRPC statuses in `service/ingest.rs`, HTTP statuses in `service/http.rs`, a withheld PUBACK
+/// in `service/mqtt.rs`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     /// Malformed request (empty, too many messages). Not retryable as is.
     #[error("{0}")]
-    InvalidArgument(String),
+    Malformed(String),
     /// Backpressure: the backlog or the disk is full. Retry later; nothing was accepted.
     #[error("{0}")]
-    ResourceExhausted(String),
+    Full(String),
     /// Replaying, shutting down, or a transient journal failure. Retry; nothing was accepted
     /// that a retry would not answer `DUPLICATE`.
     #[error("{0}")]
-    Unavailable(String),
+    Transient(String),
     /// The journal needs an operator (damaged file). Not retryable.
     #[error("{0}")]
-    Internal(String),
+    NeedsOperator(String),
 }
 
 /// What [`Pipeline::undelivered`] counts.
@@ -74,9 +76,9 @@ impl Undelivered {
 impl From<JournalError> for IngestError {
     fn from(e: JournalError) -> Self {
         match e {
-            JournalError::StorageFull(_) => IngestError::ResourceExhausted(e.to_string()),
-            JournalError::Io(_) | JournalError::Closed => IngestError::Unavailable(e.to_string()),
-            _ => IngestError::Internal(e.to_string()),
+            JournalError::StorageFull(_) => IngestError::Full(e.to_string()),
+            JournalError::Io(_) | JournalError::Closed => IngestError::Transient(e.to_string()),
+            _ => IngestError::NeedsOperator(e.to_string()),
         }
     }
 }
@@ -249,7 +251,7 @@ impl Pipeline {
                 }
             });
             let accepted = accepted.await.map_err(|_| {
-                IngestError::Internal("the publish task ended without an answer".into())
+                IngestError::NeedsOperator("the publish task ended without an answer".into())
             })??;
             for (index, ack) in accepted {
                 acks[index] = Some(ack);
@@ -261,7 +263,7 @@ impl Pipeline {
             match super::dedup::wait_for(rx).await {
                 ClaimOutcome::Committed(seq) => acks[index] = Some(duplicate(id, seq)),
                 _ => {
-                    return Err(IngestError::Unavailable(format!(
+                    return Err(IngestError::Transient(format!(
                         "a concurrent publish of id {id:?} failed; retry"
                     )));
                 }
@@ -279,17 +281,15 @@ impl Pipeline {
     /// room in the backlog.
     fn admit(&self, messages: &[Message]) -> Result<(), IngestError> {
         if !self.is_serving() {
-            return Err(IngestError::Unavailable(
+            return Err(IngestError::Transient(
                 "sidelog is replaying its journal or shutting down; retry shortly".into(),
             ));
         }
         if messages.is_empty() {
-            return Err(IngestError::InvalidArgument(
-                "the request has no messages".into(),
-            ));
+            return Err(IngestError::Malformed("the request has no messages".into()));
         }
         if messages.len() > self.limits.max_messages_per_request {
-            return Err(IngestError::InvalidArgument(format!(
+            return Err(IngestError::Malformed(format!(
                 "the request has {} messages, over the limit of {} (max_messages_per_request)",
                 messages.len(),
                 self.limits.max_messages_per_request
@@ -297,7 +297,7 @@ impl Pipeline {
         }
         let backlog = self.backlog_bytes();
         if backlog >= self.limits.max_backlog_bytes {
-            return Err(IngestError::ResourceExhausted(format!(
+            return Err(IngestError::Full(format!(
                 "backlog is {backlog} bytes, at the limit of {} (max_backlog_bytes); retry once it drains",
                 self.limits.max_backlog_bytes
             )));
@@ -503,7 +503,7 @@ impl Pipeline {
             let outcome = match call {
                 Some(call) => call
                     .await
-                    .map_err(|e| IngestError::Internal(format!("handler task failed: {e}")))?,
+                    .map_err(|e| IngestError::NeedsOperator(format!("handler task failed: {e}")))?,
                 None => HandleOutcome::Outputs(vec![input.clone()]),
             };
             // A dead input's letter is written with the group: one transaction, and the ack
