@@ -20,7 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ReplayPolicy};
+use crate::config::{Config, ReplayPolicy, Secrets};
 use crate::handler::GrpcHandler;
 use crate::journal::{FileStore, Journal, JournalError};
 use crate::node::{Hops, Node, Opened};
@@ -58,6 +58,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    // Read before anything is opened or bound: a file that cannot be read fails the start.
+    let secrets = config.secrets()?;
     let clock: SharedClock = Arc::new(SystemClock);
     let entropy = Entropy::from_clock(clock.as_ref());
     let readiness = match config.metrics_listen {
@@ -86,8 +88,8 @@ pub async fn serve(
         readiness.attach(pipeline.clone());
     }
 
-    let ((ingest, local), health) = start_ingest(&config, pipeline.clone()).await?;
-    let http = match start_http(&config, pipeline.clone()).await {
+    let ((ingest, local), health) = start_ingest(&config, &secrets, pipeline.clone()).await?;
+    let http = match start_http(&config, &secrets, pipeline.clone()).await {
         Ok(http) => http,
         Err(e) => {
             let _ = ingest.stop.send(());
@@ -106,7 +108,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let admin = match start_admin(&config, &node, &clock).await {
+    let admin = match start_admin(&config, &secrets, &node, &clock).await {
         Ok(admin) => admin,
         Err(e) => {
             let _ = ingest.stop.send(());
@@ -155,14 +157,15 @@ struct HttpRunning {
 /// answers 503 until the replay is done, as gRPC answers `UNAVAILABLE`.
 async fn start_http(
     config: &Config,
+    secrets: &Secrets,
     pipeline: Arc<Pipeline>,
 ) -> anyhow::Result<Option<HttpRunning>> {
     let Some(addr) = config.http_listen else {
         return Ok(None);
     };
-    let tls = match config.tls_pem()? {
+    let tls = match &secrets.tls {
         Some(pem) => Some(
-            crate::service::http::tls_acceptor(&pem)
+            crate::service::http::tls_acceptor(pem)
                 .map_err(|e| anyhow::anyhow!("http_listen (--http-listen): {e}"))?,
         ),
         None => None,
@@ -172,7 +175,7 @@ async fn start_http(
         .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
     let door = crate::service::http::HttpDoor {
         pipeline,
-        token: crate::service::TokenCheck::new(config.auth_token()?),
+        token: crate::service::TokenCheck::new(secrets.token.clone()),
         max_request_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
         key_field: config.http_ndjson_key_field.clone(),
         cors_origins: config.http_cors_origins.clone(),
@@ -336,6 +339,7 @@ fn reflection(
 /// reflection on it.
 async fn start_ingest(
     config: &Config,
+    secrets: &Secrets,
     pipeline: Arc<Pipeline>,
 ) -> anyhow::Result<((Running, SocketAddr), HealthReporter)> {
     let listener = TcpListener::bind(config.listen)
@@ -347,7 +351,7 @@ async fn start_ingest(
     let (reflection, reflection_v1alpha) =
         reflection(&["sidelog.v1.Ingest", "grpc.health.v1.Health"])?;
     let max_request = config.limits.max_request_bytes as usize;
-    let token = crate::service::TokenCheck::new(config.auth_token()?);
+    let token = crate::service::TokenCheck::new(secrets.token.clone());
     let ingest =
         crate::service::OversizeRefusals(tonic::service::interceptor::InterceptedService::new(
             IngestServer::new(IngestService::new(pipeline))
@@ -370,7 +374,7 @@ async fn start_ingest(
         .tcp_nodelay(true)
         .accept_http1(true)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams as u32));
-    if let Some(tls) = config.tls()? {
+    if let Some(tls) = secrets.grpc_tls() {
         builder = builder
             .tls_config(tls)
             .context("cannot use the TLS certificate and key (tls_cert_file, tls_key_file)")?;
@@ -401,6 +405,7 @@ async fn start_ingest(
 /// The admin service on its own listener, unless `admin_listen` is off.
 async fn start_admin(
     config: &Config,
+    secrets: &Secrets,
     node: &Node,
     clock: &SharedClock,
 ) -> anyhow::Result<Option<Running>> {
@@ -414,7 +419,7 @@ async fn start_admin(
             pipeline: node.pipeline.clone(),
         }),
     );
-    let (stop, task) = serve_admin(config, addr, service).await?;
+    let (stop, task) = serve_admin(secrets, addr, service).await?;
     Ok(Some(Running { stop, task }))
 }
 
@@ -539,7 +544,7 @@ async fn close_journal(journal: &crate::journal::Journal) -> anyhow::Result<()> 
 
 /// Serves the admin service on `addr` (same TLS and token as ingest) until told to stop.
 async fn serve_admin(
-    config: &Config,
+    secrets: &Secrets,
     addr: SocketAddr,
     service: crate::service::AdminService,
 ) -> anyhow::Result<(
@@ -550,13 +555,13 @@ async fn serve_admin(
         .await
         .with_context(|| format!("cannot listen on {addr} (--admin-listen; off disables it)"))?;
     let local = listener.local_addr().context("admin listener address")?;
-    let token = crate::service::TokenCheck::new(config.auth_token()?);
+    let token = crate::service::TokenCheck::new(secrets.token.clone());
     let admin = tonic::service::interceptor::InterceptedService::new(
         crate::proto::admin_server::AdminServer::new(service),
         move |request| token.check(request),
     );
     let mut builder = Server::builder();
-    if let Some(tls) = config.tls()? {
+    if let Some(tls) = secrets.grpc_tls() {
         builder = builder
             .tls_config(tls)
             .context("cannot use the TLS certificate and key (tls_cert_file, tls_key_file)")?;

@@ -1872,6 +1872,32 @@ fn permission_errors_name_the_file() {
         "{err}"
     );
 
+    // The token and a TLS key the same, and read before anything is opened or bound: the
+    // start fails naming the file, and the data directory is not even made.
+    let secret = root.join("secret");
+    std::fs::write(&secret, "a-token-of-sixteen-chars").unwrap();
+    mode(&secret, 0o600);
+    for flags in [
+        &["--auth-token-file", "secret"][..],
+        &["--tls-cert-file", "secret", "--tls-key-file", "secret"][..],
+    ] {
+        let args = [
+            &["serve", "--data-dir", "never", "--listen", &listen][..],
+            flags,
+        ]
+        .concat();
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(flags[0]) && err.contains("Permission denied"),
+            "{err}"
+        );
+        assert!(
+            !root.join("never").exists(),
+            "nothing opened before the secrets are read"
+        );
+    }
+
     // The config file, and a chunk for `inspect chunk`.
     let config = root.join("sidelog.toml");
     std::fs::write(&config, "mode = \"hml\"\n").unwrap();

@@ -131,21 +131,19 @@ impl Config {
         Ok(())
     }
 
-    /// The listener's TLS settings, if `tls_cert_file` is set.
-    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let Some(pem) = self.tls_pem()? else {
-            return Ok(None);
-        };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(pem.cert, pem.key));
-        if let Some(ca) = pem.client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(ca));
-        }
-        Ok(Some(tls))
+    /// The files the listeners need (the token, the TLS certificate and key, the client CA),
+    /// read once: `serve` reads them before it opens the journal or binds anything, so a file
+    /// that cannot be read fails the start with its name, and every listener uses the same
+    /// contents.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        Ok(Secrets {
+            token: self.auth_token()?,
+            tls: self.tls_pem()?,
+        })
     }
 
     /// The PEM files TLS is configured with, read, if `tls_cert_file` is set.
-    pub fn tls_pem(&self) -> Result<Option<TlsPem>, ConfigError> {
+    fn tls_pem(&self) -> Result<Option<TlsPem>, ConfigError> {
         let read = |key: &'static str, path: &PathBuf| {
             std::fs::read(path).map_err(|e| ConfigError::Invalid {
                 key,
@@ -190,7 +188,7 @@ impl Config {
     }
 
     /// The bearer token from `auth_token_file`, if one is set.
-    pub fn auth_token(&self) -> Result<Option<String>, ConfigError> {
+    fn auth_token(&self) -> Result<Option<String>, ConfigError> {
         let Some(path) = &self.auth_token_file else {
             return Ok(None);
         };
@@ -342,6 +340,38 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect();
     format!("{base}?{}", query.join("&"))
+}
+
+/// What [`Config::secrets`] read.
+#[derive(Clone)]
+pub struct Secrets {
+    /// The bearer token every listener asks for (`auth_token_file`).
+    pub token: Option<String>,
+    /// The TLS files every listener serves with (`tls_cert_file`, ...).
+    pub tls: Option<TlsPem>,
+}
+
+impl Secrets {
+    /// The gRPC listeners' TLS settings, if TLS is configured.
+    pub fn grpc_tls(&self) -> Option<tonic::transport::ServerTlsConfig> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let pem = self.tls.as_ref()?;
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(pem.cert.clone(), pem.key.clone()));
+        if let Some(ca) = &pem.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca.clone()));
+        }
+        Some(tls)
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// The contents of the TLS files (PEM).

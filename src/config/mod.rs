@@ -21,7 +21,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use checks::{TlsPem, read_token_file};
+pub use checks::{Secrets, TlsPem, read_token_file};
 pub use load::ServeArgs;
 pub use mqtt::MqttSource;
 pub use reference::{example_toml, markdown_table};
