@@ -28,7 +28,7 @@ use crate::pipeline::{Handler, Pipeline};
 use crate::proto::ingest_server::IngestServer;
 use crate::runtime::{Entropy, SharedClock, SystemClock};
 use crate::service::IngestService;
-use crate::sink::{ChunkSettings, ChunkSink, SinkSettings};
+use crate::sink::{ChunkSettings, SinkSettings};
 
 /// How long shutdown waits for the journal's last sync.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,7 +79,7 @@ pub async fn serve(
         .delivery_state()
         .await
         .context("cannot read the journal's delivery progress")?;
-    let (hops, readback) = open_hops(&config, delivery_state, clock.clone(), &entropy).await?;
+    let hops = open_hops(&config, delivery_state, clock.clone(), &entropy).await?;
     let node = opened.assemble(&config, hops, clock.clone(), entropy);
     let Node {
         journal, pipeline, ..
@@ -120,9 +120,6 @@ pub async fn serve(
     info!(config = %config.summary_line(), "running with");
     on_listening(local);
 
-    if let Some(chunks) = &readback {
-        absorb_stored(chunks, journal).await;
-    }
     tokio::pin!(shutdown);
     if !replay(&config, &node, &mut shutdown).await? {
         info!("stopping during replay; the rest is replayed on the next start");
@@ -251,14 +248,13 @@ async fn open_journal(
     })
 }
 
-/// The handler and the sink `config` names; for the object sink, its chunks, which read back
-/// what a crash left uploaded.
+/// The handler and the sink `config` names.
 async fn open_hops(
     config: &Config,
     journal: crate::journal::DeliveryState,
     clock: SharedClock,
     entropy: &Entropy,
-) -> anyhow::Result<(Hops, Option<Arc<ChunkSink>>)> {
+) -> anyhow::Result<Hops> {
     let handler: Option<Arc<dyn Handler>> = match &config.handler {
         Some(url) => Some(Arc::new(
             GrpcHandler::new(url, Duration::from_millis(config.handling.timeout_ms))
@@ -276,14 +272,10 @@ async fn open_hops(
         },
         journal: Some(journal),
     };
-    let opened = crate::sink::open(&config.sink_target()?, settings, clock, entropy)
+    let sink = crate::sink::open(&config.sink_target()?, settings, clock, entropy)
         .await
         .context("--sink")?;
-    let hops = Hops {
-        handler,
-        sink: opened.sink,
-    };
-    Ok((hops, opened.readback))
+    Ok(Hops { handler, sink })
 }
 
 /// Health of the ingest service and of the server as a whole (`""`), as load balancers ask.
@@ -580,23 +572,6 @@ async fn serve_admin(
     ));
     info!(addr = %local, "serving admin");
     Ok((stop_tx, server))
-}
-
-/// Learns which backlog messages the bucket holds already, so the replay does not upload them
-/// twice. A failure only costs duplicates, so it is logged, not fatal.
-async fn absorb_stored(chunks: &ChunkSink, journal: &Journal) {
-    let span = match crate::pipeline::backlog_span(journal).await {
-        Ok(Some(span)) => span,
-        Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "cannot read the backlog's span; the replay re-sends all of it");
-            return;
-        }
-    };
-    let (from, to, since) = span;
-    if let Err(e) = chunks.absorb_stored(from, to, since).await {
-        warn!(error = %e, "cannot read back the bucket; the replay re-sends the whole backlog (duplicates of what was uploaded but not acked)");
-    }
 }
 
 /// Keeps the oldest backlog entry's age up to date for `/metrics`, once a second.

@@ -20,7 +20,7 @@ mod nats;
 mod open;
 
 pub use sidelog_core::sink::{
-    Batch, Receipt, SEQ_HEADER, Sink, SinkError, sequence_of, set_seq_header,
+    BacklogSpan, Batch, Receipt, SEQ_HEADER, Sink, SinkError, sequence_of, set_seq_header,
 };
 
 pub use chunk::bucket::{ObjectSink, ObjectSinkConfig};
@@ -32,7 +32,7 @@ pub use chunk::{
 pub use grpc::GrpcSink;
 pub use kafka::{KafkaSink, KafkaSinkConfig, NO_PROGRESS_VAR as KAFKA_NO_PROGRESS_VAR};
 pub use nats::{NatsSink, NatsSinkConfig};
-pub use open::{OpenedSink, SinkSettings, SinkTarget, open};
+pub use open::{SinkSettings, SinkTarget, open};
 
 /// Why a sink cannot be built from its settings (a bad URL, an unusable directory, missing
 /// credentials). Not retryable: the configuration must change.

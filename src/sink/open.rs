@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ChunkSettings, ChunkSink, FileSink, FileSinkConfig, GrpcSink, KafkaSink, KafkaSinkConfig,
-    NatsSink, NatsSinkConfig, ObjectSink, ObjectSinkConfig, Sink, SinkSetupError,
+    ChunkSettings, FileSink, FileSinkConfig, GrpcSink, KafkaSink, KafkaSinkConfig, NatsSink,
+    NatsSinkConfig, ObjectSink, ObjectSinkConfig, Sink, SinkSetupError,
 };
 use crate::runtime::{Entropy, SharedClock};
 
@@ -36,25 +36,14 @@ pub struct SinkSettings {
     pub journal: Option<crate::journal::DeliveryState>,
 }
 
-/// A sink ready for delivery.
-pub struct OpenedSink {
-    pub sink: Arc<dyn Sink>,
-    /// The object sink's chunks: before a replay they read back what a crash left uploaded but
-    /// unacked ([`ChunkSink::absorb_stored`]).
-    pub readback: Option<Arc<ChunkSink>>,
-}
-
 /// Builds the sink `target` names.
 pub async fn open(
     target: &SinkTarget,
     settings: SinkSettings,
     clock: SharedClock,
     entropy: &Entropy,
-) -> Result<OpenedSink, SinkSetupError> {
-    let plain = |sink: Arc<dyn Sink>| OpenedSink {
-        sink,
-        readback: None,
-    };
+) -> Result<Arc<dyn Sink>, SinkSetupError> {
+    let plain = |sink: Arc<dyn Sink>| sink;
     Ok(match target {
         SinkTarget::Grpc(url) => plain(Arc::new(GrpcSink::new(url, settings.timeout)?)),
         SinkTarget::Nats(nats) => plain(Arc::new(
@@ -63,19 +52,13 @@ pub async fn open(
         SinkTarget::Kafka(kafka) => plain(Arc::new(
             KafkaSink::connect((**kafka).clone(), settings.timeout, settings.journal).await?,
         )),
-        SinkTarget::Object(object) => {
-            let chunks = ObjectSink::start(
-                (**object).clone(),
-                settings.chunks,
-                settings.timeout,
-                clock,
-                entropy,
-            )?;
-            OpenedSink {
-                sink: chunks.clone(),
-                readback: Some(chunks),
-            }
-        }
+        SinkTarget::Object(object) => ObjectSink::start(
+            (**object).clone(),
+            settings.chunks,
+            settings.timeout,
+            clock,
+            entropy,
+        )?,
         SinkTarget::File(dir) => {
             let config = FileSinkConfig {
                 dir: dir.clone(),

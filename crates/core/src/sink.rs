@@ -133,12 +133,35 @@ impl SinkError {
     }
 }
 
+/// The backlog's journal sequences `[from, to]`, and when its oldest entry was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogSpan {
+    pub from: u64,
+    pub to: u64,
+    pub since_ms: i64,
+}
+
 /// The next tier.
 pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch: `Ok` means every message in it is acked by the next tier, an error
     /// means none is (the batch is retried). Work that fixes the batch's place in the sink's
     /// order happens before the future is returned, so calls made in order are taken in order.
     fn deliver(&self, batch: Batch) -> BoxFuture<'static, Result<Receipt, SinkError>>;
+
+    /// Whether the sink can tell which of the backlog's messages the next tier holds already
+    /// (a crash came between their upload and their ack): then the start's replay calls
+    /// [`read_back`](Sink::read_back) first.
+    fn reads_back(&self) -> bool {
+        false
+    }
+
+    /// Before the start's replay: learns which of the backlog's sequences `[span.from,
+    /// span.to]` the next tier holds, so that the replay acks those instead of sending them
+    /// twice. A failure only costs duplicates: it is the sink's to log.
+    fn read_back(&self, span: BacklogSpan) -> BoxFuture<'_, ()> {
+        let _ = span;
+        Box::pin(async {})
+    }
 
     /// The start's replay is over: every entry the journal held is delivered (or
     /// dead-lettered) and its marks are applied. A sink that skipped what it already held

@@ -180,6 +180,10 @@ impl ChunkStore for Bucket {
         })
     }
 
+    fn can_read_back(&self) -> bool {
+        true
+    }
+
     /// Lists the hour directories from `since_ms` to now, reads back every object whose name's
     /// sequence range meets `[from, to]`, and collects the sequences it holds. An object is
     /// visible only whole, so what is found is durably stored.

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::proto::Message;
 use crate::runtime::{BoxFuture, Entropy, SharedClock};
-use crate::sink::{Batch, Receipt, Sink, SinkError, sequence_of};
+use crate::sink::{BacklogSpan, Batch, Receipt, Sink, SinkError, sequence_of};
 
 pub use dir::{ChunkDir, FileSink, FileSinkConfig};
 pub(crate) use format::encode_chunk_record;
@@ -98,6 +98,12 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Stores a whole chunk under `name`. `Ok` only once it is durable there and visible whole;
     /// a failure leaves nothing visible (the chunk's batches are retried).
     fn put(&self, name: String, body: Vec<u8>) -> BoxFuture<'static, Result<(), SinkError>>;
+
+    /// Whether [`stored_seqs`](ChunkStore::stored_seqs) can tell (an object store lists and
+    /// reads its objects; a directory of chunk files is not read back).
+    fn can_read_back(&self) -> bool {
+        false
+    }
 
     /// The sequences in `[from, to]` that chunks stored between `since_ms` and `until_ms`
     /// (unix ms) already hold, read back from the store: what a crash between a chunk's upload
@@ -390,6 +396,18 @@ impl Sink for ChunkSink {
     fn pipeline_depth(&self) -> usize {
         // Batches join the open chunk in call order, so many may await the seal together.
         1024
+    }
+
+    fn reads_back(&self) -> bool {
+        self.store.can_read_back()
+    }
+
+    fn read_back(&self, span: BacklogSpan) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.absorb_stored(span.from, span.to, span.since_ms).await {
+                warn!(error = %e, "cannot read back the bucket; the replay re-sends the whole backlog (duplicates of what was uploaded but not acked)");
+            }
+        })
     }
 
     fn ack_delay_max(&self) -> Duration {

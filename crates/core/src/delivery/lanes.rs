@@ -74,6 +74,11 @@ impl Delivery {
     }
 
     /// The start's replay is over ([`Sink::replayed`]).
+    /// The sink's [`read_back`](Sink::read_back), if it does one.
+    pub(crate) fn sink_reads_back(&self) -> Option<&Arc<dyn Sink>> {
+        self.sink.reads_back().then_some(&self.sink)
+    }
+
     pub fn sink_replayed(&self) -> Option<sidelog_journal::DeliveryProgress> {
         self.sink.replayed()
     }

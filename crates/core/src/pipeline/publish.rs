@@ -165,6 +165,10 @@ impl Pipeline {
         &self.journal
     }
 
+    pub(crate) fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
     pub(crate) fn completion(&self) -> &Arc<Completion> {
         &self.completion
     }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::handler::Call;
 use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
 use crate::delivery::DeliveryItem;
+use crate::sink::BacklogSpan;
 use sidelog_journal::{
     DeadLetterSelection, InputState, JournalError, ScanLimit, Seq, SeqRange, StoredInput,
     StoredOutput,
@@ -96,6 +97,17 @@ pub async fn replay(
     pipeline: &Arc<Pipeline>,
     options: &ReplayOptions,
 ) -> Result<ReplayStats, JournalError> {
+    if let Some(sink) = pipeline.delivery().sink_reads_back() {
+        match backlog_span(pipeline.journal()).await {
+            Ok(Some((from, to, since_ms))) => {
+                sink.read_back(BacklogSpan { from, to, since_ms }).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the backlog's span; the replay re-sends all of it")
+            }
+        }
+    }
     let result = replay_backlog(pipeline, options).await;
     if result.is_ok() {
         pipeline.sink_replayed().await;
