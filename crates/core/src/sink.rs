@@ -185,8 +185,11 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// How long the sink may hold a batch before it acks it, beyond the delivery timeout.
-    fn ack_delay_max(&self) -> Duration {
-        Duration::ZERO
+    /// `None`: the sink answers every batch itself, delivered or failed, and a lane must never
+    /// give up on one and send it again (the exactly-once Kafka sink: a batch sent again could
+    /// be in two transactions that both commit).
+    fn ack_delay_max(&self) -> Option<Duration> {
+        Some(Duration::ZERO)
     }
 
     /// Sends what the sink holds back to batch it (an open chunk) now rather than when its

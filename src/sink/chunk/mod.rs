@@ -410,8 +410,8 @@ impl Sink for ChunkSink {
         })
     }
 
-    fn ack_delay_max(&self) -> Duration {
-        self.settings.max_age
+    fn ack_delay_max(&self) -> Option<Duration> {
+        Some(self.settings.max_age)
     }
 
     fn flush(&self) {

@@ -822,13 +822,13 @@ impl Sink for KafkaSink {
         true
     }
 
-    fn ack_delay_max(&self) -> Duration {
+    fn ack_delay_max(&self) -> Option<Duration> {
         match self.how {
-            How::Plain(_) => Duration::ZERO,
+            How::Plain(_) => Some(Duration::ZERO),
             // The driver answers every batch itself once its transaction's outcome is known
             // (`txn.rs`): a lane that gave up on it and sent it again could put it into a
             // second transaction while the first may still commit.
-            How::Transactional(_) => Duration::from_secs(24 * 3600),
+            How::Transactional(_) => None,
         }
     }
 

@@ -208,12 +208,17 @@ async fn deliver_with_retries(
     config: DeliveryConfig,
     entropy: Entropy,
 ) {
-    let timeout = Duration::from_millis(config.timeout_ms) + sink.ack_delay_max();
+    let timeout = sink
+        .ack_delay_max()
+        .map(|delay| Duration::from_millis(config.timeout_ms) + delay);
     let mut attempt = 1u32;
     let mut pending = first_attempt;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = tokio::time::timeout(timeout, pending).await;
+        let outcome = match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, pending).await,
+            None => Ok(pending.await),
+        };
         let label = if matches!(outcome, Ok(Ok(_))) {
             "ok"
         } else {
@@ -248,7 +253,8 @@ async fn deliver_with_retries(
                 return;
             }
             Ok(Err(e)) => e.reason,
-            Err(_) => format!("no ack within {timeout:?}"),
+            // Only a timed wait ends this way.
+            Err(_) => format!("no ack within {:?}", timeout.unwrap_or_default()),
         };
         if config.backoff.exhausted(attempt) {
             restore_messages(&mut items, &batch);
