@@ -34,6 +34,7 @@ pub mod runtime;
 mod server;
 mod service;
 pub mod sink;
+mod url_options;
 
 pub use config::{
     Config, ConfigError, ReplayPolicy, ServeArgs, check_environment,

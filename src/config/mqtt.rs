@@ -54,19 +54,7 @@ impl MqttSource {
         })?;
         let mut source = MqttSource::broker(&url)?;
         let (mut user, mut password) = (None, None);
-        for pair in url
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("option {pair:?} has no value"))?;
-            let v = percent_decode(v).map_err(|e| format!("option {k}: {e}"))?;
-            if v.is_empty() {
-                return Err(format!("option {k} is empty"));
-            }
+        for (k, v) in crate::url_options::options(url.query().unwrap_or(""))? {
             match k {
                 "user" => user = Some(v),
                 "password" => password = Some(v),
@@ -186,13 +174,6 @@ fn valid_filter(filter: &str) -> bool {
             (!level.contains('+') || *level == "+")
                 && (!level.contains('#') || (*level == "#" && i == levels.len() - 1))
         })
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8()
-        .map(|t| t.into_owned())
-        .map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
 }
 
 #[cfg(test)]

@@ -89,13 +89,8 @@ impl NatsSinkConfig {
             "false" | "0" => Ok(false),
             _ => Err(format!("{name}={v:?}: expected true or false")),
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("option {pair:?} has no value"))?;
-            if v.is_empty() {
-                return Err(format!("option {k} is empty"));
-            }
+        for (k, v) in crate::url_options::options(query)? {
+            let v = v.as_str();
             match k {
                 "stream" => c.stream = Some(v.to_owned()),
                 "subject" => c.subject = v.to_owned(),

@@ -81,13 +81,8 @@ impl ObjectSinkConfig {
             region: "us-east-1".into(),
             format: None,
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("option {pair:?} has no value"))?;
-            if v.is_empty() {
-                return Err(format!("option {k} is empty"));
-            }
+        for (k, v) in crate::url_options::options(query)? {
+            let v = v.as_str();
             match k {
                 "endpoint" => {
                     if !(v.starts_with("http://") || v.starts_with("https://")) {
