@@ -88,60 +88,103 @@ pub async fn serve(
         readiness.attach(pipeline.clone());
     }
 
-    let ((ingest, local), health) = start_ingest(&config, &secrets, pipeline.clone()).await?;
-    let http = match start_http(&config, &secrets, pipeline.clone()).await {
-        Ok(http) => http,
-        Err(e) => {
-            let _ = ingest.stop.send(());
-            return Err(e);
-        }
-    };
-    let mqtt = match &config.mqtt_source {
-        Some(url) => {
-            let source = crate::config::MqttSource::parse(url)
-                .map_err(|e| anyhow::anyhow!("mqtt_source (--mqtt-source): {e}"))?;
-            Some(crate::service::mqtt::MqttDoor::start(
-                &source,
-                pipeline.clone(),
-                config.limits.max_message_bytes as usize,
-            )?)
-        }
-        None => None,
-    };
-    let admin = match start_admin(&config, &secrets, &node, &clock).await {
-        Ok(admin) => admin,
-        Err(e) => {
-            let _ = ingest.stop.send(());
-            return Err(e);
-        }
-    };
+    let doors = start_doors(&config, &secrets, &node, &clock).await?;
     crate::runtime::spawn(report_backlog_age(journal.clone(), clock.clone()));
-    info!(addr = %local, mode = %config.mode, "listening");
+    info!(addr = %doors.local, mode = %config.mode, "listening");
     info!(config = %config.summary_line(), "running with");
-    on_listening(local);
+    on_listening(doors.local);
 
     tokio::pin!(shutdown);
     if !replay(&config, &node, &mut shutdown).await? {
         info!("stopping during replay; the rest is replayed on the next start");
-        let _ = ingest.stop.send(()); // the server may have stopped already
-        if let Some(admin) = admin {
-            let _ = admin.stop.send(());
-        }
-        if let Some(http) = http {
-            let _ = http.stop.send(());
-        }
-        if let Some(mqtt) = mqtt {
-            mqtt.stop().await;
-        }
+        doors.abandon().await;
         close_journal(journal).await?;
         return Ok(());
     }
     pipeline.set_serving(true);
-    set_health(&health, true).await;
+    set_health(&doors.health, true).await;
     info!(mode = %config.mode, "serving");
 
     shutdown.await;
+    let Doors {
+        ingest,
+        health,
+        http,
+        mqtt,
+        admin,
+        ..
+    } = doors;
     stop(&config, &node, &health, ingest, (http, mqtt), admin).await
+}
+
+/// Every listener and the MQTT source, started; intake stays closed until the replay is done.
+struct Doors {
+    ingest: Running,
+    /// The ingest listener's address (a port of 0 in the configuration is the one it got).
+    local: SocketAddr,
+    health: HealthReporter,
+    http: Option<HttpRunning>,
+    mqtt: Option<crate::service::mqtt::MqttDoor>,
+    admin: Option<Running>,
+}
+
+impl Doors {
+    /// Stops every door at once, without draining (a stop during the replay).
+    async fn abandon(self) {
+        let _ = self.ingest.stop.send(()); // the server may have stopped already
+        if let Some(admin) = self.admin {
+            let _ = admin.stop.send(());
+        }
+        if let Some(http) = self.http {
+            let _ = http.stop.send(());
+        }
+        if let Some(mqtt) = self.mqtt {
+            mqtt.stop().await;
+        }
+    }
+}
+
+/// Starts the ingest listener, the HTTP door, the MQTT source and the admin listener, as
+/// configured; a failure stops the ingest listener already started.
+async fn start_doors(
+    config: &Config,
+    secrets: &Secrets,
+    node: &Node,
+    clock: &SharedClock,
+) -> anyhow::Result<Doors> {
+    let pipeline = &node.pipeline;
+    let ((ingest, local), health) = start_ingest(config, secrets, pipeline.clone()).await?;
+    let started = async {
+        let http = start_http(config, secrets, pipeline.clone()).await?;
+        let mqtt = match &config.mqtt_source {
+            Some(url) => {
+                let source = crate::config::MqttSource::parse(url)
+                    .map_err(|e| anyhow::anyhow!("mqtt_source (--mqtt-source): {e}"))?;
+                Some(crate::service::mqtt::MqttDoor::start(
+                    &source,
+                    pipeline.clone(),
+                    config.limits.max_message_bytes as usize,
+                )?)
+            }
+            None => None,
+        };
+        let admin = start_admin(config, secrets, node, clock).await?;
+        anyhow::Ok((http, mqtt, admin))
+    };
+    match started.await {
+        Ok((http, mqtt, admin)) => Ok(Doors {
+            ingest,
+            local,
+            health,
+            http,
+            mqtt,
+            admin,
+        }),
+        Err(e) => {
+            let _ = ingest.stop.send(());
+            Err(e)
+        }
+    }
 }
 
 /// The HTTP door, running until its stop is sent.

@@ -178,80 +178,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(command) => {
-                let ServeCommand {
-                    check_config,
-                    discard_wal,
-                    args,
-                } = *command;
-                let variables = std::env::vars_os().filter_map(|(n, _)| n.into_string().ok());
-                sidelog::check_environment(variables, &cli_variables())?;
-                let config = Config::load(args)?;
-                if check_config {
-                    // The next tier too, where asking it is cheap and says what a start would
-                    // meet: a Kafka topic that is not there, a cluster that does not answer.
-                    if let Ok(sidelog::sink::SinkTarget::Kafka(kafka)) = config.sink_target() {
-                        match kafka.check().await {
-                            Ok(found) => eprintln!("checked: {found}"),
-                            Err(reason) => {
-                                eprintln!(
-                                    "error: invalid setting sink (--sink, SIDELOG_SINK): {reason}"
-                                );
-                                return Ok(ExitCode::FAILURE);
-                            }
-                        }
-                    }
-                    return print_effective(&config);
-                }
-                ignore_sighup();
-                let this_start = sidelog::ThisStart { discard_wal };
-                sidelog::serve(config, this_start, shutdown_signal(), |_| {})
-                    .await
-                    .map(|()| ExitCode::SUCCESS)
-            }
-            Command::Publish(args) => {
-                let s = publish::run(args).await?;
-                println!(
-                    "sent {} accepted {} duplicate {} rejected {} unacked {} retries {}",
-                    s.sent, s.accepted, s.duplicate, s.rejected, s.unacked, s.retries
-                );
-                if let Some(r) = &s.first_rejection {
-                    println!("first rejection: {r}");
-                }
-                // A script must not take a run that lost messages for a success.
-                if s.rejected > 0 || s.unacked > 0 {
-                    eprintln!(
-                        "error: {} messages were rejected and {} never acknowledged: they are \
-                         not in sidelog",
-                        s.rejected, s.unacked
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Inspect(args) => inspect::run(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Health(args) => health(args).await,
-            Command::Completions { shell } => {
-                use clap::CommandFactory as _;
-                let mut command = Cli::command();
-                clap_complete::generate(shell, &mut command, "sidelog", &mut std::io::stdout());
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Man { out_dir } => {
-                use clap::CommandFactory as _;
-                match out_dir {
-                    None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
-                    Some(dir) => {
-                        let written = write_man_pages(Cli::command(), &dir)?;
-                        println!("wrote {written} pages into {}", dir.display());
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    });
+    let result = runtime.block_on(run(cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -261,9 +188,86 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves at the first SIGTERM or Ctrl-C (graceful shutdown begins); a second one exits at
-/// once with status 130. Exiting at once loses nothing acknowledged: an ack follows its fsync,
-/// and the journal is replayed on the next start.
+/// Runs one command; the exit code says how it went.
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(command) => serve(*command).await,
+        Command::Publish(args) => publish(args).await,
+        Command::Inspect(args) => inspect::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Health(args) => health(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "sidelog", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory as _;
+            match out_dir {
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+                Some(dir) => {
+                    let written = write_man_pages(Cli::command(), &dir)?;
+                    println!("wrote {written} pages into {}", dir.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sidelog serve` (and `--check-config`).
+async fn serve(command: ServeCommand) -> anyhow::Result<ExitCode> {
+    let ServeCommand {
+        check_config,
+        discard_wal,
+        args,
+    } = command;
+    let variables = std::env::vars_os().filter_map(|(n, _)| n.into_string().ok());
+    sidelog::check_environment(variables, &cli_variables())?;
+    let config = Config::load(args)?;
+    if check_config {
+        // The next tier too, where asking it is cheap and says what a start would
+        // meet: a Kafka topic that is not there, a cluster that does not answer.
+        if let Ok(sidelog::sink::SinkTarget::Kafka(kafka)) = config.sink_target() {
+            match kafka.check().await {
+                Ok(found) => eprintln!("checked: {found}"),
+                Err(reason) => {
+                    eprintln!("error: invalid setting sink (--sink, SIDELOG_SINK): {reason}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        return print_effective(&config);
+    }
+    ignore_sighup();
+    let this_start = sidelog::ThisStart { discard_wal };
+    sidelog::serve(config, this_start, shutdown_signal(), |_| {})
+        .await
+        .map(|()| ExitCode::SUCCESS)
+}
+
+/// `sidelog publish`: its summary line, and a failure when anything was not taken.
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let s = publish::run(args).await?;
+    println!(
+        "sent {} accepted {} duplicate {} rejected {} unacked {} retries {}",
+        s.sent, s.accepted, s.duplicate, s.rejected, s.unacked, s.retries
+    );
+    if let Some(r) = &s.first_rejection {
+        println!("first rejection: {r}");
+    }
+    // A script must not take a run that lost messages for a success.
+    if s.rejected > 0 || s.unacked > 0 {
+        eprintln!(
+            "error: {} messages were rejected and {} never acknowledged: they are \
+             not in sidelog",
+            s.rejected, s.unacked
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `serve --check-config`'s output. A reader that stops early (`| head`) closes the pipe:
 /// that ends the output, not the process with a panic.
 fn print_effective(config: &Config) -> anyhow::Result<ExitCode> {
@@ -348,6 +352,9 @@ fn ignore_sighup() {
     }
 }
 
+/// Resolves at the first SIGTERM or Ctrl-C (graceful shutdown begins); a second one exits at
+/// once with status 130. Exiting at once loses nothing acknowledged: an ack follows its fsync,
+/// and the journal is replayed on the next start.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
