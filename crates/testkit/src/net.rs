@@ -1,14 +1,40 @@
 //! Loopback ports, in-process gRPC servers, and asking a server's health.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Server};
 
 /// A free loopback port: bound, read and released, so that a test can reuse it across
 /// restarts of what listens there.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), from which the system
+/// hands out the ports of outgoing connections and of binds to port 0: a port from there, once
+/// released, can be taken by another test's connection before the child process binds it
+/// ("Address already in use", seen in CI). Calls in one process take the next port of one
+/// sequence, which starts at a place set by the process id: parallel tests of a process never
+/// get the same port, and two test processes rarely meet.
 pub fn free_port() -> std::io::Result<SocketAddr> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_start().unwrap_or(32_768).max(LOW + 1_000);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % span).unwrap_or(u16::MAX);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// The first port of the kernel's ephemeral range (Linux), if it says.
+fn ephemeral_start() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// How long [`serve_on`] retries a bind while the previous server on the port lets go of it.
