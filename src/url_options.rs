@@ -23,6 +23,15 @@ pub(crate) fn options(query: &str) -> Result<Vec<(&str, String)>, String> {
         .collect()
 }
 
+/// A yes/no option: `true` or `1`, `false` or `0`.
+pub(crate) fn flag(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{name}={value:?}: expected true or false")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,7 +1,7 @@
 //! `mqtt_source`, parsed: the broker, the topic filters and the session the MQTT door
 //! (`service/mqtt.rs`) subscribes with. The URL's scheme, host and port are read by the `url`
-//! crate; its query is split by hand, because a topic filter's `+` is a wildcard, not the space
-//! that form decoding would make of it (`%`-escapes are decoded: `#` is `%23`).
+//! crate; its options by `url_options.rs` (`%`-escapes decoded: `#` is `%23`; `+`, a topic
+//! filter's wildcard, stays `+`).
 
 use std::path::PathBuf;
 
@@ -127,13 +127,7 @@ impl MqttSource {
                      1 with manual acknowledgement cannot)"
                 ));
             }
-            "tls" => {
-                self.tls = match v.as_str() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(format!("tls={v:?}: expected true or false")),
-                }
-            }
+            "tls" => self.tls = crate::url_options::flag(k, &v)?,
             "ca" => self.ca = Some(v.into()),
             "session_expiry_s" => self.session_expiry_s = number(1, u64::from(u32::MAX))? as u32,
             "receive_maximum" => self.receive_maximum = number(1, 65_535)? as u16,

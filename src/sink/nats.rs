@@ -84,18 +84,13 @@ impl NatsSinkConfig {
             user: None,
         };
         let (mut cert, mut key, mut user, mut password) = (None, None, None, None);
-        let flag = |name: &str, v: &str| match v {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(format!("{name}={v:?}: expected true or false")),
-        };
         for (k, v) in crate::url_options::options(query)? {
             let v = v.as_str();
             match k {
                 "stream" => c.stream = Some(v.to_owned()),
                 "subject" => c.subject = v.to_owned(),
-                "create" => c.create = flag(k, v)?,
-                "tls" => c.tls = flag(k, v)?,
+                "create" => c.create = crate::url_options::flag(k, v)?,
+                "tls" => c.tls = crate::url_options::flag(k, v)?,
                 "ca" => c.ca = Some(v.into()),
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key_file" => key = Some(PathBuf::from(v)),
