@@ -487,7 +487,7 @@ fn ingest_error(e: IngestError) -> Response {
         IngestError::Malformed(m) => refuse(StatusCode::BAD_REQUEST, "invalid_argument", &m),
         IngestError::Full(m) => refuse(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", &m),
         IngestError::Transient(m) => refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
-        IngestError::NeedsOperator(m) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m),
+        IngestError::Failed(m) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m),
     }
 }
 

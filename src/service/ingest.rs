@@ -37,7 +37,7 @@ pub(crate) fn refuse(e: IngestError) -> Status {
         IngestError::Malformed(_) => "invalid_argument",
         IngestError::Full(_) => "resource_exhausted",
         IngestError::Transient(_) => "unavailable",
-        IngestError::NeedsOperator(_) => "internal",
+        IngestError::Failed(_) => "internal",
     });
     status(e)
 }
@@ -52,7 +52,7 @@ fn status(e: IngestError) -> Status {
             // retry).
             IngestError::Full(m) => retry_later(tonic::Code::ResourceExhausted, m),
             IngestError::Transient(m) => retry_later(tonic::Code::Unavailable, m),
-            IngestError::NeedsOperator(m) => Status::internal(m),
+            IngestError::Failed(m) => Status::internal(m),
         }
     }
 }

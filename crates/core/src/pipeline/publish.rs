@@ -55,9 +55,11 @@ pub enum IngestError {
     /// that a retry would not answer `DUPLICATE`.
     #[error("{0}")]
     Transient(String),
-    /// The journal needs an operator (damaged file). Not retryable.
+    /// sidelog could not finish the request, and a retry will not help until something
+    /// changes: the journal needs an operator (a damaged file, another format), or a task
+    /// ended without an answer (a bug). Not retryable.
     #[error("{0}")]
-    NeedsOperator(String),
+    Failed(String),
 }
 
 /// What [`Pipeline::undelivered`] counts.
@@ -78,7 +80,7 @@ impl From<JournalError> for IngestError {
         match e {
             JournalError::StorageFull(_) => IngestError::Full(e.to_string()),
             JournalError::Io(_) | JournalError::Closed => IngestError::Transient(e.to_string()),
-            _ => IngestError::NeedsOperator(e.to_string()),
+            _ => IngestError::Failed(e.to_string()),
         }
     }
 }
@@ -255,7 +257,7 @@ impl Pipeline {
                 }
             });
             let accepted = accepted.await.map_err(|_| {
-                IngestError::NeedsOperator("the publish task ended without an answer".into())
+                IngestError::Failed("the publish task ended without an answer".into())
             })??;
             for (index, ack) in accepted {
                 acks[index] = Some(ack);
@@ -507,7 +509,7 @@ impl Pipeline {
             let outcome = match call {
                 Some(call) => call
                     .await
-                    .map_err(|e| IngestError::NeedsOperator(format!("handler task failed: {e}")))?,
+                    .map_err(|e| IngestError::Failed(format!("handler task failed: {e}")))?,
                 None => HandleOutcome::Outputs(vec![input.clone()]),
             };
             // A dead input's letter is written with the group: one transaction, and the ack
