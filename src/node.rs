@@ -122,17 +122,17 @@ impl Opened {
             delivery_config(config, clock.clone(), sink_outage),
             entropy.clone(),
         );
-        let pipeline = Pipeline::new(
-            config.mode,
-            self.journal.clone(),
+        let pipeline = Pipeline::new(crate::pipeline::Parts {
+            mode: config.mode,
+            journal: self.journal.clone(),
             dedup,
-            runner,
+            handler: runner,
             delivery,
             completion,
-            limits(config),
+            limits: limits(config),
             clock,
             entropy,
-        );
+        });
         if let Some(ranges) = self.journal.take_ambiguous_ranges() {
             crate::runtime::spawn(crate::pipeline::replay_ambiguous(pipeline.clone(), ranges));
         }

@@ -1,8 +1,8 @@
 //! The logging modes and the one place that branches on them.
 //!
-//! The mode table of ARCHITECTURE.md becomes a [`Plan`]: plain decisions about what to write,
-//! when to ack, and what to replay. The publish path (`pipeline/publish.rs`) and the
-//! continuation after the handler act on the plan's fields and never look at the mode again.
+//! The mode table of ARCHITECTURE.md becomes a [`Plan`]: its [`Intake`] (one per row) and
+//! whether there is a handler at all. The intake (`pipeline/intake.rs`) and the continuation
+//! after the handler act on the plan and never look at the mode again.
 //!
 //! | mode   | input journaled          | handler called        | outputs journaled        | ack when           |
 //! |--------|--------------------------|-----------------------|--------------------------|--------------------|
@@ -10,6 +10,10 @@
 //! | `rbml` | durable, before handler  | after input durable   | no                       | input durable      |
 //! | `sbml` | no                       | on receipt            | durable, before delivery | outputs durable    |
 //! | `hml`  | durable, concurrently    | on receipt            | async, after handler     | input durable      |
+//!
+//! Without a handler (pass-through) each input is its own output: `hml` then has nothing to run
+//! while the input is written and takes `rbml`'s intake, and no output is recorded (replaying
+//! the input yields it again).
 //!
 //! Replay is mode-agnostic: whatever the journal holds is replayed (outputs are re-sent, inputs
 //! without recorded outputs go to the handler again), so a restart in another mode loses nothing.
@@ -35,42 +39,45 @@ pub enum LoggingMode {
     Hybrid,
 }
 
-/// When the input is written to the journal, if at all.
+/// What a plan does with a request's new messages before their acks: one variant per plan,
+/// each one function of `pipeline/intake.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputJournaling {
-    None,
-    /// Durable before the handler is called (RBML).
-    BeforeHandler,
-    /// Durable, written while the handler runs (HML).
-    ConcurrentWithHandler,
+pub enum Intake {
+    /// Nothing is written: each message is held in memory until it is delivered (a
+    /// `MemoryPermit` that frees itself), acked on receipt; the handler runs after the ack
+    /// (`none`).
+    MemoryOnly,
+    /// The input is durable before the ack; the handler runs after it (`rbml`; and `hml`
+    /// without a handler, which has nothing to run while the input is written).
+    InputFirst,
+    /// The handler runs before the ack and its outputs are durable before the ack and before
+    /// delivery (`sbml`).
+    OutputsFirst,
+    /// The input is written, durably, while the handler runs; the ack waits for the input only,
+    /// and the outputs are recorded without fsync after the handler (`hml`).
+    Hybrid,
 }
 
-/// When the handler's outputs are written to the journal, if at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputJournaling {
-    None,
-    /// Durable before the producer's ack and before delivery (SBML).
-    DurableBeforeAck,
-    /// Written without fsync after the handler returns, before delivery (HML).
-    AfterHandler,
-}
-
-/// What a mode means, as decisions.
+/// What a mode means for a pipeline, as decisions: how it takes a request in, and whether
+/// there is a handler at all. Built once, by [`LoggingMode::plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    pub inputs: InputJournaling,
-    pub outputs: OutputJournaling,
+    pub intake: Intake,
+    /// No handler: each input is its own single output, delivered under the input's own
+    /// sequence. Nothing is called, and no output is recorded (replaying the input yields it).
+    pub pass_through: bool,
 }
 
 impl Plan {
-    /// The handler runs inside the publish path, before the ack.
-    pub fn handle_before_ack(&self) -> bool {
-        self.outputs == OutputJournaling::DurableBeforeAck
-    }
-
     /// The dedup window is persisted with the journal (every mode but `none`).
     pub fn journals_anything(&self) -> bool {
-        self.inputs != InputJournaling::None || self.outputs != OutputJournaling::None
+        self.intake != Intake::MemoryOnly
+    }
+
+    /// The handler's outputs are recorded (without fsync) after it returns, before delivery:
+    /// `hml` with a handler.
+    pub fn records_outputs_after_handler(&self) -> bool {
+        self.intake == Intake::Hybrid
     }
 }
 
@@ -82,24 +89,18 @@ impl LoggingMode {
         LoggingMode::Hybrid,
     ];
 
-    pub fn plan(self) -> Plan {
-        match self {
-            LoggingMode::None => Plan {
-                inputs: InputJournaling::None,
-                outputs: OutputJournaling::None,
-            },
-            LoggingMode::ReceiverBased => Plan {
-                inputs: InputJournaling::BeforeHandler,
-                outputs: OutputJournaling::None,
-            },
-            LoggingMode::SenderBased => Plan {
-                inputs: InputJournaling::None,
-                outputs: OutputJournaling::DurableBeforeAck,
-            },
-            LoggingMode::Hybrid => Plan {
-                inputs: InputJournaling::ConcurrentWithHandler,
-                outputs: OutputJournaling::AfterHandler,
-            },
+    /// The mode's plan, for a pipeline with a handler or without one (`pass_through`).
+    pub fn plan(self, pass_through: bool) -> Plan {
+        let intake = match self {
+            LoggingMode::None => Intake::MemoryOnly,
+            LoggingMode::ReceiverBased => Intake::InputFirst,
+            LoggingMode::SenderBased => Intake::OutputsFirst,
+            LoggingMode::Hybrid if pass_through => Intake::InputFirst,
+            LoggingMode::Hybrid => Intake::Hybrid,
+        };
+        Plan {
+            intake,
+            pass_through,
         }
     }
 
@@ -144,12 +145,26 @@ mod tests {
     }
 
     #[test]
-    fn only_sbml_handles_before_the_ack() {
-        let before: Vec<_> = LoggingMode::ALL
+    fn each_mode_has_its_intake_and_hml_without_a_handler_is_input_first() {
+        let intakes: Vec<_> = LoggingMode::ALL
             .into_iter()
-            .filter(|m| m.plan().handle_before_ack())
+            .map(|m| m.plan(false).intake)
             .collect();
-        assert_eq!(before, vec![LoggingMode::SenderBased]);
-        assert!(!LoggingMode::None.plan().journals_anything());
+        assert_eq!(
+            intakes,
+            vec![
+                Intake::MemoryOnly,
+                Intake::InputFirst,
+                Intake::OutputsFirst,
+                Intake::Hybrid
+            ]
+        );
+        assert_eq!(LoggingMode::Hybrid.plan(true).intake, Intake::InputFirst);
+        assert!(
+            !LoggingMode::Hybrid
+                .plan(true)
+                .records_outputs_after_handler()
+        );
+        assert!(!LoggingMode::None.plan(true).journals_anything());
     }
 }

@@ -21,8 +21,24 @@ pub struct Completion {
     /// Outputs still undelivered, per journaled input. Additive: replay may register one
     /// input's outputs in several steps.
     pending: Mutex<HashMap<Seq, u32>>,
-    /// Bytes held only in memory (mode `none`).
-    memory_bytes: AtomicU64,
+    /// Bytes held only in memory (mode `none`), by the [`MemoryPermit`]s alive.
+    memory_bytes: Arc<AtomicU64>,
+}
+
+/// Bytes of a message held only in memory (mode `none`), counted for backpressure while the
+/// permit lives: it is carried with the message to delivery and frees itself when dropped,
+/// whichever way the message leaves (delivered, dead-lettered, a handler that gave up, or a
+/// shutdown that drops the queues).
+#[derive(Debug)]
+pub struct MemoryPermit {
+    held: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for MemoryPermit {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Completion {
@@ -30,7 +46,7 @@ impl Completion {
         Arc::new(Completion {
             journal,
             pending: Mutex::new(HashMap::new()),
-            memory_bytes: AtomicU64::new(0),
+            memory_bytes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -42,12 +58,13 @@ impl Completion {
         *pending.entry(input).or_insert(0) += outputs;
     }
 
-    pub fn hold_memory(&self, bytes: u64) {
+    /// Counts `bytes` as held in memory until the permit is dropped.
+    pub fn hold_memory(&self, bytes: u64) -> MemoryPermit {
         self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn release_memory(&self, bytes: u64) {
-        self.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        MemoryPermit {
+            held: self.memory_bytes.clone(),
+            bytes,
+        }
     }
 
     /// Bytes held in memory only (mode `none`).
@@ -79,7 +96,6 @@ impl Completion {
         metrics::counter!(crate::metrics::DELIVERED).increment(items.len() as u64);
         let outputs: Vec<Seq> = items.iter().filter_map(|i| i.output_seq).collect();
         let inputs = self.finished_inputs(items);
-        self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
         if let Err(e) = self.journal.complete(outputs, inputs).await {
             // The marks are lost: the entries stay and are re-sent after a restart (duplicates,
             // or, for a sink with progress records, skipped: its progress stays where it was).
@@ -173,7 +189,6 @@ impl Completion {
             })
             .collect();
         metrics::counter!(crate::metrics::DEAD_LETTERED).increment(items.len() as u64);
-        self.release_memory(items.iter().map(|i| i.memory_bytes).sum());
         if let Err(e) = self.write_dead_letters(letters).await {
             // Not written: the entries stay in the journal and are retried after a restart.
             error!(error = %e, "cannot write dead letters; the outputs stay in the journal");

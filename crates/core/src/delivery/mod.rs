@@ -10,7 +10,8 @@
 //!
 //! [`Completion`] turns acks into journal changes: a delivered journaled output is removed, and
 //! an input is completed (removed) once the last of its outputs is delivered or dead-lettered.
-//! In mode `none` nothing is journaled; the held bytes are only counted, for backpressure.
+//! In mode `none` nothing is journaled; the held bytes are only counted, for backpressure, by a
+//! [`MemoryPermit`] each item carries.
 //!
 //! `lanes.rs` routes, batches, sends and retries; `completion.rs` turns acks and dead letters
 //! into journal changes.
@@ -24,11 +25,12 @@ use sidelog_journal::Seq;
 use sidelog_proto::v1::Message;
 use sidelog_runtime::Backoff;
 
-pub use completion::Completion;
+pub use completion::{Completion, MemoryPermit};
 pub use lanes::Delivery;
 
-/// One output on its way to the sink.
-#[derive(Debug, Clone)]
+/// One output on its way to the sink: the one type of a message in transit, from the intake
+/// (or a replay) to the sink's ack.
+#[derive(Debug)]
 pub struct DeliveryItem {
     /// The message. Its lane moves it into the batch it sends (empty here from then on), with
     /// its `sidelog-seq` header set unless the sink writes that itself.
@@ -37,8 +39,8 @@ pub struct DeliveryItem {
     pub output_seq: Option<Seq>,
     /// The journaled input it came from, completed once all its outputs are delivered.
     pub input_seq: Option<Seq>,
-    /// Bytes counted in memory only (mode `none`), released once delivered.
-    pub memory_bytes: u64,
+    /// Its bytes counted in memory only (mode `none`), released when the item is dropped.
+    pub memory: Option<MemoryPermit>,
     /// A paced replay's permit, released when the item (and every copy) is dropped.
     pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
     /// When its entry was written (unix ms): what `max_age_ms` is measured from.
@@ -46,6 +48,23 @@ pub struct DeliveryItem {
 }
 
 impl DeliveryItem {
+    /// An output sent now: no memory permit, no pace, written at `now_ms`.
+    pub fn new(
+        message: Message,
+        output_seq: Option<Seq>,
+        input_seq: Option<Seq>,
+        now_ms: i64,
+    ) -> Self {
+        DeliveryItem {
+            message,
+            output_seq,
+            input_seq,
+            memory: None,
+            pace: None,
+            written_at_ms: now_ms,
+        }
+    }
+
     /// The journal sequence it is delivered under (its `sidelog-seq`): the output's, or, for a
     /// pass-through input, the input's; `None` in mode `none`.
     pub(super) fn seq(&self) -> Option<Seq> {

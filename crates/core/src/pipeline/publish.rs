@@ -1,7 +1,7 @@
-//! The publish path: validate → dedup → journal / handler per the mode's plan → ack, and the
-//! work that continues after the ack (handler, recording outputs, delivery).
+//! The publish path: validate → dedup → the plan's intake (`intake.rs`) → ack; the work after
+//! the ack is the intake's pass-on or a continuation (`continuation.rs`).
 //!
-//! [`Pipeline::publish`] reads top to bottom. It acts on [`Plan`] fields and never on the mode.
+//! [`Pipeline::publish`] reads top to bottom. It acts on the [`Plan`] and never on the mode.
 //! Its invariant: an `ACCEPTED` ack is built only after the journal reported the record durable
 //! (in the modes that journal), and the id's dedup claim is committed with that same sequence.
 
@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::dedup::{Claim, ClaimGuard, ClaimOutcome, DedupWindow};
-use super::handler::{Call, HandleOutcome, HandlerRunner};
+use super::handler::HandlerRunner;
 use super::limits::Limits;
-use super::order::{KeyOrder, Turn};
-use crate::delivery::{Completion, Delivery, DeliveryItem};
-use crate::mode::{InputJournaling, LoggingMode, OutputJournaling, Plan};
-use sidelog_journal::{Appended, Journal, JournalError, NewDeadLetter, OutputGroup, Seq};
+use super::order::KeyOrder;
+use crate::delivery::{Completion, Delivery};
+use crate::mode::{LoggingMode, Plan};
+use sidelog_journal::{Journal, JournalError, NewDeadLetter, Seq};
 use sidelog_proto::v1::{Ack, Message, ack};
 use sidelog_runtime::{Entropy, SharedClock};
 
@@ -93,14 +93,14 @@ static REJECTED_WARNING: sidelog_runtime::WarnLimit =
 /// Everything the publish path and replay act on.
 pub struct Pipeline {
     mode: LoggingMode,
-    plan: Plan,
-    journal: Journal,
+    pub(super) plan: Plan,
+    pub(super) journal: Journal,
     dedup: Arc<DedupWindow>,
-    handler: Arc<HandlerRunner>,
+    pub(super) handler: Arc<HandlerRunner>,
     delivery: Delivery,
-    completion: Arc<Completion>,
+    pub(super) completion: Arc<Completion>,
     limits: Limits,
-    clock: SharedClock,
+    pub(super) clock: SharedClock,
     entropy: Entropy,
     serving: AtomicBool,
     /// Set once the start's replay has dispatched the whole backlog (or failed): re-queued
@@ -108,42 +108,57 @@ pub struct Pipeline {
     /// twice).
     pub(crate) replay_over: AtomicBool,
     /// Order per key: handler results to the journal (or straight to delivery) ...
-    order: Arc<KeyOrder>,
+    pub(super) order: Arc<KeyOrder>,
     /// ... and recorded outputs on to delivery (see [`Turn::then`]).
-    delivery_order: Arc<KeyOrder>,
+    pub(super) delivery_order: Arc<KeyOrder>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("mode", &self.mode)
+            .field("plan", &self.plan)
             .finish()
     }
 }
 
+/// What a [`Pipeline`] is made of, assembled by the node (or the simulator).
+pub struct Parts {
+    pub mode: LoggingMode,
+    pub journal: Journal,
+    pub dedup: Arc<DedupWindow>,
+    pub handler: Arc<HandlerRunner>,
+    pub delivery: Delivery,
+    pub completion: Arc<Completion>,
+    pub limits: Limits,
+    pub clock: SharedClock,
+    pub entropy: Entropy,
+}
+
 /// A message that passed validation and holds its dedup claim.
-struct Fresh {
-    index: usize,
-    message: Message,
-    claim: ClaimGuard,
+pub(super) struct Fresh {
+    pub(super) index: usize,
+    pub(super) message: Message,
+    pub(super) claim: ClaimGuard,
 }
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        mode: LoggingMode,
-        journal: Journal,
-        dedup: Arc<DedupWindow>,
-        handler: Arc<HandlerRunner>,
-        delivery: Delivery,
-        completion: Arc<Completion>,
-        limits: Limits,
-        clock: SharedClock,
-        entropy: Entropy,
-    ) -> Arc<Self> {
+    /// The pipeline of `parts.mode`, planned for its handler (or for none: pass-through).
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            mode,
+            journal,
+            dedup,
+            handler,
+            delivery,
+            completion,
+            limits,
+            clock,
+            entropy,
+        } = parts;
         Arc::new(Pipeline {
             mode,
-            plan: mode.plan(),
+            plan: mode.plan(handler.is_pass_through()),
             journal,
             dedup,
             handler,
@@ -365,256 +380,6 @@ impl Pipeline {
         .to_string()
     }
 
-    /// Journals and hands on the fresh messages as the plan says; returns their acks, and, with
-    /// no handler before the ack, the messages to pass on to delivery once the acks are sent.
-    async fn accept(
-        self: &Arc<Self>,
-        fresh: Vec<Fresh>,
-    ) -> Result<(Vec<(usize, Ack)>, Vec<PassOn>), IngestError> {
-        let now = self.clock.now_ms();
-        let (acked, inputs): (Vec<(usize, String, ClaimGuard)>, Vec<Message>) = fresh
-            .into_iter()
-            .map(|f| ((f.index, f.message.id.clone(), f.claim), f.message))
-            .unzip();
-        if !self.plan.journals_anything() {
-            self.completion
-                .hold_memory(inputs.iter().map(|m| m.payload.len() as u64).sum());
-        }
-        let mut after = Vec::new();
-
-        let ack_seqs: Vec<Seq> = match (self.plan.inputs, self.plan.handle_before_ack()) {
-            // No handler, and none before the ack: each input is its own output. Its
-            // continuation needs no task and no handler call; the publish task itself passes it
-            // on after the ack.
-            (journaling, false) if self.handler.is_pass_through() => {
-                let turns: Vec<_> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
-                let journaled = journaling != InputJournaling::None;
-                let (seqs, inputs) = if journaled {
-                    let appended = self.journal.append_inputs_returning(inputs, now).await?;
-                    (appended.seqs, appended.inputs)
-                } else {
-                    (vec![Seq(0); inputs.len()], inputs)
-                };
-                after = inputs
-                    .into_iter()
-                    .zip(&seqs)
-                    .zip(turns)
-                    .map(|((message, seq), turn)| PassOn {
-                        message,
-                        input_seq: journaled.then_some(*seq),
-                        turn,
-                    })
-                    .collect();
-                seqs
-            }
-            (InputJournaling::BeforeHandler, _) => {
-                let Appended { seqs, inputs } =
-                    self.journal.append_inputs_returning(inputs, now).await?;
-                for (message, seq) in inputs.into_iter().zip(&seqs) {
-                    let turn = self.order.take(&message.key);
-                    self.spawn_continuation(message, InputSeq::Known(*seq), Call::Live, turn);
-                }
-                seqs
-            }
-            (InputJournaling::ConcurrentWithHandler, _) => {
-                let write = self
-                    .journal
-                    .start_append_inputs(inputs.clone(), now)
-                    .await?;
-                // The handler runs while the write commits; each continuation waits for the
-                // input's sequence before it records outputs.
-                let mut seq_senders = Vec::with_capacity(inputs.len());
-                for message in inputs {
-                    let (tx, rx) = oneshot::channel();
-                    seq_senders.push(tx);
-                    let turn = self.order.take(&message.key);
-                    self.spawn_continuation(message, InputSeq::Pending(rx), Call::Live, turn);
-                }
-                let seqs = write.await.map_err(|_| JournalError::Closed)??.seqs;
-                for (tx, seq) in seq_senders.into_iter().zip(&seqs) {
-                    // A continuation that ended early no longer needs its sequence.
-                    let _ = tx.send(*seq);
-                }
-                seqs
-            }
-            (InputJournaling::None, true) => self.handle_and_record(inputs).await?,
-            (InputJournaling::None, false) => {
-                let seqs = vec![Seq(0); inputs.len()];
-                for message in inputs {
-                    let turn = self.order.take(&message.key);
-                    self.spawn_continuation(message, InputSeq::Unjournaled, Call::Live, turn);
-                }
-                seqs
-            }
-        };
-
-        let acks = acked
-            .into_iter()
-            .zip(ack_seqs)
-            .map(|((index, id, claim), seq)| {
-                claim.commit(seq);
-                let ack = Ack {
-                    id,
-                    status: ack::Status::Accepted as i32,
-                    sequence: seq.0,
-                    reason: String::new(),
-                };
-                (index, ack)
-            })
-            .collect();
-        Ok((acks, after))
-    }
-
-    /// Hands accepted pass-through inputs on to delivery, each in its key's turn: what
-    /// [`Pipeline::spawn_continuation`] does with a handler, without a task per message.
-    async fn pass_on(&self, after: Vec<PassOn>) {
-        let journaled = self.plan.journals_anything();
-        for PassOn {
-            message,
-            input_seq,
-            turn,
-        } in after
-        {
-            let memory_bytes = if journaled {
-                0
-            } else {
-                message.payload.len() as u64
-            };
-            self.dispatch(vec![message], input_seq, memory_bytes, None, turn)
-                .await;
-        }
-    }
-
-    /// SBML: calls the handler on every input, makes the outputs durable, queues them for
-    /// delivery, and returns each input's ack sequence.
-    async fn handle_and_record(
-        self: &Arc<Self>,
-        inputs: Vec<Message>,
-    ) -> Result<Vec<Seq>, IngestError> {
-        let turns: Vec<Option<Turn>> = inputs.iter().map(|m| self.order.take(&m.key)).collect();
-        // Without a handler each input is its own output: no call, no task.
-        let calls: Vec<_> = inputs
-            .iter()
-            .map(|m| {
-                (!self.handler.is_pass_through()).then(|| {
-                    let (pipeline, m) = (self.clone(), m.clone());
-                    sidelog_runtime::spawn(
-                        async move { pipeline.handler.run(&m, Call::Live).await },
-                    )
-                })
-            })
-            .collect();
-        let mut groups = Vec::with_capacity(inputs.len());
-        for (input, call) in inputs.iter().zip(calls) {
-            let outcome = match call {
-                Some(call) => call
-                    .await
-                    .map_err(|e| IngestError::Failed(format!("handler task failed: {e}")))?,
-                None => HandleOutcome::Outputs(vec![input.clone()]),
-            };
-            // A dead input's letter is written with the group: one transaction, and the ack
-            // carries the dead letter's sequence.
-            let (outputs, dead) = match outcome {
-                HandleOutcome::Outputs(outputs) => (outputs, None),
-                HandleOutcome::Dead { reason, attempts } => (
-                    Vec::new(),
-                    Some(
-                        self.completion
-                            .dead_input_letter(input.clone(), None, reason, attempts),
-                    ),
-                ),
-            };
-            groups.push(OutputGroup {
-                input_seq: None,
-                dedup_id: Some(input.id.clone()),
-                outputs,
-                dead,
-            });
-        }
-        let recorded = self.journal.record_outputs(groups.clone(), true).await?;
-        let acks = recorded.iter().map(|r| r.ack_seq).collect();
-        let pipeline = self.clone();
-        sidelog_runtime::spawn(async move {
-            for ((group, rec), turn) in groups.into_iter().zip(recorded).zip(turns) {
-                if let Some(turn) = &turn {
-                    turn.ready().await;
-                }
-                for (message, seq) in group.outputs.into_iter().zip(rec.output_seqs) {
-                    let out = Outgoing {
-                        output_seq: Some(seq),
-                        ..Outgoing::default()
-                    };
-                    pipeline.send(message, out).await;
-                }
-            }
-        });
-        Ok(acks)
-    }
-
-    /// After the ack (or in replay): call the handler, then, once `turn` comes (order per key),
-    /// record outputs if the plan says so and queue them for delivery.
-    pub fn spawn_continuation(
-        self: &Arc<Self>,
-        input: Message,
-        input_seq: InputSeq,
-        call: Call,
-        turn: Option<Turn>,
-    ) -> tokio::task::JoinHandle<()> {
-        let pipeline = self.clone();
-        sidelog_runtime::spawn(async move {
-            let outcome = pipeline.handler.run(&input, call).await;
-            let input_seq = match input_seq {
-                InputSeq::Known(seq) => Some(seq),
-                InputSeq::Pending(rx) => match rx.await {
-                    Ok(seq) => Some(seq),
-                    // The input never became durable: it was not acked, the producer retries.
-                    Err(_) => {
-                        debug!(id = %input.id, "input write failed; dropping its outputs");
-                        return;
-                    }
-                },
-                InputSeq::Unjournaled => None,
-            };
-            let input_bytes = if pipeline.plan.journals_anything() || call == Call::Replay {
-                0
-            } else {
-                input.payload.len() as u64
-            };
-            match outcome {
-                HandleOutcome::Outputs(outputs) => {
-                    pipeline
-                        .dispatch(outputs, input_seq, input_bytes, None, turn)
-                        .await;
-                }
-                HandleOutcome::Dead { reason, attempts } => {
-                    pipeline.completion.release_memory(input_bytes);
-                    pipeline
-                        .completion
-                        .input_dead(input, input_seq, reason, attempts)
-                        .await;
-                }
-            }
-        })
-    }
-
-    /// Replays one journaled input whose handler is pass-through: it is its own output, so it
-    /// goes straight to delivery (no handler task, no copy), exactly where
-    /// [`Pipeline::spawn_continuation`] would have put it. Waits for room in delivery's queue.
-    pub async fn replay_pass_through(&self, input: Message, input_seq: Seq, replayed: Replayed) {
-        debug_assert!(self.handler.is_pass_through());
-        // What `dispatch` does with one pass-through output of a journaled input: nothing is
-        // recorded (the input is the record), no key turn (replay goes in sequence order),
-        // one output needs no completion count, and nothing is held in memory only. Sent
-        // directly, without dispatch's three small vectors per entry.
-        let out = Outgoing {
-            output_seq: None,
-            input_seq: Some(input_seq),
-            memory_bytes: 0,
-            replayed: Some(replayed),
-        };
-        self.send(input, out).await;
-    }
-
     /// The pipeline's clock, unix ms.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
@@ -622,167 +387,8 @@ impl Pipeline {
 
     /// Whether there is no handler (a message is its own single output).
     pub fn is_pass_through(&self) -> bool {
-        self.handler.is_pass_through()
+        self.plan.pass_through
     }
-
-    /// Queues an input's outputs for delivery, recording them first if the plan says so, in
-    /// `turn`'s order (order per key): the record is queued in turn, and the outputs are queued
-    /// for delivery in turn, but the key is not held while the journal writes.
-    async fn dispatch(
-        &self,
-        outputs: Vec<Message>,
-        input_seq: Option<Seq>,
-        input_memory_bytes: u64,
-        replayed: Option<Replayed>,
-        mut turn: Option<Turn>,
-    ) {
-        if let Some(t) = &turn {
-            t.ready().await;
-        }
-        // With pass-through the output is the input itself, already journaled: recording it
-        // again would double the bytes written for nothing, since replaying the input yields
-        // the same output.
-        let record = self.plan.outputs == OutputJournaling::AfterHandler
-            && input_seq.is_some()
-            && !self.handler.is_pass_through();
-        let recorded: Option<Vec<Seq>> = if record {
-            let group = OutputGroup {
-                input_seq,
-                dedup_id: None,
-                outputs: outputs.clone(),
-                dead: None,
-            };
-            let queued = self.journal.start_record_outputs(vec![group], false).await;
-            // Sequenced in queue order: the key's next input may queue its record now.
-            turn = turn.map(|t| t.then(&self.delivery_order));
-            let written = match queued {
-                Ok(rx) => rx.await.unwrap_or(Err(JournalError::Closed)),
-                Err(e) => Err(e),
-            };
-            match written {
-                Ok(mut recorded) => {
-                    Some(recorded.pop().expect("one group in, one out").output_seqs)
-                }
-                // Not recorded: the input stays in the journal and delivery goes ahead; the
-                // input is completed once its outputs are delivered, and a crash before that
-                // re-handles it.
-                Err(e) => {
-                    warn!(error = %e, "cannot record outputs; delivering without them");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(t) = &turn {
-            t.ready().await;
-        }
-        let output_seqs: Vec<Option<Seq>> = match &recorded {
-            Some(seqs) => seqs.iter().copied().map(Some).collect(),
-            None => vec![None; outputs.len()],
-        };
-        if let Some(input) = input_seq {
-            if outputs.is_empty() {
-                // Recording an empty group completes the input; otherwise complete it here.
-                if recorded.is_none() {
-                    if let Err(e) = self.journal.complete(Vec::new(), vec![input]).await {
-                        warn!(error = %e, "cannot complete an input with no outputs");
-                    }
-                }
-                return;
-            }
-            // One output finishes its input when it is delivered, which is what an input
-            // registered nowhere means to completion: only several are counted.
-            if outputs.len() > 1 {
-                self.completion.expect(input, outputs.len() as u32);
-            }
-        }
-        let mut memory: Vec<u64> = outputs.iter().map(|m| m.payload.len() as u64).collect();
-        if input_memory_bytes > 0 {
-            self.completion.hold_memory(memory.iter().sum());
-            self.completion.release_memory(input_memory_bytes);
-        } else {
-            memory.iter_mut().for_each(|m| *m = 0);
-        }
-        for ((message, seq), memory_bytes) in outputs.into_iter().zip(output_seqs).zip(memory) {
-            let out = Outgoing {
-                output_seq: seq,
-                input_seq,
-                memory_bytes,
-                replayed: replayed.clone(),
-            };
-            self.send(message, out).await;
-        }
-    }
-
-    /// Queues one output for delivery (its lane gives it its `sidelog-seq` header).
-    pub async fn send(&self, message: Message, out: Outgoing) {
-        let Outgoing {
-            output_seq,
-            input_seq,
-            memory_bytes,
-            replayed,
-        } = out;
-        let item = DeliveryItem {
-            message,
-            output_seq,
-            input_seq,
-            memory_bytes,
-            written_at_ms: replayed
-                .as_ref()
-                .map_or_else(|| self.clock.now_ms(), |r| r.written_at_ms),
-            pace: replayed.and_then(|r| r.pace),
-        };
-        if self.delivery.send(item).await.is_err() {
-            // Shutting down: journaled entries are re-sent after the restart.
-            debug!("delivery stopped; output left in the journal");
-        }
-    }
-}
-
-/// How a continuation learns its input's journal sequence.
-#[derive(Debug)]
-pub enum InputSeq {
-    /// Journaled before the handler runs (rbml), or replayed.
-    Known(Seq),
-    /// Journaled while the handler runs (hml): arrives once the write commits; a closed
-    /// channel means the write failed and the input was not acked.
-    Pending(oneshot::Receiver<Seq>),
-    /// Not journaled (mode none).
-    Unjournaled,
-}
-
-/// One output on its way to delivery.
-#[derive(Debug, Default)]
-pub struct Outgoing {
-    /// Its journal sequence, when it was recorded.
-    pub output_seq: Option<Seq>,
-    /// The journaled input it came from, completed once all its outputs are delivered.
-    pub input_seq: Option<Seq>,
-    /// What it holds in memory only (mode none), released when it is delivered.
-    pub memory_bytes: u64,
-    /// Set when a replay re-sends it.
-    pub replayed: Option<Replayed>,
-}
-
-/// What a replay knows about an entry it re-sends.
-#[derive(Debug, Clone)]
-pub struct Replayed {
-    /// A paced replay's permit, carried by the delivery item and released when the item is
-    /// delivered or dead-lettered.
-    pub pace: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
-    /// When the entry was written, unix ms (for `max_age_ms`; fresh items use the time of
-    /// their sending).
-    pub written_at_ms: i64,
-}
-
-/// An accepted pass-through input, to be queued for delivery after the ack.
-struct PassOn {
-    message: Message,
-    /// Its journal sequence (none in mode `none`).
-    input_seq: Option<Seq>,
-    /// Its key's turn, taken when it was accepted.
-    turn: Option<Turn>,
 }
 
 /// The messages of a request whose ids were claimed.

@@ -21,8 +21,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use super::continuation::InputSeq;
 use super::handler::Call;
-use super::publish::{InputSeq, Outgoing, Pipeline, Replayed};
+use super::publish::Pipeline;
 use crate::delivery::DeliveryItem;
 use crate::sink::BacklogSpan;
 use sidelog_journal::{
@@ -374,14 +375,7 @@ impl Replayer<'_> {
         let written_at_ms = stored.entry.recorded_at_ms;
         if self.expired(written_at_ms) {
             self.stats.expired += 1;
-            let item = DeliveryItem {
-                message,
-                output_seq: Some(stored.seq),
-                input_seq,
-                memory_bytes: 0,
-                pace: None,
-                written_at_ms,
-            };
+            let item = DeliveryItem::new(message, Some(stored.seq), input_seq, written_at_ms);
             let reason = self.expiry_reason();
             self.pipeline
                 .completion()
@@ -389,16 +383,9 @@ impl Replayer<'_> {
                 .await;
             return Ok(());
         }
-        let out = Outgoing {
-            output_seq: Some(stored.seq),
-            input_seq,
-            memory_bytes: 0,
-            replayed: Some(Replayed {
-                pace: self.pace().await,
-                written_at_ms,
-            }),
-        };
-        self.pipeline.send(message, out).await;
+        let mut item = DeliveryItem::new(message, Some(stored.seq), input_seq, written_at_ms);
+        item.pace = self.pace().await;
+        self.pipeline.send(item).await;
         self.stats.outputs_resent += 1;
         self.counters.resent.increment(1);
         self.counters.outputs.increment(1);
@@ -468,15 +455,14 @@ impl Replayer<'_> {
         self.counters.resent.increment(1);
         self.counters.inputs.increment(1);
         if self.pipeline.is_pass_through() {
-            // Profile-guided: a task and a message copy per entry were most of replay's CPU
-            // time; without a handler there is nothing to run concurrently.
-            let replayed = Replayed {
-                pace: self.pace().await,
-                written_at_ms,
-            };
-            self.pipeline
-                .replay_pass_through(message, stored.seq, replayed)
-                .await;
+            // The input is its own output: straight to delivery, as the intake's pass-on does
+            // (profile-guided: a task and a message copy per entry were most of replay's CPU
+            // time; without a handler there is nothing to run concurrently). Nothing is
+            // recorded, replay goes in sequence order without key turns, and one output needs
+            // no completion count.
+            let mut item = DeliveryItem::new(message, None, Some(stored.seq), written_at_ms);
+            item.pace = self.pace().await;
+            self.pipeline.send(item).await;
             return Ok(());
         }
         let permit = permits
@@ -488,6 +474,7 @@ impl Replayer<'_> {
             message,
             InputSeq::Known(stored.seq),
             Call::Replay,
+            None,
             None,
         );
         sidelog_runtime::spawn(async move {
