@@ -70,31 +70,74 @@ pub(super) struct Writer {
     /// The last commit failed for lack of space: completion marks are committed on their own
     /// first (with the store's headroom), so that the backlog drains and frees space.
     full: bool,
-    /// Make the next commit durable whatever it holds (pages freed by a commit are reused only
-    /// once a durable commit follows it).
-    force_durable: bool,
     /// How fsyncs are made, and whether one failed since the file was last rewritten through.
     fsync: Fsync,
-    /// The redo log (`wal.rs`): read at every open; written while `log_in_use`.
+    /// The redo log (`wal.rs`): read at every open; written while `log_use` is `Writing`.
     wal: Wal,
-    /// Whether the log file was made this log's ([`Wal::start`]): once, after the first open.
-    wal_started: bool,
     /// The journal's identity (`meta.journal_id`), which the log's frames carry; before the
     /// first `load_state`, the one a database that has none is given.
     identity: u64,
     last_checkpoint_ms: i64,
-    /// Make the next commit a checkpoint (closing: the next start has no log to replay).
-    checkpoint_next: bool,
-    /// Whether this epoch writes the log (see [`ROOM_PER_LOG`]).
-    log_in_use: bool,
+    /// What this epoch does with the log.
+    log_use: LogUse,
+}
+
+/// What the writer does with the redo log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogUse {
+    /// The first open: the log is read (with `--discard-wal`, its unusable frames discarded)
+    /// and is not yet this process's ([`Wal::start`] makes it so, once).
+    Opening,
+    /// Commits append their frames to it; durable ones fsync it.
+    Writing,
+    /// Not written this epoch: every durable commit is a checkpoint (`wal_bytes = 0`, or too
+    /// little room left: see [`ROOM_PER_LOG`]).
+    Idle,
+}
+
+/// What a commit is asked for beyond what its commands, the sync interval and the sequence
+/// floor need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Only that.
+    Commands,
+    /// A checkpoint: durable, the database itself fsynced, the log started over. At close (the
+    /// next start has no log to replay), and for the removals of a full journal (the pages a
+    /// commit frees are reused only once a durable commit follows it).
+    Checkpoint,
+}
+
+/// How one commit reaches the disk: chosen once per commit, when its frame's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The database written without fsync, the commit's frame appended to the log before it;
+    /// `sync`: the log fsynced (the commit is durable).
+    Logged { sync: bool },
+    /// The database written without fsync and no frame (the log is idle): a power cut may lose
+    /// it, which its commands allow.
+    Unlogged,
+    /// The database fsynced itself (redb's `Immediate`); the log starts over. Durable.
+    Checkpoint,
+}
+
+impl Reach {
+    fn durable(self) -> bool {
+        matches!(self, Reach::Logged { sync: true } | Reach::Checkpoint)
+    }
+}
+
+/// A transaction's changes, before its commit: what it will be, and its frame for the log.
+struct Applied {
+    committed: Committed,
+    redo: super::wal::Redo,
 }
 
 /// What one commit decided and changed, for the bookkeeping after it returned.
 struct Committed {
     /// Rows added to the dead-letter table, less those removed.
     dead_delta: i64,
-    durable: bool,
-    checkpoint: bool,
+    reach: Reach,
+    /// An fsync was made (not so under the simulator's planted bug, which says durable anyway).
     fsync: bool,
     next_seq: u64,
     bytes: u64,
@@ -152,14 +195,11 @@ impl Writer {
             unsynced_marks: Vec::new(),
             max_key: 0,
             full: false,
-            force_durable: false,
             fsync,
             wal,
-            wal_started: false,
             identity,
             last_checkpoint_ms: 0,
-            checkpoint_next: false,
-            log_in_use: false,
+            log_use: LogUse::Opening,
         };
         writer.load_state()?;
         let (identity, epoch, bytes) =
@@ -177,8 +217,7 @@ impl Writer {
                 e => e,
             }
         })?;
-        writer.wal_started = true;
-        writer.log_in_use = writer.room_for_log();
+        writer.log_use = writer.log_use_for_epoch();
         info!(
             path = %writer.path.display(),
             next_seq = writer.next_seq,
@@ -298,7 +337,7 @@ impl Writer {
             }
         }
         if !writes.is_empty() {
-            self.commit(&mut writes);
+            self.commit(&mut writes, Ask::Commands);
         }
         for read in reads {
             self.read(read);
@@ -316,9 +355,7 @@ impl Writer {
             let mut last = vec![Write::Sync {
                 answer: Answer::to(reply),
             }];
-            self.checkpoint_next = true;
-            self.commit(&mut last);
-            self.checkpoint_next = false;
+            self.commit(&mut last, Ask::Checkpoint);
             rx.try_recv().unwrap_or(Err(JournalError::Closed))
         } else {
             Ok(())
@@ -407,14 +444,14 @@ impl Writer {
             wal: &self.wal,
             // Given to a database from before identities.
             new_identity: self.identity,
-            discard: self.config.discard_wal && !self.wal_started,
+            discard: self.config.discard_wal && self.log_use == LogUse::Opening,
         };
         let state: FileState =
             tables::load_state(db, &self.path, log).map_err(|e| e.at(&self.path))?;
         self.identity = state.identity;
         self.wal.reset(state.wal_epoch);
-        if self.wal_started {
-            self.log_in_use = self.room_for_log();
+        if self.log_use != LogUse::Opening {
+            self.log_use = self.log_use_for_epoch();
         }
         let wal = self.path.with_file_name(super::wal::WAL_FILE_NAME);
         if state.replayed_frames > 0 {
@@ -459,7 +496,7 @@ impl Writer {
     /// Commits a group. When the last commit failed for lack of space, appends cannot succeed
     /// until entries are removed, and removing needs pages too: removals go first, alone, into
     /// the store's headroom; then the rest.
-    fn commit(&mut self, cmds: &mut Vec<Write>) {
+    fn commit(&mut self, cmds: &mut Vec<Write>, ask: Ask) {
         if !self.retry_marks.is_empty() {
             let mut all = std::mem::take(&mut self.retry_marks);
             all.append(cmds);
@@ -471,9 +508,7 @@ impl Writer {
             *cmds = rest;
             if !removals.is_empty() {
                 self.storage.set_reserve(true);
-                self.force_durable = true;
-                self.commit_now(&mut removals);
-                self.force_durable = false;
+                self.commit_now(&mut removals, Ask::Checkpoint);
                 self.storage.set_reserve(false);
                 if self.full {
                     // Still failing: the rest would fail the same way; it waits with the marks.
@@ -490,17 +525,17 @@ impl Writer {
                 return;
             }
         }
-        self.commit_now(cmds);
+        self.commit_now(cmds, ask);
     }
 
-    fn commit_now(&mut self, cmds: &mut Vec<Write>) {
+    fn commit_now(&mut self, cmds: &mut Vec<Write>, ask: Ask) {
         if !self.dirty && cmds.iter().all(|c| matches!(c, Write::SyncIfDirty)) {
             // Nothing pending: the ticker found the journal clean.
             cmds.clear();
             return;
         }
         let now = self.clock.now_ms();
-        match self.try_commit(cmds, now) {
+        match self.try_commit(cmds, now, ask) {
             Ok(()) => {
                 self.full = false;
                 for cmd in cmds.drain(..) {
@@ -530,7 +565,7 @@ impl Writer {
     }
 
     /// Whether this group's commit must be `Immediate` (fsynced).
-    fn must_be_durable(&self, cmds: &[Write], now: i64) -> bool {
+    fn must_be_durable(&self, cmds: &[Write], now: i64, ask: Ask) -> bool {
         let sync_due = self.dirty
             && now.saturating_sub(self.last_durable_ms) >= self.config.sync_interval_ms as i64;
         // Sequences handed out by this commit must stay below the durable floor unless the
@@ -540,106 +575,66 @@ impl Writer {
         let seq_exhausts_floor = seqs > 0 && self.next_seq + seqs as u64 + 1 >= self.durable_floor;
         let sync_asked = self.dirty && cmds.iter().any(|c| matches!(c, Write::SyncIfDirty));
         cmds.iter().any(Write::needs_durability)
-            || self.force_durable
+            || ask == Ask::Checkpoint
             || sync_due
             || sync_asked
             || seq_exhausts_floor
     }
 
-    fn try_commit(&mut self, cmds: &mut [Write], now: i64) -> Result<()> {
+    fn try_commit(&mut self, cmds: &mut [Write], now: i64, ask: Ask) -> Result<()> {
         // Reopen first (after an I/O error): it reloads the counters read below. A commit that
         // reported failure may still be in the file, and its sequences must not be reused.
         self.db()?;
         let started = tokio::time::Instant::now();
-        let durable = self.must_be_durable(cmds, now);
-        // The simulator's deliberate bug: nothing is fsynced, though replies say durable.
-        let fsync = durable && !self.config.bug_ack_before_fsync;
+        let durable = self.must_be_durable(cmds, now, ask);
         let committed = self
-            .write_transaction(cmds, now, durable, fsync)
+            .write_transaction(cmds, now, durable, ask)
             .map_err(|e| e.at(&self.path))?;
         self.after_commit(cmds, now, &committed);
         record_commit_metrics(&committed, started);
         let records: usize = cmds.iter().map(Write::records).sum();
-        debug!(commands = cmds.len(), records, durable, "journal commit");
+        debug!(commands = cmds.len(), records, reach = ?committed.reach, "journal commit");
         Ok(())
     }
 
-    /// Applies `cmds` in one write transaction and commits it: without fsync, its changes
-    /// appended to the redo log (fsynced when `durable`), or as a checkpoint (see `wal.rs`).
+    /// Applies `cmds` in one write transaction and commits it, reaching the disk as [`Reach`]
+    /// says: durable when `durable` (or a checkpoint is due or asked for).
     fn write_transaction(
         &mut self,
         cmds: &mut [Write],
         now: i64,
         durable: bool,
-        fsync: bool,
+        ask: Ask,
     ) -> std::result::Result<Committed, Failure> {
         let db = self.db.as_ref().expect("opened at the start of try_commit");
         let mut txn = db.begin_write()?;
         tables::refresh_window(db, &mut self.ids)?;
         // Changed in the transaction: if the commit fails, read from the file again.
         self.ids.stale = true;
-        let mut next_seq = self.next_seq;
-        let checkpoint_due = self.checkpoint_next
-            || self.force_durable
-            || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
-        let (bytes, entries, written_records, written_bytes, mut redo, checkpoint, dead_delta) = {
-            let mut t = Tables::open(&txn, &mut next_seq, &mut self.ids, now)?;
-            if !self.log_in_use {
-                t.redo = super::wal::Redo::off();
-            }
-            for cmd in cmds.iter_mut() {
-                t.apply(cmd)?;
-            }
-            t.finish()?;
-            t.evict_dedup(&self.config)?;
-            let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
-            let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
-            // Without a log every durable commit is one; a frame the log has no room for
-            // makes one too (the log starts over after it). Decided before the counters are
-            // written: a checkpoint is durable, so it stores the floor too.
-            let checkpoint = if self.log_in_use {
-                checkpoint_due || !self.wal.fits(t.redo.frame_len() + COUNTERS_FRAME_BYTES)
-            } else {
-                durable
-            };
-            let floor = (durable || checkpoint).then(|| *t.next_seq + SEQ_RESERVE);
-            t.store_counters(bytes, entries, floor)?;
-            // Every checkpoint, with the log in use or not, makes the frames before it stale.
-            if checkpoint {
-                t.store_wal_epoch(self.wal.epoch() + 1)?;
-            } else if self.log_in_use {
-                t.store_wal_frames(self.wal.frames() + 1)?;
-            }
-            let redo = std::mem::take(&mut t.redo);
-            (
-                bytes,
-                entries,
-                t.written_records,
-                t.written_bytes,
-                redo,
-                checkpoint,
-                t.dead_delta,
-            )
-        };
+        let Applied {
+            mut committed,
+            mut redo,
+        } = self.apply(&txn, cmds, now, durable, ask)?;
+        let reach = committed.reach;
         let io = |e: std::io::Error| Failure::Journal(JournalError::from_io(e));
-        // A checkpoint starts the log over, so it is durable whatever the commands need.
-        let immediate = checkpoint && !self.config.bug_ack_before_fsync;
+        // The simulator's deliberate bug: nothing is fsynced, though replies say durable.
+        let fsync = reach.durable() && !self.config.bug_ack_before_fsync;
+        let immediate = reach == Reach::Checkpoint && fsync;
         txn.set_durability(if immediate {
             redb::Durability::Immediate
         } else {
             redb::Durability::None
         })
         .map_err(|e| JournalError::Io(IoFailure::new(e.to_string())))?;
-        let logged = !checkpoint && self.log_in_use;
-        if logged {
+        if let Reach::Logged { sync } = reach {
             // Before the commit: the database never holds a change the log lacks.
             self.wal.append(&mut redo).map_err(io)?;
-            if fsync {
+            if sync && fsync {
                 self.sync_wal().map_err(io)?;
             }
         }
         if let Err(e) = txn.commit() {
-            if logged {
+            if matches!(reach, Reach::Logged { .. }) {
                 // Reported failed, so not replayed by the reopen either. If this write fails
                 // too, the reopen replays the frame: its records are then reported ambiguous.
                 if let Err(io) = self.wal.unwrite_last() {
@@ -648,45 +643,95 @@ impl Writer {
             }
             return Err(e.into());
         }
-        if checkpoint {
+        if reach == Reach::Checkpoint {
             self.wal.reset(self.wal.epoch() + 1);
-            self.log_in_use = self.room_for_log();
+            self.log_use = self.log_use_for_epoch();
         }
         self.ids.stale = false;
-        Ok(Committed {
-            dead_delta,
-            durable: durable || checkpoint,
-            checkpoint,
-            fsync: fsync || immediate,
-            next_seq,
-            bytes,
-            entries,
-            written_records,
-            written_bytes,
-        })
+        committed.fsync = fsync;
+        Ok(committed)
     }
 
-    /// Whether the journal has room to use the log for the next epoch (see [`ROOM_PER_LOG`]).
-    fn room_for_log(&self) -> bool {
+    /// Applies `cmds` to the open transaction and chooses how its commit reaches the disk,
+    /// writing the counters (and the log's epoch or frame count) that choice implies.
+    fn apply(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        cmds: &mut [Write],
+        now: i64,
+        durable: bool,
+        ask: Ask,
+    ) -> std::result::Result<Applied, Failure> {
+        let checkpoint_due = ask == Ask::Checkpoint
+            || (durable && now.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS);
+        let mut next_seq = self.next_seq;
+        let mut t = Tables::open(txn, &mut next_seq, &mut self.ids, now)?;
+        if self.log_use != LogUse::Writing {
+            t.redo = super::wal::Redo::off();
+        }
+        for cmd in cmds.iter_mut() {
+            t.apply(cmd)?;
+        }
+        t.finish()?;
+        t.evict_dedup(&self.config)?;
+        let bytes = (self.backlog.bytes() as i64 + t.bytes_delta).max(0) as u64;
+        let entries = (self.backlog.entries() as i64 + t.entries_delta).max(0) as u64;
+        // A frame the log has no room for makes a checkpoint too (the log starts over after
+        // it). Decided before the counters are written: a durable commit stores the floor.
+        let reach = match self.log_use {
+            LogUse::Writing
+                if checkpoint_due || !self.wal.fits(t.redo.frame_len() + COUNTERS_FRAME_BYTES) =>
+            {
+                Reach::Checkpoint
+            }
+            LogUse::Writing => Reach::Logged { sync: durable },
+            LogUse::Opening | LogUse::Idle if durable => Reach::Checkpoint,
+            LogUse::Opening | LogUse::Idle => Reach::Unlogged,
+        };
+        let floor = reach.durable().then(|| *t.next_seq + SEQ_RESERVE);
+        t.store_counters(bytes, entries, floor)?;
+        // Every checkpoint, with the log in use or not, makes the frames before it stale.
+        match reach {
+            Reach::Checkpoint => t.store_wal_epoch(self.wal.epoch() + 1)?,
+            Reach::Logged { .. } => t.store_wal_frames(self.wal.frames() + 1)?,
+            Reach::Unlogged => {}
+        }
+        let redo = std::mem::take(&mut t.redo);
+        let committed = Committed {
+            dead_delta: t.dead_delta,
+            reach,
+            fsync: false,
+            next_seq: *t.next_seq,
+            bytes,
+            entries,
+            written_records: t.written_records,
+            written_bytes: t.written_bytes,
+        };
+        Ok(Applied { committed, redo })
+    }
+
+    /// Whether the next epoch writes the log: while the journal has room for it (see
+    /// [`ROOM_PER_LOG`]).
+    fn log_use_for_epoch(&self) -> LogUse {
         if self.config.wal_bytes == 0 {
-            return false;
+            return LogUse::Idle;
         }
         let need = self.config.wal_bytes.saturating_mul(ROOM_PER_LOG);
         match self.storage.room() {
-            Ok(room) if room >= need => true,
+            Ok(room) if room >= need => LogUse::Writing,
             Ok(room) => {
-                if self.log_in_use {
+                if self.log_use == LogUse::Writing {
                     info!(
                         room,
                         need,
                         "little room left for the journal: durable commits fsync it directly, without the redo log"
                     );
                 }
-                false
+                LogUse::Idle
             }
             Err(e) => {
                 warn!(error = %e, "cannot tell the journal's free space; durable commits fsync it directly, without the redo log");
-                false
+                LogUse::Idle
             }
         }
     }
@@ -701,10 +746,10 @@ impl Writer {
 
     /// Committed: from here on the state in memory follows the file.
     fn after_commit(&mut self, cmds: &[Write], now: i64, c: &Committed) {
-        if c.checkpoint {
+        if c.reach == Reach::Checkpoint {
             self.last_checkpoint_ms = now;
         }
-        if c.durable {
+        if c.reach.durable() {
             self.durable_floor = c.next_seq + SEQ_RESERVE;
             self.dirty = false;
             self.last_durable_ms = now;
