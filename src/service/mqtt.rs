@@ -40,10 +40,26 @@ use crate::journal::NewDeadLetter;
 use crate::pipeline::{Door, IngestError, Pipeline};
 use crate::proto::journal::dead_letter;
 use crate::proto::{Message, ack};
-use crate::runtime::{WARN_EVERY, WarnLimit};
+use crate::runtime::{Backoff, WARN_EVERY, WarnLimit};
 
 /// How long a stop waits for the batch under way to be answered and acknowledged.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Pauses between polls of a failed connection (rumqttc reconnects on the next poll): 0.2 s,
+/// doubling, at most 3 s. No jitter: one client, one broker.
+const RECONNECT: Backoff = Backoff {
+    initial_ms: 200,
+    max_ms: 3_000,
+    max_attempts: u32::MAX,
+};
+
+/// Pauses before a batch the pipeline did not accept is offered again: 0.1 s, doubling, at
+/// most 2 s, never giving up (nothing is acknowledged meanwhile, so the broker holds back).
+const INTAKE_RETRY: Backoff = Backoff {
+    initial_ms: 100,
+    max_ms: 2_000,
+    max_attempts: u32::MAX,
+};
 
 /// The user property whose value becomes the message id.
 pub const ID_PROPERTY: &str = "id";
@@ -195,10 +211,8 @@ impl Connection {
                             warn!(error = %e, held_back = held,
                                 "MQTT broker unreachable or the connection failed; retrying");
                         }
-                        // Capped exponential pause, then poll again (rumqttc reconnects).
-                        let pause = 100u64.saturating_mul(1 << failures.min(5)).min(3_000);
                         tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                            _ = tokio::time::sleep(RECONNECT.ceiling(failures)) => {}
                             _ = &mut stop => break,
                         }
                     }
@@ -338,8 +352,7 @@ async fn intake(
                         warn!(error = %e, messages = batch.len(), held_back = held,
                             "MQTT messages not accepted yet; not acknowledged, retrying");
                     }
-                    let pause = 50u64.saturating_mul(1 << failures.min(6)).min(2_000);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    tokio::time::sleep(INTAKE_RETRY.ceiling(failures)).await;
                 }
             }
         }
