@@ -28,6 +28,8 @@ mod config;
 use sidelog_core::{delivery, mode, pipeline};
 pub use sidelog_journal as journal;
 mod handler;
+#[cfg(test)]
+mod house_rules;
 mod metrics;
 mod node;
 pub mod runtime;

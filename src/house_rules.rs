@@ -1,0 +1,167 @@
+//! The house's rules that the compiler does not keep, kept by a test: no function over
+//! [`MAX_LINES`] lines outside tests.
+//!
+//! A long function hides its steps; the issue that split the crates set 80 lines as the bound.
+//! [`ALLOWED`] lists the functions still over it, each at its length when the rule came in:
+//! the list may only shrink. A new long function, or a listed one that grew, fails the test;
+//! so does a listed one that got short (take it off the list, so it stays short).
+
+use std::path::{Path, PathBuf};
+
+const MAX_LINES: usize = 80;
+
+/// Functions over the bound: (file, function, lines). Split one, then take it off.
+const ALLOWED: &[(&str, &str, usize)] = &[
+    ("crates/bench/src/targets.rs", "run", 173),
+    ("src/sink/kafka/mod.rs", "parse", 147),
+    ("sim/src/model.rs", "run_case", 141),
+    ("src/sink/kafka/txn.rs", "transaction", 125),
+    ("crates/bench/src/main.rs", "run_mode", 118),
+    ("crates/bench/src/targets.rs", "verdicts", 114),
+    ("crates/journal/src/wal.rs", "recover", 109),
+    ("crates/journal/src/tables.rs", "load_state", 109),
+    ("src/service/http.rs", "accept", 100),
+    ("crates/bench/src/load.rs", "load", 99),
+    (
+        "crates/core/src/delivery/lanes.rs",
+        "deliver_with_retries",
+        98,
+    ),
+    ("crates/bench/src/report.rs", "print_table", 90),
+    ("crates/bench/src/recovery.rs", "restart", 88),
+    ("src/bin/sidelog/inspect.rs", "show_wal", 87),
+    ("crates/core/src/delivery/lanes.rs", "run_lane", 87),
+    ("crates/journal/src/tables.rs", "migrate_from_1", 85),
+    ("src/bin/sidelog/publish.rs", "run", 84),
+];
+
+/// The Rust sources of the workspace that are not tests.
+fn sources(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs: Vec<PathBuf> = ["src", "crates", "sim/src", "lazyfs/src"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "tests" && name != "target" {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".rs") && name != "tests.rs" {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Each function of `text` (before its `#[cfg(test)] mod tests`) with its length in lines,
+/// from its `fn` line to the `}` at the same indentation.
+fn functions(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("#[cfg(test)]")
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.trim_start().starts_with("mod tests"))
+        {
+            break;
+        }
+        let Some(name) = fn_name(trimmed) else {
+            continue;
+        };
+        if line.trim_end().ends_with(';') {
+            continue; // a declaration in a trait
+        }
+        let indent = line.len() - trimmed.len();
+        let end = lines[i + 1..].iter().position(|l| {
+            let t = l.trim_start();
+            l.len() - t.len() == indent && t.starts_with('}')
+        });
+        if let Some(end) = end {
+            found.push((name, end + 2));
+        }
+    }
+    found
+}
+
+/// The name of the function a line declares, if it declares one.
+fn fn_name(line: &str) -> Option<String> {
+    let mut rest = line;
+    for prefix in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "async ",
+        "const ",
+        "unsafe ",
+    ] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    let rest = rest.strip_prefix("async ").unwrap_or(rest);
+    let name: String = rest
+        .strip_prefix("fn ")?
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+#[test]
+fn no_function_outside_tests_is_longer_than_80_lines_unless_listed_and_none_grew() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    for path in sources(root) {
+        let relative = path
+            .strip_prefix(root)
+            .expect("found under the root")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&path).expect("a source file is readable");
+        for (name, lines) in functions(&text) {
+            if lines <= MAX_LINES {
+                continue;
+            }
+            let allowed = ALLOWED
+                .iter()
+                .find(|(file, f, _)| *file == relative && *f == name);
+            match allowed {
+                Some((_, _, max)) if lines <= *max => seen.push((relative.clone(), name)),
+                Some((_, _, max)) => problems.push(format!(
+                    "{relative}: fn {name} grew to {lines} lines (listed at {max}); split it"
+                )),
+                None => problems.push(format!(
+                    "{relative}: fn {name} has {lines} lines, over {MAX_LINES}; split it"
+                )),
+            }
+        }
+    }
+    for (file, name, _) in ALLOWED {
+        if !seen.iter().any(|(f, n)| f == file && n == name) {
+            problems.push(format!(
+                "{file}: fn {name} is no longer over {MAX_LINES} lines (or moved): take it off ALLOWED in src/house_rules.rs"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_scanner_measures_a_function_from_fn_to_its_brace() {
+    let text =
+        "fn a() {\n    x();\n}\n    pub async fn b(\n        y: u8,\n    ) {\n    }\nfn c();\n";
+    assert_eq!(
+        functions(text),
+        vec![("a".to_string(), 3), ("b".to_string(), 4)]
+    );
+}
