@@ -18,7 +18,7 @@ use std::pin::Pin;
 pub use backoff::{Backoff, JOURNAL_RETRY, retry_transient};
 pub use clock::{Clock, Entropy, SharedClock, SystemClock};
 pub use fs::{create_dir_all_durably, sync_dir};
-pub use spawn::{Tracker, spawn};
+pub use spawn::{Detachable, Tracker, detachable, spawn};
 pub use warn_limit::{WARN_EVERY, WarnLimit};
 
 /// A boxed future, as the hops' traits (`Handler`, `Sink`) return it.

@@ -36,6 +36,15 @@ impl std::fmt::Debug for Delivery {
 #[error("delivery has stopped")]
 pub struct DeliveryClosed;
 
+/// Why [`Delivery::try_send`] did not queue an item.
+#[derive(Debug)]
+pub enum TrySend {
+    /// Its lane is full: here it is back.
+    Full(Box<DeliveryItem>),
+    /// Delivery has stopped (shutting down).
+    Closed(DeliveryClosed),
+}
+
 impl Delivery {
     /// Starts the lanes. They run until every [`Delivery`] handle is dropped and their queues
     /// are drained.
@@ -85,6 +94,22 @@ impl Delivery {
 
     /// Queues an output for delivery; waits while its lane is full (backpressure).
     pub async fn send(&self, item: DeliveryItem) -> Result<(), DeliveryClosed> {
+        self.lane(&item)
+            .send(item)
+            .await
+            .map_err(|_| DeliveryClosed)
+    }
+
+    /// Queues an output for delivery if its lane has room; hands it back if not.
+    pub fn try_send(&self, item: DeliveryItem) -> Result<(), TrySend> {
+        self.lane(&item).try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(item) => TrySend::Full(Box::new(item)),
+            mpsc::error::TrySendError::Closed(_) => TrySend::Closed(DeliveryClosed),
+        })
+    }
+
+    /// The lane of an item's key (of its id when the key is empty).
+    fn lane(&self, item: &DeliveryItem) -> &mpsc::Sender<DeliveryItem> {
         let routing = if item.message.key.is_empty() {
             &item.message.id
         } else {
@@ -92,11 +117,7 @@ impl Delivery {
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         routing.hash(&mut hasher);
-        let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
-        self.lanes[lane]
-            .send(item)
-            .await
-            .map_err(|_| DeliveryClosed)
+        &self.lanes[(hasher.finish() % self.lanes.len() as u64) as usize]
     }
 }
 

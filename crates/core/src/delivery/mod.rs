@@ -26,7 +26,7 @@ use sidelog_proto::v1::Message;
 use sidelog_runtime::Backoff;
 
 pub use completion::{Completion, MemoryPermit};
-pub use lanes::Delivery;
+pub use lanes::{Delivery, TrySend};
 
 /// One output on its way to the sink: the one type of a message in transit, from the intake
 /// (or a replay) to the sink's ack.

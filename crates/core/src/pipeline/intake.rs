@@ -4,18 +4,20 @@
 //! Every intake answers each message's ack sequence, in order. With a handler, each accepted
 //! input's continuation (`continuation.rs`) is started before the ack, so the call runs while
 //! the ack is sent. Without one (pass-through) an input is its own output: it needs no task and
-//! no call, and the publish task itself queues it for delivery once the acks are sent.
+//! no call, and the request's own task queues it for delivery before it answers, unless that
+//! would wait (its key's turn, room in its lane): then a task takes it and what follows it.
 
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::continuation::InputSeq;
 use super::dedup::ClaimGuard;
 use super::handler::{Call, HandleOutcome};
 use super::order::Turn;
 use super::publish::{Fresh, IngestError, Pipeline};
-use crate::delivery::{DeliveryItem, MemoryPermit};
+use crate::delivery::{DeliveryItem, MemoryPermit, TrySend};
 use crate::mode::Intake;
 use sidelog_journal::{Appended, JournalError, OutputGroup, Seq};
 use sidelog_proto::v1::{Ack, Message, ack};
@@ -214,9 +216,36 @@ impl Pipeline {
         accepted.pass_on.push((turn, item));
     }
 
-    /// Queues accepted pass-through inputs for delivery after their acks, each in its key's
-    /// turn (held until it is queued): what a continuation does, without a task per message.
-    pub(super) async fn pass_on(&self, items: Vec<PassOn>) {
+    /// Queues accepted pass-through inputs for delivery, each in its key's turn (held until
+    /// it is queued): what a continuation does, without a task per message. Queued here as long
+    /// as each one's turn has come and its lane has room; from the first that would wait, in a
+    /// task of its own, in order.
+    pub(super) fn pass_on(self: &Arc<Self>, items: Vec<PassOn>) {
+        let mut items = items.into_iter();
+        while let Some((turn, mut item)) = items.next() {
+            let waiting = if turn.as_ref().is_none_or(Turn::is_ready) {
+                item.written_at_ms = self.clock.now_ms();
+                match self.delivery().try_send(item) {
+                    Ok(()) => continue,
+                    Err(TrySend::Full(item)) => *item,
+                    Err(TrySend::Closed(_)) => {
+                        // Shutting down: journaled entries are re-sent after the restart.
+                        debug!("delivery stopped; output left in the journal");
+                        return;
+                    }
+                }
+            } else {
+                item
+            };
+            let rest: Vec<PassOn> = std::iter::once((turn, waiting)).chain(items).collect();
+            let pipeline = self.clone();
+            sidelog_runtime::spawn(async move { pipeline.pass_on_waiting(rest).await });
+            return;
+        }
+    }
+
+    /// The rest of [`Pipeline::pass_on`], waiting for each turn and for room in each lane.
+    async fn pass_on_waiting(&self, items: Vec<PassOn>) {
         for (turn, mut item) in items {
             if let Some(turn) = &turn {
                 turn.ready().await;

@@ -87,6 +87,12 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// Whether every earlier turn of this shard has finished (what [`Turn::ready`] would not
+    /// wait for).
+    pub fn is_ready(&self) -> bool {
+        self.order.lock(self.shard).serving == self.number
+    }
+
     /// Waits until every earlier turn of this shard has finished.
     pub async fn ready(&self) {
         let rx = {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::dedup::{Claim, ClaimGuard, ClaimOutcome, DedupWindow};
@@ -251,29 +250,21 @@ impl Pipeline {
         let mut acks: Vec<Option<Ack>> = vec![None; messages.len()];
         let claimed = self.validate_and_claim(messages, door, &mut acks);
 
-        // Accept what is new, per the plan. In a task of its own: if the client goes away
-        // (deadline, disconnect) tonic drops this future, and a half-done accept would leave
-        // journaled records whose dedup claims were released and whose delivery never started.
-        // The same task then hands pass-through messages on to delivery, after the ack.
+        // Accept what is new, per the plan, in this task, but detachable: if the client goes
+        // away (deadline, disconnect) tonic drops this future, and a half-done accept would
+        // leave journaled records whose dedup claims were released and whose delivery never
+        // started; then the rest of the accept runs in a task of its own. Without a handler the
+        // accepted inputs are queued for delivery here too, as far as their turns and lanes
+        // allow without waiting (a task takes the rest).
         if !claimed.fresh.is_empty() {
             let pipeline = self.clone();
             let fresh = claimed.fresh;
-            let (answer, accepted) = oneshot::channel();
-            sidelog_runtime::spawn(async move {
-                match pipeline.accept(fresh).await {
-                    Ok((acks, after)) => {
-                        // A producer that went away needs no ack; the rest goes on regardless.
-                        let _ = answer.send(Ok(acks));
-                        pipeline.pass_on(after).await;
-                    }
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                    }
-                }
-            });
-            let accepted = accepted.await.map_err(|_| {
-                IngestError::Failed("the publish task ended without an answer".into())
-            })??;
+            let accepted = sidelog_runtime::detachable(async move {
+                let (acks, pass_on) = pipeline.accept(fresh).await?;
+                pipeline.pass_on(pass_on);
+                Ok::<_, IngestError>(acks)
+            })
+            .await?;
             for (index, ack) in accepted {
                 acks[index] = Some(ack);
             }
