@@ -169,7 +169,8 @@ const OPTIONS: &str = "compression (zstd, lz4, none), linger_ms, batch_bytes, ma
 pub const DEFAULT_PROGRESS_TOPIC: &str = "sidelog-progress";
 
 impl KafkaSinkConfig {
-    /// Parses `kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?option=value&...]`.
+    /// Parses `kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?option=value&...]`; the options are read
+    /// as every sink's are (`url_options`: `%`-decoded, `+` kept).
     pub fn parse(url: &str) -> Result<KafkaSinkConfig, String> {
         let rest = url
             .strip_prefix("kafka://")
@@ -178,25 +179,9 @@ impl KafkaSinkConfig {
             .split_once('/')
             .ok_or("expected kafka://HOST:PORT/TOPIC: the topic is missing")?;
         let (topic, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut bootstrap = Vec::new();
-        for host in hosts.split(',') {
-            let (name, port) = host
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{host:?}: expected HOST:PORT"))?;
-            if name.contains('@') {
-                return Err(format!(
-                    "{host:?}: credentials go in the username= and password= options (the \
-                     password is redacted wherever the URL is shown)"
-                ));
-            }
-            if name.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!("{host:?}: expected HOST:PORT"));
-            }
-            bootstrap.push(host.to_owned());
-        }
         check_topic(topic)?;
         let mut config = KafkaSinkConfig {
-            bootstrap: bootstrap.join(","),
+            bootstrap: bootstrap(hosts)?,
             topic: topic.to_owned(),
             compression: Compression::Zstd,
             linger_ms: 5,
@@ -208,114 +193,77 @@ impl KafkaSinkConfig {
             progress_topic: DEFAULT_PROGRESS_TOPIC.into(),
             security: Security::default(),
         };
-        let (mut tls, mut cert, mut key) = (None, None, None);
-        let (mut mechanism, mut username, mut password) = (None, None, None);
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let number = |max: u64| {
-                value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=max).contains(n) || (name == "linger_ms" && *n == 0))
-                    .ok_or_else(|| format!("{name}={value}: expected a number up to {max}"))
-            };
-            match name.as_ref() {
-                "compression" => {
-                    config.compression = match value.as_ref() {
-                        "zstd" => Compression::Zstd,
-                        "lz4" => Compression::Lz4,
-                        "none" => Compression::None,
-                        other => {
-                            return Err(format!("compression={other}: expected zstd, lz4 or none"));
-                        }
+        let mut security = SecurityOptions::default();
+        for (name, value) in crate::url_options::options(query)? {
+            config.set(name, value, &mut security)?;
+        }
+        config.security = security.into_security()?;
+        Ok(config)
+    }
+
+    /// Takes one option of the URL; the security options are gathered in `security`, which
+    /// checks them together.
+    fn set(
+        &mut self,
+        name: &str,
+        value: String,
+        security: &mut SecurityOptions,
+    ) -> Result<(), String> {
+        let number = |max: u64| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n) || (name == "linger_ms" && *n == 0))
+                .ok_or_else(|| format!("{name}={value}: expected a number up to {max}"))
+        };
+        let flag = |v: &str| crate::url_options::flag(name, v);
+        match name {
+            "compression" => {
+                self.compression = match value.as_str() {
+                    "zstd" => Compression::Zstd,
+                    "lz4" => Compression::Lz4,
+                    "none" => Compression::None,
+                    other => {
+                        return Err(format!("compression={other}: expected zstd, lz4 or none"));
                     }
                 }
-                "linger_ms" => config.linger_ms = number(60_000)?,
-                "batch_bytes" => config.batch_bytes = number(1 << 30)?,
-                "max_record_bytes" => config.max_record_bytes = number(1_000_000_000)?,
-                "client_id" if !value.is_empty() => config.client_id = value.into_owned(),
-                "exactly_once" => {
-                    config.exactly_once = match value.as_ref() {
-                        "true" => true,
-                        "false" => false,
-                        other => {
-                            return Err(format!("exactly_once={other}: expected true or false"));
-                        }
-                    }
-                }
-                "transactional_id" if !value.is_empty() => {
-                    config.transactional_id = value.into_owned()
-                }
-                "progress_topic" => {
-                    check_topic(&value).map_err(|e| format!("progress_topic: {e}"))?;
-                    config.progress_topic = value.into_owned();
-                }
-                "tls" => {
-                    tls = Some(match value.as_ref() {
-                        "true" => true,
-                        "false" => false,
-                        other => return Err(format!("tls={other}: expected true or false")),
-                    })
-                }
-                "ca_file" if !value.is_empty() => {
-                    config.security.ca_file = Some(value.into_owned().into())
-                }
-                "cert_file" if !value.is_empty() => cert = Some(value.into_owned()),
-                "key_file" if !value.is_empty() => key = Some(value.into_owned()),
-                "sasl_mechanism" => {
-                    mechanism = Some(
-                        ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-                            .into_iter()
-                            .find(|m| m.eq_ignore_ascii_case(&value))
-                            .ok_or_else(|| {
-                                format!(
-                                    "sasl_mechanism={value}: expected PLAIN, SCRAM-SHA-256 or \
-                                     SCRAM-SHA-512"
-                                )
-                            })?,
-                    )
-                }
-                "username" if !value.is_empty() => username = Some(value.into_owned()),
-                "password" if !value.is_empty() => password = Some(value.into_owned()),
-                other => {
-                    return Err(format!(
-                        "unknown option {other:?}; the Kafka sink takes {OPTIONS}"
-                    ));
-                }
+            }
+            "linger_ms" => self.linger_ms = number(60_000)?,
+            "batch_bytes" => self.batch_bytes = number(1 << 30)?,
+            "max_record_bytes" => self.max_record_bytes = number(1_000_000_000)?,
+            "client_id" => self.client_id = value,
+            "exactly_once" => self.exactly_once = flag(&value)?,
+            "transactional_id" => self.transactional_id = value,
+            "progress_topic" => {
+                check_topic(&value).map_err(|e| format!("progress_topic: {e}"))?;
+                self.progress_topic = value;
+            }
+            "tls" => security.tls = Some(flag(&value)?),
+            "ca_file" => security.ca_file = Some(value.into()),
+            "cert_file" => security.cert = Some(value),
+            "key_file" => security.key = Some(value),
+            "sasl_mechanism" => {
+                security.mechanism = Some(
+                    ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                        .into_iter()
+                        .find(|m| m.eq_ignore_ascii_case(&value))
+                        .ok_or_else(|| {
+                            format!(
+                                "sasl_mechanism={value}: expected PLAIN, SCRAM-SHA-256 or \
+                                 SCRAM-SHA-512"
+                            )
+                        })?,
+                )
+            }
+            "username" => security.username = Some(value),
+            "password" => security.password = Some(value),
+            other => {
+                return Err(format!(
+                    "unknown option {other:?}; the Kafka sink takes {OPTIONS}"
+                ));
             }
         }
-        config.security.client_cert = match (cert, key) {
-            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
-            (None, None) => None,
-            _ => return Err("cert_file and key_file go together (mutual TLS)".into()),
-        };
-        config.security.sasl = match (mechanism, username, password) {
-            (Some(mechanism), Some(username), Some(password)) => Some(Sasl {
-                mechanism,
-                username,
-                password,
-            }),
-            (None, None, None) => None,
-            (None, ..) => {
-                return Err(
-                    "username and password need sasl_mechanism= (PLAIN, SCRAM-SHA-256 or \
-                     SCRAM-SHA-512)"
-                        .into(),
-                );
-            }
-            _ => return Err("sasl_mechanism needs both username= and password=".into()),
-        };
-        // A CA or a client certificate means TLS, unless it is turned off outright.
-        let files = config.security.ca_file.is_some() || config.security.client_cert.is_some();
-        config.security.tls = match tls {
-            Some(false) if files => {
-                return Err(
-                    "tls=false with ca_file, cert_file or key_file: TLS files need TLS".into(),
-                );
-            }
-            Some(tls) => tls,
-            None => files,
-        };
-        Ok(config)
+        Ok(())
     }
 
     fn sasl_over_plaintext(&self) -> bool {
@@ -363,6 +311,83 @@ impl KafkaSinkConfig {
                 .set("retry.backoff.max.ms", "100");
         }
         c
+    }
+}
+
+/// The bootstrap list of a Kafka URL's authority: `HOST:PORT[,HOST:PORT...]`, no credentials.
+fn bootstrap(hosts: &str) -> Result<String, String> {
+    let mut bootstrap = Vec::new();
+    for host in hosts.split(',') {
+        let (name, port) = host
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{host:?}: expected HOST:PORT"))?;
+        if name.contains('@') {
+            return Err(format!(
+                "{host:?}: credentials go in the username= and password= options (the \
+                 password is redacted wherever the URL is shown)"
+            ));
+        }
+        if name.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{host:?}: expected HOST:PORT"));
+        }
+        bootstrap.push(host);
+    }
+    Ok(bootstrap.join(","))
+}
+
+/// The security options of a Kafka URL, as given; [`SecurityOptions::into_security`] checks
+/// them together.
+#[derive(Default)]
+struct SecurityOptions {
+    tls: Option<bool>,
+    ca_file: Option<std::path::PathBuf>,
+    cert: Option<String>,
+    key: Option<String>,
+    mechanism: Option<&'static str>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl SecurityOptions {
+    fn into_security(self) -> Result<Security, String> {
+        let client_cert = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => return Err("cert_file and key_file go together (mutual TLS)".into()),
+        };
+        let sasl = match (self.mechanism, self.username, self.password) {
+            (Some(mechanism), Some(username), Some(password)) => Some(Sasl {
+                mechanism,
+                username,
+                password,
+            }),
+            (None, None, None) => None,
+            (None, ..) => {
+                return Err(
+                    "username and password need sasl_mechanism= (PLAIN, SCRAM-SHA-256 or \
+                     SCRAM-SHA-512)"
+                        .into(),
+                );
+            }
+            _ => return Err("sasl_mechanism needs both username= and password=".into()),
+        };
+        // A CA or a client certificate means TLS, unless it is turned off outright.
+        let files = self.ca_file.is_some() || client_cert.is_some();
+        let tls = match self.tls {
+            Some(false) if files => {
+                return Err(
+                    "tls=false with ca_file, cert_file or key_file: TLS files need TLS".into(),
+                );
+            }
+            Some(tls) => tls,
+            None => files,
+        };
+        Ok(Security {
+            tls,
+            ca_file: self.ca_file,
+            client_cert,
+            sasl,
+        })
     }
 }
 
@@ -951,6 +976,12 @@ mod tests {
             KafkaSinkConfig::parse("kafka://k:9092/t?sasl_mechanism=PLAIN&username=u&password=p")
                 .unwrap();
         assert_eq!(plain.security.protocol(), "sasl_plaintext");
+        // Read as every sink URL's options: `%`-decoded, and a `+` in a password stays a `+`.
+        let decoded = KafkaSinkConfig::parse(
+            "kafka://k:9092/t?sasl_mechanism=PLAIN&username=u&password=a+b%26c",
+        )
+        .unwrap();
+        assert_eq!(decoded.security.sasl.unwrap().password, "a+b&c");
         assert_eq!(
             KafkaSinkConfig::parse("kafka://k:9092/t?tls=true")
                 .unwrap()
@@ -968,6 +999,7 @@ mod tests {
                 "expected zstd, lz4 or none",
             ),
             ("kafka://k:9092/t?acks=1", "unknown option \"acks\""),
+            ("kafka://k:9092/t?client_id=", "option client_id is empty"),
             ("kafka://k:9092/t?batch_bytes=0", "batch_bytes=0"),
             (
                 "kafka://u:p@k:9092/t",
