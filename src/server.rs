@@ -638,9 +638,8 @@ async fn report_backlog_age(journal: Journal, clock: SharedClock) {
 /// nothing is held in memory only), or until `deadline`. What is left is in the journal and is
 /// replayed on the next start; in mode `none` it is lost, which the log says.
 async fn drain(pipeline: &Pipeline, deadline: tokio::time::Instant) {
-    while !pipeline.undelivered().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Over when the last entry's completion commits, or the last in-memory byte is released.
+    let _ = tokio::time::timeout_at(deadline, pipeline.all_delivered()).await;
     let left = pipeline.undelivered();
     match (left.journaled_entries, left.in_memory_bytes) {
         (0, 0) => info!("drained: everything accepted was delivered"),

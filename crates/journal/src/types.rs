@@ -18,6 +18,8 @@ pub struct Backlog {
     entries: AtomicU64,
     /// Rows of the dead-letter table.
     dead_letters: AtomicU64,
+    /// Told whenever a commit leaves the backlog empty.
+    emptied: tokio::sync::Notify,
 }
 
 impl Backlog {
@@ -36,6 +38,15 @@ impl Backlog {
     pub(super) fn set(&self, bytes: u64, entries: u64) {
         self.bytes.store(bytes, Ordering::Relaxed);
         self.entries.store(entries, Ordering::Relaxed);
+        if entries == 0 {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Completes at the next commit that leaves the backlog empty (enable it before looking
+    /// at [`Backlog::entries`], so that such a commit in between is not missed).
+    pub fn emptied(&self) -> tokio::sync::futures::Notified<'_> {
+        self.emptied.notified()
     }
 }
 

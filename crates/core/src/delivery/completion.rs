@@ -22,7 +22,15 @@ pub struct Completion {
     /// input's outputs in several steps.
     pending: Mutex<HashMap<Seq, u32>>,
     /// Bytes held only in memory (mode `none`), by the [`MemoryPermit`]s alive.
-    memory_bytes: Arc<AtomicU64>,
+    memory: Arc<Held>,
+}
+
+/// What the [`MemoryPermit`]s hold.
+#[derive(Debug, Default)]
+struct Held {
+    bytes: AtomicU64,
+    /// Told whenever the last held byte is released.
+    emptied: tokio::sync::Notify,
 }
 
 /// Bytes of a message held only in memory (mode `none`), counted for backpressure while the
@@ -31,13 +39,15 @@ pub struct Completion {
 /// shutdown that drops the queues).
 #[derive(Debug)]
 pub struct MemoryPermit {
-    held: Arc<AtomicU64>,
+    held: Arc<Held>,
     bytes: u64,
 }
 
 impl Drop for MemoryPermit {
     fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        if self.held.bytes.fetch_sub(self.bytes, Ordering::Relaxed) == self.bytes {
+            self.held.emptied.notify_waiters();
+        }
     }
 }
 
@@ -46,7 +56,7 @@ impl Completion {
         Arc::new(Completion {
             journal,
             pending: Mutex::new(HashMap::new()),
-            memory_bytes: Arc::new(AtomicU64::new(0)),
+            memory: Arc::default(),
         })
     }
 
@@ -60,16 +70,22 @@ impl Completion {
 
     /// Counts `bytes` as held in memory until the permit is dropped.
     pub fn hold_memory(&self, bytes: u64) -> MemoryPermit {
-        self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.memory.bytes.fetch_add(bytes, Ordering::Relaxed);
         MemoryPermit {
-            held: self.memory_bytes.clone(),
+            held: self.memory.clone(),
             bytes,
         }
     }
 
     /// Bytes held in memory only (mode `none`).
     pub fn memory_bytes(&self) -> u64 {
-        self.memory_bytes.load(Ordering::Relaxed)
+        self.memory.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Completes when the last byte held in memory is released (enable it before looking at
+    /// [`Completion::memory_bytes`]).
+    pub fn memory_emptied(&self) -> tokio::sync::futures::Notified<'_> {
+        self.memory.emptied.notified()
     }
 
     /// The inputs among `items` whose last output this was.

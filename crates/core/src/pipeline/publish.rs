@@ -198,6 +198,25 @@ impl Pipeline {
         }
     }
 
+    /// Completes once nothing accepted is undelivered ([`Pipeline::undelivered`] is empty),
+    /// woken by the commit or the release that empties it: no polling.
+    pub async fn all_delivered(&self) {
+        loop {
+            let journal = self.journal.backlog().emptied();
+            let memory = self.completion.memory_emptied();
+            tokio::pin!(journal, memory);
+            journal.as_mut().enable();
+            memory.as_mut().enable();
+            if self.undelivered().is_empty() {
+                return;
+            }
+            tokio::select! {
+                _ = journal => {}
+                _ = memory => {}
+            }
+        }
+    }
+
     /// Dead-letters messages a door refused before they reached the pipeline's intake (a
     /// malformed MQTT publish, or one a limit rejected that the door cannot answer with a
     /// refusal): durable before this returns, counted in `sidelog_dead_lettered_total`.
