@@ -157,15 +157,11 @@ async fn start_doors(
     let started = async {
         let http = start_http(config, secrets, pipeline.clone()).await?;
         let mqtt = match &config.mqtt_source {
-            Some(url) => {
-                let source = crate::config::MqttSource::parse(url)
-                    .map_err(|e| anyhow::anyhow!("mqtt_source (--mqtt-source): {e}"))?;
-                Some(crate::service::mqtt::MqttDoor::start(
-                    &source,
-                    pipeline.clone(),
-                    config.limits.max_message_bytes as usize,
-                )?)
-            }
+            Some(source) => Some(crate::service::mqtt::MqttDoor::start(
+                source.value(),
+                pipeline.clone(),
+                config.limits.max_message_bytes as usize,
+            )?),
             None => None,
         };
         let admin = start_admin(config, secrets, node, clock).await?;
@@ -315,7 +311,7 @@ async fn open_hops(
         },
         journal: Some(journal),
     };
-    let sink = crate::sink::open(&config.sink_target()?, settings, clock, entropy)
+    let sink = crate::sink::open(&config.sink_target(), settings, clock, entropy)
         .await
         .context("--sink")?;
     Ok(Hops { handler, sink })

@@ -1477,6 +1477,40 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     let (code, _, stderr) = check_config(&["--delivery-lanes", "0"], &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--delivery-lanes"), "{stderr}");
+
+    // A URL read wrong is named, and its secrets are not repeated: from a flag, a variable
+    // or a file (credentials in the address and in the options alike).
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_file,
+        "sink = \"kafka://k:9092/t?sasl_mechanism=PLAIN&username=u&password=sekrit&x=1\"\n",
+    )
+    .unwrap();
+    for (args, env, names) in [
+        (
+            &["--sink", "nats://u:sekrit@127.0.0.1:4222?stream=S&bogus=1"][..],
+            &[][..],
+            "unknown option \"bogus\"",
+        ),
+        (
+            &[][..],
+            &[(
+                "SIDELOG_MQTT_SOURCE",
+                "mqtt://h:1883?topics=t&client_id=c&password=sekrit",
+            )][..],
+            "password needs user",
+        ),
+        (
+            &["--config", bad_file.to_str().unwrap()][..],
+            &[][..],
+            "unknown option \"x\"",
+        ),
+    ] {
+        let (code, _, stderr) = check_config(args, env);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(names), "{stderr}");
+        assert!(!stderr.contains("sekrit"), "a secret printed: {stderr}");
+    }
 }
 
 /// What people write is read as they mean it, and what is not a setting is said so with the

@@ -58,7 +58,7 @@ impl Config {
                 self.data_dir.join("out").display()
             ))),
             ("sink" | "mqtt_source", Some(toml::Value::String(url))) => {
-                Some(toml::Value::String(redact_url(&url)))
+                Some(toml::Value::String(super::url_setting::redact_url(&url)))
             }
             (key, Some(toml::Value::Integer(n))) if key.ends_with("_bytes") => {
                 let shown = super::declare::show_bytes(n as u64);
@@ -102,13 +102,6 @@ impl Config {
                 "must not exceed limits.max_request_bytes",
             ));
         }
-        if let Some(url) = &self.mqtt_source {
-            super::MqttSource::parse(url).map_err(|reason| ConfigError::Invalid {
-                key: "mqtt_source",
-                value: redact_url(url),
-                reason,
-            })?;
-        }
         if let Some(url) = &self.handler {
             check_http_url(
                 "handler",
@@ -127,7 +120,6 @@ impl Config {
                  needs TLS (tls_cert_file, tls_key_file) and a token (auth_token_file)",
             ));
         }
-        self.sink_target()?;
         Ok(())
     }
 
@@ -224,53 +216,12 @@ impl Config {
         Ok(Some(addr))
     }
 
-    /// Where outputs go, parsed from `sink`.
-    pub fn sink_target(&self) -> Result<SinkTarget, ConfigError> {
-        match self.sink.as_deref() {
-            None => Ok(SinkTarget::File(self.data_dir.join("out"))),
-            Some(s) if s.starts_with("file:") => {
-                let dir = &s["file:".len()..];
-                if dir.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        key: "sink",
-                        value: s.to_owned(),
-                        reason: "file: needs a directory, e.g. file:./out".into(),
-                    });
-                }
-                Ok(SinkTarget::File(PathBuf::from(dir)))
-            }
-            Some(s) if s.starts_with("nats://") => crate::sink::NatsSinkConfig::parse(s)
-                .map(|c| SinkTarget::Nats(Box::new(c)))
-                .map_err(|reason| ConfigError::Invalid {
-                    key: "sink",
-                    // The URL may hold a token or a password: not repeated in the error.
-                    value: "nats://…".into(),
-                    reason,
-                }),
-            Some(s) if s.starts_with("kafka://") => crate::sink::KafkaSinkConfig::parse(s)
-                .map(|c| SinkTarget::Kafka(Box::new(c)))
-                .map_err(|reason| ConfigError::Invalid {
-                    key: "sink",
-                    value: s.to_owned(),
-                    reason,
-                }),
-            Some(s) if s.starts_with("s3://") => crate::sink::ObjectSinkConfig::parse(s)
-                .map(|c| SinkTarget::Object(Box::new(c)))
-                .map_err(|reason| ConfigError::Invalid {
-                    key: "sink",
-                    value: s.to_owned(),
-                    reason,
-                }),
-            Some(s) => {
-                check_http_url(
-                    "sink",
-                    s,
-                    "expected http://HOST:PORT (a gRPC Sink), file:DIR, nats://HOST:PORT?… \
-                     (JetStream), kafka://HOST:PORT/TOPIC?… (Apache Kafka) or \
-                     s3://BUCKET/PREFIX?… (object storage)",
-                )?;
-                Ok(SinkTarget::Grpc(s.to_owned()))
-            }
+    /// Where outputs go: what `sink` says (read with the configuration), or the file sink in
+    /// the data directory.
+    pub fn sink_target(&self) -> SinkTarget {
+        match &self.sink {
+            Some(sink) => sink.value().clone(),
+            None => SinkTarget::File(self.data_dir.join("out")),
         }
     }
 
@@ -300,17 +251,14 @@ fn attempts_limit(setting: u64) -> u32 {
 }
 
 fn check_http_url(key: &'static str, url: &str, expected: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(hostport) if !hostport.is_empty() && hostport.contains(':') => Ok(()),
-        _ => Err(ConfigError::Invalid {
-            key,
-            value: url.to_owned(),
-            reason: expected.into(),
-        }),
+    if super::url_setting::is_http_url(url) {
+        return Ok(());
     }
+    Err(ConfigError::Invalid {
+        key,
+        value: url.to_owned(),
+        reason: expected.into(),
+    })
 }
 
 /// Reads a token file: one line, printable ASCII, at least 16 characters.
@@ -324,22 +272,6 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
         return Err("the token must be one line of printable ASCII without spaces".into());
     }
     Ok(token.to_owned())
-}
-
-/// A URL with the values of its `token=` and `password=` options replaced by `<redacted>`
-/// (sink URLs, `mqtt_source`).
-pub fn redact_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == "token" || k == "password" => format!("{k}=<redacted>"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
 }
 
 /// What [`Config::secrets`] read.

@@ -140,7 +140,11 @@ impl Config {
                 .map_err(|e| match e {
                     ConfigError::Invalid { key, reason, .. } => ConfigError::Invalid {
                         key,
-                        value: g.value.clone(),
+                        // A URL may hold a password or a token.
+                        value: match setting.value_name {
+                            "URL" => super::url_setting::redact_url(&g.value),
+                            _ => g.value.clone(),
+                        },
                         reason: format!("{reason} (from {})", g.from),
                     },
                     other => other,

@@ -15,6 +15,7 @@ mod mqtt;
 mod reference;
 mod settings;
 mod units;
+mod url_setting;
 
 #[cfg(test)]
 mod tests;

@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::declare::{GIB, KIB, MIB, Rule, settings};
+use super::mqtt::MqttSource;
+use super::url_setting::Parsed;
 use crate::mode::LoggingMode;
-use crate::sink::ChunkFormat;
+use crate::sink::{ChunkFormat, SinkTarget};
 
 /// What a start does with the journal's backlog.
 #[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
@@ -69,7 +71,7 @@ settings! {
         /// Where outputs go: `http://host:port` (gRPC `Sink`), `file:DIR`, `nats://HOST:PORT?…`
         /// (JetStream), `kafka://HOST:PORT/TOPIC?…` (Apache Kafka) or
         /// `s3://BUCKET/PREFIX?endpoint=…` (object storage).
-        sink: Option<String> = None, Rule::any().shown("`file:<data_dir>/out`");
+        sink: Option<Parsed<SinkTarget>> = None, Rule::any().shown("`file:<data_dir>/out`");
         /// Serve Prometheus text at `http://ADDR/metrics`, and the probes `/healthz` (live)
         /// and `/readyz` (taking traffic).
         metrics_listen: Option<SocketAddr> = None, Rule::any().shown("off");
@@ -89,7 +91,7 @@ settings! {
         /// The MQTT door: subscribe to a broker, `mqtt://HOST:PORT?topics=devices/%23&client_id=ID`
         /// (QoS 1, persistent session, PUBACK only once accepted); options `user`, `password`,
         /// `tls`, `ca`, `session_expiry_s`, `receive_maximum`, `keep_alive_s`; `mqtts://` for TLS.
-        mqtt_source: Option<String> = None, Rule::any().shown("off");
+        mqtt_source: Option<Parsed<MqttSource>> = None, Rule::any().shown("off");
         /// The `sidelog.v1.Admin` service (`inspect`); `off` disables it; a non-loopback
         /// address needs TLS and a token.
         admin_listen: String = "127.0.0.1:50052".into(), Rule::any();

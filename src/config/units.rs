@@ -176,7 +176,14 @@ pub(super) fn normalize_value(
     setting: &Setting,
     value: toml::Value,
 ) -> Result<toml::Value, ConfigError> {
-    let invalid = |reason: String| ConfigError::invalid(setting.key, show(&value), reason);
+    let shown = match &value {
+        // A URL may hold a password or a token.
+        toml::Value::String(url) if setting.value_name == "URL" => {
+            format!("{:?}", super::url_setting::redact_url(url))
+        }
+        value => show(value),
+    };
+    let invalid = |reason: String| ConfigError::invalid(setting.key, shown.clone(), reason);
     if setting.is_number() {
         let n = match &value {
             toml::Value::Integer(n) => {

@@ -228,7 +228,7 @@ async fn serve(command: ServeCommand) -> anyhow::Result<ExitCode> {
     if check_config {
         // The next tier too, where asking it is cheap and says what a start would
         // meet: a Kafka topic that is not there, a cluster that does not answer.
-        if let Ok(sidelog::sink::SinkTarget::Kafka(kafka)) = config.sink_target() {
+        if let sidelog::sink::SinkTarget::Kafka(kafka) = config.sink_target() {
             match kafka.check().await {
                 Ok(found) => eprintln!("checked: {found}"),
                 Err(reason) => {
