@@ -39,7 +39,7 @@ pub mod sink;
 mod url_options;
 
 pub use config::{
-    Config, ConfigError, ReplayPolicy, ServeArgs, check_environment,
+    Config, ConfigError, ReplayPolicy, ServeArgs, TokenFileError, check_environment,
     example_toml as example_config, markdown_table as config_reference, read_token_file,
 };
 pub use mode::LoggingMode;

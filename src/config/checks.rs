@@ -137,10 +137,10 @@ impl Config {
     /// The PEM files TLS is configured with, read, if `tls_cert_file` is set.
     fn tls_pem(&self) -> Result<Option<TlsPem>, ConfigError> {
         let read = |key: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| ConfigError::Invalid {
+            std::fs::read(path).map_err(|error| ConfigError::Unreadable {
                 key,
-                value: path.display().to_string(),
-                reason: format!("cannot read it: {e}"),
+                path: path.clone(),
+                error,
             })
         };
         let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
@@ -184,13 +184,18 @@ impl Config {
         let Some(path) = &self.auth_token_file else {
             return Ok(None);
         };
-        read_token_file(path)
-            .map(Some)
-            .map_err(|reason| ConfigError::Invalid {
+        read_token_file(path).map(Some).map_err(|e| match e {
+            TokenFileError::Read(error) => ConfigError::Unreadable {
+                key: "auth_token_file",
+                path: path.clone(),
+                error,
+            },
+            e => ConfigError::Invalid {
                 key: "auth_token_file",
                 value: path.display().to_string(),
-                reason,
-            })
+                reason: e.to_string(),
+            },
+        })
     }
 
     /// Where the admin service listens, parsed from `admin_listen`; `None` when it is `off`.
@@ -262,16 +267,27 @@ fn check_http_url(key: &'static str, url: &str, expected: &str) -> Result<(), Co
 }
 
 /// Reads a token file: one line, printable ASCII, at least 16 characters.
-pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+pub fn read_token_file(path: &std::path::Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(path).map_err(TokenFileError::Read)?;
     let token = text.trim_end_matches(['\n', '\r']);
     if token.len() < 16 {
-        return Err("the token must be at least 16 characters".into());
+        return Err(TokenFileError::TooShort);
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the token must be one line of printable ASCII without spaces".into());
+        return Err(TokenFileError::NotPrintable);
     }
     Ok(token.to_owned())
+}
+
+/// Why [`read_token_file`] found no token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("the token must be at least 16 characters")]
+    TooShort,
+    #[error("the token must be one line of printable ASCII without spaces")]
+    NotPrintable,
 }
 
 /// What [`Config::secrets`] read.

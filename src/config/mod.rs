@@ -22,7 +22,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use checks::{Secrets, TlsPem, read_token_file};
+pub use checks::{Secrets, TlsPem, TokenFileError, read_token_file};
 pub use load::ServeArgs;
 pub use mqtt::MqttSource;
 pub use reference::{example_toml, markdown_table};
@@ -52,6 +52,14 @@ pub enum ConfigError {
     /// A file whose tables are not where the settings are.
     #[error("{0}")]
     Shape(String),
+    /// A file a setting names that cannot be read (the token, a TLS certificate or key).
+    #[error("invalid setting {} = {}: cannot read it: {error}", names(key), path.display())]
+    Unreadable {
+        key: &'static str,
+        path: PathBuf,
+        // Not `source`: the message says it, and a chain would print it twice.
+        error: std::io::Error,
+    },
     /// A value outside what its setting allows.
     #[error("invalid setting {} = {value}: {reason}", names(key))]
     Invalid {
