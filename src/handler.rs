@@ -18,9 +18,10 @@ pub struct GrpcHandler {
 
 impl GrpcHandler {
     /// A client for `url` (`http://host:port`). Connects lazily and reconnects by itself.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("invalid handler URL {url:?}: {e}"))?
+            .with_context(|| format!("invalid handler URL {url:?}"))?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);

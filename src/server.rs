@@ -297,7 +297,6 @@ async fn open_hops(
     let handler: Option<Arc<dyn Handler>> = match &config.handler {
         Some(url) => Some(Arc::new(
             GrpcHandler::new(url, Duration::from_millis(config.handling.timeout_ms))
-                .map_err(anyhow::Error::msg)
                 .context("--handler")?,
         )),
         None => None,
