@@ -19,7 +19,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/bench/src/targets.rs", "verdicts", 114),
     ("crates/journal/src/wal.rs", "recover", 109),
     ("crates/journal/src/tables.rs", "load_state", 109),
-    ("src/service/http.rs", "accept", 100),
     ("crates/bench/src/load.rs", "load", 99),
     (
         "crates/core/src/delivery/lanes.rs",

@@ -333,6 +333,27 @@ async fn accept(
     if let Err(reason) = door.token.check_header(auth) {
         return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", reason);
     }
+    let body = match read_body(door, &headers, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let messages = match messages(&headers, format, &body, door.key_field.as_deref()) {
+        Ok(m) => m,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
+    };
+    match door.pipeline.publish(messages, Door::Http).await {
+        Ok(acks) => acks_response(&acks),
+        Err(e) => ingest_error(e),
+    }
+}
+
+/// The request's body, whole and decoded (`Content-Encoding`), within `max_request_bytes` and
+/// `http_read_timeout_ms`; or the answer that refuses it.
+async fn read_body(
+    door: &HttpDoor,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
     let too_large = || {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -348,77 +369,75 @@ async fn accept(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > door.max_request_bytes) {
-        return too_large();
+        return Err(too_large());
     }
     let body = match axum::body::to_bytes(body, door.max_request_bytes).await {
         Ok(body) => body,
         Err(e) if has_source::<tower_http::timeout::TimeoutError>(&e) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_argument",
                 "the body did not arrive within http_read_timeout_ms",
-            );
+            ));
         }
         // The limit is the only other error a body that arrived whole can give.
         Err(e) if declared.is_none() || has_source::<http_body_util::LengthLimitError>(&e) => {
-            return too_large();
+            return Err(too_large());
         }
         Err(e) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
                 &format!("cannot read the body: {e}"),
-            );
+            ));
         }
     };
-    let body = match decode(&headers, body, door.max_request_bytes) {
-        Ok(body) => body,
-        Err(Undecodable::Unsupported(encoding)) => {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_argument",
-                &format!(
-                    "Content-Encoding {encoding} is not taken: send the body as it is, or as \
-                     gzip or zstd"
-                ),
-            );
-        }
-        Err(Undecodable::TooLarge) => return too_large(),
-        Err(Undecodable::Damaged(encoding, e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
-                &format!("cannot decode the {encoding} body: {e}"),
-            );
-        }
-    };
+    decode(headers, body, door.max_request_bytes).map_err(|e| match e {
+        Undecodable::Unsupported(encoding) => refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_argument",
+            &format!(
+                "Content-Encoding {encoding} is not taken: send the body as it is, or as gzip \
+                 or zstd"
+            ),
+        ),
+        Undecodable::TooLarge => too_large(),
+        Undecodable::Damaged(encoding, e) => refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            &format!("cannot decode the {encoding} body: {e}"),
+        ),
+    })
+}
+
+/// The messages of a body, in the format `?format=` or the `Content-Type` names.
+fn messages(
+    headers: &HeaderMap,
+    format: Option<Format>,
+    body: &[u8],
+    key_field: Option<&str>,
+) -> Result<Vec<Message>, String> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim();
     let format = match (format, media) {
-        (Some(format), _) => Ok(format),
+        (Some(format), _) => format,
         (None, "application/x-ndjson" | "application/jsonl" | "application/json-lines") => {
-            Ok(Format::Ndjson)
+            Format::Ndjson
         }
-        (None, "application/json" | "") => Ok(Format::Json),
-        (None, other) => Err(format!(
-            "Content-Type {other} is not taken: send application/json (a PublishRequest) or \
-             application/x-ndjson (one record a line), or say ?format=json|ndjson"
-        )),
+        (None, "application/json" | "") => Format::Json,
+        (None, other) => {
+            return Err(format!(
+                "Content-Type {other} is not taken: send application/json (a PublishRequest) \
+                 or application/x-ndjson (one record a line), or say ?format=json|ndjson"
+            ));
+        }
     };
-    let messages = format.and_then(|format| match format {
-        Format::Ndjson => ndjson(&body, door.key_field.as_deref()),
-        Format::Json => json(&body),
-    });
-    let messages = match messages {
-        Ok(m) => m,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, "invalid_argument", &reason),
-    };
-    match door.pipeline.publish(messages, Door::Http).await {
-        Ok(acks) => acks_response(&acks),
-        Err(e) => ingest_error(e),
+    match format {
+        Format::Ndjson => ndjson(body, key_field),
+        Format::Json => json(body),
     }
 }
 
