@@ -28,7 +28,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/bench/src/report.rs", "print_table", 90),
     ("crates/bench/src/recovery.rs", "restart", 88),
     ("src/bin/sidelog/inspect.rs", "show_wal", 87),
-    ("crates/core/src/delivery/lanes.rs", "run_lane", 87),
     ("crates/journal/src/tables.rs", "migrate_from_1", 85),
     ("src/bin/sidelog/publish.rs", "run", 84),
 ];

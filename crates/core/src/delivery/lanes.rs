@@ -4,6 +4,7 @@
 //! lane sends what it has at once, a lane at its depth fills the next batch while the oldest
 //! send is under way (`linger_ms` adds a wait of its own, 0 by default).
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,61 +131,17 @@ async fn run_lane(
     entropy: Entropy,
 ) {
     let depth = sink.pipeline_depth().max(1);
-    let linger = Duration::from_millis(config.linger_ms);
-    let mut in_flight: std::collections::VecDeque<JoinHandle<()>> = Default::default();
+    let mut in_flight: VecDeque<JoinHandle<()>> = VecDeque::new();
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.size();
-        let mut items = vec![first];
-        let room = |items: &Vec<DeliveryItem>, bytes: usize| {
-            items.len() < config.batch_max_messages && bytes < config.batch_max_bytes
-        };
-        // What is queued already joins the batch; waiting for more is only for `linger`.
-        let deadline = tokio::time::Instant::now() + linger;
-        while room(&items, bytes) {
-            let next = match rx.try_recv() {
-                Ok(item) => Some(item),
-                Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
-                    tokio::time::timeout_at(deadline, rx.recv())
-                        .await
-                        .ok()
-                        .flatten()
-                }
-                Err(_) => None,
-            };
-            let Some(item) = next else { break };
-            bytes += item.size();
-            items.push(item);
-        }
+        let mut batch = Filling::new(first, &config);
+        batch.take_queued(&mut rx).await;
         while in_flight.front().is_some_and(JoinHandle::is_finished) {
             in_flight.pop_front();
         }
-        // At the sink's depth: the batch goes on filling while the oldest send is under way,
-        // so batches grow with the load, and an idle lane sends at once.
-        while in_flight.len() >= depth {
-            let oldest = in_flight.front_mut().expect("at depth, so not empty");
-            tokio::select! {
-                biased;
-                done = oldest => {
-                    in_flight.pop_front();
-                    if let Err(e) = done {
-                        report_task_error(lane, &e);
-                    }
-                }
-                next = rx.recv(), if room(&items, bytes) => match next {
-                    Some(item) => {
-                        bytes += item.size();
-                        items.push(item);
-                    }
-                    // Closed: send what there is once the oldest is done.
-                    None => {
-                        let oldest = in_flight.pop_front().expect("at depth, so not empty");
-                        if let Err(e) = oldest.await {
-                            report_task_error(lane, &e);
-                        }
-                    }
-                },
-            }
-        }
+        batch
+            .while_at_depth(lane, depth, &mut in_flight, &mut rx)
+            .await;
+        let mut items = batch.items;
         // The messages move into the batch (cloning them, their headers map and strings, was
         // ~9 % of a replay's CPU); `items` keeps the rest, index for index, and gets them back
         // only on the rare paths that need them (dead letters, expiry).
@@ -207,6 +164,87 @@ async fn run_lane(
         }
     }
     debug!(lane, "delivery lane stopped");
+}
+
+/// A lane's next batch while it is gathered, bounded by count and bytes.
+struct Filling<'a> {
+    items: Vec<DeliveryItem>,
+    bytes: usize,
+    config: &'a DeliveryConfig,
+}
+
+impl<'a> Filling<'a> {
+    fn new(first: DeliveryItem, config: &'a DeliveryConfig) -> Self {
+        Filling {
+            bytes: first.size(),
+            items: vec![first],
+            config,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.items.len() < self.config.batch_max_messages
+            && self.bytes < self.config.batch_max_bytes
+    }
+
+    fn push(&mut self, item: DeliveryItem) {
+        self.bytes += item.size();
+        self.items.push(item);
+    }
+
+    /// What is queued already joins the batch; waiting for more is only for `linger_ms`.
+    async fn take_queued(&mut self, rx: &mut mpsc::Receiver<DeliveryItem>) {
+        let linger = Duration::from_millis(self.config.linger_ms);
+        let deadline = tokio::time::Instant::now() + linger;
+        while self.has_room() {
+            let next = match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
+            let Some(item) = next else { break };
+            self.push(item);
+        }
+    }
+
+    /// At the sink's depth: the batch goes on filling while the oldest send is under way, so
+    /// batches grow with the load, and an idle lane sends at once.
+    async fn while_at_depth(
+        &mut self,
+        lane: usize,
+        depth: usize,
+        in_flight: &mut VecDeque<JoinHandle<()>>,
+        rx: &mut mpsc::Receiver<DeliveryItem>,
+    ) {
+        while in_flight.len() >= depth {
+            let room = self.has_room();
+            let oldest = in_flight.front_mut().expect("at depth, so not empty");
+            tokio::select! {
+                biased;
+                done = oldest => {
+                    in_flight.pop_front();
+                    if let Err(e) = done {
+                        report_task_error(lane, &e);
+                    }
+                }
+                next = rx.recv(), if room => match next {
+                    Some(item) => self.push(item),
+                    // Closed: send what there is once the oldest is done.
+                    None => {
+                        let oldest = in_flight.pop_front().expect("at depth, so not empty");
+                        if let Err(e) = oldest.await {
+                            report_task_error(lane, &e);
+                        }
+                    }
+                },
+            }
+        }
+    }
 }
 
 fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
