@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use sidelog::proto::ingest_client::IngestClient;
 use sidelog::proto::{Message, PublishRequest, ack};
-use sidelog::runtime::{Clock, Entropy, SystemClock};
+use sidelog::runtime::{Backoff, Clock, Entropy, SystemClock};
 
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
@@ -165,15 +165,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         sent: total,
         ..Default::default()
     }));
-    // A progress bar on a terminal (nothing when stderr is a file or a pipe).
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} acked ({per_sec}, eta {eta})",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar(total);
     let progress = Arc::new(Progress {
         target: args.target.clone(),
         retry_for: Duration::from_millis(args.retry_for_ms),
@@ -181,35 +173,18 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
         warned: AtomicBool::new(false),
         bar: bar.clone(),
     });
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (queue, summary, channel) = (queue.clone(), summary.clone(), channel.clone());
-        let authorization = authorization.clone();
-        let progress = progress.clone();
-        let entropy = entropy.clone();
-        workers.push(tokio::spawn(async move {
-            let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
-            loop {
-                let Some(batch) = queue.lock().expect("no panics under this lock").pop_front()
-                else {
-                    break;
-                };
-                let fatal = publish_batch(
-                    &mut client,
-                    batch,
-                    authorization.as_ref(),
-                    &progress,
-                    &entropy,
-                    &summary,
-                )
-                .await;
-                if let Some(fatal) = fatal {
-                    return Err(fatal);
-                }
-            }
-            Ok(())
-        }));
-    }
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let worker = Worker {
+                queue: queue.clone(),
+                summary: summary.clone(),
+                authorization: authorization.clone(),
+                progress: progress.clone(),
+                entropy: entropy.clone(),
+            };
+            tokio::spawn(worker.run(channel.clone()))
+        })
+        .collect();
     // Ctrl-C ends the run with a summary of what was acked so far.
     let all = async {
         for w in workers {
@@ -227,6 +202,56 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<PublishSummary> {
     let mut summary = summary.lock().expect("no panics under this lock").clone();
     summary.unacked = summary.sent - summary.accepted - summary.duplicate - summary.rejected;
     Ok(summary)
+}
+
+/// A progress bar on a terminal (nothing when stderr is a file or a pipe).
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} acked ({per_sec}, eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// One of `--concurrency` publishers: takes batches from the shared queue until it is empty.
+struct Worker {
+    queue: Arc<Mutex<VecDeque<Vec<Message>>>>,
+    summary: Arc<Mutex<PublishSummary>>,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    progress: Arc<Progress>,
+    entropy: Entropy,
+}
+
+impl Worker {
+    async fn run(self, channel: Channel) -> anyhow::Result<()> {
+        let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
+        loop {
+            let Some(batch) = self
+                .queue
+                .lock()
+                .expect("no panics under this lock")
+                .pop_front()
+            else {
+                return Ok(());
+            };
+            let fatal = publish_batch(
+                &mut client,
+                batch,
+                self.authorization.as_ref(),
+                &self.progress,
+                &self.entropy,
+                &self.summary,
+            )
+            .await;
+            if let Some(fatal) = fatal {
+                return Err(fatal);
+            }
+        }
+    }
 }
 
 /// The run's progress, shared by the workers: when sidelog last acked anything, and whether
@@ -275,7 +300,14 @@ async fn publish_batch(
     entropy: &Entropy,
     summary: &Mutex<PublishSummary>,
 ) -> Option<anyhow::Error> {
-    let mut delay_ms = 50u64;
+    // Capped exponential backoff with full jitter, as sidelog's own retries: 50 ms doubling
+    // to 2 s; how long to keep trying is `--retry-for-ms`'s (`Progress::given_up`).
+    const RETRY: Backoff = Backoff {
+        initial_ms: 50,
+        max_ms: 2_000,
+        max_attempts: u32::MAX,
+    };
+    let mut attempt = 1u32;
     loop {
         let mut request = tonic::Request::new(PublishRequest {
             messages: batch.clone(),
@@ -326,11 +358,8 @@ async fn publish_batch(
                 }
                 progress.failed(&status);
                 summary.lock().expect("no panics under this lock").retries += 1;
-                tokio::time::sleep(Duration::from_millis(
-                    entropy.below(delay_ms) + delay_ms / 2,
-                ))
-                .await;
-                delay_ms = (delay_ms * 2).min(2000);
+                tokio::time::sleep(RETRY.delay(attempt, entropy)).await;
+                attempt = attempt.saturating_add(1);
             }
         }
     }
