@@ -145,35 +145,50 @@ fn show_wal(args: &InspectArgs) -> anyhow::Result<()> {
         sidelog::journal::WalFormat::V2 => "2",
     };
     if args.json {
-        let frames: Vec<serde_json::Value> = report
-            .frames
-            .iter()
-            .map(|f| {
-                serde_json::json!({
-                    "offset": f.offset,
-                    "whole": f.whole,
-                    "identity": format!("{:016x}", f.header.identity),
-                    "epoch": f.header.epoch,
-                    "salt": format!("{:016x}", f.header.salt),
-                    "number": f.header.number,
-                    "synced": f.header.synced,
-                    "len": f.header.len,
-                    "ops": f.ops,
-                })
-            })
-            .collect();
-        return print_json(&serde_json::json!({
-            "path": path,
-            "bytes": report.len,
-            "format": format,
-            "header": report.header.map(|h| serde_json::json!({
-                "identity": format!("{:016x}", h.identity),
-                "clean_stop": h.clean,
-                "journal_fingerprint": h.db.map(|d| serde_json::json!({"len": d.len, "crc": d.crc})),
-            })),
-            "frames": frames,
-        }));
+        return print_wal_json(&path, &report, format);
     }
+    print_wal_text(&path, &report, format);
+    Ok(())
+}
+
+/// The redo log's report as JSON.
+fn print_wal_json(
+    path: &std::path::Path,
+    report: &sidelog::journal::WalReport,
+    format: &str,
+) -> anyhow::Result<()> {
+    let frames: Vec<serde_json::Value> = report
+        .frames
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "offset": f.offset,
+                "whole": f.whole,
+                "identity": format!("{:016x}", f.header.identity),
+                "epoch": f.header.epoch,
+                "salt": format!("{:016x}", f.header.salt),
+                "number": f.header.number,
+                "synced": f.header.synced,
+                "len": f.header.len,
+                "ops": f.ops,
+            })
+        })
+        .collect();
+    print_json(&serde_json::json!({
+        "path": path,
+        "bytes": report.len,
+        "format": format,
+        "header": report.header.map(|h| serde_json::json!({
+            "identity": format!("{:016x}", h.identity),
+            "clean_stop": h.clean,
+            "journal_fingerprint": h.db.map(|d| serde_json::json!({"len": d.len, "crc": d.crc})),
+        })),
+        "frames": frames,
+    }))
+}
+
+/// The redo log's report as text: its header, then each frame and its operations.
+fn print_wal_text(path: &std::path::Path, report: &sidelog::journal::WalReport, format: &str) {
     println!("{}: {} bytes, format {format}", path.display(), report.len);
     match report.header {
         Some(h) => println!(
@@ -221,7 +236,6 @@ fn show_wal(args: &InspectArgs) -> anyhow::Result<()> {
             println!("  {op}");
         }
     }
-    Ok(())
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
