@@ -20,11 +20,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/journal/src/wal.rs", "recover", 109),
     ("crates/journal/src/tables.rs", "load_state", 109),
     ("crates/bench/src/load.rs", "load", 99),
-    (
-        "crates/core/src/delivery/lanes.rs",
-        "deliver_with_retries",
-        98,
-    ),
     ("crates/bench/src/report.rs", "print_table", 90),
     ("crates/bench/src/recovery.rs", "restart", 88),
     ("crates/journal/src/tables.rs", "migrate_from_1", 85),

@@ -148,14 +148,17 @@ async fn run_lane(
         let batch = take_batch(&mut items, sink.writes_seq_header());
         // Called here, in lane order, so that the sink takes batches in the order they were made.
         let first_attempt = sink.deliver(batch.clone());
+        let sending = Sending {
+            sink: sink.clone(),
+            completion: completion.clone(),
+            config: config.clone(),
+            entropy: entropy.clone(),
+        };
         in_flight.push_back(sidelog_runtime::spawn(deliver_with_retries(
             first_attempt,
             batch,
             items,
-            sink.clone(),
-            completion.clone(),
-            config.clone(),
-            entropy.clone(),
+            sending,
         )));
     }
     for task in in_flight {
@@ -258,18 +261,26 @@ fn report_task_error(lane: usize, e: &tokio::task::JoinError) {
     }
 }
 
-async fn deliver_with_retries(
-    first_attempt: sidelog_runtime::BoxFuture<'static, Result<Receipt, crate::sink::SinkError>>,
-    mut batch: Batch,
-    mut items: Vec<DeliveryItem>,
+/// What a batch's sending needs besides the batch: the sink, completion, the settings and the
+/// lane's randomness (for the backoff's jitter).
+#[derive(Clone)]
+struct Sending {
     sink: Arc<dyn Sink>,
     completion: Arc<Completion>,
     config: DeliveryConfig,
     entropy: Entropy,
+}
+
+async fn deliver_with_retries(
+    first_attempt: sidelog_runtime::BoxFuture<'static, Result<Receipt, crate::sink::SinkError>>,
+    mut batch: Batch,
+    mut items: Vec<DeliveryItem>,
+    s: Sending,
 ) {
-    let timeout = sink
+    let timeout = s
+        .sink
         .ack_delay_max()
-        .map(|delay| Duration::from_millis(config.timeout_ms) + delay);
+        .map(|delay| Duration::from_millis(s.config.timeout_ms) + delay);
     let mut attempt = 1u32;
     let mut pending = first_attempt;
     loop {
@@ -278,18 +289,11 @@ async fn deliver_with_retries(
             Some(timeout) => tokio::time::timeout(timeout, pending).await,
             None => Ok(pending.await),
         };
-        let label = if matches!(outcome, Ok(Ok(_))) {
-            "ok"
-        } else {
-            "error"
-        };
-        metrics::histogram!(crate::metrics::SINK_DELIVER_SECONDS, "outcome" => label)
-            .record(started.elapsed().as_secs_f64());
-        metrics::gauge!(crate::metrics::SINK_UP).set(if label == "ok" { 1.0 } else { 0.0 });
+        record_attempt(matches!(outcome, Ok(Ok(_))), started);
         let error = match outcome {
             Ok(Ok(receipt)) => {
-                config.outage.succeeded();
-                completion.delivered(&items, receipt).await;
+                s.config.outage.succeeded();
+                s.completion.delivered(&items, receipt).await;
                 return;
             }
             Ok(Err(e)) if e.halted => {
@@ -299,35 +303,21 @@ async fn deliver_with_retries(
             }
             Ok(Err(e)) if e.refused => {
                 restore_messages(&mut items, &batch);
-                refused(
-                    items,
-                    e.reason,
-                    attempt,
-                    &sink,
-                    &completion,
-                    &config,
-                    &entropy,
-                )
-                .await;
+                refused(items, e.reason, attempt, &s).await;
                 return;
             }
             Ok(Err(e)) => e.reason,
             // Only a timed wait ends this way.
             Err(_) => format!("no ack within {:?}", timeout.unwrap_or_default()),
         };
-        if config.backoff.exhausted(attempt) {
+        if s.config.backoff.exhausted(attempt) {
             restore_messages(&mut items, &batch);
-            completion
-                .outputs_dead(
-                    &items,
-                    &format!("sink failed {attempt} times; last error: {error}"),
-                    attempt,
-                )
-                .await;
+            let reason = format!("sink failed {attempt} times; last error: {error}");
+            s.completion.outputs_dead(&items, &reason, attempt).await;
             return;
         }
-        let oldest_allowed = (config.max_age_ms > 0)
-            .then(|| config.clock.now_ms() - config.max_age_ms as i64)
+        let oldest_allowed = (s.config.max_age_ms > 0)
+            .then(|| s.config.clock.now_ms() - s.config.max_age_ms as i64)
             .filter(|t| items.iter().any(|i| i.written_at_ms < *t));
         if let Some(oldest_allowed) = oldest_allowed {
             // Too old to keep trying: dead letters, with that reason; the rest goes on.
@@ -337,42 +327,41 @@ async fn deliver_with_retries(
                 .partition(|i| i.written_at_ms < oldest_allowed);
             let reason = format!(
                 "undelivered for longer than replay.max_age_ms ({} ms); last error: {error}",
-                config.max_age_ms
+                s.config.max_age_ms
             );
-            completion.outputs_dead(&expired, &reason, attempt).await;
+            s.completion.outputs_dead(&expired, &reason, attempt).await;
             if live.is_empty() {
                 return;
             }
-            batch = take_batch(&mut live, sink.writes_seq_header());
+            batch = take_batch(&mut live, s.sink.writes_seq_header());
             items = live;
         }
         metrics::counter!(crate::metrics::DELIVERY_RETRIES).increment(1);
         metrics::counter!(crate::metrics::RESENT, "cause" => "retry").increment(items.len() as u64);
-        let delay = config.backoff.delay(attempt, &entropy);
-        config.outage.failed(&error);
+        let delay = s.config.backoff.delay(attempt, &s.entropy);
+        s.config.outage.failed(&error);
         debug!(messages = items.len(), attempt, error = %error, ?delay, "delivery failed; retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
-        pending = sink.deliver(batch.clone());
+        pending = s.sink.deliver(batch.clone());
     }
+}
+
+/// One attempt's time and outcome, and whether the sink is up, for `/metrics`.
+fn record_attempt(ok: bool, started: tokio::time::Instant) {
+    let label = if ok { "ok" } else { "error" };
+    metrics::histogram!(crate::metrics::SINK_DELIVER_SECONDS, "outcome" => label)
+        .record(started.elapsed().as_secs_f64());
+    metrics::gauge!(crate::metrics::SINK_UP).set(if ok { 1.0 } else { 0.0 });
 }
 
 /// The sink refused a batch (`SinkError::refused`): a single message is a dead letter at once,
 /// with the sink's reason; a larger batch is sent again one message at a time, in order, so
 /// that only what the sink refuses is dead-lettered and the rest goes through.
-async fn refused(
-    items: Vec<DeliveryItem>,
-    reason: String,
-    attempts: u32,
-    sink: &Arc<dyn Sink>,
-    completion: &Arc<Completion>,
-    config: &DeliveryConfig,
-    entropy: &Entropy,
-) {
+async fn refused(items: Vec<DeliveryItem>, reason: String, attempts: u32, s: &Sending) {
     if items.len() == 1 {
-        completion
-            .outputs_dead(&items, &format!("the sink refused it: {reason}"), attempts)
-            .await;
+        let reason = format!("the sink refused it: {reason}");
+        s.completion.outputs_dead(&items, &reason, attempts).await;
         return;
     }
     debug!(
@@ -382,18 +371,9 @@ async fn refused(
     );
     for item in items {
         let mut one = vec![item];
-        let batch = take_batch(&mut one, sink.writes_seq_header());
-        let first_attempt = sink.deliver(batch.clone());
-        Box::pin(deliver_with_retries(
-            first_attempt,
-            batch,
-            one,
-            sink.clone(),
-            completion.clone(),
-            config.clone(),
-            entropy.clone(),
-        ))
-        .await;
+        let batch = take_batch(&mut one, s.sink.writes_seq_header());
+        let first_attempt = s.sink.deliver(batch.clone());
+        Box::pin(deliver_with_retries(first_attempt, batch, one, s.clone())).await;
     }
 }
 
