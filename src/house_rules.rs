@@ -22,7 +22,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/bench/src/load.rs", "load", 99),
     ("crates/bench/src/report.rs", "print_table", 90),
     ("crates/bench/src/recovery.rs", "restart", 88),
-    ("crates/journal/src/tables.rs", "migrate_from_1", 85),
 ];
 
 /// The Rust sources of the workspace that are not tests.

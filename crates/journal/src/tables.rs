@@ -205,75 +205,8 @@ pub(super) fn load_state(db: &Database, path: &Path, log: LogAtOpen<'_>) -> Step
 /// `inputs`/`outputs` u64 seq → record, `dedup` id → (seq, recorded_at_ms), `dedup_order`
 /// seq → id; `recorded`, `dead_letters` and `meta` are unchanged.
 fn migrate_from_1(txn: &WriteTransaction) -> Step {
-    const INPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
-    const OUTPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
-    const DEDUP_1: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
-    const DEDUP_ORDER_1: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
-    /// Entries per block written by the migration.
-    const PER_BLOCK: usize = 8192;
-
-    let mut blocks = txn.open_table(BLOCKS)?;
-    let mut heads = txn.open_table(HEADS)?;
-    let mut ids = txn.open_table(DEDUP_LOG)?;
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    {
-        let inputs = txn.open_table(INPUTS_1)?;
-        let outputs = txn.open_table(OUTPUTS_1)?;
-        let mut all = Vec::new();
-        for row in inputs.iter()? {
-            let (k, v) = row?;
-            let at = decode_record::<InputEntry>("inputs", k.value(), v.value())?.received_at_ms;
-            all.push((k.value(), Kind::Input, v.value().to_vec(), at));
-        }
-        for row in outputs.iter()? {
-            let (k, v) = row?;
-            let at = decode_record::<OutputEntry>("outputs", k.value(), v.value())?.recorded_at_ms;
-            all.push((k.value(), Kind::Output, v.value().to_vec(), at));
-        }
-        all.sort_unstable_by_key(|e| e.0);
-        for chunk in all.chunks(PER_BLOCK) {
-            let mut block = BlockBuilder::default();
-            for (seq, kind, record, at) in chunk {
-                block.push_record(*seq, *kind, record, *at);
-            }
-            entries += block.len() as u64;
-            if let Some((value, head)) = block.finish() {
-                blocks.insert(head.first, value.as_slice())?;
-                heads.insert(head.first, head.encode().as_slice())?;
-                bytes += head.block_bytes;
-            }
-        }
-    }
-    {
-        let dedup = txn.open_table(DEDUP_1)?;
-        let order = txn.open_table(DEDUP_ORDER_1)?;
-        // One log value per run of ids recorded at the same time, keyed by its last sequence.
-        let mut run: Option<(i64, u64, IdLogBuilder)> = None;
-        for row in order.iter()? {
-            let (k, v) = row?;
-            let (seq, id) = (k.value(), v.value());
-            let Some((latest, at)) = dedup.get(id)?.map(|e| e.value()) else {
-                continue;
-            };
-            if latest != seq {
-                continue;
-            }
-            if run.as_ref().is_some_and(|(run_at, _, _)| *run_at != at) {
-                let (_, last, value) = run.take().expect("checked just above");
-                if let Some((value, _)) = value.finish() {
-                    ids.insert(last, value.as_slice())?;
-                }
-            }
-            let (_, last, value) = run.get_or_insert_with(|| (at, seq, IdLogBuilder::default()));
-            value.push(id, 0, seq, at);
-            *last = seq;
-        }
-        if let Some((_, last, value)) = run
-            && let Some((value, _)) = value.finish()
-        {
-            ids.insert(last, value.as_slice())?;
-        }
-    }
+    let (bytes, entries) = migrate_entries_from_1(txn)?;
+    migrate_ids_from_1(txn)?;
     for name in [INPUTS_1, OUTPUTS_1] {
         txn.delete_table(name)?;
     }
@@ -287,6 +220,84 @@ fn migrate_from_1(txn: &WriteTransaction) -> Step {
         bytes,
         "journal rewritten from format 1 to format {FILE_FORMAT}"
     );
+    Ok(())
+}
+
+/// Format 1's tables, read once by the migration and then deleted.
+const INPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("inputs");
+const OUTPUTS_1: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+const DEDUP_1: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
+const DEDUP_ORDER_1: TableDefinition<u64, &str> = TableDefinition::new("dedup_order");
+
+/// Format 1's inputs and outputs, in sequence order, into blocks; answers the backlog's bytes
+/// and entries.
+fn migrate_entries_from_1(txn: &WriteTransaction) -> Result<(u64, u64), Failure> {
+    /// Entries per block written by the migration.
+    const PER_BLOCK: usize = 8192;
+    let mut blocks = txn.open_table(BLOCKS)?;
+    let mut heads = txn.open_table(HEADS)?;
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let inputs = txn.open_table(INPUTS_1)?;
+    let outputs = txn.open_table(OUTPUTS_1)?;
+    let mut all = Vec::new();
+    for row in inputs.iter()? {
+        let (k, v) = row?;
+        let at = decode_record::<InputEntry>("inputs", k.value(), v.value())?.received_at_ms;
+        all.push((k.value(), Kind::Input, v.value().to_vec(), at));
+    }
+    for row in outputs.iter()? {
+        let (k, v) = row?;
+        let at = decode_record::<OutputEntry>("outputs", k.value(), v.value())?.recorded_at_ms;
+        all.push((k.value(), Kind::Output, v.value().to_vec(), at));
+    }
+    all.sort_unstable_by_key(|e| e.0);
+    for chunk in all.chunks(PER_BLOCK) {
+        let mut block = BlockBuilder::default();
+        for (seq, kind, record, at) in chunk {
+            block.push_record(*seq, *kind, record, *at);
+        }
+        entries += block.len() as u64;
+        if let Some((value, head)) = block.finish() {
+            blocks.insert(head.first, value.as_slice())?;
+            heads.insert(head.first, head.encode().as_slice())?;
+            bytes += head.block_bytes;
+        }
+    }
+    Ok((bytes, entries))
+}
+
+/// Format 1's dedup window (an id's latest sequence and time, in sequence order) into the
+/// dedup log: one log value per run of ids recorded at the same time, keyed by its last
+/// sequence.
+fn migrate_ids_from_1(txn: &WriteTransaction) -> Step {
+    let mut ids = txn.open_table(DEDUP_LOG)?;
+    let dedup = txn.open_table(DEDUP_1)?;
+    let order = txn.open_table(DEDUP_ORDER_1)?;
+    let mut run: Option<(i64, u64, IdLogBuilder)> = None;
+    for row in order.iter()? {
+        let (k, v) = row?;
+        let (seq, id) = (k.value(), v.value());
+        let Some((latest, at)) = dedup.get(id)?.map(|e| e.value()) else {
+            continue;
+        };
+        if latest != seq {
+            continue;
+        }
+        if run.as_ref().is_some_and(|(run_at, _, _)| *run_at != at) {
+            let (_, last, value) = run.take().expect("checked just above");
+            if let Some((value, _)) = value.finish() {
+                ids.insert(last, value.as_slice())?;
+            }
+        }
+        let (_, last, value) = run.get_or_insert_with(|| (at, seq, IdLogBuilder::default()));
+        value.push(id, 0, seq, at);
+        *last = seq;
+    }
+    if let Some((_, last, value)) = run
+        && let Some((value, _)) = value.finish()
+    {
+        ids.insert(last, value.as_slice())?;
+    }
     Ok(())
 }
 
