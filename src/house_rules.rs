@@ -14,7 +14,6 @@ const MAX_LINES: usize = 80;
 const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/bench/src/targets.rs", "run", 173),
     ("sim/src/model.rs", "run_case", 141),
-    ("src/sink/kafka/txn.rs", "transaction", 125),
     ("crates/bench/src/main.rs", "run_mode", 118),
     ("crates/bench/src/targets.rs", "verdicts", 114),
     ("crates/journal/src/wal.rs", "recover", 109),

@@ -210,6 +210,42 @@ struct Sending {
     failed: Option<SinkError>,
 }
 
+impl Sending {
+    /// Waits for the delivery report of each of its records; a record the broker did not take
+    /// fails the batch (a refusal is kept over a later transient failure).
+    async fn await_reports(&mut self) {
+        for report in self.reports.drain(..) {
+            let failure = match report.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) if refused(&e) => {
+                    SinkError::refused(format!("Kafka refuses a message: {e}"))
+                }
+                Ok(Err((e, _))) => SinkError::retry(format!("Kafka did not take a message: {e}")),
+                Err(_) => SinkError::retry("the Kafka producer dropped a delivery report"),
+            };
+            if !self.failed.as_ref().is_some_and(|f| f.refused) {
+                self.failed = Some(failure);
+            }
+        }
+    }
+}
+
+/// The offset of the transaction's progress record once the broker took it; if it did not,
+/// the last batch fails (the transaction is aborted and retried).
+async fn progress_taken(report: DeliveryFuture, batches: &mut [Sending]) -> Option<u64> {
+    let reason = match report.await {
+        Ok(Ok(delivery)) => return Some(delivery.offset as u64),
+        Ok(Err((e, _))) => e.to_string(),
+        Err(_) => "its delivery report was dropped".into(),
+    };
+    if let Some(last) = batches.last_mut() {
+        last.failed.get_or_insert(SinkError::retry(format!(
+            "Kafka did not take the progress record: {reason}"
+        )));
+    }
+    None
+}
+
 /// Whether `e` says another producer has taken this `transactional.id`.
 fn fenced(e: &KafkaError) -> bool {
     matches!(
@@ -481,20 +517,7 @@ impl Driver {
 
     /// One transaction over `jobs`. `false`: delivery has halted.
     async fn transaction(&mut self, jobs: Vec<Job>) -> bool {
-        let mut queue = VecDeque::with_capacity(jobs.len());
-        for mut job in jobs {
-            self.examine(&mut job);
-            if job
-                .skip
-                .as_ref()
-                .is_some_and(|s| s.len() == job.batch.len())
-            {
-                // All of it is in the topic already.
-                drop(job.reply.send(Ok(Receipt::none())));
-            } else {
-                queue.push_back(job);
-            }
-        }
+        let mut queue = self.not_held(jobs);
         if queue.is_empty() {
             return true;
         }
@@ -519,65 +542,19 @@ impl Driver {
                 break;
             }
         }
-        let mut progress_report = None;
-        if let (Some(log), false) = (&self.progress, delivered_ids.is_empty()) {
-            let value =
-                progress::encode_delivered(log.identity, &self.config.topic, &delivered_ids);
-            match self.producer.send_result(
-                FutureRecord::to(&log.topic)
-                    .partition(log.partition)
-                    .key(self.config.transactional_id.as_bytes())
-                    .payload(&value),
-            ) {
-                Ok(report) => progress_report = Some(report),
-                Err((e, _)) => {
-                    if let Some(last) = batches.last_mut() {
-                        last.failed.get_or_insert(SinkError::retry(format!(
-                            "cannot queue the progress record: {e}"
-                        )));
-                    }
-                }
-            }
-        }
+        let progress_report = self.queue_progress(&delivered_ids, &mut batches);
         let produced = started.elapsed();
         // Every record acked before the commit is asked for: rdkafka's commit_transaction
         // first flushes by polling in 100 ms steps while the producer's own thread takes the
         // delivery reports, so a commit with records in flight waited ~100 ms, most of each
         // transaction. A record the broker did not take fails its batch here.
         for b in &mut batches {
-            for report in b.reports.drain(..) {
-                let failure = match report.await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err((e, _))) if refused(&e) => {
-                        SinkError::refused(format!("Kafka refuses a message: {e}"))
-                    }
-                    Ok(Err((e, _))) => {
-                        SinkError::retry(format!("Kafka did not take a message: {e}"))
-                    }
-                    Err(_) => SinkError::retry("the Kafka producer dropped a delivery report"),
-                };
-                if !b.failed.as_ref().is_some_and(|f| f.refused) {
-                    b.failed = Some(failure);
-                }
-            }
+            b.await_reports().await;
         }
-        let mut progress_offset = None;
-        if let Some(report) = progress_report {
-            match report.await {
-                Ok(Ok(delivery)) => progress_offset = Some(delivery.offset as u64),
-                other => {
-                    let reason = match other {
-                        Ok(Err((e, _))) => e.to_string(),
-                        _ => "its delivery report was dropped".into(),
-                    };
-                    if let Some(last) = batches.last_mut() {
-                        last.failed.get_or_insert(SinkError::retry(format!(
-                            "Kafka did not take the progress record: {reason}"
-                        )));
-                    }
-                }
-            }
-        }
+        let progress_offset = match progress_report {
+            Some(report) => progress_taken(report, &mut batches).await,
+            None => None,
+        };
         let acked = started.elapsed();
         let any_failed = batches.iter().any(|b| b.failed.is_some());
         let outcome = if any_failed {
@@ -603,6 +580,49 @@ impl Driver {
                 true
             }
             Outcome::Fatal(e) => self.fail_all(Vec::new(), batches, e).await,
+        }
+    }
+
+    /// The jobs whose records are not all in the topic already; the others are answered here.
+    fn not_held(&mut self, jobs: Vec<Job>) -> VecDeque<Job> {
+        let mut queue = VecDeque::with_capacity(jobs.len());
+        for mut job in jobs {
+            self.examine(&mut job);
+            if job
+                .skip
+                .as_ref()
+                .is_some_and(|s| s.len() == job.batch.len())
+            {
+                // All of it is in the topic already.
+                drop(job.reply.send(Ok(Receipt::none())));
+            } else {
+                queue.push_back(job);
+            }
+        }
+        queue
+    }
+
+    /// Queues the progress record of the journaled ids this transaction delivers (if the sink
+    /// keeps progress records and there are any); a record that cannot be queued fails the
+    /// last batch.
+    fn queue_progress(&self, ids: &[u128], batches: &mut [Sending]) -> Option<DeliveryFuture> {
+        let log = self.progress.as_ref().filter(|_| !ids.is_empty())?;
+        let value = progress::encode_delivered(log.identity, &self.config.topic, ids);
+        match self.producer.send_result(
+            FutureRecord::to(&log.topic)
+                .partition(log.partition)
+                .key(self.config.transactional_id.as_bytes())
+                .payload(&value),
+        ) {
+            Ok(report) => Some(report),
+            Err((e, _)) => {
+                if let Some(last) = batches.last_mut() {
+                    last.failed.get_or_insert(SinkError::retry(format!(
+                        "cannot queue the progress record: {e}"
+                    )));
+                }
+                None
+            }
         }
     }
 
