@@ -92,62 +92,18 @@ pub(super) struct LogAtOpen<'a> {
 pub(super) fn load_state(db: &Database, path: &Path, log: LogAtOpen<'_>) -> Step<FileState> {
     let txn = db.begin_write()?;
     let state = {
-        let mut meta = txn.open_table(META)?;
-        let stored_format = meta.get(META_FORMAT)?.map(|v| v.value());
-        let format = match stored_format {
-            Some(f) => f,
-            None => {
-                meta.insert(META_FORMAT, FILE_FORMAT)?;
-                FILE_FORMAT
-            }
-        };
-        if format == 1 {
-            drop(meta);
-            migrate_from_1(&txn)?;
-            meta = txn.open_table(META)?;
-            meta.insert(META_FORMAT, FILE_FORMAT)?;
-        } else if format != FILE_FORMAT {
-            return Err(Failure::Journal(super::JournalError::Format {
-                path: path.to_owned(),
-                found: format,
-            }));
-        }
+        let mut meta = check_format(&txn, path)?;
         let identity = meta.get(META_JOURNAL_ID)?.map(|v| v.value());
         let epoch = meta.get(META_WAL_EPOCH)?.map_or(0, |v| v.value());
         let held = meta.get(META_WAL_FRAMES)?.map_or(0, |v| v.value());
         drop(meta);
-        // redb may come back ahead of its last durable commit (a commit without fsync whose
-        // pages all reached the disk): the frames it holds already are skipped, and a log that
-        // ends before it adds nothing. Either way the state is made durable below.
-        let mut replayed = 0;
-        let found = log
-            .wal
-            .recover(identity.unwrap_or(0), epoch, |number, payload| {
-                if number >= held {
-                    wal::apply(&txn, payload)?;
-                    replayed += 1;
-                }
-                Ok(())
-            })?;
-        let (recovered, discarded, next_epoch) = match found {
-            Ok(recovered) => (recovered, None, epoch + 1),
-            Err(refusal) if log.discard => {
-                // Frames of the refused log are never read again: the next epoch is past
-                // theirs. A damaged run's frames before the damage were applied.
-                let past = match refusal {
-                    Refusal::Newer { epoch: theirs, .. } => theirs.max(epoch) + 1,
-                    _ => epoch + 1,
-                };
-                (Recovered::default(), Some(refusal), past)
-            }
-            Err(refusal) => {
-                return Err(Failure::Journal(super::JournalError::WalRefused {
-                    path: path.with_file_name(wal::WAL_FILE_NAME),
-                    reason: refusal.describe(identity.unwrap_or(0), epoch),
-                }));
-            }
-        };
-        let mut meta = txn.open_table(META)?;
+        let Replayed {
+            frames: replayed,
+            recovered,
+            discarded,
+            next_epoch,
+        } = replay_log(&txn, path, &log, identity.unwrap_or(0), epoch, held)?;
+        meta = txn.open_table(META)?;
         let identity = match identity {
             Some(id) => id,
             None => {
@@ -197,6 +153,93 @@ pub(super) fn load_state(db: &Database, path: &Path, log: LogAtOpen<'_>) -> Step
     };
     txn.commit()?;
     Ok(state)
+}
+
+/// The file's format, checked (a new file is given this one; a file of format 1 is rewritten
+/// into it); answers `meta`, open.
+fn check_format<'t>(
+    txn: &'t WriteTransaction,
+    path: &Path,
+) -> Step<redb::Table<'t, &'static str, u64>> {
+    let mut meta = txn.open_table(META)?;
+    let stored_format = meta.get(META_FORMAT)?.map(|v| v.value());
+    let format = match stored_format {
+        Some(f) => f,
+        None => {
+            meta.insert(META_FORMAT, FILE_FORMAT)?;
+            FILE_FORMAT
+        }
+    };
+    if format == 1 {
+        drop(meta);
+        migrate_from_1(txn)?;
+        meta = txn.open_table(META)?;
+        meta.insert(META_FORMAT, FILE_FORMAT)?;
+    } else if format != FILE_FORMAT {
+        return Err(Failure::Journal(super::JournalError::Format {
+            path: path.to_owned(),
+            found: format,
+        }));
+    }
+    Ok(meta)
+}
+
+/// What replaying the redo log into the open transaction did.
+struct Replayed {
+    /// Frames applied.
+    frames: usize,
+    recovered: Recovered,
+    /// The log refused and discarded (`--discard-wal`).
+    discarded: Option<Refusal>,
+    /// The epoch the log starts once this commits.
+    next_epoch: u64,
+}
+
+/// Applies the frames of the log (`identity`, `epoch`) the database lacks: those numbered
+/// `held` and later. redb may come back ahead of its last durable commit (a commit without
+/// fsync whose pages all reached the disk): the frames it holds already are skipped, and a
+/// log that ends before it adds nothing. Either way the state is made durable by the caller's
+/// commit. A log that is not this journal's, or damaged, is refused unless `log.discard`.
+fn replay_log(
+    txn: &WriteTransaction,
+    path: &Path,
+    log: &LogAtOpen<'_>,
+    identity: u64,
+    epoch: u64,
+    held: u64,
+) -> Step<Replayed> {
+    let mut frames = 0;
+    let found = log.wal.recover(identity, epoch, |number, payload| {
+        if number >= held {
+            wal::apply(txn, payload)?;
+            frames += 1;
+        }
+        Ok(())
+    })?;
+    let (recovered, discarded, next_epoch) = match found {
+        Ok(recovered) => (recovered, None, epoch + 1),
+        Err(refusal) if log.discard => {
+            // Frames of the refused log are never read again: the next epoch is past theirs.
+            // A damaged run's frames before the damage were applied.
+            let past = match refusal {
+                Refusal::Newer { epoch: theirs, .. } => theirs.max(epoch) + 1,
+                _ => epoch + 1,
+            };
+            (Recovered::default(), Some(refusal), past)
+        }
+        Err(refusal) => {
+            return Err(Failure::Journal(super::JournalError::WalRefused {
+                path: path.with_file_name(wal::WAL_FILE_NAME),
+                reason: refusal.describe(identity, epoch),
+            }));
+        }
+    };
+    Ok(Replayed {
+        frames,
+        recovered,
+        discarded,
+        next_epoch,
+    })
 }
 
 /// Rewrites a file of format 1 (one row per record, a string-keyed dedup index) into this
