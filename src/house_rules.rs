@@ -16,7 +16,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("sim/src/model.rs", "run_case", 141),
     ("crates/bench/src/main.rs", "run_mode", 118),
     ("crates/bench/src/targets.rs", "verdicts", 114),
-    ("crates/journal/src/wal.rs", "recover", 109),
     ("crates/bench/src/load.rs", "load", 99),
     ("crates/bench/src/report.rs", "print_table", 90),
     ("crates/bench/src/recovery.rs", "restart", 88),

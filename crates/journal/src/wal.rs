@@ -360,6 +360,16 @@ impl DbFingerprint {
     }
 }
 
+/// What a log's first whole frame says about the log.
+enum First {
+    /// This journal's, of an epoch the database has not passed: read on.
+    Ours,
+    /// Another journal's log, all of it in that journal (it stopped cleanly): nothing to apply.
+    InItsJournal,
+    /// Another journal's, or of a newer epoch than the database's.
+    Refused(Refusal),
+}
+
 /// Why a log cannot be applied to the database beside it. Each is refused unless the start
 /// was told to discard the log's unusable frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,20 +563,9 @@ impl Wal {
         if self.found_empty {
             return Ok(Ok(Recovered::default()));
         }
-        let format = match self.format {
-            Format::V1 if ours == 0 => Format::V1,
-            // No header beside a database with an identity: a format-1 log is another
-            // journal's if it holds a frame; else this is our log with its header damaged.
-            Format::V1 => match self.first_frame(Format::V1).map_err(io)? {
-                Some(_) if !self.ours_past_a_damaged_header(ours).map_err(io)? => {
-                    return Ok(Err(Refusal::Foreign {
-                        identity: 0,
-                        frames: self.count_run(Format::V1, 0).map_err(io)?,
-                    }));
-                }
-                _ => Format::V2,
-            },
-            Format::V2 => Format::V2,
+        let format = match self.frames_format(ours).map_err(io)? {
+            Ok(format) => format,
+            Err(refusal) => return Ok(Err(refusal)),
         };
         let header_len = format.header_len();
         let len = self.file.len().map_err(io)?;
@@ -584,21 +583,10 @@ impl Wal {
                 .whole(format, offset, &raw, &h, &mut payload)
                 .map_err(io)?;
             if number == 0 && whole {
-                if h.identity != ours && self.clean_for(h.identity) {
-                    // Another journal's log, all of it in that journal: nothing to apply.
-                    break;
-                }
-                if h.identity != ours {
-                    return Ok(Err(Refusal::Foreign {
-                        identity: h.identity,
-                        frames: self.count_run(format, offset).map_err(io)?,
-                    }));
-                }
-                if h.epoch > db_epoch {
-                    return Ok(Err(Refusal::Newer {
-                        epoch: h.epoch,
-                        frames: self.count_run(format, offset).map_err(io)?,
-                    }));
+                match self.first(format, offset, &h, ours, db_epoch).map_err(io)? {
+                    First::Ours => {}
+                    First::InItsJournal => break,
+                    First::Refused(refusal) => return Ok(Err(refusal)),
                 }
             }
             let next = h.identity == ours
@@ -626,23 +614,10 @@ impl Wal {
             // Format 1 has no `synced`: its first frame that does not verify ends it.
             return Ok(Ok(found));
         }
-        // Frames of this run past its end: proof of damage, or unsynced writes of a power cut.
-        let mut later = 0;
-        for (_, h) in self
-            .frames_after(offset, ours, Some(db_epoch))
-            .map_err(io)?
-        {
-            // The run's salt is known once it has a frame; before, any run of this epoch
-            // counts (an earlier start's frames are never synced past a frame 0 that is bad).
-            if salt.is_some_and(|s| s != h.salt) || h.number < number {
-                continue;
-            }
-            if h.synced > number {
-                later += 1;
-            } else {
-                found.unsynced_after += 1;
-            }
-        }
+        let (later, unsynced_after) = self
+            .past_the_end(offset, ours, db_epoch, salt, number)
+            .map_err(io)?;
+        found.unsynced_after = unsynced_after;
         if later > 0 {
             return Ok(Err(Refusal::Damaged {
                 offset,
@@ -651,6 +626,79 @@ impl Wal {
             }));
         }
         Ok(Ok(found))
+    }
+
+    /// What the log's first whole frame, `h` at `offset`, says about the log.
+    fn first(
+        &self,
+        format: Format,
+        offset: u64,
+        h: &FrameHeader,
+        ours: u64,
+        db_epoch: u64,
+    ) -> std::io::Result<First> {
+        if h.identity != ours && self.clean_for(h.identity) {
+            return Ok(First::InItsJournal);
+        }
+        if h.identity != ours {
+            return Ok(First::Refused(Refusal::Foreign {
+                identity: h.identity,
+                frames: self.count_run(format, offset)?,
+            }));
+        }
+        if h.epoch > db_epoch {
+            return Ok(First::Refused(Refusal::Newer {
+                epoch: h.epoch,
+                frames: self.count_run(format, offset)?,
+            }));
+        }
+        Ok(First::Ours)
+    }
+
+    /// The format the frames are read in: the file's, except that a log without a header
+    /// beside a database with an identity is another journal's if it holds a frame (refused),
+    /// or else this journal's log with its header damaged (read as format 2).
+    fn frames_format(&self, ours: u64) -> std::io::Result<Result<Format, Refusal>> {
+        Ok(Ok(match self.format {
+            Format::V1 if ours == 0 => Format::V1,
+            Format::V1 => match self.first_frame(Format::V1)? {
+                Some(_) if !self.ours_past_a_damaged_header(ours)? => {
+                    return Ok(Err(Refusal::Foreign {
+                        identity: 0,
+                        frames: self.count_run(Format::V1, 0)?,
+                    }));
+                }
+                _ => Format::V2,
+            },
+            Format::V2 => Format::V2,
+        }))
+    }
+
+    /// Frames of the run (`salt`, from `number` on) past its end at `offset`: those a later
+    /// frame says were synced (proof of damage), and those no sync covered (unsynced writes
+    /// that a power cut left behind).
+    fn past_the_end(
+        &self,
+        offset: u64,
+        ours: u64,
+        db_epoch: u64,
+        salt: Option<u64>,
+        number: u64,
+    ) -> std::io::Result<(u64, u64)> {
+        let (mut later, mut unsynced) = (0, 0);
+        for (_, h) in self.frames_after(offset, ours, Some(db_epoch))? {
+            // The run's salt is known once it has a frame; before, any run of this epoch
+            // counts (an earlier start's frames are never synced past a frame 0 that is bad).
+            if salt.is_some_and(|s| s != h.salt) || h.number < number {
+                continue;
+            }
+            if h.synced > number {
+                later += 1;
+            } else {
+                unsynced += 1;
+            }
+        }
+        Ok((later, unsynced))
     }
 
     /// Whether a whole frame of `ours` lies where this format's frames start: the file is our
