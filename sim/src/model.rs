@@ -107,136 +107,190 @@ async fn run_case(case: u64, bug_ack_before_fsync: bool) -> Result<(), String> {
             capacity: 1 << 30,
         },
     );
-    let mut j = open(&disk, bug_ack_before_fsync);
-    let (mut inputs, mut outputs) = (Entries::new(), Entries::new());
-    // The states after each step since the last durable one, that one first: a crash must
-    // leave one of them.
-    let mut since_durable: Vec<(Entries, Entries)> = vec![(Entries::new(), Entries::new())];
-    let mut issued = 0u64; // the highest sequence ever handed out
-    let mut n = 0u32;
+    let mut model = Model {
+        j: Some(open(&disk, bug_ack_before_fsync)),
+        disk,
+        bug_ack_before_fsync,
+        inputs: Entries::new(),
+        outputs: Entries::new(),
+        since_durable: vec![(Entries::new(), Entries::new())],
+        issued: 0,
+        n: 0,
+    };
     let steps = rng.random_range(1..40);
     let mut history = Vec::new();
     for _ in 0..steps {
         let op = random_op(&mut rng);
         history.push(op);
         let fail = |e: String| format!("{e}\n  after {history:?}");
-        let mut durable_point = false;
+        let durable_point = match model.step(op).await.map_err(fail)? {
+            Some(durable_point) => durable_point,
+            None => continue,
+        };
+        model.check(durable_point).await.map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The journal under test and what it must hold.
+struct Model {
+    disk: SimDisk,
+    /// `None` only while a crash reopens it.
+    j: Option<Journal>,
+    bug_ack_before_fsync: bool,
+    inputs: Entries,
+    outputs: Entries,
+    /// The states after each step since the last durable one, that one first: a crash must
+    /// leave one of them.
+    since_durable: Vec<(Entries, Entries)>,
+    /// The highest sequence ever handed out.
+    issued: u64,
+    /// Messages made so far (their ids).
+    n: u32,
+}
+
+impl Model {
+    fn j(&self) -> &Journal {
+        self.j.as_ref().expect("open between steps")
+    }
+
+    /// Does `op` to the journal and the model; answers whether the state after it is durable,
+    /// or `None` when there was nothing to do.
+    async fn step(&mut self, op: Op) -> Result<Option<bool>, String> {
+        let e = |e: sidelog::journal::JournalError| e.to_string();
         match op {
             Op::Append(k) => {
                 let ms: Vec<Message> = (0..k)
                     .map(|_| {
-                        n += 1;
-                        msg(&format!("m{n}"))
+                        self.n += 1;
+                        msg(&format!("m{}", self.n))
                     })
                     .collect();
-                let seqs = j
-                    .append_inputs(ms.clone(), 1)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
+                let seqs = self.j().append_inputs(ms.clone(), 1).await.map_err(e)?;
                 for (m, s) in ms.iter().zip(&seqs) {
-                    if s.0 <= issued {
-                        return Err(fail(format!("sequence {} handed out again", s.0)));
-                    }
-                    issued = s.0;
-                    inputs.insert(s.0, (m.id.clone(), 0));
+                    self.hand_out(s.0)?;
+                    self.inputs.insert(s.0, (m.id.clone(), 0));
                 }
-                durable_point = true;
+                Ok(Some(true))
             }
-            Op::Record {
-                pick,
-                n: k,
-                durable,
-            } => {
-                let unrecorded: Vec<u64> = inputs
-                    .keys()
-                    .copied()
-                    .filter(|s| !outputs.values().any(|(_, i)| i == s))
-                    .collect();
-                if unrecorded.is_empty() {
-                    continue;
-                }
-                let s = unrecorded[pick % unrecorded.len()];
-                let outs: Vec<Message> = (0..k)
-                    .map(|i| msg(&format!("{}/{i}", inputs[&s].0)))
-                    .collect();
-                let group = OutputGroup {
-                    input_seq: Some(Seq(s)),
-                    dedup_id: None,
-                    outputs: outs.clone(),
-                    dead: None,
-                };
-                let rec = j
-                    .record_outputs(vec![group], durable)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                if outs.is_empty() {
-                    inputs.remove(&s); // an input with no outputs is complete
-                }
-                for (m, o) in outs.iter().zip(&rec[0].output_seqs) {
-                    if o.0 <= issued {
-                        return Err(fail(format!("sequence {} handed out again", o.0)));
-                    }
-                    issued = o.0;
-                    outputs.insert(o.0, (m.id.clone(), s));
-                }
-                durable_point = durable;
-            }
+            Op::Record { pick, n, durable } => self.record(pick, n, durable).await,
             Op::CompleteOutput(i) => {
-                if let Some(s) = outputs.keys().nth(i % outputs.len().max(1)).copied() {
-                    outputs.remove(&s);
-                    j.complete(vec![Seq(s)], vec![])
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
+                let nth = i % self.outputs.len().max(1);
+                if let Some(s) = self.outputs.keys().nth(nth).copied() {
+                    self.outputs.remove(&s);
+                    self.j().complete(vec![Seq(s)], vec![]).await.map_err(e)?;
                 }
+                Ok(Some(false))
             }
             Op::CompleteInput(i) => {
-                if let Some(s) = inputs.keys().nth(i % inputs.len().max(1)).copied() {
-                    inputs.remove(&s);
-                    j.complete(vec![], vec![Seq(s)])
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
+                let nth = i % self.inputs.len().max(1);
+                if let Some(s) = self.inputs.keys().nth(nth).copied() {
+                    self.inputs.remove(&s);
+                    self.j().complete(vec![], vec![Seq(s)]).await.map_err(e)?;
                 }
+                Ok(Some(false))
             }
             Op::Sync => {
-                j.sync().await.map_err(|e| fail(e.to_string()))?;
-                durable_point = true;
+                self.j().sync().await.map_err(e)?;
+                Ok(Some(true))
             }
-            Op::Crash(loss) => {
-                disk.crash(loss);
-                drop(j);
-                j = open(&disk, bug_ack_before_fsync);
-                let got = read(&j).await;
-                if !since_durable.contains(&got) {
-                    return Err(fail(format!(
-                        "after the crash the journal holds {got:?}, which no step left; the last \
-                         durable one left {:?}",
-                        since_durable[0]
-                    )));
-                }
-                (inputs, outputs) = got;
-                durable_point = true; // what survived is what the file holds now
-                let next = j.summary().await.map_err(|e| fail(e.to_string()))?.next_seq;
-                if next <= issued {
-                    return Err(fail(format!(
-                        "after the crash the next sequence is {next}, but {issued} was handed out"
-                    )));
-                }
-            }
-        }
-        if durable_point {
-            since_durable.clear();
-        }
-        since_durable.push((inputs.clone(), outputs.clone()));
-        // Without a crash the journal holds exactly the model (one writer: a read follows
-        // the completions queued before it).
-        let (got_inputs, got_outputs) = read(&j).await;
-        if got_inputs != inputs || got_outputs != outputs {
-            return Err(fail(format!(
-                "the journal holds inputs {got_inputs:?} outputs {got_outputs:?}, the model {inputs:?} {outputs:?}"
-            )));
+            Op::Crash(loss) => self.crash(loss).await.map(Some),
         }
     }
-    Ok(())
+
+    /// A sequence the journal handed out: above every one before it.
+    fn hand_out(&mut self, seq: u64) -> Result<(), String> {
+        if seq <= self.issued {
+            return Err(format!("sequence {seq} handed out again"));
+        }
+        self.issued = seq;
+        Ok(())
+    }
+
+    /// Records `k` outputs of an input that has none yet (the `pick`th).
+    async fn record(&mut self, pick: usize, k: u8, durable: bool) -> Result<Option<bool>, String> {
+        let unrecorded: Vec<u64> = self
+            .inputs
+            .keys()
+            .copied()
+            .filter(|s| !self.outputs.values().any(|(_, i)| i == s))
+            .collect();
+        if unrecorded.is_empty() {
+            return Ok(None);
+        }
+        let s = unrecorded[pick % unrecorded.len()];
+        let outs: Vec<Message> = (0..k)
+            .map(|i| msg(&format!("{}/{i}", self.inputs[&s].0)))
+            .collect();
+        let group = OutputGroup {
+            input_seq: Some(Seq(s)),
+            dedup_id: None,
+            outputs: outs.clone(),
+            dead: None,
+        };
+        let rec = self
+            .j()
+            .record_outputs(vec![group], durable)
+            .await
+            .map_err(|e| e.to_string())?;
+        if outs.is_empty() {
+            self.inputs.remove(&s); // an input with no outputs is complete
+        }
+        for (m, o) in outs.iter().zip(&rec[0].output_seqs) {
+            self.hand_out(o.0)?;
+            self.outputs.insert(o.0, (m.id.clone(), s));
+        }
+        Ok(Some(durable))
+    }
+
+    /// Cuts the power (`loss`), reopens the journal, and checks that it holds a state some
+    /// step since the last durable one left, and hands out no sequence again.
+    async fn crash(&mut self, loss: CrashLoss) -> Result<bool, String> {
+        self.disk.crash(loss);
+        drop(self.j.take());
+        self.j = Some(open(&self.disk, self.bug_ack_before_fsync));
+        let got = read(self.j()).await;
+        if !self.since_durable.contains(&got) {
+            return Err(format!(
+                "after the crash the journal holds {got:?}, which no step left; the last \
+                 durable one left {:?}",
+                self.since_durable[0]
+            ));
+        }
+        (self.inputs, self.outputs) = got;
+        let next = self
+            .j()
+            .summary()
+            .await
+            .map_err(|e| e.to_string())?
+            .next_seq;
+        if next <= self.issued {
+            return Err(format!(
+                "after the crash the next sequence is {next}, but {} was handed out",
+                self.issued
+            ));
+        }
+        // What survived is what the file holds now.
+        Ok(true)
+    }
+
+    /// Keeps the states a crash may leave, and checks that without a crash the journal holds
+    /// exactly the model (one writer: a read follows the completions queued before it).
+    async fn check(&mut self, durable_point: bool) -> Result<(), String> {
+        if durable_point {
+            self.since_durable.clear();
+        }
+        self.since_durable
+            .push((self.inputs.clone(), self.outputs.clone()));
+        let (got_inputs, got_outputs) = read(self.j()).await;
+        if got_inputs != self.inputs || got_outputs != self.outputs {
+            return Err(format!(
+                "the journal holds inputs {got_inputs:?} outputs {got_outputs:?}, the model {:?} {:?}",
+                self.inputs, self.outputs
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[test]
