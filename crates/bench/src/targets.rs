@@ -57,116 +57,35 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         size: 1024,
         ..args.clone()
     };
-    let no_peers = |a: BenchArgs| BenchArgs {
-        peer: Vec::new(),
-        ..a
-    };
-    let mut workloads = Vec::new();
-    let step = |name: &'static str, a: BenchArgs| {
-        let name_line = format!("\n== {name}");
-        async move {
-            println!("{name_line}");
-            let results = run_modes(&a)
-                .await
-                .with_context(|| format!("workload {name}"))?;
-            anyhow::Ok(Workload { name, results })
-        }
-    };
-
+    // A: 64 unary producers, every mode (and the peers); B and C are A with 100 messages a
+    // request, and A on a stream.
     let a = BenchArgs {
         modes: LoggingMode::ALL.to_vec(),
         producers: 64,
         batch: 1,
         ..base.clone()
     };
-    workloads.push(step("A", a.clone()).await?);
-    workloads.push(
-        step(
-            "B",
-            BenchArgs {
-                producers: 16,
-                batch: 100,
-                ..a.clone()
-            },
-        )
-        .await?,
-    );
-    workloads.push(
-        step(
-            "C",
-            no_peers(BenchArgs {
-                stream: true,
-                ..a.clone()
-            }),
-        )
-        .await?,
-    );
-    let light = no_peers(BenchArgs {
-        modes: vec![LoggingMode::None, LoggingMode::Hybrid],
-        producers: 1,
-        batch: 1,
-        ..base.clone()
-    });
-    workloads.push(step("one producer", light.clone()).await?);
-    workloads.push(
-        step(
-            "1,000 msgs/s offered",
-            BenchArgs {
-                producers: 8,
-                rate: Some(1000),
-                ..light.clone()
-            },
-        )
-        .await?,
-    );
-    workloads.push(
-        step(
-            "light load",
-            BenchArgs {
-                rate: Some(500),
-                ..light.clone()
-            },
-        )
-        .await?,
-    );
-    let hml_peak = workloads[0].get("hml")?.msgs_per_s;
-    workloads.push(
-        step(
-            "A at half of hml's peak",
-            no_peers(BenchArgs {
-                modes: vec![LoggingMode::None, LoggingMode::Hybrid],
-                rate: Some((hml_peak / 2.0).max(1.0) as u64),
-                ..a.clone()
-            }),
-        )
-        .await?,
-    );
-    let handler = no_peers(BenchArgs {
-        modes: vec![
-            LoggingMode::ReceiverBased,
-            LoggingMode::SenderBased,
-            LoggingMode::Hybrid,
-        ],
-        handler_outputs: Some(1),
-        handler_delay: Duration::from_millis(2),
+    let mut workloads = vec![step("A", a.clone()).await?];
+    let b = BenchArgs {
+        producers: 16,
+        batch: 100,
         ..a.clone()
-    });
-    workloads.push(step("handler, closed loop", handler.clone()).await?);
-    let handler_peak = workloads
-        .last()
-        .expect("just pushed")
-        .get("hml")?
-        .msgs_per_s;
-    workloads.push(
-        step(
-            "handler at half of hml's peak",
-            BenchArgs {
-                rate: Some((handler_peak / 2.0).max(1.0) as u64),
-                ..handler
-            },
-        )
-        .await?,
-    );
+    };
+    workloads.push(step("B", b).await?);
+    let c = BenchArgs {
+        stream: true,
+        ..a.clone()
+    };
+    workloads.push(step("C", no_peers(c)).await?);
+    workloads.extend(light(&base).await?);
+    let hml_peak = workloads[0].get("hml")?.msgs_per_s;
+    let half = BenchArgs {
+        modes: vec![LoggingMode::None, LoggingMode::Hybrid],
+        rate: Some((hml_peak / 2.0).max(1.0) as u64),
+        ..a.clone()
+    };
+    workloads.push(step("A at half of hml's peak", no_peers(half)).await?);
+    workloads.extend(with_handler(&a).await?);
     let recovered = match args.recovery {
         Some(entries) => {
             println!("\n== recovery");
@@ -180,7 +99,82 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    report(args, &workloads, &peers, recovered)
+}
 
+/// One workload, run and named.
+async fn step(name: &'static str, a: BenchArgs) -> anyhow::Result<Workload> {
+    println!("\n== {name}");
+    let results = run_modes(&a)
+        .await
+        .with_context(|| format!("workload {name}"))?;
+    Ok(Workload { name, results })
+}
+
+/// The workload without the JetStream peers (they have no stream, handler or open loop).
+fn no_peers(a: BenchArgs) -> BenchArgs {
+    BenchArgs {
+        peer: Vec::new(),
+        ..a
+    }
+}
+
+/// One producer; 1,000 msgs/s offered by eight; 500 msgs/s by one: `none` and `hml`.
+async fn light(base: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
+    let light = no_peers(BenchArgs {
+        modes: vec![LoggingMode::None, LoggingMode::Hybrid],
+        producers: 1,
+        batch: 1,
+        ..base.clone()
+    });
+    let offered = BenchArgs {
+        producers: 8,
+        rate: Some(1000),
+        ..light.clone()
+    };
+    let low = BenchArgs {
+        rate: Some(500),
+        ..light.clone()
+    };
+    Ok(vec![
+        step("one producer", light).await?,
+        step("1,000 msgs/s offered", offered).await?,
+        step("light load", low).await?,
+    ])
+}
+
+/// A with a handler (one output, 2 ms) in the modes that have one, closed loop, then open at
+/// half of `hml`'s peak there.
+async fn with_handler(a: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
+    let handler = no_peers(BenchArgs {
+        modes: vec![
+            LoggingMode::ReceiverBased,
+            LoggingMode::SenderBased,
+            LoggingMode::Hybrid,
+        ],
+        handler_outputs: Some(1),
+        handler_delay: Duration::from_millis(2),
+        ..a.clone()
+    });
+    let closed = step("handler, closed loop", handler.clone()).await?;
+    let peak = closed.get("hml")?.msgs_per_s;
+    let half = BenchArgs {
+        rate: Some((peak / 2.0).max(1.0) as u64),
+        ..handler
+    };
+    Ok(vec![
+        closed,
+        step("handler at half of hml's peak", half).await?,
+    ])
+}
+
+/// The figures, the targets met or not, and the JSON (`--json`).
+fn report(
+    args: &BenchArgs,
+    workloads: &[Workload],
+    peers: &[String],
+    recovered: Option<(u64, recovery::Recovered)>,
+) -> anyhow::Result<()> {
     let by = |name: &str| {
         workloads
             .iter()
@@ -188,8 +182,8 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .expect("every workload above ran")
     };
     println!("\n== figures (msgs/s sustained to the sink, or a peer's acks/s; CPU µs/msg)");
-    print_figures(&[by("A"), by("B"), by("C")], &peers);
-    let verdicts = verdicts(&by, &peers, recovered)?;
+    print_figures(&[by("A"), by("B"), by("C")], peers);
+    let verdicts = verdicts(&by, peers, recovered)?;
     println!("\n== targets");
     for v in &verdicts {
         println!(
