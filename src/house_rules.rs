@@ -15,7 +15,6 @@ const ALLOWED: &[(&str, &str, usize)] = &[
     ("crates/bench/src/main.rs", "run_mode", 118),
     ("crates/bench/src/targets.rs", "verdicts", 114),
     ("crates/bench/src/load.rs", "load", 99),
-    ("crates/bench/src/report.rs", "print_table", 90),
     ("crates/bench/src/recovery.rs", "restart", 88),
 ];
 

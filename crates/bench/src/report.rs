@@ -110,6 +110,11 @@ pub(super) fn print_table(args: &BenchArgs, results: &[ModeResult]) {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    print_notes(results);
+}
+
+/// Under the table: each mode's journal file size, where intake outran delivery, the legend.
+fn print_notes(results: &[ModeResult]) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     for r in results {
         if let (Some(peak), Some(end)) = (r.journal_peak_bytes, r.journal_end_bytes) {
