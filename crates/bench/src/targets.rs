@@ -261,32 +261,7 @@ fn verdicts<'a>(
         measured: format!("A {:.2}x, B {:.2}x, C {:.2}x", r[0], r[1], r[2]),
         met: r.iter().all(|x| *x >= 0.8),
     });
-    // The default-sync peer is the first one given (benches/nats-peer.sh: nats-default).
-    match peers.first() {
-        Some(js) => {
-            let (ra, rb) = (ratio(a, "hml", js)?, ratio(b, "hml", js)?);
-            v.push(Verdict {
-                target: "2 hml >= 1.0x JetStream default in B, >= 0.6x in A",
-                measured: format!("B {rb:.2}x, A {ra:.2}x ({js})"),
-                met: rb >= 1.0 && ra >= 0.6,
-            });
-            let cpu = |w: &Workload| -> anyhow::Result<(f64, Option<f64>)> {
-                Ok((w.cpu("hml")?, w.get(js)?.cpu_us_per_msg))
-            };
-            let ((ha, ja), (hb, jb)) = (cpu(a)?, cpu(b)?);
-            let fmt = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}"));
-            v.push(Verdict {
-                target: "3 hml CPU/msg <= JetStream default's in A and B",
-                measured: format!("A {ha:.1} vs {} µs, B {hb:.1} vs {} µs", fmt(ja), fmt(jb)),
-                met: ja.is_some_and(|j| ha <= j) && jb.is_some_and(|j| hb <= j),
-            });
-        }
-        None => v.push(Verdict {
-            target: "2, 3 against JetStream",
-            measured: "not measured: no --peer (benches/nats-peer.sh gives two)".into(),
-            met: false,
-        }),
-    }
+    v.extend(against_jetstream(a, b, peers)?);
     let one = by("one producer");
     let (hp50, np50) = (one.get("hml")?.ack_p50_us, one.get("none")?.ack_p50_us);
     let cpu_1k = by("1,000 msgs/s offered").cpu("hml")?;
@@ -314,22 +289,7 @@ fn verdicts<'a>(
         measured: format!("{} µs", half.ack_p99_us),
         met: half.ack_p99_us <= 2000,
     });
-    v.push(match recovered {
-        Some((entries, r)) => Verdict {
-            target: "7 replay >= 1 M entries/s, RSS < 256 MiB",
-            measured: format!(
-                "{entries} x 100 B: {:.0} entries/s, {:.0} MiB",
-                r.entries_per_s,
-                r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
-            ),
-            met: r.entries_per_s >= 1e6 && r.peak_rss_bytes < 256 << 20,
-        },
-        None => Verdict {
-            target: "7 replay >= 1 M entries/s, RSS < 256 MiB",
-            measured: "not measured: give --recovery 10000000".into(),
-            met: false,
-        },
-    });
+    v.push(replay_verdict(recovered));
     let rpc = a.get("hml")?.records_per_commit.unwrap_or(0.0);
     v.push(Verdict {
         target: "8 >= 32 records per commit in A (hml)",
@@ -355,6 +315,60 @@ fn verdicts<'a>(
             && bytes_ratio <= 0.6,
     });
     Ok(v)
+}
+
+/// Targets 2 and 3: `hml` beside JetStream's default sync (the first peer).
+fn against_jetstream(a: &Workload, b: &Workload, peers: &[String]) -> anyhow::Result<Vec<Verdict>> {
+    let ratio =
+        |w: &Workload, x: &str, y: &str| -> anyhow::Result<f64> { Ok(w.rate(x)? / w.rate(y)?) };
+    // The default-sync peer is the first one given (benches/nats-peer.sh: nats-default).
+    let mut v = Vec::new();
+    match peers.first() {
+        Some(js) => {
+            let (ra, rb) = (ratio(a, "hml", js)?, ratio(b, "hml", js)?);
+            v.push(Verdict {
+                target: "2 hml >= 1.0x JetStream default in B, >= 0.6x in A",
+                measured: format!("B {rb:.2}x, A {ra:.2}x ({js})"),
+                met: rb >= 1.0 && ra >= 0.6,
+            });
+            let cpu = |w: &Workload| -> anyhow::Result<(f64, Option<f64>)> {
+                Ok((w.cpu("hml")?, w.get(js)?.cpu_us_per_msg))
+            };
+            let ((ha, ja), (hb, jb)) = (cpu(a)?, cpu(b)?);
+            let fmt = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}"));
+            v.push(Verdict {
+                target: "3 hml CPU/msg <= JetStream default's in A and B",
+                measured: format!("A {ha:.1} vs {} µs, B {hb:.1} vs {} µs", fmt(ja), fmt(jb)),
+                met: ja.is_some_and(|j| ha <= j) && jb.is_some_and(|j| hb <= j),
+            });
+        }
+        None => v.push(Verdict {
+            target: "2, 3 against JetStream",
+            measured: "not measured: no --peer (benches/nats-peer.sh gives two)".into(),
+            met: false,
+        }),
+    }
+    Ok(v)
+}
+
+/// Target 7: replay of a large backlog (`--recovery`).
+fn replay_verdict(recovered: Option<(u64, recovery::Recovered)>) -> Verdict {
+    match recovered {
+        Some((entries, r)) => Verdict {
+            target: "7 replay >= 1 M entries/s, RSS < 256 MiB",
+            measured: format!(
+                "{entries} x 100 B: {:.0} entries/s, {:.0} MiB",
+                r.entries_per_s,
+                r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            ),
+            met: r.entries_per_s >= 1e6 && r.peak_rss_bytes < 256 << 20,
+        },
+        None => Verdict {
+            target: "7 replay >= 1 M entries/s, RSS < 256 MiB",
+            measured: "not measured: give --recovery 10000000".into(),
+            met: false,
+        },
+    }
 }
 
 #[cfg(test)]
