@@ -284,13 +284,15 @@ fn write_outputs(args: &BenchArgs, results: &[ModeResult]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One mode: a fresh sidelog child, a warm-up, then the measured load.
-async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Result<ModeResult> {
-    let dir = std::env::temp_dir().join(format!("sidelog-bench-{}-{mode}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+/// A sidelog child for `mode` on `dir`, serving, with the door the run publishes through.
+async fn start_child(
+    args: &BenchArgs,
+    mode: LoggingMode,
+    rig: &Rig,
+    dir: &std::path::Path,
+) -> anyhow::Result<(sidelog_testkit::Sidelog, std::net::SocketAddr, Target)> {
     let (mut child, metrics) = sidelog_child(
-        &dir,
+        dir,
         mode,
         &rig.sink_url,
         rig.handler_url.as_deref(),
@@ -336,6 +338,15 @@ async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Res
     if let Target::Mqtt(devices) = &mut target {
         mqtt::wait_subscribed(devices).await?;
     }
+    Ok((child, metrics, target))
+}
+
+/// One mode: a fresh sidelog child, a warm-up, then the measured load.
+async fn run_mode(args: &BenchArgs, mode: LoggingMode, rig: &Rig) -> anyhow::Result<ModeResult> {
+    let dir = std::env::temp_dir().join(format!("sidelog-bench-{}-{mode}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (mut child, metrics, target) = start_child(args, mode, rig, &dir).await?;
     let label = mode.as_str();
 
     // Warm up (connections to the handler and the sink open lazily, caches fill), let the
