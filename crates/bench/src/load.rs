@@ -97,53 +97,7 @@ pub(super) async fn load(
         let per_producer = args
             .rate
             .map(|rate| (rate as f64 / args.producers as f64).max(1e-3));
-        tasks.push(match target {
-            Target::Sidelog(listen) => {
-                let channel = Endpoint::from_shared(format!("http://{listen}"))?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .context("connecting a producer")?;
-                match (per_producer, args.stream) {
-                    (Some(rate), _) => {
-                        tokio::spawn(ctx.open_loop(IngestClient::new(channel), rate))
-                    }
-                    (None, true) => tokio::spawn(ctx.stream(channel)),
-                    (None, false) => tokio::spawn(ctx.closed_loop(IngestClient::new(channel))),
-                }
-            }
-            Target::Http(addr) => {
-                anyhow::ensure!(!args.stream, "--stream is gRPC's: not with --door http");
-                let publisher = HttpPublisher::new(*addr);
-                match per_producer {
-                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
-                    None => tokio::spawn(ctx.closed_loop(publisher)),
-                }
-            }
-            Target::Mqtt(devices) => {
-                anyhow::ensure!(
-                    !args.stream && args.rate.is_none(),
-                    "--stream and --rate are not with --door mqtt (devices publish through the \
-                     broker, each waiting for its PUBACKs)"
-                );
-                let publisher = mqtt::Publisher::connect(devices, &label, ctx.id).await?;
-                tokio::spawn(ctx.closed_loop(publisher))
-            }
-            Target::Kafka { bootstrap, topic } => {
-                let publisher = super::kafka::Publisher::connect(bootstrap, topic)?;
-                match per_producer {
-                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
-                    None => tokio::spawn(ctx.closed_loop(publisher)),
-                }
-            }
-            Target::Nats { addr, subject } => {
-                let publisher = nats::Publisher::connect(addr, subject).await?;
-                match per_producer {
-                    Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
-                    None => tokio::spawn(ctx.closed_loop(publisher)),
-                }
-            }
-        });
+        tasks.push(spawn_producer(ctx, target, args, per_producer).await?);
     }
     for t in tasks {
         t.await.context("a producer failed")?;
@@ -158,6 +112,58 @@ pub(super) async fn load(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
     })
+}
+
+/// Starts one producer against `target`: closed loop, or open at `rate` msgs/s.
+async fn spawn_producer(
+    ctx: Producer,
+    target: &Target,
+    args: &BenchArgs,
+    rate: Option<f64>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    Ok(match target {
+        Target::Sidelog(listen) => {
+            let channel = Endpoint::from_shared(format!("http://{listen}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .context("connecting a producer")?;
+            if args.stream && rate.is_none() {
+                tokio::spawn(ctx.stream(channel))
+            } else {
+                paced(ctx, IngestClient::new(channel), rate)
+            }
+        }
+        Target::Http(addr) => {
+            anyhow::ensure!(!args.stream, "--stream is gRPC's: not with --door http");
+            paced(ctx, HttpPublisher::new(*addr), rate)
+        }
+        Target::Mqtt(devices) => {
+            anyhow::ensure!(
+                !args.stream && args.rate.is_none(),
+                "--stream and --rate are not with --door mqtt (devices publish through the \
+                 broker, each waiting for its PUBACKs)"
+            );
+            let publisher = mqtt::Publisher::connect(devices, &ctx.label, ctx.id).await?;
+            tokio::spawn(ctx.closed_loop(publisher))
+        }
+        Target::Kafka { bootstrap, topic } => paced(
+            ctx,
+            super::kafka::Publisher::connect(bootstrap, topic)?,
+            rate,
+        ),
+        Target::Nats { addr, subject } => {
+            paced(ctx, nats::Publisher::connect(addr, subject).await?, rate)
+        }
+    })
+}
+
+/// A producer's task: open loop at `rate` msgs/s, or closed loop without one.
+fn paced(ctx: Producer, publisher: impl Send1, rate: Option<f64>) -> tokio::task::JoinHandle<()> {
+    match rate {
+        Some(rate) => tokio::spawn(ctx.open_loop(publisher, rate)),
+        None => tokio::spawn(ctx.closed_loop(publisher)),
+    }
 }
 
 /// One producer's share of the workload.
