@@ -162,7 +162,6 @@ async fn restart(
     probe: u64,
     program: Option<&std::path::PathBuf>,
 ) -> anyhow::Result<Restart> {
-    use sidelog::proto::ingest_client::IngestClient;
     let nowhere = sidelog_testkit::free_port().context("binding a loopback port")?;
     let (child, _metrics) = sidelog_child(
         dir,
@@ -202,26 +201,8 @@ async fn restart(
                 replay_start = Some(started.elapsed());
             }
         }
-        if first_publish.is_none() {
-            if let Ok(mut client) = IngestClient::connect(child.url()).await {
-                let message = Message {
-                    id: format!("restart-probe-{probe}"),
-                    payload: b"probe".to_vec().into(),
-                    ..Default::default()
-                };
-                let request = sidelog::proto::PublishRequest {
-                    messages: vec![message],
-                };
-                let accepted = client.publish(request).await.is_ok_and(|r| {
-                    r.into_inner()
-                        .acks
-                        .first()
-                        .is_some_and(|a| a.status == sidelog::proto::ack::Status::Accepted as i32)
-                });
-                if accepted {
-                    first_publish = Some(started.elapsed());
-                }
-            }
+        if first_publish.is_none() && probe_accepted(child.url(), probe).await {
+            first_publish = Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -242,6 +223,28 @@ async fn restart(
         first_publish: first_publish.unwrap_or_default(),
         replay_start: replay_start.unwrap_or_default(),
         rewrite,
+    })
+}
+
+/// Whether sidelog at `url` accepts the restart's probe message now.
+async fn probe_accepted(url: String, probe: u64) -> bool {
+    use sidelog::proto::ingest_client::IngestClient;
+    let Ok(mut client) = IngestClient::connect(url).await else {
+        return false;
+    };
+    let message = Message {
+        id: format!("restart-probe-{probe}"),
+        payload: b"probe".to_vec().into(),
+        ..Default::default()
+    };
+    let request = sidelog::proto::PublishRequest {
+        messages: vec![message],
+    };
+    client.publish(request).await.is_ok_and(|r| {
+        r.into_inner()
+            .acks
+            .first()
+            .is_some_and(|a| a.status == sidelog::proto::ack::Status::Accepted as i32)
     })
 }
 
