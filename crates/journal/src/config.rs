@@ -1,5 +1,28 @@
 //! The journal's validated settings (built from the configuration by the `sidelog` crate's `node.rs`).
 
+/// How large and how old the dedup window may grow: one rule for the window in memory (the
+/// publish path's) and the one the journal keeps. Each evicts its oldest entry while it would
+/// still hold `count` ids without it, or that entry is older than `age_ms`. The journal's
+/// entries are commits' runs of ids, so it keeps at least the ids the memory window keeps, and
+/// a restart forgets none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupBounds {
+    pub count: u64,
+    pub age_ms: i64,
+}
+
+impl DedupBounds {
+    /// Whether the oldest entry, recorded at `at_ms`, goes, with `left` ids staying without it.
+    pub fn evicts(&self, left: u64, at_ms: i64, now_ms: i64) -> bool {
+        left >= self.count || self.expired(at_ms, now_ms)
+    }
+
+    /// Whether an id recorded at `at_ms` is past the window's age.
+    pub fn expired(&self, at_ms: i64, now_ms: i64) -> bool {
+        at_ms < now_ms.saturating_sub(self.age_ms)
+    }
+}
+
 /// Validated settings of the journal.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -69,4 +92,14 @@ pub enum WriterRuntime {
     /// A task on the current tokio runtime (the simulator): deterministic scheduling, and a
     /// crash (aborting the process's tasks) stops it like the rest.
     Task,
+}
+
+impl JournalConfig {
+    /// The dedup window's bounds.
+    pub fn dedup_bounds(&self) -> DedupBounds {
+        DedupBounds {
+            count: self.dedup_window_count,
+            age_ms: self.dedup_window_age_ms,
+        }
+    }
 }

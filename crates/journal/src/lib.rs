@@ -119,7 +119,7 @@ pub mod fuzzing {
     }
 }
 
-pub use config::{JournalConfig, WriterRuntime};
+pub use config::{DedupBounds, JournalConfig, WriterRuntime};
 
 pub use error::{IoFailure, JournalError, Result};
 pub use handle::{Journal, flush};

@@ -769,7 +769,7 @@ impl Tables<'_> {
     /// Evicts the oldest commits' ids while the window holds at least its count of ids
     /// without them, or they are over its age.
     pub(super) fn evict_dedup(&mut self, config: &JournalConfig) -> Step {
-        let oldest_allowed = self.now.saturating_sub(config.dedup_window_age_ms);
+        let bounds = config.dedup_bounds();
         for _ in 0..EVICT_MAX_PER_COMMIT {
             let Some((key, at)) = (match self.ids.first()? {
                 Some((k, v)) => Some((k.value(), idlog::header(k.value(), v.value())?.0)),
@@ -777,9 +777,12 @@ impl Tables<'_> {
             }) else {
                 break;
             };
-            let live = u64::from(self.window.live(key));
-            let over_count = self.window.len().saturating_sub(live) >= config.dedup_window_count;
-            if !over_count && at >= oldest_allowed {
+            // The ids whose latest commit is this entry go with it.
+            let left = self
+                .window
+                .len()
+                .saturating_sub(u64::from(self.window.live(key)));
+            if !bounds.evicts(left, at, self.now) {
                 break;
             }
             let Some(value) = self.ids.remove(key)? else {

@@ -3,8 +3,9 @@
 //! A producer that lost an ack retries with the same id; within the window it gets `DUPLICATE`
 //! with the original sequence, and the message is neither handled nor delivered again. The
 //! window is bounded by count and by age (remember only recent ids, tolerate the
-//! rare late duplicate). It lives in memory for lookups and is persisted by the journal in the
-//! same transaction as the record it points to, so it survives restarts.
+//! rare late duplicate): `DedupBounds`, one rule with the journal's persisted window. It lives
+//! in memory for lookups and is persisted by the journal in the same transaction as the record
+//! it points to, so it survives restarts.
 //!
 //! Claims close the race between two concurrent publishes of one id: the first claims the id
 //! (`Pending`), the second waits for that claim's outcome instead of writing the message again.
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use sidelog_journal::{DedupRecord, Seq};
+use sidelog_journal::{DedupBounds, DedupRecord, Seq};
 use sidelog_runtime::SharedClock;
 
 /// What a claim ended as, as seen by a concurrent publish of the same id.
@@ -64,16 +65,14 @@ struct Inner {
 
 pub struct DedupWindow {
     inner: Mutex<Inner>,
-    max_count: usize,
-    max_age_ms: i64,
+    bounds: DedupBounds,
     clock: SharedClock,
 }
 
 impl std::fmt::Debug for DedupWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DedupWindow")
-            .field("max_count", &self.max_count)
-            .field("max_age_ms", &self.max_age_ms)
+            .field("bounds", &self.bounds)
             .finish()
     }
 }
@@ -86,8 +85,10 @@ impl DedupWindow {
                 order: VecDeque::new(),
                 next_generation: 0,
             }),
-            max_count: usize::try_from(max_count).unwrap_or(usize::MAX),
-            max_age_ms,
+            bounds: DedupBounds {
+                count: max_count,
+                age_ms: max_age_ms,
+            },
             clock,
         })
     }
@@ -152,12 +153,14 @@ impl DedupWindow {
     }
 
     fn expired(&self, at_ms: i64, now: i64) -> bool {
-        at_ms < now.saturating_sub(self.max_age_ms)
+        self.bounds.expired(at_ms, now)
     }
 
     fn evict(&self, inner: &mut Inner, now: i64) {
         while let Some((at_ms, generation, _)) = inner.order.front() {
-            if inner.order.len() <= self.max_count && !self.expired(*at_ms, now) {
+            // One id per entry: the others stay.
+            let left = inner.order.len() as u64 - 1;
+            if !self.bounds.evicts(left, *at_ms, now) {
                 break;
             }
             let generation = *generation;
