@@ -1,7 +1,7 @@
 //! sidelog's core: what happens to a message between a producer's request and the next tier.
 //!
 //! ```text
-//! a door ──▶ pipeline/: validate → dedup → journal/handler in the order mode.rs decides → ack
+//! a door ──▶ pipeline/: validate → dedup → the intake of the mode's plan (mode.rs) → ack
 //!                          │                              │
 //!                          │ sidelog-journal              └─▶ Handler (seam) ──▶ outputs
 //!                          ▼                                                        │
