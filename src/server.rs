@@ -200,10 +200,9 @@ async fn start_http(
         return Ok(None);
     };
     let tls = match &secrets.tls {
-        Some(pem) => Some(
-            crate::service::http::tls_acceptor(pem)
-                .map_err(|e| anyhow::anyhow!("http_listen (--http-listen): {e}"))?,
-        ),
+        Some(pem) => {
+            Some(crate::service::http::tls_acceptor(pem).context("http_listen (--http-listen)")?)
+        }
         None => None,
     };
     let listener = TcpListener::bind(addr)
@@ -214,9 +213,9 @@ async fn start_http(
         token: crate::service::TokenCheck::new(secrets.token.clone()),
         max_request_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
         key_field: config.http_ndjson_key_field.clone(),
-        cors_origins: config.http_cors_origins.clone(),
+        cors_origins: config.http_cors_origins.as_ref().map(|o| o.value().clone()),
     };
-    let router = crate::service::http::router(Arc::new(door)).map_err(anyhow::Error::msg)?;
+    let router = crate::service::http::router(Arc::new(door));
     crate::metrics::zero_intake(crate::pipeline::Door::Http);
     let (stop, stop_rx) = oneshot::channel::<()>();
     let limits = crate::service::http::ConnectionLimits {
@@ -392,10 +391,9 @@ async fn start_ingest(
     // gRPC-Web (browsers' generated stubs) on the same listener: HTTP/1.1 accepted beside
     // HTTP/2, requests translated by tonic-web, CORS per `http_cors_origins`.
     let cors = crate::service::cors::layer(
-        config.http_cors_origins.as_deref(),
+        config.http_cors_origins.as_ref().map(|o| o.value()),
         crate::service::cors::For::GrpcWeb,
-    )
-    .map_err(anyhow::Error::msg)?;
+    );
     let layers = tower::ServiceBuilder::new()
         .option_layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())

@@ -28,6 +28,7 @@ pub use mqtt::MqttSource;
 pub use reference::{example_toml, markdown_table};
 pub use settings::{Config, ReplayPolicy};
 pub use units::check_environment;
+pub use url_setting::CorsOrigins;
 
 /// A configuration that cannot be used, naming the file or the setting. Never retryable: the
 /// configuration must change (sidelog exits with the message at start-up).

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use super::declare::{GIB, KIB, MIB, Rule, settings};
 use super::mqtt::MqttSource;
-use super::url_setting::Parsed;
+use super::url_setting::{CorsOrigins, Parsed};
 use crate::mode::LoggingMode;
 use crate::sink::{ChunkFormat, SinkTarget};
 
@@ -82,7 +82,7 @@ settings! {
         http_ndjson_key_field: Option<String> = None, Rule::any().shown("none");
         /// Browser origins allowed to call the HTTP door and gRPC-Web (CORS), comma-separated,
         /// e.g. `https://app.example.com`; `*` allows any (without credentials).
-        http_cors_origins: Option<String> = None, Rule::any().shown("none (no CORS)");
+        http_cors_origins: Option<Parsed<CorsOrigins>> = None, Rule::any().shown("none (no CORS)");
         /// HTTP door connections open at once; one more is answered 503 and closed.
         http_max_connections: u64 = 1024, Rule::range(1, 1_000_000);
         /// How long an HTTP client may take to send a request's headers (else the connection

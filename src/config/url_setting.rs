@@ -1,5 +1,5 @@
-//! Settings written as URLs (`sink`, `mqtt_source`), parsed when the configuration is read into
-//! what they say: the server takes the parsed value and never reads the text again. The text is
+//! Settings written as URLs (`sink`, `mqtt_source`) or lists of them (`http_cors_origins`),
+//! parsed when the configuration is read into what they say: the server takes the parsed value and never reads the text again. The text is
 //! kept as given (a config file shows it), with its secrets redacted wherever it is shown.
 
 use std::path::PathBuf;
@@ -10,6 +10,9 @@ use crate::sink::{KafkaSinkConfig, NatsSinkConfig, ObjectSinkConfig, SinkTarget}
 
 /// What a URL setting reads into.
 pub trait FromUrl: Sized {
+    /// How `--help` names the value.
+    const VALUE_NAME: &'static str = "URL";
+
     /// The value `text` says, or why it says none.
     fn from_url(text: &str) -> Result<Self, String>;
 }
@@ -56,13 +59,41 @@ impl<'de, T: FromUrl> serde::Deserialize<'de> for Parsed<T> {
 }
 
 impl<T: FromUrl> SettingValue for Parsed<T> {
-    const VALUE_NAME: &'static str = "URL";
+    const VALUE_NAME: &'static str = T::VALUE_NAME;
     fn show(&self) -> String {
         self.text.clone()
     }
     fn parse(raw: &str) -> Result<toml::Value, String> {
         T::from_url(raw)?;
         Ok(toml::Value::String(raw.to_owned()))
+    }
+}
+
+/// The browser origins CORS allows (`http_cors_origins`): any (`*`), or a comma-separated
+/// list; empty allows none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<axum::http::HeaderValue>),
+}
+
+impl FromUrl for CorsOrigins {
+    const VALUE_NAME: &'static str = "ORIGINS";
+
+    fn from_url(text: &str) -> Result<Self, String> {
+        if text.trim() == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        let list = text
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                axum::http::HeaderValue::from_str(o)
+                    .map_err(|_| format!("{o:?} is not an origin (scheme://host[:port])"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CorsOrigins::List(list))
     }
 }
 
@@ -166,5 +197,20 @@ mod tests {
         assert!(!format!("{p:?}").contains("s3"), "{p:?}");
         let e = Parsed::<SinkTarget>::try_from("ftp://x".to_owned()).unwrap_err();
         assert!(e.contains("expected http://HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_are_read_once_any_a_list_or_none() {
+        let any: Parsed<CorsOrigins> = "*".to_owned().try_into().unwrap();
+        assert_eq!(any.value(), &CorsOrigins::Any);
+        let list: Parsed<CorsOrigins> = " https://a.example ,https://b.example:8443,"
+            .to_owned()
+            .try_into()
+            .unwrap();
+        assert!(matches!(list.value(), CorsOrigins::List(l) if l.len() == 2));
+        let none: Parsed<CorsOrigins> = "".to_owned().try_into().unwrap();
+        assert_eq!(none.value(), &CorsOrigins::List(Vec::new()));
+        let e = Parsed::<CorsOrigins>::try_from("https://a.example,x\ny".to_owned()).unwrap_err();
+        assert!(e.contains("is not an origin"), "{e}");
     }
 }

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::CorsOrigins;
 
 /// Which door the layer is for: what a request may carry and what a page may read back.
 #[derive(Debug, Clone, Copy)]
@@ -17,28 +19,18 @@ pub enum For {
     GrpcWeb,
 }
 
-/// The layer `origins` asks for: none (unset or empty), any (`*`), or a comma-separated list.
-pub fn layer(origins: Option<&str>, door: For) -> Result<Option<CorsLayer>, String> {
-    let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else {
-        return Ok(None);
-    };
-    let allow = if origins == "*" {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .split(',')
-            .map(|o| {
-                HeaderValue::from_str(o.trim())
-                    .map_err(|_| format!("http_cors_origins: {o:?} is not a valid origin"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
+/// The layer `origins` asks for: none (unset or an empty list), any, or these.
+pub fn layer(origins: Option<&CorsOrigins>, door: For) -> Option<CorsLayer> {
+    let allow = match origins? {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) if list.is_empty() => return None,
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
     };
     let layer = CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::POST])
         .max_age(Duration::from_secs(600));
-    Ok(Some(match door {
+    Some(match door {
         For::Http => layer
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
             .expose_headers([header::RETRY_AFTER]),
@@ -55,5 +47,5 @@ pub fn layer(origins: Option<&str>, door: For) -> Result<Option<CorsLayer>, Stri
                 HeaderName::from_static("grpc-message"),
                 HeaderName::from_static("grpc-status-details-bin"),
             ]),
-    }))
+    })
 }

@@ -44,43 +44,11 @@ pub struct ConnectionLimits {
     pub read_timeout: std::time::Duration,
 }
 
-/// The door's TLS (`tls_cert_file`, `tls_key_file`; with `tls_client_ca_file`, clients must
-/// present a certificate it signed), HTTP/2 and HTTP/1.1 by ALPN.
-pub fn tls_acceptor(pem: &crate::config::TlsPem) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_slice_iter(&pem.cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert_file: not a PEM certificate chain: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&pem.key)
-        .map_err(|e| format!("tls_key_file: not a PEM private key: {e}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?;
-    let builder = match &pem.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(ca) {
-                let cert = cert.map_err(|e| format!("tls_client_ca_file: not PEM: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("tls_client_ca_file: {e}"))?;
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .map_err(|e| format!("tls_client_ca_file: {e}"))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_cert_file, tls_key_file: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+/// The door's TLS (see [`super::tls`]), HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(
+    pem: &crate::config::TlsPem,
+) -> Result<tokio_rustls::TlsAcceptor, super::tls::TlsSetupError> {
+    super::tls::acceptor(pem, &[b"h2", b"http/1.1"])
 }
 
 /// Serves `router` on `listener` until `stop`, then lets open requests finish (the caller
@@ -200,21 +168,21 @@ pub struct HttpDoor {
     /// NDJSON: the top-level field whose value becomes the message key.
     pub key_field: Option<String>,
     /// Origins allowed by CORS (`http_cors_origins`): none, any (`*`), or these.
-    pub cors_origins: Option<String>,
+    pub cors_origins: Option<crate::config::CorsOrigins>,
 }
 
 /// The door's routes: `/v1/publish`, and `/v1/beacon` for `navigator.sendBeacon`, whose body
 /// comes as `text/plain` (NDJSON, one event a line) and whose answer no page reads.
-pub fn router(door: Arc<HttpDoor>) -> Result<axum::Router, String> {
-    let cors = super::cors::layer(door.cors_origins.as_deref(), super::cors::For::Http)?;
+pub fn router(door: Arc<HttpDoor>) -> axum::Router {
+    let cors = super::cors::layer(door.cors_origins.as_ref(), super::cors::For::Http);
     let router = axum::Router::new()
         .route("/v1/publish", axum::routing::post(publish))
         .route("/v1/beacon", axum::routing::post(beacon))
         .with_state(door);
-    Ok(match cors {
+    match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    })
+    }
 }
 
 /// Why a body's `Content-Encoding` cannot be undone.

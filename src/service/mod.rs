@@ -1,5 +1,5 @@
 //! The doors and the admin service: `sidelog.v1.Ingest` over gRPC and gRPC-Web for producers
-//! (`ingest.rs`), the HTTP door (`http.rs`, CORS in `cors.rs`), the MQTT door (`mqtt.rs`), and
+//! (`ingest.rs`), the HTTP door (`http.rs`, CORS in `cors.rs`, TLS in `tls.rs`), the MQTT door (`mqtt.rs`), and
 //! `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`); gRPC and HTTP behind the
 //! same optional bearer token (`auth.rs`). The pipeline's errors become each door's own answers
 //! (`tonic::Status`, HTTP statuses, withheld PUBACKs) here and nowhere else.
@@ -10,6 +10,7 @@ pub mod cors;
 pub mod http;
 mod ingest;
 pub mod mqtt;
+pub mod tls;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
 pub use auth::TokenCheck;

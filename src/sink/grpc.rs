@@ -22,7 +22,7 @@ pub struct GrpcSink {
 impl GrpcSink {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, SinkSetupError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| SinkSetupError(format!("invalid sink URL {url:?}: {e}")))?
+            .map_err(|e| SinkSetupError::caused(format!("invalid sink URL {url:?}"), e))?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);

@@ -35,7 +35,33 @@ pub use nats::{NatsSink, NatsSinkConfig};
 pub use open::{SinkSettings, SinkTarget, open};
 
 /// Why a sink cannot be built from its settings (a bad URL, an unusable directory, missing
-/// credentials). Not retryable: the configuration must change.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkSetupError(pub String);
+/// credentials). Not retryable: the configuration must change. It says what could not be done;
+/// the error behind it, when there is one, is its `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct SinkSetupError {
+    what: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkSetupError {
+    /// A refusal of sidelog's own (a setting that contradicts another, a cluster's answer).
+    pub fn new(what: impl Into<String>) -> Self {
+        SinkSetupError {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// `what` could not be done because of `source`.
+    pub fn caused(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SinkSetupError {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+}

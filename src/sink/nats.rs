@@ -183,7 +183,7 @@ impl NatsSink {
         }
         if let Some(creds) = &config.creds {
             options = options.credentials_file(creds).await.map_err(|e| {
-                SinkSetupError(format!("reading NATS credentials {}: {e}", creds.display()))
+                SinkSetupError::caused(format!("reading NATS credentials {}", creds.display()), e)
             })?;
         }
         if let Some(token) = &config.token {
@@ -194,7 +194,7 @@ impl NatsSink {
         }
         let servers: Vec<String> = config.servers.split(',').map(str::to_owned).collect();
         let client = options.connect(servers).await.map_err(|e| {
-            SinkSetupError(format!("connecting to NATS at {}: {e}", config.servers))
+            SinkSetupError::caused(format!("connecting to NATS at {}", config.servers), e)
         })?;
         let mut js = jetstream::new(client);
         js.set_timeout(timeout);
@@ -217,9 +217,10 @@ impl NatsSink {
             {
                 Ok(_) => info!(stream = %name, ?subjects, "JetStream stream ready"),
                 Err(e) => {
-                    return Err(SinkSetupError(format!(
-                        "cannot create the JetStream stream {name}: {e}"
-                    )));
+                    return Err(SinkSetupError::caused(
+                        format!("cannot create the JetStream stream {name}"),
+                        e,
+                    ));
                 }
             }
         } else {

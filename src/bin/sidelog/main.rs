@@ -231,8 +231,9 @@ async fn serve(command: ServeCommand) -> anyhow::Result<ExitCode> {
         if let sidelog::sink::SinkTarget::Kafka(kafka) = config.sink_target() {
             match kafka.check().await {
                 Ok(found) => eprintln!("checked: {found}"),
-                Err(reason) => {
-                    eprintln!("error: invalid setting sink (--sink, SIDELOG_SINK): {reason}");
+                Err(e) => {
+                    let reason = anyhow::Error::from(e);
+                    eprintln!("error: invalid setting sink (--sink, SIDELOG_SINK): {reason:#}");
                     return Ok(ExitCode::FAILURE);
                 }
             }

@@ -105,7 +105,7 @@ impl ObjectSinkConfig {
     }
 
     /// The S3 client for this configuration.
-    pub fn client(&self, timeout: Duration) -> Result<AmazonS3, String> {
+    pub fn client(&self, timeout: Duration) -> Result<AmazonS3, SinkSetupError> {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
@@ -123,7 +123,9 @@ impl ObjectSinkConfig {
                 .with_allow_http(endpoint.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
-        builder.build().map_err(|e| e.to_string())
+        builder.build().map_err(|e| {
+            SinkSetupError::caused(format!("cannot make an S3 client for {}", self.bucket), e)
+        })
     }
 }
 
@@ -273,7 +275,7 @@ impl ObjectSink {
         clock: SharedClock,
         entropy: &Entropy,
     ) -> Result<Arc<ChunkSink>, SinkSetupError> {
-        let store = Arc::new(config.client(timeout).map_err(SinkSetupError)?);
+        let store = Arc::new(config.client(timeout)?);
         // Checked at once, not refused: a bucket that is missing, credentials that are wrong
         // or an endpoint that is down are said in the log now rather than at the first chunk,
         // and deliveries are retried until they are fixed.

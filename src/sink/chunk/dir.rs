@@ -106,10 +106,10 @@ impl FileSink {
         entropy: &Entropy,
     ) -> Result<Arc<ChunkSink>, SinkSetupError> {
         let store = ChunkDir::open(&config.dir).map_err(|e| {
-            SinkSetupError(format!(
-                "cannot use {} for the file sink: {e}",
-                config.dir.display()
-            ))
+            SinkSetupError::caused(
+                format!("cannot use {} for the file sink", config.dir.display()),
+                e,
+            )
         })?;
         Ok(ChunkSink::start(
             Arc::new(store),

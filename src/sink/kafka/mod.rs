@@ -147,15 +147,16 @@ impl Security {
     }
 
     /// The files it names can be read (librdkafka reads them itself, with a vaguer error).
-    fn check_files(&self) -> Result<(), String> {
+    fn check_files(&self) -> Result<(), SinkSetupError> {
         let files = self.ca_file.iter().map(|f| ("ca_file", f)).chain(
             self.client_cert
                 .iter()
                 .flat_map(|(c, k)| [("cert_file", c), ("key_file", k)]),
         );
         for (option, file) in files {
-            std::fs::read(file)
-                .map_err(|e| format!("{option}={}: cannot read it: {e}", file.display()))?;
+            std::fs::read(file).map_err(|e| {
+                SinkSetupError::caused(format!("{option}={}: cannot read it", file.display()), e)
+            })?;
         }
         Ok(())
     }
@@ -436,16 +437,15 @@ impl KafkaSink {
         timeout: Duration,
         journal: Option<DeliveryState>,
     ) -> Result<KafkaSink, SinkSetupError> {
-        config.security.check_files().map_err(SinkSetupError)?;
+        config.security.check_files()?;
         if config.sasl_over_plaintext() {
             warn!("SASL without tls=true: the credentials cross the network in the clear");
         }
         if config.exactly_once && config.transactional_id.is_empty() {
             let identity = journal.map(|j| j.identity).ok_or_else(|| {
-                SinkSetupError(
+                SinkSetupError::new(
                     "the exactly-once Kafka sink needs the journal's identity or a \
-                     transactional_id in the sink URL"
-                        .into(),
+                     transactional_id in the sink URL",
                 )
             })?;
             config.transactional_id = format!("sidelog-{identity:016x}");
@@ -458,7 +458,7 @@ impl KafkaSink {
                 true
             }
             Probe::NoTopic(reason) | Probe::Misconfigured(reason) => {
-                return Err(SinkSetupError(reason));
+                return Err(SinkSetupError::new(reason));
             }
             Probe::NoAnswer(reason) => {
                 metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
@@ -469,7 +469,7 @@ impl KafkaSink {
         let client = config.client_config(timeout);
         let producer: FutureProducer = client
             .create()
-            .map_err(|e| SinkSetupError(format!("cannot make a Kafka producer: {e}")))?;
+            .map_err(|e| SinkSetupError::caused("cannot make a Kafka producer", e))?;
         let config = Arc::new(config);
         let how = if config.exactly_once {
             // The progress topic is found (or made) and read back by the transaction driver,
@@ -507,9 +507,7 @@ async fn progress_log(
         return Ok((None, progress::Tracker::new(0, 0, 0)));
     }
     let topic = &config.progress_topic;
-    let cluster = cluster(&config.admin_config(), &config.bootstrap)
-        .await
-        .map_err(SinkSetupError)?;
+    let cluster = cluster(&config.admin_config(), &config.bootstrap).await?;
     let partitions = match probe(&config.admin_config(), topic, &config.bootstrap).await {
         Probe::Found(partitions) => partitions,
         Probe::NoTopic(_) => {
@@ -517,7 +515,7 @@ async fn progress_log(
             made_topic_partitions(config).await?
         }
         Probe::NoAnswer(reason) | Probe::Misconfigured(reason) => {
-            return Err(SinkSetupError(reason));
+            return Err(SinkSetupError::new(reason));
         }
     };
     let partition = (twox_hash::XxHash3_64::oneshot(config.transactional_id.as_bytes())
@@ -560,7 +558,7 @@ struct Cluster {
     brokers: usize,
 }
 
-async fn cluster(config: &ClientConfig, bootstrap: &str) -> Result<Cluster, String> {
+async fn cluster(config: &ClientConfig, bootstrap: &str) -> Result<Cluster, SinkSetupError> {
     let config = config.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<Cluster, KafkaError> {
         let client: BaseProducer = config.create()?;
@@ -577,8 +575,10 @@ async fn cluster(config: &ClientConfig, bootstrap: &str) -> Result<Cluster, Stri
         })
     })
     .await
-    .map_err(|e| format!("the Kafka metadata request failed: {e}"))?;
-    answer.map_err(|e| format!("Kafka at {bootstrap} did not answer within 5 s ({e})"))
+    .map_err(|e| SinkSetupError::caused("the Kafka metadata request failed", e))?;
+    answer.map_err(|e| {
+        SinkSetupError::caused(format!("Kafka at {bootstrap} did not answer within 5 s"), e)
+    })
 }
 
 /// Makes the progress topic: one partition, as replicated as the cluster allows (up to 3),
@@ -591,7 +591,7 @@ async fn create_progress_topic(
     let admin: AdminClient<DefaultClientContext> = config
         .admin_config()
         .create()
-        .map_err(|e| SinkSetupError(format!("cannot make a Kafka admin client: {e}")))?;
+        .map_err(|e| SinkSetupError::caused("cannot make a Kafka admin client", e))?;
     let replicas = brokers.clamp(1, 3) as i32;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replicas))
         .set("retention.ms", "604800000")
@@ -606,15 +606,16 @@ async fn create_progress_topic(
         Ok(Some(Ok(_))) => info!(topic = %topic, replicas, "made the Kafka progress topic"),
         Ok(Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))) => {}
         Ok(Some(Err((_, code)))) => {
-            return Err(SinkSetupError(format!(
+            return Err(SinkSetupError::new(format!(
                 "cannot create the Kafka progress topic {topic} ({code}): {what_to_do}"
             )));
         }
         Ok(None) => {}
         Err(e) => {
-            return Err(SinkSetupError(format!(
-                "cannot create the Kafka progress topic {topic} ({e}): {what_to_do}"
-            )));
+            return Err(SinkSetupError::caused(
+                format!("cannot create the Kafka progress topic {topic}: {what_to_do}"),
+                e,
+            ));
         }
     }
     Ok(())
@@ -639,7 +640,7 @@ async fn made_topic_partitions(config: &KafkaSinkConfig) -> Result<usize, SinkSe
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(SinkSetupError(format!(
+    Err(SinkSetupError::new(format!(
         "the Kafka progress topic {} was made but does not show: {last}",
         config.progress_topic
     )))
@@ -779,7 +780,7 @@ async fn probe(config: &ClientConfig, topic: &str, bootstrap: &str) -> Probe {
 impl KafkaSinkConfig {
     /// What `serve --check-config` asks: the cluster answers, and the topic is there. `Ok`
     /// with what was found, `Err` with what to fix.
-    pub async fn check(&self) -> Result<String, String> {
+    pub async fn check(&self) -> Result<String, SinkSetupError> {
         self.security.check_files()?;
         match probe(&self.admin_config(), &self.topic, &self.bootstrap).await {
             Probe::Found(partitions) => Ok(format!(
@@ -787,7 +788,7 @@ impl KafkaSinkConfig {
                 self.bootstrap, self.topic
             )),
             Probe::NoTopic(reason) | Probe::NoAnswer(reason) | Probe::Misconfigured(reason) => {
-                Err(reason)
+                Err(SinkSetupError::new(reason))
             }
         }
     }
