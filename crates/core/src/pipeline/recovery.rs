@@ -36,6 +36,9 @@ pub const SCAN_BATCH: usize = 1024;
 /// Replayed inputs with a handler call or delivery under way at once.
 pub const REPLAY_INPUTS_IN_FLIGHT: usize = 4096;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long the replay's backlog may stay the same before the sink is told to flush what it
+/// holds back (a chunk of the file or object sink waits for its age otherwise).
+const STALL: Duration = Duration::from_millis(20);
 
 /// How a replay goes.
 #[derive(Debug, Clone, Default)]
@@ -76,9 +79,12 @@ impl Pace {
         )
     }
 
-    /// Whether every paced entry is finished.
-    fn idle(&self) -> bool {
-        self.permits.available_permits() == self.capacity
+    /// Completes when every paced entry is finished (all permits are back). Only once
+    /// nothing more is paced: a waiter for all the permits goes before later acquirers.
+    async fn all_back(&self) {
+        let all = u32::try_from(self.capacity).unwrap_or(u32::MAX);
+        // Never closed (see `acquire`); the permits go back at once.
+        let _ = self.permits.acquire_many(all).await;
     }
 }
 
@@ -177,17 +183,28 @@ async fn replay_backlog(
     );
     let stats = replay_range(pipeline, Seq(0), end, options).await?;
     let mut last_report = tokio::time::Instant::now();
-    // Done when every replayed entry is gone: all pacing permits are back, or (unpaced, before
-    // any traffic is taken) the backlog is empty.
-    let pending = || match &options.pace {
-        Some(pace) => !pace.idle(),
-        None => journal.backlog().entries() > 0,
-    };
     let mut last_entries = u64::MAX;
-    while pending() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // No progress since the last look: what is left may sit in a sink that batches by age
-        // (a chunk of the file or object sink). Intake waits for it, so it goes now.
+    loop {
+        // Done when every replayed entry is gone: all pacing permits are back, or (unpaced,
+        // before any traffic is taken) a commit empties the backlog.
+        let emptied = journal.backlog().emptied();
+        let mut emptied = std::pin::pin!(emptied);
+        emptied.as_mut().enable();
+        if options.pace.is_none() && journal.backlog().entries() == 0 {
+            break;
+        }
+        let done = async {
+            match &options.pace {
+                Some(pace) => pace.all_back().await,
+                None => emptied.await,
+            }
+        };
+        tokio::select! {
+            () = done => break,
+            () = tokio::time::sleep(STALL) => {}
+        }
+        // No progress for a while: what is left may sit in a sink that batches by age. Intake
+        // waits for it, so it goes now.
         let entries = journal.backlog().entries();
         if entries == last_entries {
             pipeline.flush_sink();
@@ -195,10 +212,7 @@ async fn replay_backlog(
         last_entries = entries;
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = tokio::time::Instant::now();
-            info!(
-                remaining = journal.backlog().entries(),
-                "replay in progress"
-            );
+            info!(remaining = entries, "replay in progress");
         }
     }
     info!(
