@@ -144,3 +144,59 @@ fn the_scanner_measures_a_function_from_fn_to_its_brace() {
         vec![("a".to_string(), 3), ("b".to_string(), 4)]
     );
 }
+
+/// The packages one workspace crate builds with (normal dependencies, its own features), as
+/// `cargo tree` resolves them.
+fn dependencies(package: &str) -> std::collections::BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+        .args(["-f", "{p}", "-p", package])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs the tests, so it can be run");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The arrows ARCHITECTURE.md draws, as the compiler resolves them: the journal and the core
+/// know no transport, and the shipped binary links no bench, test or fuzz code.
+#[test]
+fn the_crates_depend_only_the_way_the_architecture_says() {
+    let transports = [
+        "tonic",
+        "axum",
+        "hyper",
+        "h2",
+        "rumqttc",
+        "rdkafka",
+        "object_store",
+    ];
+    let tools = ["plotters", "hdrhistogram", "proptest", "criterion"];
+    let ours = ["sidelog-bench", "sidelog-testkit", "sidelog-fuzz-checks"];
+    let rules: [(&str, Vec<&str>); 3] = [
+        (
+            "sidelog-journal",
+            [&transports[..], &["sidelog-core"]].concat(),
+        ),
+        ("sidelog-core", transports.to_vec()),
+        ("sidelog", [&tools[..], &ours[..]].concat()),
+    ];
+    for (package, forbidden) in rules {
+        let found = dependencies(package);
+        assert!(found.contains(package), "cargo tree -p {package} is empty");
+        for name in forbidden {
+            assert!(
+                !found.contains(name),
+                "{package} depends on {name} (cargo tree -p {package} -i {name} says how)"
+            );
+        }
+    }
+}
