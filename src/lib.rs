@@ -49,6 +49,7 @@ pub use pipeline::{
     Pipeline, ReplayOptions, ReplayStats, replay,
 };
 pub use server::{ThisStart, serve};
+pub use service::otlp::PAYLOAD_TYPE as OTLP_PAYLOAD_TYPE;
 pub use service::{AdminService, MAX_LIST_LIMIT, asks_for_retry};
 
 /// The generated services (their messages are `sidelog-proto`'s).

@@ -233,6 +233,7 @@ fn describe_delivery_and_operations() {
 /// see them from the start.
 fn zero_series() {
     zero_intake(crate::pipeline::Door::Grpc);
+    zero_intake(crate::pipeline::Door::Otlp);
     for durability in ["fsync", "none"] {
         metrics::counter!(JOURNAL_COMMITS, "durability" => durability).absolute(0);
     }

@@ -24,11 +24,12 @@ use crate::config::{Config, ReplayPolicy, Secrets};
 use crate::handler::GrpcHandler;
 use crate::journal::{FileStore, Journal, JournalError};
 use crate::node::{Hops, Node, Opened};
-use crate::pipeline::{Handler, Pipeline};
+use crate::pipeline::{Door, Handler, Pipeline};
 use crate::proto::ingest_server::IngestServer;
 use crate::runtime::{Entropy, SharedClock, SystemClock};
 use crate::service::IngestService;
 use crate::sink::{ChunkSettings, SinkSettings};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
 
 /// How long shutdown waits for the journal's last sync.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,11 +210,12 @@ async fn start_http(
         .await
         .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
     let door = crate::service::http::HttpDoor {
-        pipeline,
+        pipeline: pipeline.clone(),
         token: crate::service::TokenCheck::new(secrets.token.clone()),
         max_request_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
         key_field: config.http_ndjson_key_field.clone(),
         cors_origins: config.http_cors_origins.as_ref().map(|o| o.value().clone()),
+        otlp: otlp_logs(config, pipeline.clone()),
     };
     let router = crate::service::http::router(Arc::new(door));
     crate::metrics::zero_intake(crate::pipeline::Door::Http);
@@ -364,6 +366,15 @@ fn reflection(
     ))
 }
 
+/// The OTLP logs service (on the gRPC listener and the HTTP door).
+fn otlp_logs(config: &Config, pipeline: Arc<Pipeline>) -> crate::service::otlp::OtlpLogs {
+    crate::service::otlp::OtlpLogs::new(
+        pipeline,
+        config.otlp_key_attribute.clone(),
+        usize::try_from(config.limits.max_messages_per_request).unwrap_or(usize::MAX),
+    )
+}
+
 /// Binds `--listen` and serves ingest, health (`NOT_SERVING` until the replay is done) and
 /// reflection on it.
 async fn start_ingest(
@@ -381,13 +392,21 @@ async fn start_ingest(
         reflection(&["sidelog.v1.Ingest", "grpc.health.v1.Health"])?;
     let max_request = config.limits.max_request_bytes as usize;
     let token = crate::service::TokenCheck::new(secrets.token.clone());
-    let ingest =
-        crate::service::OversizeRefusals(tonic::service::interceptor::InterceptedService::new(
-            IngestServer::new(IngestService::new(pipeline))
-                .max_decoding_message_size(max_request)
-                .max_encoding_message_size(usize::MAX),
-            move |request| token.check(request),
-        ));
+    let otlp = crate::service::behind_token(
+        LogsServiceServer::new(otlp_logs(config, pipeline.clone()))
+            .max_decoding_message_size(max_request)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+        &token,
+        Door::Otlp,
+    );
+    let ingest = crate::service::behind_token(
+        IngestServer::new(IngestService::new(pipeline))
+            .max_decoding_message_size(max_request)
+            .max_encoding_message_size(usize::MAX),
+        &token,
+        Door::Grpc,
+    );
     // gRPC-Web (browsers' generated stubs) on the same listener: HTTP/1.1 accepted beside
     // HTTP/2, requests translated by tonic-web, CORS per `http_cors_origins`.
     let cors = crate::service::cors::layer(
@@ -416,7 +435,8 @@ async fn start_ingest(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(ingest);
+        .add_service(ingest)
+        .add_service(otlp);
     let (stop, stop_rx) = oneshot::channel::<()>();
     // Nagle off on every accepted connection: Server::tcp_nodelay applies only to listeners
     // tonic binds itself, and small HTTP/2 writes otherwise wait for the peer's delayed ACK (a

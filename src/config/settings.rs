@@ -83,6 +83,9 @@ settings! {
         /// Browser origins allowed to call the HTTP door and gRPC-Web (CORS), comma-separated,
         /// e.g. `https://app.example.com`; `*` allows any (without credentials).
         http_cors_origins: Option<Parsed<CorsOrigins>> = None, Rule::any().shown("none (no CORS)");
+        /// The OTLP door (OpenTelemetry logs, on the gRPC listener and the HTTP door): the
+        /// resource attribute whose value becomes each record's message key.
+        otlp_key_attribute: String = "service.name".into(), Rule::any();
         /// HTTP door connections open at once; one more is answered 503 and closed.
         http_max_connections: u64 = 1024, Rule::range(1, 1_000_000);
         /// How long an HTTP client may take to send a request's headers (else the connection

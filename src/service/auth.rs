@@ -1,4 +1,4 @@
-//! The optional bearer token of `Ingest` (`--auth-token-file`): every call must carry
+//! The optional bearer token of the doors (`--auth-token-file`): every call must carry
 //! `authorization: Bearer TOKEN`. Compared in constant time; never logged. Health and
 //! reflection stay open, for load balancers' probes.
 
@@ -54,6 +54,12 @@ impl TokenCheck {
             Some(_) => Err("wrong bearer token"),
             None => Err("this sidelog asks for a bearer token: send authorization: Bearer TOKEN"),
         }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request)
     }
 }
 

@@ -156,7 +156,7 @@ async fn refuse_connection(mut stream: Stream, max: usize) {
 
 /// Seconds a client is told to wait before retrying a 429 or 503: [`super::RETRY_AFTER`] in
 /// whole seconds, as `Retry-After` says it.
-const RETRY_AFTER_SECONDS: &str = "1";
+pub(super) const RETRY_AFTER_SECONDS: &str = "1";
 const _: () = assert!(super::RETRY_AFTER.as_secs() == 1 && super::RETRY_AFTER.subsec_nanos() == 0);
 
 /// What the HTTP door needs.
@@ -169,6 +169,8 @@ pub struct HttpDoor {
     pub key_field: Option<String>,
     /// Origins allowed by CORS (`http_cors_origins`): none, any (`*`), or these.
     pub cors_origins: Option<crate::config::CorsOrigins>,
+    /// `POST /v1/logs`: OpenTelemetry logs over OTLP/HTTP.
+    pub otlp: super::otlp::OtlpLogs,
 }
 
 /// The door's routes: `/v1/publish`, and `/v1/beacon` for `navigator.sendBeacon`, whose body
@@ -178,11 +180,17 @@ pub fn router(door: Arc<HttpDoor>) -> axum::Router {
     let router = axum::Router::new()
         .route("/v1/publish", axum::routing::post(publish))
         .route("/v1/beacon", axum::routing::post(beacon))
+        .route("/v1/logs", axum::routing::post(otlp_logs))
         .with_state(door);
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// `POST /v1/logs`: see [`super::otlp`].
+async fn otlp_logs(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, body: Body) -> Response {
+    super::otlp::http_export(&door, &door.otlp, headers, body).await
 }
 
 /// Why a body's `Content-Encoding` cannot be undone.
@@ -317,7 +325,7 @@ async fn accept(
 
 /// The request's body, whole and decoded (`Content-Encoding`), within `max_request_bytes` and
 /// `http_read_timeout_ms`; or the answer that refuses it.
-async fn read_body(
+pub(super) async fn read_body(
     door: &HttpDoor,
     headers: &HeaderMap,
     body: Body,

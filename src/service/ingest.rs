@@ -21,8 +21,8 @@ use crate::proto::{PublishRequest, PublishResponse};
 /// Requests of one `PublishStream` in process at once.
 pub const STREAM_PIPELINE: usize = 64;
 
-fn count_refused(code: &'static str) {
-    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "grpc", "code" => code)
+fn count_refused(door: Door, code: &'static str) {
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => door.label(), "code" => code)
         .increment(1);
 }
 
@@ -33,12 +33,20 @@ pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// The gRPC status that refuses a whole request for `e`, counted in
 /// `sidelog_requests_refused_total`.
 pub(crate) fn refuse(e: IngestError) -> Status {
-    count_refused(match &e {
-        IngestError::Malformed(_) => "invalid_argument",
-        IngestError::Full(_) => "resource_exhausted",
-        IngestError::Transient(_) => "unavailable",
-        IngestError::Failed(_) => "internal",
-    });
+    refuse_at(Door::Grpc, e)
+}
+
+/// [`refuse`] for a request that came through `door`.
+pub(crate) fn refuse_at(door: Door, e: IngestError) -> Status {
+    count_refused(
+        door,
+        match &e {
+            IngestError::Malformed(_) => "invalid_argument",
+            IngestError::Full(_) => "resource_exhausted",
+            IngestError::Transient(_) => "unavailable",
+            IngestError::Failed(_) => "internal",
+        },
+    );
     status(e)
 }
 
@@ -121,7 +129,7 @@ impl Ingest for IngestService {
                         }))
                     }
                     Ok(None) => break,
-                    Err(status) => Err(oversize_is_exhausted(status)),
+                    Err(status) => Err(oversize_is_exhausted(Door::Grpc, status)),
                 };
                 let failed = next.is_err();
                 if order_tx.send(next).await.is_err() || failed {
@@ -156,9 +164,9 @@ impl Ingest for IngestService {
 /// tonic's decoder refuses a message over `max_request_bytes` with OUT_OF_RANGE, before the
 /// service sees it. sidelog answers RESOURCE_EXHAUSTED for it, as for every limit (grpc-go's
 /// code for the same case), and counts it with the other refusals.
-fn oversize_is_exhausted(status: Status) -> Status {
+fn oversize_is_exhausted(door: Door, status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange && status.message().contains(TONIC_TOO_LARGE) {
-        count_refused("resource_exhausted");
+        count_refused(door, "resource_exhausted");
         Status::resource_exhausted(format!("{} (max_request_bytes)", status.message()))
     } else {
         status
@@ -168,11 +176,24 @@ fn oversize_is_exhausted(status: Status) -> Status {
 /// The start of the message of tonic's decoder when a request is over its size limit.
 const TONIC_TOO_LARGE: &str = "decoded message length too large";
 
-/// The ingest service behind tonic's decoder, turning a unary request refused for its size
-/// into RESOURCE_EXHAUSTED and counting it (see [`oversize_is_exhausted`]): tonic answers it
-/// in the response headers without calling the service.
+/// A door's gRPC service as it is served: behind the bearer token, its oversize refusals
+/// counted for `door`.
+pub fn behind_token<S>(
+    service: S,
+    token: &super::TokenCheck,
+    door: Door,
+) -> OversizeRefusals<tonic::service::interceptor::InterceptedService<S, super::TokenCheck>> {
+    OversizeRefusals(
+        tonic::service::interceptor::InterceptedService::new(service, token.clone()),
+        door,
+    )
+}
+
+/// A door's service behind tonic's decoder, turning a unary request refused for its size into
+/// RESOURCE_EXHAUSTED and counting it for the door (see [`oversize_is_exhausted`]): tonic
+/// answers it in the response headers without calling the service.
 #[derive(Debug, Clone)]
-pub struct OversizeRefusals<S>(pub S);
+pub struct OversizeRefusals<S>(pub S, pub Door);
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for OversizeRefusals<S> {
     const NAME: &'static str = S::NAME;
@@ -200,13 +221,14 @@ where
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
         let response = self.0.call(request);
+        let door = self.1;
         Box::pin(async move {
             let mut response = response.await?;
             // Only a status tonic put in the headers (a refusal before the service) is looked at.
             if let Some(status) = Status::from_header_map(response.headers())
                 .filter(|s| s.code() == tonic::Code::OutOfRange)
             {
-                let mapped = oversize_is_exhausted(status);
+                let mapped = oversize_is_exhausted(door, status);
                 if mapped.code() != tonic::Code::OutOfRange {
                     let headers = response.headers_mut();
                     headers.remove("grpc-status");

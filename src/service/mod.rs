@@ -10,8 +10,9 @@ pub mod cors;
 pub mod http;
 mod ingest;
 pub mod mqtt;
+pub mod otlp;
 pub mod tls;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
 pub use auth::TokenCheck;
-pub use ingest::{IngestService, OversizeRefusals, RETRY_AFTER, asks_for_retry};
+pub use ingest::{IngestService, RETRY_AFTER, asks_for_retry, behind_token};

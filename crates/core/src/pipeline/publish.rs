@@ -27,6 +27,8 @@ pub enum Door {
     Grpc,
     Http,
     Mqtt,
+    /// OpenTelemetry logs (OTLP), over gRPC or HTTP.
+    Otlp,
 }
 
 impl Door {
@@ -35,6 +37,7 @@ impl Door {
             Door::Grpc => "grpc",
             Door::Http => "http",
             Door::Mqtt => "mqtt",
+            Door::Otlp => "otlp",
         }
     }
 }
