@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
@@ -15,7 +14,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, LogsData, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
@@ -57,36 +56,6 @@ fn export(services: &[(&str, &[&str])]) -> ExportLogsServiceRequest {
             })
             .collect(),
     }
-}
-
-/// What the sink holds: per record body, the ids it arrived under and its key.
-fn at_sink(out: &std::path::Path) -> HashMap<String, (HashSet<String>, String)> {
-    let mut found: HashMap<String, (HashSet<String>, String)> = HashMap::new();
-    for path in sidelog::sink::list_chunks(out).unwrap_or_default() {
-        for m in sidelog::sink::read_chunk(&path).expect("a readable chunk") {
-            let data = LogsData::decode(&m.payload[..]).expect("the payload is LogsData");
-            let records: Vec<&LogRecord> = data
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .flat_map(|s| &s.log_records)
-                .collect();
-            assert_eq!(records.len(), 1, "one record per message");
-            let body = match records[0].body.as_ref().and_then(|b| b.value.as_ref()) {
-                Some(any_value::Value::StringValue(s)) => s.clone(),
-                other => panic!("a text body, not {other:?}"),
-            };
-            assert_eq!(
-                m.headers.get("content-type").map(String::as_str),
-                Some(sidelog::OTLP_PAYLOAD_TYPE)
-            );
-            assert_eq!(m.event_time_ms, 1_700_000_000_123);
-            let entry = found.entry(body).or_default();
-            entry.0.insert(m.id.clone());
-            entry.1 = m.key.clone();
-        }
-    }
-    found
 }
 
 async fn post_logs(
@@ -217,19 +186,24 @@ async fn otlp_exports_are_acked_once_durable_deduplicated_and_survive_sigkill() 
     let out = data.join("out");
     let want = ["c1", "c2", "c3", "c4", "k1", "c5", "w1", "w2", "j1"];
     let arrived = eventually(Duration::from_secs(20), || {
-        let found = at_sink(&out);
+        let found = otlp_at_sink(&out);
         want.iter().all(|b| found.contains_key(*b))
     })
     .await;
-    let found = at_sink(&out);
+    let found = otlp_at_sink(&out);
     assert!(arrived, "acked records missing at the sink: {found:?}");
     for body in want {
-        let (ids, key) = &found[body];
+        let OtlpRecord {
+            ids,
+            key,
+            event_time_ms,
+        } = &found[body];
         assert_eq!(
             ids.len(),
             1,
             "record {body} stored under more than one id: {ids:?}"
         );
+        assert_eq!(*event_time_ms, 1_700_000_000_123);
         let service = match body.as_bytes()[0] {
             b'c' => "checkout",
             b'k' => "cart",

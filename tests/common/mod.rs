@@ -327,3 +327,46 @@ pub fn chunk_ids(dir: &std::path::Path) -> HashSet<String> {
         .map(|m| m.id)
         .collect()
 }
+
+/// A record the OTLP door delivered: the ids it arrived under (one, unless a retry was stored
+/// twice), its message key and event time.
+#[derive(Debug, Default)]
+pub struct OtlpRecord {
+    pub ids: HashSet<String>,
+    pub key: String,
+    pub event_time_ms: i64,
+}
+
+/// The OTLP door's messages read back from the file sink's chunks in `dir`, by record body
+/// (a text body each); each message is checked to be one OTLP `LogsData` with one record.
+pub fn otlp_at_sink(dir: &std::path::Path) -> HashMap<String, OtlpRecord> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::logs::v1::LogsData;
+    use prost::Message as _;
+    let mut found: HashMap<String, OtlpRecord> = HashMap::new();
+    for path in sidelog::sink::list_chunks(dir).unwrap_or_default() {
+        for m in sidelog::sink::read_chunk(&path).expect("a readable chunk") {
+            let data = LogsData::decode(&m.payload[..]).expect("the payload is LogsData");
+            let records: Vec<_> = data
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+                .collect();
+            assert_eq!(records.len(), 1, "one record per message");
+            let body = match records[0].body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                other => panic!("a text body, not {other:?}"),
+            };
+            assert_eq!(
+                m.headers.get("content-type").map(String::as_str),
+                Some(sidelog::OTLP_PAYLOAD_TYPE)
+            );
+            let record = found.entry(body).or_default();
+            record.ids.insert(m.id.clone());
+            record.key = m.key.clone();
+            record.event_time_ms = m.event_time_ms;
+        }
+    }
+    found
+}

@@ -2,7 +2,8 @@
 //! Central: `kafka/fetch.sh`), a NATS server with JetStream, `moto_server` (an
 //! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), Chromium and
 //! chromedriver (the browser demo), `curl` and `python3` (the HTTP door as shippers and scripts
-//! reach it), a small tmpfs, and FUSE (for the power-loss test). `.ci/run` provides all of them.
+//! reach it), the OpenTelemetry Python SDK (the OTLP door), a small tmpfs, and FUSE (for the
+//! power-loss test). `.ci/run` provides all of them.
 //!
 //! Each test says what it misses by returning [`Missing`]. On a machine without the service the
 //! test is reported *ignored* with that reason, so `cargo test` shows every skip in its summary.
@@ -17,6 +18,7 @@ mod kafka;
 mod mqtt;
 mod nats;
 mod object;
+mod otlp;
 mod power_loss;
 mod s3_proxy;
 mod shippers;
@@ -59,6 +61,14 @@ where
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
+        trial(
+            "otlp::the_python_sdks_grpc_exporter_through_a_sigkill",
+            otlp::the_python_sdks_grpc_exporter_through_a_sigkill,
+        ),
+        trial(
+            "otlp::the_python_sdks_http_exporter_through_a_sigkill",
+            otlp::the_python_sdks_http_exporter_through_a_sigkill,
+        ),
         trial(
             "kafka::sigkills_and_a_broker_restart_leave_every_acked_message_once",
             kafka::sigkills_and_a_broker_restart_leave_every_acked_message_once,
