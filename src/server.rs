@@ -112,10 +112,16 @@ pub async fn serve(
         health,
         http,
         mqtt,
+        forward,
         admin,
         ..
     } = doors;
-    stop(&config, &node, &health, ingest, (http, mqtt), admin).await
+    let others = Others {
+        http,
+        mqtt,
+        forward,
+    };
+    stop(&config, &node, &health, ingest, others, admin).await
 }
 
 /// Every listener and the MQTT source, started; intake stays closed until the replay is done.
@@ -126,7 +132,15 @@ struct Doors {
     health: HealthReporter,
     http: Option<HttpRunning>,
     mqtt: Option<crate::service::mqtt::MqttDoor>,
+    forward: Option<crate::service::forward::ForwardRunning>,
     admin: Option<Running>,
+}
+
+/// The doors beside the gRPC listener, as [`stop`] closes them.
+struct Others {
+    http: Option<HttpRunning>,
+    mqtt: Option<crate::service::mqtt::MqttDoor>,
+    forward: Option<crate::service::forward::ForwardRunning>,
 }
 
 impl Doors {
@@ -141,6 +155,9 @@ impl Doors {
         }
         if let Some(mqtt) = self.mqtt {
             mqtt.stop().await;
+        }
+        if let Some(forward) = self.forward {
+            forward.stop().await;
         }
     }
 }
@@ -165,16 +182,18 @@ async fn start_doors(
             )?),
             None => None,
         };
+        let forward = start_forward(config, secrets, pipeline.clone()).await?;
         let admin = start_admin(config, secrets, node, clock).await?;
-        anyhow::Ok((http, mqtt, admin))
+        anyhow::Ok((http, mqtt, forward, admin))
     };
     match started.await {
-        Ok((http, mqtt, admin)) => Ok(Doors {
+        Ok((http, mqtt, forward, admin)) => Ok(Doors {
             ingest,
             local,
             health,
             http,
             mqtt,
+            forward,
             admin,
         }),
         Err(e) => {
@@ -230,6 +249,39 @@ async fn start_http(
     ));
     info!(addr = %addr, tls = tls_on, "HTTP door listening");
     Ok(Some(HttpRunning { stop, task }))
+}
+
+/// Binds `forward_listen` and serves the forward door on it, if it is set.
+async fn start_forward(
+    config: &Config,
+    secrets: &Secrets,
+    pipeline: Arc<Pipeline>,
+) -> anyhow::Result<Option<crate::service::forward::ForwardRunning>> {
+    let Some(addr) = config.forward_listen else {
+        return Ok(None);
+    };
+    let tls = match &secrets.tls {
+        Some(pem) => Some(
+            crate::service::tls::acceptor(pem, &[]).context("forward_listen (--forward-listen)")?,
+        ),
+        None => None,
+    };
+    let door = crate::service::forward::ForwardDoor {
+        pipeline,
+        payload: config.forward_payload,
+        shared_key: secrets.forward_shared_key.as_deref().map(Arc::from),
+        hostname: crate::service::forward::hostname(),
+        nonces: Entropy::from_os().context("forward_listen: no randomness for the handshake")?,
+        max_frame_bytes: usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX),
+        max_messages: usize::try_from(config.limits.max_messages_per_request).unwrap_or(usize::MAX),
+        max_connections: usize::try_from(config.forward_max_connections).unwrap_or(usize::MAX),
+        read_timeout: Duration::from_millis(config.forward_read_timeout_ms),
+    };
+    let running = door
+        .start(addr, tls)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--forward-listen)"))?;
+    Ok(Some(running))
 }
 
 /// The variable that plants the skipped-fsync bug in a debug build's `serve`: the journal's
@@ -509,7 +561,11 @@ async fn stop(
     node: &Node,
     health: &HealthReporter,
     ingest: Running,
-    (http, mqtt): (Option<HttpRunning>, Option<crate::service::mqtt::MqttDoor>),
+    Others {
+        http,
+        mqtt,
+        forward,
+    }: Others,
     admin: Option<Running>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
@@ -541,6 +597,10 @@ async fn stop(
     if let Some(mqtt) = mqtt {
         // What it took and had accepted is acknowledged; the rest stays with the broker.
         mqtt.stop().await;
+    }
+    if let Some(forward) = forward {
+        // Frames being accepted finish and are acked; what was not, the clients send again.
+        forward.stop().await;
     }
     drain(&node.pipeline, deadline).await;
     if let Some(admin) = admin {

@@ -131,6 +131,7 @@ impl Config {
         Ok(Secrets {
             token: self.auth_token()?,
             tls: self.tls_pem()?,
+            forward_shared_key: self.forward_shared_key()?,
         })
     }
 
@@ -181,21 +182,15 @@ impl Config {
 
     /// The bearer token from `auth_token_file`, if one is set.
     fn auth_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.auth_token_file else {
-            return Ok(None);
-        };
-        read_token_file(path).map(Some).map_err(|e| match e {
-            TokenFileError::Read(error) => ConfigError::Unreadable {
-                key: "auth_token_file",
-                path: path.clone(),
-                error,
-            },
-            e => ConfigError::Invalid {
-                key: "auth_token_file",
-                value: path.display().to_string(),
-                reason: e.to_string(),
-            },
-        })
+        secret_file("auth_token_file", self.auth_token_file.as_deref())
+    }
+
+    /// The forward door's shared key from `forward_shared_key_file`, if one is set.
+    fn forward_shared_key(&self) -> Result<Option<String>, ConfigError> {
+        secret_file(
+            "forward_shared_key_file",
+            self.forward_shared_key_file.as_deref(),
+        )
     }
 
     /// Where the admin service listens, parsed from `admin_listen`; `None` when it is `off`.
@@ -290,6 +285,28 @@ pub enum TokenFileError {
     NotPrintable,
 }
 
+/// The secret in the file setting `key` names, if it names one (see [`read_token_file`]).
+fn secret_file(
+    key: &'static str,
+    path: Option<&std::path::Path>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    read_token_file(path).map(Some).map_err(|e| match e {
+        TokenFileError::Read(error) => ConfigError::Unreadable {
+            key,
+            path: path.to_owned(),
+            error,
+        },
+        e => ConfigError::Invalid {
+            key,
+            value: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    })
+}
+
 /// What [`Config::secrets`] read.
 #[derive(Clone)]
 pub struct Secrets {
@@ -297,6 +314,8 @@ pub struct Secrets {
     pub token: Option<String>,
     /// The TLS files every listener serves with (`tls_cert_file`, ...).
     pub tls: Option<TlsPem>,
+    /// The forward door's shared key (`forward_shared_key_file`).
+    pub forward_shared_key: Option<String>,
 }
 
 impl Secrets {
@@ -318,6 +337,10 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls.is_some())
+            .field(
+                "forward_shared_key",
+                &self.forward_shared_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

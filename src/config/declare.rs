@@ -202,6 +202,7 @@ text_setting!(String, "TEXT");
 text_setting!(LoggingMode, "MODE");
 text_setting!(super::settings::ReplayPolicy, "POLICY");
 text_setting!(ChunkFormat, "FORMAT");
+text_setting!(super::settings::ForwardPayload, "PAYLOAD");
 
 impl SettingValue for SocketAddr {
     const VALUE_NAME: &'static str = "ADDR";

@@ -26,7 +26,7 @@ pub use checks::{Secrets, TlsPem, TokenFileError, read_token_file};
 pub use load::ServeArgs;
 pub use mqtt::MqttSource;
 pub use reference::{example_toml, markdown_table};
-pub use settings::{Config, ReplayPolicy};
+pub use settings::{Config, ForwardPayload, ReplayPolicy};
 pub use units::check_environment;
 pub use url_setting::CorsOrigins;
 

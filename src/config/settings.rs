@@ -49,6 +49,39 @@ impl std::str::FromStr for ReplayPolicy {
     }
 }
 
+/// How a record becomes a payload (`forward_payload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardPayload {
+    /// The record as a JSON object (`application/json`).
+    Json,
+    /// The record's msgpack, as sent (`application/msgpack`).
+    Msgpack,
+}
+
+impl std::fmt::Display for ForwardPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardPayload::Json => "json",
+            ForwardPayload::Msgpack => "msgpack",
+        })
+    }
+}
+
+impl std::str::FromStr for ForwardPayload {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(ForwardPayload::Json),
+            "msgpack" => Ok(ForwardPayload::Msgpack),
+            other => Err(format!(
+                "unknown payload {other:?}: expected json or msgpack"
+            )),
+        }
+    }
+}
+
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 86_400_000;
 
@@ -86,6 +119,21 @@ settings! {
         /// The OTLP door (OpenTelemetry logs, on the gRPC listener and the HTTP door): the
         /// resource attribute whose value becomes each record's message key.
         otlp_key_attribute: String = "service.name".into(), Rule::any();
+        /// The forward door (Fluentd's `forward` protocol, for Fluent Bit, Fluentd and the
+        /// `fluent-logger` libraries): its TCP address (and UDP, for heartbeats), e.g.
+        /// `127.0.0.1:24224`; TLS with `tls_cert_file`.
+        forward_listen: Option<SocketAddr> = None, Rule::any().shown("off");
+        /// A file holding the forward door's shared key (16+ printable characters): clients
+        /// must pass the handshake with it (Fluent Bit's `Shared_Key`, Fluentd's
+        /// `<security> shared_key`).
+        forward_shared_key_file: Option<PathBuf> = None, Rule::any().shown("none (no handshake)");
+        /// How the forward door stores a record: `json` (an object) or `msgpack` (as sent).
+        forward_payload: ForwardPayload = ForwardPayload::Json, Rule::any();
+        /// Forward door connections open at once; one more is closed at once.
+        forward_max_connections: u64 = 1024, Rule::range(1, 1_000_000);
+        /// How long a forward frame may take to arrive once it has begun (else the connection
+        /// is closed and the client sends it again); an idle connection stays open.
+        forward_read_timeout_ms: u64 = 10_000, Rule::range(100, 3_600_000);
         /// HTTP door connections open at once; one more is answered 503 and closed.
         http_max_connections: u64 = 1024, Rule::range(1, 1_000_000);
         /// How long an HTTP client may take to send a request's headers (else the connection

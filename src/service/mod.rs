@@ -1,12 +1,15 @@
 //! The doors and the admin service: `sidelog.v1.Ingest` over gRPC and gRPC-Web for producers
-//! (`ingest.rs`), the HTTP door (`http.rs`, CORS in `cors.rs`, TLS in `tls.rs`), the MQTT door (`mqtt.rs`), and
-//! `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`); gRPC and HTTP behind the
-//! same optional bearer token (`auth.rs`). The pipeline's errors become each door's own answers
-//! (`tonic::Status`, HTTP statuses, withheld PUBACKs) here and nowhere else.
+//! (`ingest.rs`), the HTTP door (`http.rs`, CORS in `cors.rs`, TLS in `tls.rs`), OpenTelemetry
+//! logs on both (`otlp.rs`), the forward door for Fluentd and Fluent Bit (`forward/`), the MQTT
+//! door (`mqtt.rs`), and `sidelog.v1.Admin` for operators and `sidelog inspect` (`admin.rs`);
+//! gRPC and HTTP behind the same optional bearer token (`auth.rs`). The pipeline's errors
+//! become each door's own answers (`tonic::Status`, HTTP statuses, withheld PUBACKs and
+//! forward acks) here and nowhere else.
 
 mod admin;
 mod auth;
 pub mod cors;
+pub mod forward;
 pub mod http;
 mod ingest;
 pub mod mqtt;

@@ -29,6 +29,8 @@ pub enum Door {
     Mqtt,
     /// OpenTelemetry logs (OTLP), over gRPC or HTTP.
     Otlp,
+    /// Fluentd's forward protocol.
+    Forward,
 }
 
 impl Door {
@@ -38,6 +40,7 @@ impl Door {
             Door::Http => "http",
             Door::Mqtt => "mqtt",
             Door::Otlp => "otlp",
+            Door::Forward => "forward",
         }
     }
 }

@@ -1,0 +1,437 @@
+//! What a forward-protocol frame says: its tag, its events (time and record), and its options,
+//! in any of the four modes (Message, Forward, PackedForward, CompressedPackedForward). Pure:
+//! no I/O, so each mode is tested here with bytes as clients write them.
+
+use std::io::Read as _;
+
+use rmpv::Value;
+
+/// Nesting deeper than this is refused (a record is a map of maps, not a stack bomb).
+pub const MAX_DEPTH: usize = 64;
+
+/// One event: when it happened and its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unix time in nanoseconds (EventTime), or seconds × 10⁹ (an integer time).
+    pub nanos: u64,
+    pub record: Value,
+}
+
+/// A frame of events, as the client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub tag: String,
+    /// Every entry in order, `None` where the record was `nil` (skipped, but counted, so that
+    /// an event's position, and its id, does not depend on its neighbours).
+    pub events: Vec<Option<Event>>,
+    /// The `chunk` option: the client waits for `{ack: chunk}`.
+    pub chunk: Option<String>,
+}
+
+/// Reads one msgpack value from the front of `bytes`: `Ok(None)` when the bytes end before
+/// it does (read more), else the value and how many bytes it took.
+pub fn next_value(bytes: &[u8]) -> Result<Option<(Value, usize)>, String> {
+    let mut rest = bytes;
+    match rmpv::decode::read_value_with_max_depth(&mut rest, MAX_DEPTH) {
+        Ok(value) => Ok(Some((value, bytes.len() - rest.len()))),
+        Err(
+            rmpv::decode::Error::InvalidMarkerRead(e) | rmpv::decode::Error::InvalidDataRead(e),
+        ) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(format!("not msgpack: {e}")),
+    }
+}
+
+/// The frame `value` is, or why it is none. A compressed frame may expand to at most
+/// `max_bytes`.
+pub fn parse(value: Value, max_bytes: usize) -> Result<Frame, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("a frame is an array, not {}", kind(&value)));
+    };
+    if !(2..=4).contains(&items.len()) {
+        return Err(format!("a frame has 2 to 4 items, not {}", items.len()));
+    }
+    let mut items = items.into_iter();
+    let tag = match items.next() {
+        Some(Value::String(s)) => s.into_str().ok_or("the tag is not UTF-8")?,
+        other => {
+            return Err(format!(
+                "the tag is a string, not {}",
+                kind_of(other.as_ref())
+            ));
+        }
+    };
+    let second = items.next().unwrap_or(Value::Nil);
+    let (entries, option) = match second {
+        // Forward: [tag, [[time, record], ...], option]
+        Value::Array(entries) => (Entries::Listed(entries), items.next()),
+        // PackedForward / CompressedPackedForward: [tag, bytes, option]
+        Value::Binary(bytes) => (Entries::Packed(bytes), items.next()),
+        Value::String(s) => (Entries::Packed(s.into_bytes()), items.next()),
+        // Message: [tag, time, record, option]
+        time => {
+            let record = items.next().ok_or("a Message has a record")?;
+            (Entries::One(time, record), items.next())
+        }
+    };
+    let options = Options::read(option)?;
+    let events = match entries {
+        Entries::One(time, record) => vec![event(time, record)?],
+        Entries::Listed(entries) => entries.into_iter().map(entry).collect::<Result<_, _>>()?,
+        Entries::Packed(bytes) => {
+            let bytes = if options.gzip {
+                gunzip(&bytes, max_bytes)?
+            } else {
+                bytes
+            };
+            packed(&bytes)?
+        }
+    };
+    Ok(Frame {
+        tag,
+        events,
+        chunk: options.chunk,
+    })
+}
+
+enum Entries {
+    One(Value, Value),
+    Listed(Vec<Value>),
+    Packed(Vec<u8>),
+}
+
+/// The options a client may send: `chunk` (answer with an ack), `compressed` (`gzip`), and
+/// `size` (the event count, not needed: the entries say it).
+struct Options {
+    chunk: Option<String>,
+    gzip: bool,
+}
+
+impl Options {
+    fn read(option: Option<Value>) -> Result<Options, String> {
+        let mut options = Options {
+            chunk: None,
+            gzip: false,
+        };
+        let pairs = match option {
+            None | Some(Value::Nil) => return Ok(options),
+            Some(Value::Map(pairs)) => pairs,
+            Some(other) => return Err(format!("the option is a map, not {}", kind(&other))),
+        };
+        for (key, value) in pairs {
+            match (key.as_str(), value) {
+                (Some("chunk"), Value::String(s)) => {
+                    options.chunk = Some(s.into_str().ok_or("the chunk id is not UTF-8")?);
+                }
+                (Some("chunk"), other) => {
+                    return Err(format!("the chunk id is a string, not {}", kind(&other)));
+                }
+                (Some("compressed"), Value::String(s)) => match s.as_str() {
+                    Some("gzip") => options.gzip = true,
+                    Some("text") => {}
+                    _ => return Err("compressed is gzip or text".into()),
+                },
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A `[time, record]` entry (or `[[time, metadata], record]`, Fluent Bit's since 2.x).
+fn entry(value: Value) -> Result<Option<Event>, String> {
+    let Value::Array(pair) = value else {
+        return Err(format!("an entry is [time, record], not {}", kind(&value)));
+    };
+    let mut pair = pair.into_iter();
+    let (Some(time), Some(record), None) = (pair.next(), pair.next(), pair.next()) else {
+        return Err("an entry is [time, record]".into());
+    };
+    let time = match time {
+        Value::Array(header) => header.into_iter().next().unwrap_or(Value::Nil),
+        time => time,
+    };
+    event(time, record)
+}
+
+fn event(time: Value, record: Value) -> Result<Option<Event>, String> {
+    let nanos = match &time {
+        Value::Integer(n) => n
+            .as_u64()
+            .ok_or("a time is not negative")?
+            .saturating_mul(1_000_000_000),
+        Value::F64(s) if *s >= 0.0 => (*s * 1e9) as u64,
+        Value::F32(s) if *s >= 0.0 => (f64::from(*s) * 1e9) as u64,
+        Value::Ext(0, bytes) if bytes.len() == 8 => {
+            let seconds = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let nanos = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            u64::from(seconds) * 1_000_000_000 + u64::from(nanos)
+        }
+        other => {
+            return Err(format!(
+                "a time is an integer or an EventTime, not {}",
+                kind(other)
+            ));
+        }
+    };
+    Ok(match record {
+        Value::Nil => None,
+        record => Some(Event { nanos, record }),
+    })
+}
+
+/// The entries of a PackedForward: msgpack `[time, record]` arrays, one after the other.
+fn packed(mut bytes: &[u8]) -> Result<Vec<Option<Event>>, String> {
+    let mut events = Vec::new();
+    while !bytes.is_empty() {
+        let (value, used) =
+            next_value(bytes)?.ok_or("the packed entries end in the middle of one")?;
+        events.push(entry(value)?);
+        bytes = &bytes[used..];
+    }
+    Ok(events)
+}
+
+/// A gzip body (one member or several, as Fluent Bit appends them), at most `max_bytes` once
+/// expanded.
+fn gunzip(bytes: &[u8], max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(max_bytes as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the compressed entries are not gzip: {e}"))?;
+    if out.len() > max_bytes {
+        return Err(format!(
+            "the compressed entries expand past {max_bytes} bytes (max_request_bytes)"
+        ));
+    }
+    Ok(out)
+}
+
+fn kind_of(value: Option<&Value>) -> &'static str {
+    value.map_or("nothing", kind)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "a boolean",
+        Value::Integer(_) => "an integer",
+        Value::F32(_) | Value::F64(_) => "a float",
+        Value::String(_) => "a string",
+        Value::Binary(_) => "bytes",
+        Value::Array(_) => "an array",
+        Value::Map(_) => "a map",
+        Value::Ext(..) => "an extension",
+    }
+}
+
+/// A record as JSON: maps with their keys as text, strings as they are (bytes that are not
+/// UTF-8 replaced by U+FFFD), `bin` as base64, an extension as `{"ext": type, "data": base64}`,
+/// a float that JSON cannot hold (NaN, infinity) as `null`.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::Value as Json;
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    match value {
+        Value::Nil => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Integer(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Json::from(i),
+            (None, Some(u)) => Json::from(u),
+            _ => Json::Null,
+        },
+        Value::F32(x) => {
+            serde_json::Number::from_f64(f64::from(*x)).map_or(Json::Null, Json::Number)
+        }
+        Value::F64(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
+        Value::String(s) => Json::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Value::Binary(b) => Json::String(base64(b)),
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(pairs) => Json::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Ext(kind, data) => serde_json::json!({ "ext": kind, "data": base64(data) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(value: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, value).unwrap();
+        out
+    }
+
+    fn record(text: &str) -> Value {
+        Value::Map(vec![(Value::from("log"), Value::from(text))])
+    }
+
+    fn event_time(seconds: u32, nanos: u32) -> Value {
+        let mut data = seconds.to_be_bytes().to_vec();
+        data.extend(nanos.to_be_bytes());
+        Value::Ext(0, data)
+    }
+
+    fn chunk(id: &str) -> Value {
+        Value::Map(vec![(Value::from("chunk"), Value::from(id))])
+    }
+
+    #[test]
+    fn the_four_modes_give_the_same_events() {
+        let entries = vec![
+            Value::Array(vec![event_time(1_700_000_000, 5), record("a")]),
+            Value::Array(vec![Value::from(1_700_000_001), record("b")]),
+        ];
+        let want = vec![
+            Some(Event {
+                nanos: 1_700_000_000_000_000_005,
+                record: record("a"),
+            }),
+            Some(Event {
+                nanos: 1_700_000_001_000_000_000,
+                record: record("b"),
+            }),
+        ];
+        let forward = Value::Array(vec![
+            Value::from("app.web"),
+            Value::Array(entries.clone()),
+            chunk("c1"),
+        ]);
+        let frame = parse(forward, 1 << 20).unwrap();
+        assert_eq!(
+            (frame.tag.as_str(), frame.chunk.as_deref()),
+            ("app.web", Some("c1"))
+        );
+        assert_eq!(frame.events, want);
+
+        let packed_bytes: Vec<u8> = entries.iter().flat_map(bytes).collect();
+        let packed = Value::Array(vec![
+            Value::from("app.web"),
+            Value::Binary(packed_bytes.clone()),
+            chunk("c2"),
+        ]);
+        assert_eq!(parse(packed, 1 << 20).unwrap().events, want);
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &packed_bytes).unwrap();
+        let compressed = Value::Array(vec![
+            Value::from("app.web"),
+            Value::Binary(gz.finish().unwrap()),
+            Value::Map(vec![
+                (Value::from("chunk"), Value::from("c3")),
+                (Value::from("compressed"), Value::from("gzip")),
+                (Value::from("size"), Value::from(2)),
+            ]),
+        ]);
+        assert_eq!(parse(compressed.clone(), 1 << 20).unwrap().events, want);
+        let err = parse(compressed, 10).unwrap_err();
+        assert!(err.contains("max_request_bytes"), "{err}");
+
+        let message = Value::Array(vec![
+            Value::from("app.web"),
+            event_time(1_700_000_000, 5),
+            record("a"),
+            chunk("c4"),
+        ]);
+        let frame = parse(message, 1 << 20).unwrap();
+        assert_eq!(frame.events, want[..1]);
+        assert_eq!(frame.chunk.as_deref(), Some("c4"));
+    }
+
+    #[test]
+    fn fluent_bits_metadata_header_and_nil_records_keep_positions() {
+        let forward = Value::Array(vec![
+            Value::from("t"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    Value::Array(vec![event_time(1, 2), Value::Map(vec![])]),
+                    record("x"),
+                ]),
+                Value::Array(vec![Value::from(1), Value::Nil]),
+                Value::Array(vec![Value::from(2), record("y")]),
+            ]),
+        ]);
+        let frame = parse(forward, 1 << 20).unwrap();
+        assert_eq!(frame.events.len(), 3);
+        assert_eq!(frame.events[0].as_ref().unwrap().nanos, 1_000_000_002);
+        assert!(frame.events[1].is_none());
+        assert_eq!(frame.chunk, None);
+    }
+
+    #[test]
+    fn malformed_frames_are_named() {
+        let cases = [
+            (Value::from(7), "a frame is an array"),
+            (Value::Array(vec![Value::from("t")]), "2 to 4 items"),
+            (
+                Value::Array(vec![Value::from(1), Value::Array(vec![])]),
+                "the tag is a string",
+            ),
+            (
+                Value::Array(vec![Value::from("t"), Value::from("x"), Value::from(3)]),
+                "the option is a map",
+            ),
+            (
+                Value::Array(vec![Value::from("t"), Value::Array(vec![Value::from(1)])]),
+                "an entry is [time, record]",
+            ),
+            (
+                Value::Array(vec![Value::from("t"), Value::from(true), record("a")]),
+                "a time is an integer or an EventTime",
+            ),
+            (
+                Value::Array(vec![Value::from("t"), Value::Binary(vec![0x92, 0x01])]),
+                "end in the middle",
+            ),
+        ];
+        for (value, want) in cases {
+            let err = parse(value.clone(), 1 << 20).unwrap_err();
+            assert!(err.contains(want), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_value_is_read_whole_or_asked_for_more() {
+        let frame = bytes(&Value::Array(vec![Value::from("t"), Value::from("x")]));
+        assert_eq!(next_value(&frame[..frame.len() - 1]).unwrap(), None);
+        let (value, used) = next_value(&[frame.clone(), frame.clone()].concat())
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, frame.len());
+        assert!(value.is_array());
+        let deep = vec![0x91; MAX_DEPTH + 10];
+        assert!(
+            next_value(&deep).is_err(),
+            "nesting past MAX_DEPTH is refused"
+        );
+    }
+
+    #[test]
+    fn records_become_json_without_losing_what_json_holds() {
+        let value = Value::Map(vec![
+            (Value::from("log"), Value::from("hello")),
+            (Value::from("n"), Value::from(-3)),
+            (Value::from("big"), Value::from(u64::MAX)),
+            (Value::from("raw"), Value::Binary(vec![0xff, 0x00])),
+            (Value::from(1), Value::from(true)),
+            (Value::from("nan"), Value::F64(f64::NAN)),
+        ]);
+        assert_eq!(
+            to_json(&value),
+            serde_json::json!({
+                "log": "hello", "n": -3, "big": u64::MAX, "raw": "/wA=", "1": true, "nan": null
+            })
+        );
+    }
+}
