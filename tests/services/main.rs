@@ -2,7 +2,8 @@
 //! Central: `kafka/fetch.sh`), a NATS server with JetStream, `moto_server` (an
 //! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), Chromium and
 //! chromedriver (the browser demo), `curl` and `python3` (the HTTP door as shippers and scripts
-//! reach it), the OpenTelemetry Python SDK (the OTLP door), a small tmpfs, and FUSE (for the
+//! reach it), the OpenTelemetry Python SDK (the OTLP door), Fluentd's
+//! `fluent-logger` for Node.js and Python (the forward door), a small tmpfs, and FUSE (for the
 //! power-loss test). `.ci/run` provides all of them.
 //!
 //! Each test says what it misses by returning [`Missing`]. On a machine without the service the
@@ -14,6 +15,7 @@ mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 mod disk_full;
+mod forward;
 mod kafka;
 mod mqtt;
 mod nats;
@@ -61,6 +63,14 @@ where
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
+        trial(
+            "forward::the_node_client_with_acks_through_a_sigkill",
+            forward::the_node_client_with_acks_through_a_sigkill,
+        ),
+        trial(
+            "forward::the_python_client_is_read_right",
+            forward::the_python_client_is_read_right,
+        ),
         trial(
             "otlp::the_python_sdks_grpc_exporter_through_a_sigkill",
             otlp::the_python_sdks_grpc_exporter_through_a_sigkill,
