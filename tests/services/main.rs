@@ -2,7 +2,8 @@
 //! Central: `kafka/fetch.sh`), a NATS server with JetStream, `moto_server` (an
 //! S3-compatible server from PyPI), Mosquitto and its clients (the MQTT door), Chromium and
 //! chromedriver (the browser demo), `curl` and `python3` (the HTTP door as shippers and scripts
-//! reach it), the OpenTelemetry Python SDK (the OTLP door), Fluentd's
+//! reach it), the OpenTelemetry Python SDK and Collector (the OTLP door; the Collector is
+//! built with Go), Fluentd's
 //! `fluent-logger` for Node.js and Python (the forward door), a small tmpfs, and FUSE (for the
 //! power-loss test). `.ci/run` provides all of them.
 //!
@@ -78,6 +79,10 @@ fn main() {
         trial(
             "otlp::the_python_sdks_http_exporter_through_a_sigkill",
             otlp::the_python_sdks_http_exporter_through_a_sigkill,
+        ),
+        trial(
+            "otlp::the_collector_delivers_through_a_sigkill",
+            otlp::the_collector_delivers_through_a_sigkill,
         ),
         trial(
             "kafka::sigkills_and_a_broker_restart_leave_every_acked_message_once",

@@ -56,6 +56,10 @@ pub(super) enum Target {
     Http(SocketAddr),
     /// MQTT devices publishing to a broker sidelog subscribes to.
     Mqtt(mqtt::Devices),
+    /// sidelog's OTLP logs service, on its gRPC listener.
+    Otlp(SocketAddr),
+    /// A sidelog forward door.
+    Forward(SocketAddr),
 }
 
 /// Runs the producers against `target` for `duration` (or until `messages` are sent).
@@ -137,6 +141,25 @@ async fn spawn_producer(
         Target::Http(addr) => {
             anyhow::ensure!(!args.stream, "--stream is gRPC's: not with --door http");
             paced(ctx, HttpPublisher::new(*addr), rate)
+        }
+        Target::Otlp(listen) => {
+            anyhow::ensure!(
+                !args.stream,
+                "--stream is sidelog's API: not with --door otlp"
+            );
+            let channel = Endpoint::from_shared(format!("http://{listen}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .context("connecting an OTLP exporter")?;
+            paced(ctx, super::doors::OtlpPublisher::new(channel), rate)
+        }
+        Target::Forward(addr) => {
+            anyhow::ensure!(
+                !args.stream,
+                "--stream is sidelog's API: not with --door forward"
+            );
+            paced(ctx, super::doors::ForwardPublisher::new(*addr), rate)
         }
         Target::Mqtt(devices) => {
             anyhow::ensure!(

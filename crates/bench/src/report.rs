@@ -35,6 +35,8 @@ pub(super) fn workload(args: &BenchArgs) -> String {
         match (args.door, args.stream) {
             (super::Door::Http, _) => "HTTP door (JSON)",
             (super::Door::Mqtt, _) => "MQTT 5 QoS 1 through the broker (ack: the broker's PUBACK)",
+            (super::Door::Otlp, _) => "OTLP logs Export (gRPC)",
+            (super::Door::Forward, _) => "forward protocol (PackedForward, acked chunks)",
             (_, true) => "PublishStream",
             _ => "unary Publish",
         },
