@@ -1,5 +1,5 @@
-//! TLS and mutual TLS on the ingest listener and the HTTP door, against the real binary, with
-//! certificates made by the test (rcgen): a TLS client with the CA gets in; with
+//! TLS and mutual TLS on the ingest listener, the HTTP door and the forward door, against the
+//! real binary, with certificates made by the test (rcgen): a TLS client with the CA gets in; with
 //! `--tls-client-ca-file` only a client certificate signed by that CA does; plaintext never
 //! does.
 
@@ -287,4 +287,97 @@ fn a_half_tls_configuration_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("tls_key_file"), "{stderr}");
+}
+
+/// One acked Forward-mode frame over TLS to the forward door at `addr`: the ack's chunk id.
+async fn forward_over_tls(addr: std::net::SocketAddr, ca: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let record = rmpv::Value::Map(vec![("log".into(), "over tls".into())]);
+    let frame = rmpv::Value::Array(vec![
+        "secure.app".into(),
+        rmpv::Value::Array(vec![rmpv::Value::Array(vec![1_700_000_000.into(), record])]),
+        rmpv::Value::Map(vec![("chunk".into(), "dGxzLTE=".into())]),
+    ]);
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &frame).unwrap();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(&bytes).await?;
+        let mut answer = vec![0u8; 64];
+        let n = tls.read(&mut answer).await?;
+        std::io::Result::Ok(answer[..n].to_vec())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let value = rmpv::decode::read_value(&mut &answer[..]).map_err(|e| e.to_string())?;
+    value
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("ack")))
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        .ok_or_else(|| format!("not an ack: {value}"))
+}
+
+/// The forward door serves TLS with the listeners' certificate (Fluent Bit's `tls on`,
+/// Fluentd's `transport tls`): a client trusting the CA gets its ack; plaintext gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_door_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let cert = write(dir.path(), "server.pem", &pki.server.0);
+    let key = write(dir.path(), "server.key", &pki.server.1);
+    let forward = common::free_port();
+    let forward_text = forward.to_string();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--forward-listen",
+            &forward_text,
+        ],
+    );
+    sidelog.spawn();
+    wait_tls(&sidelog, &pki.ca, None).await;
+    assert_eq!(
+        forward_over_tls(forward, &pki.ca).await.as_deref(),
+        Ok("dGxzLTE=")
+    );
+    // Plaintext: the TLS handshake fails, the connection closes, nothing is taken.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut plain = tokio::net::TcpStream::connect(forward).await.unwrap();
+    let frame = [0x92, 0xa1, b't', 0x90];
+    plain.write_all(&frame).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "closed, not left open"
+    );
+    // (What comes back, if anything, is a TLS alert, not a msgpack map.)
+    let ack = rmpv::decode::read_value(&mut &answer[..]).ok();
+    assert!(
+        ack.is_none_or(|v| v.as_map().is_none()),
+        "no ack in plaintext: {answer:?}"
+    );
+    sidelog.kill9().await;
 }
