@@ -161,6 +161,15 @@ async fn otlp_exports_are_acked_once_durable_deduplicated_and_survive_sigkill() 
     assert_eq!((code, status["code"].as_i64()), (400, Some(3)), "{status}");
     let (code, _, _) = post_logs(port, "text/plain", b"hello".to_vec()).await;
     assert_eq!(code, 415);
+    // Logs only: traces and metrics are not taken.
+    let traces = reqwest::Client::new()
+        .post(format!("http://{port}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traces.status().as_u16(), 404);
     let filler: Vec<String> = (0..6).map(|i| format!("{i}{}", "f".repeat(1500))).collect();
     let filler: Vec<&str> = filler.iter().map(String::as_str).collect();
     let mut full = None;
