@@ -98,8 +98,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub stream: bool,
     /// Which front door the producers use: `grpc` (Ingest/Publish), `http` (the HTTP door,
-    /// the JSON of a PublishRequest per request) or `mqtt` (MQTT 5 devices publishing QoS 1
-    /// to --mqtt-broker, which sidelog subscribes to), so the doors compare in one table.
+    /// the JSON of a PublishRequest per request), `mqtt` (MQTT 5 devices publishing QoS 1
+    /// to --mqtt-broker, which sidelog subscribes to), `otlp` (an OpenTelemetry exporter:
+    /// LogsService/Export, one log record per message) or `forward` (a Fluent Bit-like client:
+    /// one PackedForward chunk per request, waiting for its ack), so the doors compare in one
+    /// table.
     #[arg(long, value_enum, default_value = "grpc")]
     pub door: Door,
     /// The broker `--door mqtt` publishes through: `mqtt://HOST:PORT`. Without it the bench

@@ -41,6 +41,82 @@ pub fn next_value(bytes: &[u8]) -> Result<Option<(Value, usize)>, String> {
     }
 }
 
+/// Finds where a msgpack value ends without decoding it, as its bytes arrive: [`Scan::advance`]
+/// walks the markers (skipping a string's or a binary's bytes in one step) and keeps its place
+/// between calls, so a frame arriving in many reads is walked once, not once per read.
+#[derive(Debug)]
+pub struct Scan {
+    /// The next marker's offset.
+    pos: usize,
+    /// Values still to walk before the outermost one ends.
+    pending: u64,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan { pos: 0, pending: 1 }
+    }
+}
+
+impl Scan {
+    /// The value's length once `bytes` (the same bytes as before, and more) hold all of it;
+    /// `Ok(None)` until then.
+    pub fn advance(&mut self, bytes: &[u8]) -> Result<Option<usize>, String> {
+        while self.pending > 0 {
+            let Some(&marker) = bytes.get(self.pos) else {
+                return Ok(None);
+            };
+            let Some((total, items)) = Self::extent(marker, &bytes[self.pos..])? else {
+                return Ok(None);
+            };
+            if bytes.len() - self.pos < total {
+                return Ok(None);
+            }
+            self.pos += total;
+            self.pending = self.pending - 1 + items;
+        }
+        Ok(Some(self.pos))
+    }
+
+    /// The bytes a value starting at `at[0]` takes itself (a container: its header), and the
+    /// values inside it; `None` when its length field has not arrived yet.
+    fn extent(marker: u8, at: &[u8]) -> Result<Option<(usize, u64)>, String> {
+        // The big-endian length in at[1..1 + width], once it is there.
+        let length = |width: usize| -> Option<usize> {
+            let field = at.get(1..1 + width)?;
+            Some(field.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+        };
+        let sized = |width: usize, extra: usize| length(width).map(|n| (1 + width + extra + n, 0));
+        let counted = |width: usize, per: u64| length(width).map(|n| (1 + width, n as u64 * per));
+        Ok(match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some((1, 0)),
+            0x80..=0x8f => Some((1, u64::from(marker & 0x0f) * 2)),
+            0x90..=0x9f => Some((1, u64::from(marker & 0x0f))),
+            0xa0..=0xbf => Some((1 + usize::from(marker & 0x1f), 0)),
+            0xc4 | 0xd9 => sized(1, 0),
+            0xc5 | 0xda => sized(2, 0),
+            0xc6 | 0xdb => sized(4, 0),
+            0xc7 => sized(1, 1),
+            0xc8 => sized(2, 1),
+            0xc9 => sized(4, 1),
+            0xca | 0xce | 0xd2 => Some((5, 0)),
+            0xcb | 0xcf | 0xd3 => Some((9, 0)),
+            0xcc | 0xd0 => Some((2, 0)),
+            0xcd | 0xd1 => Some((3, 0)),
+            0xd4 => Some((3, 0)),
+            0xd5 => Some((4, 0)),
+            0xd6 => Some((6, 0)),
+            0xd7 => Some((10, 0)),
+            0xd8 => Some((18, 0)),
+            0xdc => counted(2, 1),
+            0xdd => counted(4, 1),
+            0xde => counted(2, 2),
+            0xdf => counted(4, 2),
+            0xc1 => return Err("not msgpack: marker 0xc1 is never used".into()),
+        })
+    }
+}
+
 /// The frame `value` is, or why it is none. A compressed frame may expand to at most
 /// `max_bytes`.
 pub fn parse(value: Value, max_bytes: usize) -> Result<Frame, String> {
@@ -415,6 +491,31 @@ mod tests {
             next_value(&deep).is_err(),
             "nesting past MAX_DEPTH is refused"
         );
+    }
+
+    #[test]
+    fn a_scan_finds_the_end_of_a_value_arriving_a_byte_at_a_time() {
+        let big = "x".repeat(70_000);
+        let frame = bytes(&Value::Array(vec![
+            Value::from("app"),
+            Value::Array(vec![
+                Value::Array(vec![event_time(1, 2), record("a")]),
+                Value::Array(vec![Value::from(1), Value::from(big.as_str())]),
+            ]),
+            Value::Map(vec![
+                (Value::from("chunk"), Value::from("c")),
+                (Value::from("f"), Value::F64(0.5)),
+                (Value::from("n"), Value::from(-70_000)),
+                (Value::from("b"), Value::Binary(vec![1; 300])),
+            ]),
+        ]));
+        let stream = [frame.clone(), frame.clone()].concat();
+        let mut scan = Scan::default();
+        for end in 0..frame.len() {
+            assert_eq!(scan.advance(&stream[..end]).unwrap(), None, "at {end}");
+        }
+        assert_eq!(scan.advance(&stream).unwrap(), Some(frame.len()));
+        assert!(Scan::default().advance(&[0xc1]).is_err());
     }
 
     #[test]

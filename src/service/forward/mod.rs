@@ -163,6 +163,7 @@ impl ForwardDoor {
         let mut conn = Connection {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
+            scan: frame::Scan::default(),
             stopped,
             max_frame_bytes: self.max_frame_bytes,
             read_timeout: self.read_timeout,
@@ -273,6 +274,8 @@ impl ForwardDoor {
 struct Connection<S> {
     stream: S,
     buf: BytesMut,
+    /// Where the frame at the front of `buf` has been walked to.
+    scan: frame::Scan,
     stopped: watch::Receiver<bool>,
     max_frame_bytes: usize,
     read_timeout: Duration,
@@ -283,8 +286,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_frame(&mut self) -> Result<Option<Value>, String> {
         loop {
             if !self.buf.is_empty() {
-                if let Some((value, used)) = frame::next_value(&self.buf)? {
-                    let _ = self.buf.split_to(used);
+                if let Some(end) = self.scan.advance(&self.buf)? {
+                    let whole = self.buf.split_to(end);
+                    self.scan = frame::Scan::default();
+                    let (value, _) = frame::next_value(&whole)?
+                        .ok_or("a frame the scan found whole does not decode")?;
                     return Ok(Some(value));
                 }
                 if self.buf.len() > self.max_frame_bytes {
