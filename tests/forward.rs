@@ -276,13 +276,16 @@ async fn the_shared_key_handshake_lets_in_only_the_right_key() {
     std::fs::write(&key_file, "forward-shared-key-0123\n").unwrap();
     let addr = free_port();
     let addr_text = addr.to_string();
+    let data = dir.path().join("data");
     let mut sidelog = Sidelog::new(
-        &dir.path().join("data"),
+        &data,
         &[
             "--forward-listen",
             &addr_text,
             "--forward-shared-key-file",
             key_file.to_str().unwrap(),
+            "--forward-payload",
+            "msgpack",
         ],
     );
     sidelog.start().await;
@@ -331,6 +334,26 @@ async fn the_shared_key_handshake_lets_in_only_the_right_key() {
             .await
             .as_deref(),
         Some("a2V5LTE=")
+    );
+
+    // forward_payload = msgpack: the record as it was sent.
+    let out = data.join("out");
+    let stored = || {
+        sidelog::sink::list_chunks(&out)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| sidelog::sink::read_chunk(p).unwrap())
+            .find(|m| m.id == "fwd-a2V5LTE=-0")
+    };
+    assert!(eventually(Duration::from_secs(20), || stored().is_some()).await);
+    let m = stored().unwrap();
+    assert_eq!(
+        m.headers.get("content-type").map(String::as_str),
+        Some("application/msgpack")
+    );
+    assert_eq!(
+        rmpv::decode::read_value(&mut &m.payload[..]).unwrap(),
+        record("in")
     );
 
     let (mut conn, pong, _) = handshake("not-the-key-at-all-000").await;

@@ -225,3 +225,52 @@ async fn otlp_exports_are_acked_once_durable_deduplicated_and_survive_sigkill() 
     assert!(!found.contains_key("too much"), "refused, never stored");
     sidelog.kill9().await;
 }
+
+/// With `auth_token_file`, both OTLP transports ask for the bearer token, as every door does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_asks_for_the_token_on_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "otlp-token-0123456789\n").unwrap();
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--http-listen",
+            &port_text,
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    sidelog.start().await;
+    let request = export(&[("svc", &["t1"])]);
+    let mut grpc = LogsServiceClient::connect(sidelog.url()).await.unwrap();
+    let refused = grpc.export(request.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut with_token = tonic::Request::new(request.clone());
+    with_token.metadata_mut().insert(
+        "authorization",
+        "Bearer otlp-token-0123456789".parse().unwrap(),
+    );
+    assert_eq!(
+        grpc.export(with_token)
+            .await
+            .unwrap()
+            .into_inner()
+            .partial_success,
+        None
+    );
+    let (code, _, body) = post_logs(port, "application/x-protobuf", request.encode_to_vec()).await;
+    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    let answer = reqwest::Client::new()
+        .post(format!("http://{port}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .header("authorization", "Bearer otlp-token-0123456789")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    sidelog.kill9().await;
+}

@@ -165,7 +165,7 @@ pub async fn the_collector_delivers_through_a_sigkill() -> Outcome {
              processors:\n  batch:\n    timeout: 50ms\n\
              exporters:\n  otlp_grpc:\n    endpoint: {sidelog_addr}\n    tls:\n      insecure: true\n\
              \x20   retry_on_failure:\n      initial_interval: 100ms\n      max_interval: 1s\n\
-             \x20     max_elapsed_time: 120s\n\
+             \x20     max_elapsed_time: 0\n\
              service:\n  pipelines:\n    logs:\n      receivers: [otlp]\n      processors: [batch]\n\
              \x20     exporters: [otlp_grpc]\n  telemetry:\n    metrics:\n      level: none\n"
         ),
