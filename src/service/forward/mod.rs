@@ -185,8 +185,13 @@ impl ForwardDoor {
                 }
             }
         }
-        while let Some(value) = conn.next_frame().await? {
-            let frame = frame::parse(value, self.max_frame_bytes)?;
+        while let Some(value) = conn
+            .next_frame()
+            .await
+            .inspect_err(|_| refused("invalid_argument"))?
+        {
+            let frame = frame::parse(value, self.max_frame_bytes)
+                .inspect_err(|_| refused("invalid_argument"))?;
             let chunk = frame.chunk.clone();
             match self.accept(frame).await {
                 Ok(()) => {
@@ -198,6 +203,12 @@ impl ForwardDoor {
                 Err(e) => {
                     // No ack: the client sends the chunk again; closing makes it do so now
                     // rather than at its ack timeout.
+                    refused(match e {
+                        IngestError::Malformed(_) => "invalid_argument",
+                        IngestError::Full(_) => "resource_exhausted",
+                        IngestError::Transient(_) => "unavailable",
+                        IngestError::Failed(_) => "internal",
+                    });
                     debug!(error = %e, "forward frame not taken; closing without an ack");
                     return Ok(());
                 }
@@ -268,6 +279,12 @@ impl ForwardDoor {
         }
         messages
     }
+}
+
+/// Counts a frame the door did not take, as every door counts its refused requests.
+fn refused(code: &'static str) {
+    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "forward", "code" => code)
+        .increment(1);
 }
 
 /// A connection's bytes and the frames in them.
