@@ -2,7 +2,8 @@
 //! write them: the four modes, `{ack: chunk}` only after the journal, a resent chunk stored
 //! once, a malformed frame that closes only its own connection, the UDP heartbeat, the
 //! shared-key handshake, a record over the limit dead-lettered, a full backlog answered with
-//! no ack, and acked records that survive a SIGKILL. (`tests/services/forward.rs` does the
+//! no ack (and a frame that asked for none held, not dropped), and acked records that survive a
+//! SIGKILL. (`tests/services/forward.rs` does the
 //! same with Fluentd's `fluent-logger` clients.)
 
 mod common;
@@ -233,6 +234,21 @@ async fn forward_chunks_are_acked_after_the_journal_deduplicated_and_survive_sig
         }
     }
     assert!(refused, "a full backlog was acked");
+    // A frame that asks for no ack cannot be sent again by its client: it is held, its
+    // connection open and unread (backpressure), not dropped.
+    let mut unacked = connect(addr).await;
+    let frame = encode(&Value::Array(vec![
+        Value::from("fill"),
+        event_time(),
+        record("held"),
+    ]));
+    unacked.write_all(&frame).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1), unacked.read(&mut byte)).await;
+    assert!(
+        read.is_err(),
+        "the connection was answered or closed: {read:?}"
+    );
 
     sidelog.kill9().await;
     let mut sidelog = Sidelog::new(&data, &args);

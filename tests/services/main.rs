@@ -73,6 +73,10 @@ fn main() {
             forward::the_python_client_is_read_right,
         ),
         trial(
+            "forward::the_python_client_through_a_sigkill",
+            forward::the_python_client_through_a_sigkill,
+        ),
+        trial(
             "otlp::the_python_sdks_grpc_exporter_through_a_sigkill",
             otlp::the_python_sdks_grpc_exporter_through_a_sigkill,
         ),

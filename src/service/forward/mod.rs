@@ -16,8 +16,8 @@
 //! replaying, stopping), it sends no ack and closes the connection: the client sends the chunk
 //! again, after its own backoff. Records the limits refuse (over `max_message_bytes`) go to the
 //! dead-letter table, then the chunk is acked: resending would not change them. A frame
-//! without `chunk` (the client asked for no ack: at most once) is taken the same way, with ids
-//! sidelog assigns.
+//! without `chunk` (the client asked for no ack: at most once) gets ids sidelog assigns, and
+//! is held, its connection unread, until it can be taken: its client cannot send it again.
 //!
 //! A malformed frame closes its connection with the reason in the log; other connections do
 //! not notice. Frames over `max_request_bytes` are malformed; a frame must arrive within
@@ -192,24 +192,22 @@ impl ForwardDoor {
         {
             let frame = frame::parse(value, self.max_frame_bytes)
                 .inspect_err(|_| refused("invalid_argument"))?;
-            let chunk = frame.chunk.clone();
-            match self.accept(frame).await {
-                Ok(()) => {
-                    if let Some(chunk) = chunk {
-                        let ack = Value::Map(vec![(Value::from("ack"), Value::from(chunk))]);
-                        conn.write(&handshake::encode(&ack)).await?;
-                    }
+            let Some(chunk) = frame.chunk.clone() else {
+                if !self.hold(self.messages(frame), &mut conn.stopped).await {
+                    return Ok(());
                 }
-                Err(e) => {
+                continue;
+            };
+            match self.accept(self.messages(frame)).await {
+                Ok(()) => {
+                    let ack = Value::Map(vec![(Value::from("ack"), Value::from(chunk))]);
+                    conn.write(&handshake::encode(&ack)).await?;
+                }
+                Err((e, _)) => {
                     // No ack: the client sends the chunk again; closing makes it do so now
                     // rather than at its ack timeout.
-                    refused(match e {
-                        IngestError::Malformed(_) => "invalid_argument",
-                        IngestError::Full(_) => "resource_exhausted",
-                        IngestError::Transient(_) => "unavailable",
-                        IngestError::Failed(_) => "internal",
-                    });
-                    debug!(error = %e, "forward frame not taken; closing without an ack");
+                    refused(code(&e));
+                    debug!(error = %e, "forward chunk not taken; closing without an ack");
                     return Ok(());
                 }
             }
@@ -217,15 +215,51 @@ impl ForwardDoor {
         Ok(())
     }
 
-    /// Publishes a frame's events, in parts of `max_messages`; the ones the limits refuse go
-    /// to the dead-letter table.
-    async fn accept(&self, frame: frame::Frame) -> Result<(), IngestError> {
-        let messages = self.messages(frame);
+    /// A frame that asked for no ack cannot be sent again by its client, so it is offered
+    /// until it is taken, the connection unread meanwhile (TCP holds the client back):
+    /// backpressure, not loss. `false` when the door stops first (the frame is lost with the
+    /// connection, as the client chose by asking no ack).
+    async fn hold(&self, mut messages: Vec<Message>, stopped: &mut watch::Receiver<bool>) -> bool {
+        let mut failures = 0;
+        loop {
+            match self.accept(messages).await {
+                Ok(()) => return true,
+                Err((e, rest)) => {
+                    refused(code(&e));
+                    if matches!(e, IngestError::Malformed(_)) {
+                        warn!(error = %e, "forward frame without ack refused; dropped");
+                        return true;
+                    }
+                    failures += 1;
+                    if let Some(held) = HELD.check() {
+                        warn!(error = %e, messages = rest.len(), held_back = held,
+                            "forward frame (no ack asked) not taken yet; holding its connection");
+                    }
+                    messages = rest;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(HOLD_RETRY.ceiling(failures)) => {}
+                _ = stopped.changed() => return false,
+            }
+        }
+    }
+
+    /// Publishes a frame's messages, in parts of `max_messages`; the ones the limits refuse
+    /// go to the dead-letter table. On failure, the messages not yet taken come back with
+    /// the error (a part taken before it is answered `DUPLICATE` when offered again).
+    async fn accept(&self, messages: Vec<Message>) -> Result<(), (IngestError, Vec<Message>)> {
         let mut rest = messages;
         let mut letters = Vec::new();
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(self.max_messages));
-            let acks = self.pipeline.publish(rest.clone(), Door::Forward).await?;
+            let acks = match self.pipeline.publish(rest.clone(), Door::Forward).await {
+                Ok(acks) => acks,
+                Err(e) => {
+                    rest.extend(tail);
+                    return Err((e, rest));
+                }
+            };
             for (ack, mut message) in acks.into_iter().zip(rest) {
                 if ack.status == ack::Status::Rejected as i32 {
                     message.id = ack.id;
@@ -247,7 +281,12 @@ impl ForwardDoor {
                 count = letters.len(),
                 "forward records refused (limits): dead-lettered, then acknowledged"
             );
-            self.pipeline.dead_letter_refused(letters).await?;
+            let refused: Vec<Message> = letters.iter().map(|l| l.message.clone()).collect();
+            // Offered again, they are refused again and dead-lettered then.
+            self.pipeline
+                .dead_letter_refused(letters)
+                .await
+                .map_err(|e| (e, refused))?;
         }
         Ok(())
     }
@@ -280,6 +319,25 @@ impl ForwardDoor {
         messages
     }
 }
+
+/// The code a refusal is counted under.
+fn code(e: &IngestError) -> &'static str {
+    match e {
+        IngestError::Malformed(_) => "invalid_argument",
+        IngestError::Full(_) => "resource_exhausted",
+        IngestError::Transient(_) => "unavailable",
+        IngestError::Failed(_) => "internal",
+    }
+}
+
+/// Pauses before a held frame is offered again: 0.05 s, doubling, at most 1 s.
+const HOLD_RETRY: crate::runtime::Backoff = crate::runtime::Backoff {
+    initial_ms: 50,
+    max_ms: 1_000,
+    max_attempts: u32::MAX,
+};
+
+static HELD: WarnLimit = WarnLimit::new(Duration::from_secs(10));
 
 /// Counts a frame the door did not take, as every door counts its refused requests.
 fn refused(code: &'static str) {
