@@ -241,6 +241,10 @@ async fn otlp_asks_for_the_token_on_both_transports() {
             &port_text,
             "--auth-token-file",
             token_file.to_str().unwrap(),
+            "--limits-max-request-bytes",
+            "4096",
+            "--limits-max-message-bytes",
+            "2048",
         ],
     );
     sidelog.start().await;
@@ -272,5 +276,24 @@ async fn otlp_asks_for_the_token_on_both_transports() {
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 200);
+    // A body over max_request_bytes: 413, with OTLP's google.rpc.Status (not retried).
+    let big = export(&[("svc", &[&"b".repeat(8000)])]);
+    let answer = reqwest::Client::new()
+        .post(format!("http://{port}/v1/logs"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer otlp-token-0123456789")
+        .body(serde_json::to_vec(&big).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 413);
+    let status: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(status["code"], 8, "RESOURCE_EXHAUSTED: {status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_request_bytes")
+    );
     sidelog.kill9().await;
 }

@@ -311,7 +311,7 @@ async fn accept(
     }
     let body = match read_body(door, &headers, body).await {
         Ok(body) => body,
-        Err(refusal) => return refusal,
+        Err(r) => return refuse(r.status, r.code, &r.reason),
     };
     let messages = match messages(&headers, format, &body, door.key_field.as_deref()) {
         Ok(m) => m,
@@ -323,18 +323,37 @@ async fn accept(
     }
 }
 
+/// Why a body is refused before it is read as messages: the status, the refusal's code (as
+/// the refusal metric counts it) and the reason. Each door that reads bodies answers it in
+/// its own form (the HTTP door's JSON, OTLP's `google.rpc.Status`).
+pub(super) struct BodyRefusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl BodyRefusal {
+    fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+        BodyRefusal {
+            status,
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// The request's body, whole and decoded (`Content-Encoding`), within `max_request_bytes` and
-/// `http_read_timeout_ms`; or the answer that refuses it.
+/// `http_read_timeout_ms`; or why it is refused.
 pub(super) async fn read_body(
     door: &HttpDoor,
     headers: &HeaderMap,
     body: Body,
-) -> Result<axum::body::Bytes, Response> {
+) -> Result<axum::body::Bytes, BodyRefusal> {
     let too_large = || {
-        refuse(
+        BodyRefusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "resource_exhausted",
-            &format!(
+            format!(
                 "the body is over {} bytes (max_request_bytes)",
                 door.max_request_bytes
             ),
@@ -350,7 +369,7 @@ pub(super) async fn read_body(
     let body = match axum::body::to_bytes(body, door.max_request_bytes).await {
         Ok(body) => body,
         Err(e) if has_source::<tower_http::timeout::TimeoutError>(&e) => {
-            return Err(refuse(
+            return Err(BodyRefusal::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_argument",
                 "the body did not arrive within http_read_timeout_ms",
@@ -361,27 +380,27 @@ pub(super) async fn read_body(
             return Err(too_large());
         }
         Err(e) => {
-            return Err(refuse(
+            return Err(BodyRefusal::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
-                &format!("cannot read the body: {e}"),
+                format!("cannot read the body: {e}"),
             ));
         }
     };
     decode(headers, body, door.max_request_bytes).map_err(|e| match e {
-        Undecodable::Unsupported(encoding) => refuse(
+        Undecodable::Unsupported(encoding) => BodyRefusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_argument",
-            &format!(
+            format!(
                 "Content-Encoding {encoding} is not taken: send the body as it is, or as gzip \
                  or zstd"
             ),
         ),
         Undecodable::TooLarge => too_large(),
-        Undecodable::Damaged(encoding, e) => refuse(
+        Undecodable::Damaged(encoding, e) => BodyRefusal::new(
             StatusCode::BAD_REQUEST,
             "invalid_argument",
-            &format!("cannot decode the {encoding} body: {e}"),
+            format!("cannot decode the {encoding} body: {e}"),
         ),
     })
 }

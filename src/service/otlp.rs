@@ -282,7 +282,13 @@ pub(super) async fn http_export(
     };
     let body = match super::http::read_body(door, &headers, body).await {
         Ok(body) => body,
-        Err(refusal) => return refusal,
+        Err(r) => {
+            let code = match r.code {
+                "resource_exhausted" => tonic::Code::ResourceExhausted,
+                _ => tonic::Code::InvalidArgument,
+            };
+            return refuse(encoding, r.status, code, &r.reason);
+        }
     };
     let request = match decode(encoding, &body) {
         Ok(request) => request,
