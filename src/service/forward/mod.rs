@@ -361,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_frame(&mut self) -> Result<Option<Value>, String> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(end) = self.scan.advance(&self.buf)? {
+                if let Some(end) = self.scan.advance(&self.buf) {
                     let whole = self.buf.split_to(end);
                     self.scan = frame::Scan::default();
                     let (value, _) = frame::next_value(&whole)?
