@@ -1477,6 +1477,18 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     let (code, _, stderr) = check_config(&["--delivery-lanes", "0"], &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--delivery-lanes"), "{stderr}");
+    // The files a start would read before it binds are read too: one that is missing or too
+    // short is named, as `serve` would name it.
+    let missing = dir.path().join("no-such-key");
+    let (code, _, stderr) = check_config(
+        &["--forward-shared-key-file", missing.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("forward_shared_key_file") && stderr.contains("cannot read it"),
+        "{stderr}"
+    );
 
     // A URL read wrong is named, and its secrets are not repeated: from a flag, a variable
     // or a file (credentials in the address and in the options alike).

@@ -279,9 +279,9 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, TokenFileError>
 pub enum TokenFileError {
     #[error("cannot read it: {0}")]
     Read(std::io::Error),
-    #[error("the token must be at least 16 characters")]
+    #[error("the secret in it must be at least 16 characters")]
     TooShort,
-    #[error("the token must be one line of printable ASCII without spaces")]
+    #[error("the secret in it must be one line of printable ASCII without spaces")]
     NotPrintable,
 }
 

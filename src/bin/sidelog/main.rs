@@ -226,6 +226,8 @@ async fn serve(command: ServeCommand) -> anyhow::Result<ExitCode> {
     sidelog::check_environment(variables, &cli_variables())?;
     let config = Config::load(args)?;
     if check_config {
+        // The files a start reads before it binds (token, TLS, the forward door's key).
+        config.secrets()?;
         // The next tier too, where asking it is cheap and says what a start would
         // meet: a Kafka topic that is not there, a cluster that does not answer.
         if let sidelog::sink::SinkTarget::Kafka(kafka) = config.sink_target() {
