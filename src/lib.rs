@@ -5,9 +5,10 @@
 //! compiler keeps:
 //!
 //! ```text
-//! sidelog (this crate)   doors: service/ (gRPC + gRPC-Web, HTTP, MQTT, admin) · sink/ (gRPC,
-//!   │                    NATS, Kafka, files, object stores) · handler.rs (the gRPC handler
-//!   │                    client) · config/ · node.rs (assembly) · server.rs · metrics.rs · CLI
+//! sidelog (this crate)   doors: service/ (gRPC + gRPC-Web, HTTP, MQTT, OTLP, forward, admin)
+//!   │                    · sink/ (gRPC, NATS, Kafka, files, object stores) · handler.rs (the
+//!   │                    gRPC handler client) · config/ · node.rs (assembly) · server.rs ·
+//!   │                    metrics.rs · CLI
 //!   ▼
 //! sidelog-core           modes, pipeline (intake, dedup, handler runner, key order, replay),
 //!   │                    delivery, the Handler and Sink seams; no network stack
