@@ -17,5 +17,24 @@ pub mod otlp;
 pub mod tls;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
+
+/// The dead letter for a message `door` refused before intake (a limit, a malformed payload),
+/// with why: the doors whose clients cannot be told per message (MQTT, forward) keep such
+/// messages in the dead-letter table instead of dropping them.
+fn refused_letter(
+    door: &str,
+    message: crate::proto::Message,
+    reason: &str,
+) -> crate::journal::NewDeadLetter {
+    crate::journal::NewDeadLetter {
+        kind: crate::proto::journal::dead_letter::Kind::Input,
+        message,
+        reason: format!("refused at the {door} door: {reason}"),
+        attempts: 0,
+        input_seq: None,
+        remove: None,
+        complete_input: None,
+    }
+}
 pub use auth::TokenCheck;
 pub use ingest::{IngestService, RETRY_AFTER, asks_for_retry, behind_token};

@@ -38,7 +38,6 @@ use tracing::{debug, info, warn};
 use crate::config::MqttSource;
 use crate::journal::NewDeadLetter;
 use crate::pipeline::{Door, IngestError, Pipeline};
-use crate::proto::journal::dead_letter;
 use crate::proto::{Message, ack};
 use crate::runtime::{Backoff, WARN_EVERY, WarnLimit};
 
@@ -402,15 +401,7 @@ async fn accept(pipeline: &Arc<Pipeline>, batch: &[Taken]) -> Result<(), IngestE
 
 /// A dead letter for a message the door refused, with why.
 fn refused(message: Message, reason: &str) -> NewDeadLetter {
-    NewDeadLetter {
-        kind: dead_letter::Kind::Input,
-        message,
-        reason: format!("refused at the MQTT door: {reason}"),
-        attempts: 0,
-        input_seq: None,
-        remove: None,
-        complete_input: None,
-    }
+    super::refused_letter("MQTT", message, reason)
 }
 
 /// Why a publish is malformed, if it is: MQTT 5 (3.3.2.3.2) says a payload whose format

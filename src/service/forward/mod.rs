@@ -39,9 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::ForwardPayload as Payload;
-use crate::journal::NewDeadLetter;
 use crate::pipeline::{Door, IngestError, Pipeline};
-use crate::proto::journal::dead_letter;
 use crate::proto::{Message, ack};
 use crate::runtime::WarnLimit;
 
@@ -263,15 +261,7 @@ impl ForwardDoor {
             for (ack, mut message) in acks.into_iter().zip(rest) {
                 if ack.status == ack::Status::Rejected as i32 {
                     message.id = ack.id;
-                    letters.push(NewDeadLetter {
-                        kind: dead_letter::Kind::Input,
-                        message,
-                        reason: format!("refused at the forward door: {}", ack.reason),
-                        attempts: 0,
-                        input_seq: None,
-                        remove: None,
-                        complete_input: None,
-                    });
+                    letters.push(super::refused_letter("forward", message, &ack.reason));
                 }
             }
             rest = tail;
