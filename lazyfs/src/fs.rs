@@ -140,6 +140,38 @@ impl Filesystem for Fuse {
         }
     }
 
+    /// Reserving blocks (the journal backs every page it grows by): memory has no blocks to
+    /// run out of, so mode 0 only grows the file as `set_len` would (not durable before an
+    /// fsync), and `FALLOC_FL_KEEP_SIZE` does nothing. Other modes (punching holes) are
+    /// refused.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        const KEEP_SIZE: i32 = 1;
+        let mut state = self.state();
+        let Some(file) = state.file_mut(ino.0) else {
+            return reply.error(Errno::EISDIR);
+        };
+        match mode {
+            0 => {
+                let end = offset.saturating_add(length) as usize;
+                if end > file.len() {
+                    file.set_len(end);
+                }
+                reply.ok()
+            }
+            KEEP_SIZE => reply.ok(),
+            _ => reply.error(Errno::EOPNOTSUPP),
+        }
+    }
+
     fn mkdir(
         &self,
         _req: &Request,

@@ -72,6 +72,10 @@ impl File {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn set_len(&mut self, len: usize) {
         if len > self.data.len() {
             self.dirty.extend(self.data.len() / PAGE..=len / PAGE);

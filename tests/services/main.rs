@@ -181,6 +181,10 @@ fn main() {
             disk_full::a_full_disk_resumes_by_itself_when_the_sink_returns,
         ),
         trial(
+            "disk_full::a_disk_filled_by_another_process_leaves_the_journal_its_file",
+            disk_full::a_disk_filled_by_another_process_leaves_the_journal_its_file,
+        ),
+        trial(
             "power_loss::every_ack_survives_power_loss_in_rbml",
             power_loss::every_ack_survives_power_loss_in_rbml,
         ),

@@ -109,9 +109,15 @@ impl FileStore {
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
             })?;
+        if !create {
+            back_every_page(&file, path);
+        }
+        // The same open file: `set_len` reserves a growth's blocks through it.
+        let blocks = file.try_clone()?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         Ok(Box::new(QuotaBackend {
             inner,
+            blocks,
             max_len: self.max_file_bytes.unwrap_or(u64::MAX),
             fsync_latency: self.fsync_latency,
             reserve: self.reserve.clone(),
@@ -197,10 +203,12 @@ impl JournalStore for FileStore {
         // Whether this open or an earlier one that crashed before its own sync created the
         // file, its directory entry is made durable before a frame in it can be acknowledged.
         sidelog_runtime::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        let blocks = file.try_clone()?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         // Not under the journal's size limit: the log is allocated once, at its full size.
         Ok(Box::new(QuotaBackend {
             inner,
+            blocks,
             max_len: u64::MAX,
             fsync_latency: self.fsync_latency,
             reserve: Arc::default(),
@@ -380,11 +388,14 @@ fn create_database(store: &dyn JournalStore, identity: u64) -> std::result::Resu
 }
 
 /// redb's file backend with a size limit: growing the file past `max_len` fails as
-/// `StorageFull`, exactly as a full disk would. It can also make fsync slower, to benchmark
-/// the modes as on a real disk (fsync on a virtual disk takes ~40 µs, on real ones 0.1–10 ms).
+/// `StorageFull`, exactly as a full disk would. Every growth is backed by disk blocks before
+/// redb can write into it ([`allocate`]). It can also make fsync slower, to benchmark the
+/// modes as on a real disk (fsync on a virtual disk takes ~40 µs, on real ones 0.1–10 ms).
 #[derive(Debug)]
 struct QuotaBackend {
     inner: redb::backends::FileBackend,
+    /// The file `inner` writes, to reserve blocks in.
+    blocks: std::fs::File,
     max_len: u64,
     fsync_latency: Duration,
     reserve: Arc<std::sync::atomic::AtomicBool>,
@@ -409,6 +420,10 @@ impl redb::StorageBackend for QuotaBackend {
                 std::io::ErrorKind::StorageFull,
                 format!("journal size limit of {} bytes reached", self.max_len),
             ));
+        }
+        let now = self.inner.len()?;
+        if len > now {
+            allocate(&self.blocks, now, len)?;
         }
         self.inner.set_len(len)
     }
@@ -452,6 +467,65 @@ impl redb::StorageBackend for QuotaBackend {
         end: std::ops::Bound<u64>,
     ) -> std::result::Result<(), redb::BackendError> {
         self.inner.unlock_range(start, end)
+    }
+}
+
+/// Reserves the disk blocks of `[from, to)` of the journal file, growing it to `to`.
+///
+/// redb grows its file by setting a larger length, which on Linux leaves a hole: the blocks
+/// are taken only when a page is first written. On a full disk that write fails, and redb's
+/// allocator hands out the same never-written page again on every retry, even after delivered
+/// entries have freed pages that do have blocks: a journal that filled its disk never took
+/// writes again (the full-disk test found it, one run in eight on a busy machine). With every
+/// page backed, a full disk fails only the growth itself, and pages freed inside the file are
+/// there to reuse. The price is disk held for pages redb has not used yet (up to the last
+/// growth: redb doubles the file up to 4 GiB, then adds 4 GiB at a time).
+///
+/// A filesystem that cannot reserve blocks (`EOPNOTSUPP`) is left to grow the file sparse,
+/// as before.
+fn allocate(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                warn!("the journal's filesystem cannot reserve blocks (fallocate): the file grows sparse, and a disk that fills up may refuse the journal's writes until space is freed outside it");
+            });
+            Ok(())
+        }
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            // Linux may have taken some of the blocks before it ran out: give them back.
+            let _ = file.set_len(from);
+            Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot reserve disk space to grow the journal from {from} to {to} bytes: {e}"
+                ),
+            ))
+        }
+    }
+}
+
+/// Backs every page of an existing journal file with disk blocks (see [`allocate`]): a file
+/// that an earlier version grew sparse, or that was copied with holes, gets its blocks now,
+/// while the disk may still have them. A disk without room for them is only warned about:
+/// the journal runs as before, sparse.
+fn back_every_page(file: &std::fs::File, path: &Path) {
+    let len = match file.metadata() {
+        Ok(meta) => meta.len(),
+        Err(_) => return,
+    };
+    if len == 0 {
+        return;
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {}
+        Err(e) => warn!(
+            path = %path.display(),
+            error = %std::io::Error::from(e),
+            "cannot reserve disk blocks for the whole journal file; pages never written yet take them when first written, and a full disk fails those writes"
+        ),
     }
 }
 
@@ -668,6 +742,30 @@ mod tests {
             ranges.iter().all(|&(a, b)| a < b && b <= 8 << 20),
             "{ranges:?}"
         );
+    }
+
+    /// Every page of the journal file has its disk blocks before redb writes into it: a file
+    /// opened with holes (an earlier version grew it sparse) gets them at the open, a growth
+    /// before it is handed to redb. Without them a full disk failed the first write of a
+    /// page, forever (see [`allocate`]).
+    #[test]
+    fn the_journal_files_pages_have_their_blocks_before_redb_writes_one() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::in_dir(dir.path(), &crate::JournalConfig::default()).unwrap();
+        let held = |path: &Path| std::fs::metadata(path).unwrap().blocks() * 512;
+        let file = std::fs::File::create(&store.path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        drop(file);
+        assert!(held(&store.path) < 1 << 20, "the file was made sparse");
+        let backend = store.open().unwrap();
+        assert!(held(&store.path) >= 1 << 20, "{}", held(&store.path));
+        backend.set_len(3 << 20).unwrap();
+        assert_eq!(backend.len().unwrap(), 3 << 20);
+        assert!(held(&store.path) >= 3 << 20, "{}", held(&store.path));
+        // Shrinking gives blocks back as before.
+        backend.set_len(2 << 20).unwrap();
+        assert_eq!(backend.len().unwrap(), 2 << 20);
     }
 
     /// A page a commit rewrote to zeros, whose write-back failed, would keep its old bytes on

@@ -509,6 +509,19 @@ impl Writer {
             if !removals.is_empty() {
                 self.storage.set_reserve(true);
                 self.commit_now(&mut removals, Ask::Checkpoint);
+                if !self.full {
+                    // redb hands a commit's freed pages back to its allocator only in the next
+                    // durable commit, after that commit's own pages are allocated: an append
+                    // right after the removals could not use them, and on a full filesystem
+                    // every append failed while the freed pages waited for a commit that never
+                    // came. An empty durable commit releases them first.
+                    self.commit_now(
+                        &mut vec![Write::Sync {
+                            answer: Answer::none(),
+                        }],
+                        Ask::Checkpoint,
+                    );
+                }
                 self.storage.set_reserve(false);
                 if self.full {
                     // Still failing: the rest would fail the same way; it waits with the marks.
