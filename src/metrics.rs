@@ -163,6 +163,10 @@ fn describe_intake_and_journal() {
         JOURNAL_COMMITS,
         "Journal group commits, by durability (fsync or none)."
     );
+    describe_counter!(
+        JOURNAL_COMMIT_FAILURES,
+        "Journal commits that failed (nothing in them acknowledged), by cause: full (the disk or limits.max_journal_bytes), io, other."
+    );
     describe_counter!(JOURNAL_RECORDS, "Records written to the journal.");
     describe_counter!(
         JOURNAL_RECORD_BYTES,
@@ -236,6 +240,9 @@ fn zero_series() {
     zero_intake(crate::pipeline::Door::Otlp);
     for durability in ["fsync", "none"] {
         metrics::counter!(JOURNAL_COMMITS, "durability" => durability).absolute(0);
+    }
+    for cause in ["full", "io", "other"] {
+        metrics::counter!(JOURNAL_COMMIT_FAILURES, "cause" => cause).absolute(0);
     }
     for kind in ["input", "output"] {
         metrics::counter!(REPLAYED, "kind" => kind).absolute(0);

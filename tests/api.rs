@@ -1159,7 +1159,7 @@ async fn metrics_count_intake_delivery_retries_and_replays() {
     let families = readme_metric_families();
     assert_eq!(
         families.len(),
-        29,
+        30,
         "the README's table changed: {families:?}"
     );
     for family in &families {
@@ -1290,6 +1290,90 @@ async fn outputs_of_one_key_reach_the_sink_in_journal_order() {
         handler_server.stop().await;
         sink_server.stop().await;
     }
+}
+
+/// Producers retry a full journal at once. Each failed commit costs a reopen that repairs the
+/// file (a walk of all of it), so a retry is refused without a commit until marks free space
+/// or a wait has passed (50 ms, doubling to 2 s): hundreds of refusals, a handful of failed
+/// commits, and every refusal still says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_a_full_journal_are_refused_without_a_commit_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let (_sink, sink_server) = failing_sink().await;
+    let sink = sink_server.url();
+    let mut sidelog = Sidelog::new(
+        &dir.path().join("data"),
+        &[
+            "--mode",
+            "rbml",
+            "--sink",
+            &sink,
+            "--delivery-max-attempts",
+            "1000000",
+            "--limits-max-journal-bytes",
+            "2097152",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    );
+    sidelog.start().await;
+    let mut i = 0;
+    let first = loop {
+        i += 1;
+        let batch = (0..5)
+            .map(|j| msg(&format!("r{i}-{j}"), &[7u8; 30_000]))
+            .collect();
+        if let Err(e) = publish(&sidelog, batch).await {
+            break e;
+        }
+        assert!(i < 1000, "the journal limit was never reached");
+    };
+    assert_eq!(first.code(), Code::ResourceExhausted, "{first}");
+    let failures = |text: &str| {
+        series(
+            text,
+            "sidelog_journal_commit_failures_total{cause=\"full\"}",
+        )
+    };
+    // Single messages fill what five at a time left.
+    while publish(&sidelog, vec![msg(&format!("one-{i}"), &[7u8; 30_000])])
+        .await
+        .is_ok()
+    {
+        i += 1;
+    }
+    let before = failures(&scrape(metrics).await);
+    let started = Instant::now();
+    let (mut refused, mut taken) = (0, 0);
+    for r in 0..300 {
+        match publish(&sidelog, vec![msg(&format!("again-{r}"), &[7u8; 30_000])]).await {
+            Err(err) => {
+                assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+                assert!(err.message().contains("storage is full"), "{err}");
+                refused += 1;
+            }
+            // A reopen after a failed commit may find pages that earlier commits freed.
+            Ok(_) => taken += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed = failures(&scrape(metrics).await) - before;
+    eprintln!(
+        "300 retries in {elapsed:.2} s: {refused} refused, {taken} taken, {failed} failed commits"
+    );
+    assert!(
+        refused >= 250,
+        "{refused} of 300 retries refused: the journal was not full"
+    );
+    // 50 + 100 + ... + 1600 ms, then one every 2 s; a commit that succeeds starts over.
+    let bound = 7.0 * (1 + taken) as f64 + elapsed / 2.0;
+    assert!(
+        failed <= bound,
+        "{failed} failed commits for {refused} refused retries in {elapsed:.2} s (at most \
+         {bound:.0} expected)"
+    );
+    sidelog.kill9().await;
 }
 
 /// Group commit: requests arriving together share a commit and its fsync (one writer commits

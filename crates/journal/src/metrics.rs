@@ -2,6 +2,9 @@
 
 /// Journal commits, by durability: fsync or none.
 pub const JOURNAL_COMMITS: &str = "sidelog_journal_commits_total";
+/// Journal commits that failed, by cause: `full` (the disk or the size limit), `io`, `other`.
+/// Each is followed by a reopen of the file.
+pub const JOURNAL_COMMIT_FAILURES: &str = "sidelog_journal_commit_failures_total";
 /// Records written to the journal (inputs, outputs, dead letters).
 pub const JOURNAL_RECORDS: &str = "sidelog_journal_records_total";
 /// Encoded bytes of the records written to the journal.

@@ -21,6 +21,38 @@ use super::types::{Backlog, Seq, SeqRange};
 use super::wal::Wal;
 use sidelog_runtime::SharedClock;
 
+/// The journal ran out of space (the disk, or its size limit). Each failed commit costs a
+/// reopen, and a reopen after a failed commit repairs the file (redb walks every page of it),
+/// while producers retry at once: trying every append again would spend the writer on repairs
+/// that cannot succeed, and delay the very marks that free space. So after a failure, writes
+/// that would grow the journal are refused with its error, without a commit, until a commit of
+/// marks frees space or a wait has passed (space freed outside sidelog is found then): 50 ms
+/// after the first failure, doubling with each one after it, up to 2 s.
+#[derive(Debug)]
+struct Full {
+    /// What the last failed commit said; the refusals repeat it.
+    error: JournalError,
+    /// Until this time (the writer's clock, ms), growing writes are refused without a try.
+    retry_at_ms: i64,
+    wait_ms: i64,
+}
+
+impl Full {
+    const FIRST_WAIT_MS: i64 = 50;
+    const MAX_WAIT_MS: i64 = 2_000;
+
+    fn after(last: Option<Full>, error: &JournalError, now_ms: i64) -> Full {
+        let wait_ms = last.map_or(Self::FIRST_WAIT_MS, |f| {
+            (f.wait_ms * 2).min(Self::MAX_WAIT_MS)
+        });
+        Full {
+            error: error.clone(),
+            retry_at_ms: now_ms.saturating_add(wait_ms),
+            wait_ms,
+        }
+    }
+}
+
 /// Sequences reserved past each durable commit (see the module's invariants).
 pub(super) const SEQ_RESERVE: u64 = 1 << 20;
 
@@ -68,8 +100,9 @@ pub(super) struct Writer {
     max_key: u64,
     last_durable_ms: i64,
     /// The last commit failed for lack of space: completion marks are committed on their own
-    /// first (with the store's headroom), so that the backlog drains and frees space.
-    full: bool,
+    /// first (with the store's headroom), so that the backlog drains and frees space, and
+    /// writes that would grow the journal wait (see [`Full`]).
+    full: Option<Full>,
     /// How fsyncs are made, and whether one failed since the file was last rewritten through.
     fsync: Fsync,
     /// The redo log (`wal.rs`): read at every open; written while `log_use` is `Writing`.
@@ -194,7 +227,7 @@ impl Writer {
             ambiguous,
             unsynced_marks: Vec::new(),
             max_key: 0,
-            full: false,
+            full: None,
             fsync,
             wal,
             identity,
@@ -495,21 +528,21 @@ impl Writer {
 
     /// Commits a group. When the last commit failed for lack of space, appends cannot succeed
     /// until entries are removed, and removing needs pages too: removals go first, alone, into
-    /// the store's headroom; then the rest.
+    /// the store's headroom; then the rest, unless nothing was freed and [`Full`] says to wait.
     fn commit(&mut self, cmds: &mut Vec<Write>, ask: Ask) {
         if !self.retry_marks.is_empty() {
             let mut all = std::mem::take(&mut self.retry_marks);
             all.append(cmds);
             *cmds = all;
         }
-        if self.full {
+        if self.full.is_some() {
             let (mut removals, rest): (Vec<Write>, Vec<Write>) =
                 cmds.drain(..).partition(Write::is_removal);
             *cmds = rest;
             if !removals.is_empty() {
                 self.storage.set_reserve(true);
                 self.commit_now(&mut removals, Ask::Checkpoint);
-                if !self.full {
+                if self.full.is_none() {
                     // redb hands a commit's freed pages back to its allocator only in the next
                     // durable commit, after that commit's own pages are allocated: an append
                     // right after the removals could not use them, and on a full filesystem
@@ -523,16 +556,21 @@ impl Writer {
                     );
                 }
                 self.storage.set_reserve(false);
-                if self.full {
-                    // Still failing: the rest would fail the same way; it waits with the marks.
-                    for cmd in cmds.drain(..) {
-                        cmd.fail(JournalError::StorageFull(IoFailure::new(
-                            "the journal is full; removing delivered entries first",
-                        )));
-                    }
-                    return;
+                if self.full.is_none() {
+                    info!("space freed in the full journal by removing delivered entries");
                 }
-                info!("space freed in the full journal by removing delivered entries");
+            }
+            if let Some(full) = &self.full
+                && self.clock.now_ms() < full.retry_at_ms
+            {
+                // Nothing freed yet: what would grow the journal fails as the last try did,
+                // without another. The rest (syncs, progress) is committed.
+                let (grows, rest): (Vec<Write>, Vec<Write>) =
+                    cmds.drain(..).partition(|c| c.seqs_taken() > 0);
+                for cmd in grows {
+                    cmd.fail(full.error.clone());
+                }
+                *cmds = rest;
             }
             if cmds.is_empty() {
                 return;
@@ -550,13 +588,23 @@ impl Writer {
         let now = self.clock.now_ms();
         match self.try_commit(cmds, now, ask) {
             Ok(()) => {
-                self.full = false;
+                self.full = None;
                 for cmd in cmds.drain(..) {
                     cmd.finish();
                 }
             }
             Err(err) => {
-                self.full = matches!(err, JournalError::StorageFull(_));
+                let cause = match &err {
+                    JournalError::StorageFull(_) => "full",
+                    JournalError::Io(_) => "io",
+                    _ => "other",
+                };
+                metrics::counter!(crate::metrics::JOURNAL_COMMIT_FAILURES, "cause" => cause)
+                    .increment(1);
+                self.full = match &err {
+                    JournalError::StorageFull(_) => Some(Full::after(self.full.take(), &err, now)),
+                    _ => None,
+                };
                 if err.is_retryable() {
                     // redb may need the file reopened after an I/O error (PreviousIo).
                     self.db = None;
