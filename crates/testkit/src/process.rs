@@ -233,10 +233,9 @@ impl Sidelog {
         .await
     }
 
+    /// What a failing test shows of the log: its last 40 distinct lines (see [`tail`]).
     pub fn log_tail(&self) -> String {
-        let text = self.log();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log(), 40)
     }
 
     pub async fn client(&self) -> IngestClient<Channel> {
@@ -318,4 +317,71 @@ pub fn find_program(names: &[&str]) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
         .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
         .find(|p| p.is_file())
+}
+
+/// The last `distinct` different lines of a log, in their order, each with how many times it
+/// came in the part shown (timestamps aside). A process stuck in a loop repeats a few lines
+/// thousands of times: the last 40 lines would all be the loop, and the line that started it
+/// would be out of sight.
+fn tail(log: &str, distinct: usize) -> String {
+    // A line is "2026-12-07T11:05:10.861830Z  WARN target: message": compared after the time.
+    fn text(line: &str) -> &str {
+        match line.split_once(' ') {
+            Some((time, rest)) if time.ends_with('Z') && time.contains('T') => rest,
+            _ => line,
+        }
+    }
+    let mut shown: Vec<(&str, usize)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for line in log.lines().rev() {
+        let key = text(line);
+        if let Some(&i) = index.get(key) {
+            let (_, count): &mut (&str, usize) = &mut shown[i];
+            *count += 1;
+            continue;
+        }
+        if shown.len() == distinct {
+            break;
+        }
+        index.insert(key, shown.len());
+        shown.push((line, 1));
+    }
+    shown.reverse();
+    shown
+        .iter()
+        .map(|&(line, count)| match count {
+            1 => line.to_owned(),
+            n => format!("{line}  [x{n}]"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::tail;
+
+    #[test]
+    fn a_loop_in_the_log_shows_once_with_its_count_and_what_came_before_it() {
+        let mut log = String::from("2026-12-07T11:00:00.000000Z  INFO a: started\n");
+        log.push_str("2026-12-07T11:00:01.000000Z  WARN a: the cause\n");
+        for i in 0..1000 {
+            log.push_str(&format!("2026-12-07T11:00:02.{i:06}Z  WARN a: reopening\n"));
+            log.push_str(&format!("2026-12-07T11:00:02.{i:06}Z  WARN a: failed\n"));
+        }
+        let shown = tail(&log, 40);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 4, "{shown}");
+        assert!(lines[0].ends_with("started"), "{shown}");
+        assert!(lines[1].ends_with("the cause"), "{shown}");
+        assert!(lines[2].ends_with("reopening  [x1000]"), "{shown}");
+        assert!(lines[3].ends_with("failed  [x1000]"), "{shown}");
+        // Fewer distinct lines asked for: the newest, counted back to the first line not shown.
+        assert_eq!(tail(&log, 1), "2026-12-07T11:00:02.000999Z  WARN a: failed");
+        assert!(
+            tail(&log, 2).ends_with("failed  [x1000]"),
+            "{}",
+            tail(&log, 2)
+        );
+    }
 }
