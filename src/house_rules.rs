@@ -200,3 +200,53 @@ fn the_crates_depend_only_the_way_the_architecture_says() {
         }
     }
 }
+
+/// `rust-version` in every crate of the workspace is a promise: a toolchain that old builds
+/// it. It cannot be lower than what a dependency asks for (redb 4.5 asks for 1.90; the
+/// crates said 1.85 until this test). What `cargo metadata` resolves, offline.
+#[test]
+fn the_declared_rust_version_is_not_below_any_dependencys() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs the tests, so it can be run");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let members: std::collections::BTreeSet<&str> = metadata["workspace_members"]
+        .as_array()
+        .expect("workspace_members")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    let version = |p: &serde_json::Value| -> Option<Vec<u64>> {
+        let text = p["rust_version"].as_str()?;
+        Some(text.split('.').map(|n| n.parse().unwrap_or(0)).collect())
+    };
+    let packages = metadata["packages"].as_array().expect("packages");
+    let (ours, theirs): (Vec<_>, Vec<_>) = packages
+        .iter()
+        .partition(|p| members.contains(p["id"].as_str().unwrap_or_default()));
+    let needed = theirs
+        .iter()
+        .filter_map(|p| Some((version(p)?, p["name"].as_str()?)))
+        .max()
+        .expect("some dependency declares a rust-version");
+    for package in ours {
+        let name = package["name"].as_str().unwrap_or_default();
+        let declared =
+            version(package).unwrap_or_else(|| panic!("{name} declares no rust-version"));
+        assert!(
+            declared >= needed.0,
+            "{name} declares rust-version {declared:?}, below {} ({:?})",
+            needed.1,
+            needed.0
+        );
+    }
+}

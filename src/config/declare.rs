@@ -133,7 +133,7 @@ pub fn env_of(key: &str) -> String {
 /// `1 MiB` for 1048576; bytes that are not a whole unit stay a number.
 pub fn show_bytes(n: u64) -> String {
     for (unit, size) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
     }

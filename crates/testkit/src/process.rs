@@ -157,13 +157,13 @@ impl Sidelog {
             if self.health().await == Some(true) {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "sidelog exited with {status} before serving; log:\n{}",
-                        self.log_tail()
-                    ));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "sidelog exited with {status} before serving; log:\n{}",
+                    self.log_tail()
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(format!(

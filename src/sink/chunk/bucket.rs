@@ -350,10 +350,10 @@ async fn upload(store: &AmazonS3, path: &ObjectPath, bytes: Vec<u8>) -> Result<(
             .map(drop)
             .map_err(|e| err("cannot complete the upload of", e)),
     };
-    if result.is_err() {
-        if let Err(e) = upload.abort().await {
-            warn!(object = %path, error = %e, "cannot abort a failed multipart upload; a lifecycle rule for incomplete uploads removes its parts");
-        }
+    if result.is_err()
+        && let Err(e) = upload.abort().await
+    {
+        warn!(object = %path, error = %e, "cannot abort a failed multipart upload; a lifecycle rule for incomplete uploads removes its parts");
     }
     result
 }

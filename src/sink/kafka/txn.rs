@@ -797,7 +797,7 @@ impl Driver {
     /// Says the cluster is not answering (at most once per 10 s), and waits before the next try.
     async fn down(&self, reason: &str, attempt: u32) {
         metrics::gauge!(crate::metrics::SINK_UP).set(0.0);
-        if attempt == 1 || attempt % 20 == 0 {
+        if attempt == 1 || attempt.is_multiple_of(20) {
             warn!(attempt, "{reason}; retrying");
         }
         tokio::time::sleep(self.backoff.delay(attempt, &self.entropy)).await;

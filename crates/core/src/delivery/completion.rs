@@ -118,10 +118,10 @@ impl Completion {
             warn!(error = %e, "cannot record deliveries in the journal");
             return;
         }
-        if let Some(progress) = receipt.marked() {
-            if let Err(e) = self.journal.record_delivery_progress(progress).await {
-                debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
-            }
+        if let Some(progress) = receipt.marked()
+            && let Err(e) = self.journal.record_delivery_progress(progress).await
+        {
+            debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
         }
     }
 

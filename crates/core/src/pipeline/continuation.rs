@@ -97,10 +97,10 @@ impl Pipeline {
         if let Some(input) = input_seq {
             if outputs.is_empty() {
                 // Recording an empty group completes the input; otherwise complete it here.
-                if recorded.is_none() {
-                    if let Err(e) = self.journal.complete(Vec::new(), vec![input]).await {
-                        warn!(error = %e, "cannot complete an input with no outputs");
-                    }
+                if recorded.is_none()
+                    && let Err(e) = self.journal.complete(Vec::new(), vec![input]).await
+                {
+                    warn!(error = %e, "cannot complete an input with no outputs");
                 }
                 return;
             }

@@ -253,10 +253,10 @@ impl Pipeline {
     /// Tells the sink that the start's replay is over (every replayed entry delivered and
     /// marked), and records the progress it answers after those marks.
     pub async fn sink_replayed(&self) {
-        if let Some(progress) = self.delivery.sink_replayed() {
-            if let Err(e) = self.journal.record_delivery_progress(progress).await {
-                debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
-            }
+        if let Some(progress) = self.delivery.sink_replayed()
+            && let Err(e) = self.journal.record_delivery_progress(progress).await
+        {
+            debug!(error = %e, "cannot record the sink's progress; the next start reads more of it");
         }
     }
 
