@@ -21,7 +21,7 @@ use crate::proto::{PublishRequest, PublishResponse};
 /// Requests of one `PublishStream` in process at once.
 pub const STREAM_PIPELINE: usize = 64;
 
-fn count_refused(door: Door, code: &'static str) {
+pub(super) fn count_refused(door: Door, code: &'static str) {
     metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => door.label(), "code" => code)
         .increment(1);
 }
@@ -38,16 +38,18 @@ pub(crate) fn refuse(e: IngestError) -> Status {
 
 /// [`refuse`] for a request that came through `door`.
 pub(crate) fn refuse_at(door: Door, e: IngestError) -> Status {
-    count_refused(
-        door,
-        match &e {
-            IngestError::Malformed(_) => "invalid_argument",
-            IngestError::Full(_) => "resource_exhausted",
-            IngestError::Transient(_) => "unavailable",
-            IngestError::Failed(_) => "internal",
-        },
-    );
+    count_refused(door, refusal_code(&e));
     status(e)
+}
+
+/// The code a refusal for `e` is counted under in `sidelog_requests_refused_total`.
+pub(super) fn refusal_code(e: &IngestError) -> &'static str {
+    match e {
+        IngestError::Malformed(_) => "invalid_argument",
+        IngestError::Full(_) => "resource_exhausted",
+        IngestError::Transient(_) => "unavailable",
+        IngestError::Failed(_) => "internal",
+    }
 }
 
 /// The gRPC status that says `e`.

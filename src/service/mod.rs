@@ -17,6 +17,8 @@ pub mod otlp;
 pub mod tls;
 
 pub use admin::{AdminService, Live, MAX_LIST_LIMIT};
+pub use auth::TokenCheck;
+pub use ingest::{IngestService, RETRY_AFTER, asks_for_retry, behind_token};
 
 /// The dead letter for a message `door` refused before intake (a limit, a malformed payload),
 /// with why: the doors whose clients cannot be told per message (MQTT, forward) keep such
@@ -36,5 +38,3 @@ fn refused_letter(
         complete_input: None,
     }
 }
-pub use auth::TokenCheck;
-pub use ingest::{IngestService, RETRY_AFTER, asks_for_retry, behind_token};

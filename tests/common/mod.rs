@@ -289,6 +289,20 @@ pub async fn fill_then_resume(mut sidelog: Sidelog, limit: &[&str]) {
     sink_server.stop().await;
 }
 
+/// The crash in the middle of a client's run, as the doors' client tests make it: once
+/// `arrived` says the sink has some of what the client sent (`what`, for the failure), SIGKILL
+/// sidelog and start it again on the same journal, while the client goes on sending.
+#[allow(dead_code)] // the service tests' binary uses it
+pub async fn crash_while_sending(sidelog: &mut Sidelog, what: &str, arrived: impl FnMut() -> bool) {
+    assert!(
+        eventually(Duration::from_secs(60), arrived).await,
+        "{what} do not arrive"
+    );
+    sidelog.kill9().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidelog.start().await;
+}
+
 /// GETs `/metrics` from `addr` (a sidelog started with `--metrics-listen`).
 #[allow(dead_code)] // not every test binary scrapes
 pub async fn scrape(addr: std::net::SocketAddr) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{Missing, Outcome};
-use crate::common::{Sidelog, eventually, free_port};
+use crate::common::{Sidelog, crash_while_sending, eventually, free_port};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,13 +102,10 @@ pub async fn the_node_client_with_acks_through_a_sigkill() -> Outcome {
         .expect("node runs");
 
     let out = data.join("out");
-    assert!(
-        eventually(Duration::from_secs(60), || at_sink(&out).len() >= 300).await,
-        "the client's records do not arrive"
-    );
-    sidelog.kill9().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sidelog.start().await;
+    crash_while_sending(&mut sidelog, "the client's records", || {
+        at_sink(&out).len() >= 300
+    })
+    .await;
     let finished = client.wait_with_output().await.expect("node ran");
     let stdout = String::from_utf8_lossy(&finished.stdout);
     assert!(
@@ -231,13 +228,10 @@ pub async fn the_python_client_through_a_sigkill() -> Outcome {
         .spawn()
         .expect("python runs");
     let out = data.join("out");
-    assert!(
-        eventually(Duration::from_secs(60), || at_sink(&out).len() >= 300).await,
-        "the client's records do not arrive"
-    );
-    sidelog.kill9().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sidelog.start().await;
+    crash_while_sending(&mut sidelog, "the client's records", || {
+        at_sink(&out).len() >= 300
+    })
+    .await;
     let finished = client.wait_with_output().await.expect("python ran");
     assert!(
         finished.status.success(),

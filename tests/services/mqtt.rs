@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{Missing, Outcome};
-use crate::common::{Sidelog, eventually, free_port, scrape};
+use crate::common::{Sidelog, crash_while_sending, eventually, free_port, scrape};
 
 fn find(tool: &str) -> Option<PathBuf> {
     sidelog_testkit::find_program(&[tool])
@@ -607,13 +607,10 @@ print("published")
         .expect("python runs");
 
     let out = data.join("out");
-    assert!(
-        eventually(Duration::from_secs(60), || delivered(&out).len() >= 300).await,
-        "the devices' readings do not arrive"
-    );
-    sidelog.kill9().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sidelog.start().await;
+    crash_while_sending(&mut sidelog, "the devices' readings", || {
+        delivered(&out).len() >= 300
+    })
+    .await;
     let finished = devices.wait_with_output().await.expect("python ran");
     assert!(
         finished.status.success(),

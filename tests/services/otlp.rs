@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{Missing, Outcome};
-use crate::common::{Sidelog, eventually, free_port, otlp_at_sink};
+use crate::common::{Sidelog, crash_while_sending, eventually, free_port, otlp_at_sink};
 
 /// A Python with the OpenTelemetry SDK and both OTLP exporters.
 fn otel_python() -> Result<PathBuf, Missing> {
@@ -77,13 +77,10 @@ async fn exporter_through_a_sigkill(protocol: &str) -> Outcome {
         .expect("python runs");
 
     let out = data.join("out");
-    assert!(
-        eventually(Duration::from_secs(60), || otlp_at_sink(&out).len() >= 300).await,
-        "the application's records do not arrive"
-    );
-    sidelog.kill9().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sidelog.start().await;
+    crash_while_sending(&mut sidelog, "the application's records", || {
+        otlp_at_sink(&out).len() >= 300
+    })
+    .await;
     let finished = client.wait_with_output().await.expect("python ran");
     let stdout = String::from_utf8_lossy(&finished.stdout);
     assert!(

@@ -543,6 +543,7 @@ impl Writer {
                 self.storage.set_reserve(true);
                 self.commit_now(&mut removals, Ask::Checkpoint);
                 if self.full.is_none() {
+                    info!("space freed in the full journal by removing delivered entries");
                     // redb hands a commit's freed pages back to its allocator only in the next
                     // durable commit, after that commit's own pages are allocated: an append
                     // right after the removals could not use them, and on a full filesystem
@@ -556,9 +557,6 @@ impl Writer {
                     );
                 }
                 self.storage.set_reserve(false);
-                if self.full.is_none() {
-                    info!("space freed in the full journal by removing delivered entries");
-                }
             }
             if let Some(full) = &self.full
                 && self.clock.now_ms() < full.retry_at_ms
@@ -601,10 +599,8 @@ impl Writer {
                 };
                 metrics::counter!(crate::metrics::JOURNAL_COMMIT_FAILURES, "cause" => cause)
                     .increment(1);
-                self.full = match &err {
-                    JournalError::StorageFull(_) => Some(Full::after(self.full.take(), &err, now)),
-                    _ => None,
-                };
+                self.full = matches!(err, JournalError::StorageFull(_))
+                    .then(|| Full::after(self.full.take(), &err, now));
                 if err.is_retryable() {
                     // redb may need the file reopened after an I/O error (PreviousIo).
                     self.db = None;

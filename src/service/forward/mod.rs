@@ -204,7 +204,7 @@ impl ForwardDoor {
                 Err((e, _)) => {
                     // No ack: the client sends the chunk again; closing makes it do so now
                     // rather than at its ack timeout.
-                    refused(code(&e));
+                    refused(super::ingest::refusal_code(&e));
                     debug!(error = %e, "forward chunk not taken; closing without an ack");
                     return Ok(());
                 }
@@ -223,7 +223,7 @@ impl ForwardDoor {
             match self.accept(messages).await {
                 Ok(()) => return true,
                 Err((e, rest)) => {
-                    refused(code(&e));
+                    refused(super::ingest::refusal_code(&e));
                     if matches!(e, IngestError::Malformed(_)) {
                         warn!(error = %e, "forward frame without ack refused; dropped");
                         return true;
@@ -310,16 +310,6 @@ impl ForwardDoor {
     }
 }
 
-/// The code a refusal is counted under.
-fn code(e: &IngestError) -> &'static str {
-    match e {
-        IngestError::Malformed(_) => "invalid_argument",
-        IngestError::Full(_) => "resource_exhausted",
-        IngestError::Transient(_) => "unavailable",
-        IngestError::Failed(_) => "internal",
-    }
-}
-
 /// Pauses before a held frame is offered again: 0.05 s, doubling, at most 1 s.
 const HOLD_RETRY: crate::runtime::Backoff = crate::runtime::Backoff {
     initial_ms: 50,
@@ -331,8 +321,7 @@ static HELD: WarnLimit = WarnLimit::new(Duration::from_secs(10));
 
 /// Counts a frame the door did not take, as every door counts its refused requests.
 fn refused(code: &'static str) {
-    metrics::counter!(crate::metrics::REQUESTS_REFUSED, "door" => "forward", "code" => code)
-        .increment(1);
+    super::ingest::count_refused(Door::Forward, code);
 }
 
 /// A connection's bytes and the frames in them.
